@@ -1,0 +1,91 @@
+//! Delivery: how a queued message leaves. [`relay`] hands it to a smarthost pool, [`mbox`] and
+//! [`maildir`] to a local mailbox, [`bounce`] builds the DSN when it cannot be delivered.
+//!
+//! Every way out reports one [`Outcome`] per recipient; a [`Failure`] says at once whether to
+//! retry, so the queue never has to interpret transport-specific errors.
+
+pub mod bounce;
+pub mod maildir;
+pub mod mbox;
+pub mod relay;
+
+use std::fmt;
+
+/// An RFC 3463 enhanced status code `class.subject.detail`, e.g. `5.1.1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct EnhancedStatus(pub u8, pub u16, pub u16);
+
+impl EnhancedStatus {
+    /// Parses `x.y.z` (RFC 3463 §2): class 2, 4 or 5; subject and detail up to three digits.
+    pub fn parse(s: &str) -> Option<EnhancedStatus> {
+        let mut it = s.splitn(3, '.');
+        let class: u8 = it.next()?.parse().ok()?;
+        let subject = it.next()?;
+        let detail = it.next()?;
+        let digits = |p: &str| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+        if !matches!(class, 2 | 4 | 5) || !digits(subject) || !digits(detail) {
+            return None;
+        }
+        Some(EnhancedStatus(class, subject.parse().ok()?, detail.parse().ok()?))
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        self.0 == 5
+    }
+}
+
+impl fmt::Display for EnhancedStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// The result of one delivery attempt for one recipient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by the next hop or written to the mailbox; `reply` is the next hop's reply
+    /// (for logs), if there was one.
+    Delivered { reply: Option<String> },
+    Failed(Failure),
+}
+
+/// Why a delivery did not happen, classified once where the fact is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Permanent failures bounce now; temporary ones are retried until the queue lifetime ends.
+    pub permanent: bool,
+    /// The status for the DSN (`Status:` field).
+    pub status: EnhancedStatus,
+    /// The remote server's reply, verbatim (code and text, lines joined by a space), for the
+    /// DSN's `Diagnostic-Code: smtp; …`. `None` when the failure was local or in transport.
+    pub remote_reply: Option<String>,
+    /// One line for logs and the queue's `last_error`, e.g.
+    /// `smtp.example.net[192.0.2.1]: TLS certificate verification failed: name mismatch`.
+    pub reason: String,
+}
+
+impl Failure {
+    pub fn temporary(status: EnhancedStatus, reason: impl Into<String>) -> Failure {
+        Failure {
+            permanent: false,
+            status,
+            remote_reply: None,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn permanent(status: EnhancedStatus, reason: impl Into<String>) -> Failure {
+        Failure {
+            permanent: true,
+            status,
+            remote_reply: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}

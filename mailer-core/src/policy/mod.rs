@@ -1,0 +1,4 @@
+//! Policy: which action handles a recipient (match rules), how the envelope is rewritten for
+//! relaying, and whether the header From aligns with the rewritten envelope (DMARC).
+
+pub mod align;

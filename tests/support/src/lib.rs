@@ -1,0 +1,1 @@
+pub mod certs; pub mod sink; pub mod dns; pub mod daemon;
