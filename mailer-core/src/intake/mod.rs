@@ -1,1 +1,16 @@
-//! TODO
+//! Intake: the ESMTP server session that receives mail from local clients.
+//!
+//! [`session::Session`] is the protocol as a state machine fed bytes; [`data`] reads the
+//! dot-stuffed DATA stream; [`reply`] renders replies. The daemon drives a session over a
+//! socket; the tests and fuzzers drive the same code directly.
+
+pub mod data;
+pub mod reply;
+pub mod session;
+
+pub use data::BareNewlines;
+pub use reply::Reply;
+pub use session::{
+    AcceptedRecipient, Event, Incoming, Peer, QueueRefused, RecipientPolicy, Session,
+    SessionConfig,
+};

@@ -1,1 +1,7 @@
-//! TODO
+//! The queue: the durable spool of accepted messages and the state of each recipient.
+
+pub mod id;
+pub mod spool;
+
+pub use id::QueueId;
+pub use spool::{Envelope, RecipientState, Recipient, Spool};

@@ -1,0 +1,867 @@
+//! The ESMTP server session as a state machine without IO.
+//!
+//! The edge feeds received bytes with [`Session::receive`], writes out what
+//! [`Session::take_output`] returns and acts on [`Session::poll_event`]: make a message durable
+//! and report back with [`Session::queued`], upgrade to TLS and call
+//! [`Session::tls_established`], or close. Time is passed in. While the session waits for the
+//! queue it consumes no further input, so pipelined commands after the end of data are answered
+//! in order, after the message is safe.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use smtp_proto::{Error as ProtoError, Request};
+
+use super::data::{BareNewlines, DataError, DataReader};
+use super::reply::{replies, Reply};
+use crate::address::{Address, AddressError};
+use crate::queue::QueueId;
+
+/// Longest command line accepted: 512 octets (RFC 5321 §4.5.3.1.4) plus room for the
+/// parameters of the extensions we offer and UTF-8 addresses.
+pub const MAX_COMMAND_LINE: usize = 2048;
+
+/// What a session needs to know about the server.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Our name in the greeting, EHLO reply and Received header.
+    pub hostname: String,
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    /// Hard cap on a line of message content.
+    pub max_line_length: usize,
+    pub bare_newlines: BareNewlines,
+    /// Offer STARTTLS (only when a certificate is configured).
+    pub starttls: bool,
+}
+
+/// The connected client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// The client's address; `None` for a local submission that did not come over IP.
+    pub addr: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// Whether the client is on this host: loopback (127.0.0.0/8, ::1, IPv4-mapped loopback)
+    /// or a local submission. This is what `from = "local"` in a match rule means.
+    pub fn is_local(&self) -> bool {
+        match self.addr {
+            None => true,
+            Some(a) => match a.ip() {
+                std::net::IpAddr::V4(v4) => v4.is_loopback(),
+                std::net::IpAddr::V6(v6) => {
+                    v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+                }
+            },
+        }
+    }
+}
+
+/// Decides at RCPT time which action handles a recipient, or refuses it with a reply.
+pub trait RecipientPolicy: Send + Sync {
+    fn route(&self, peer: &Peer, sender: Option<&Address>, recipient: &Address)
+        -> Result<String, Reply>;
+}
+
+/// A recipient accepted at RCPT with the action that will handle it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptedRecipient {
+    pub address: Address,
+    pub action: String,
+}
+
+/// A complete message handed to the queue.
+#[derive(Debug)]
+pub struct Incoming {
+    pub id: QueueId,
+    /// `None` is the null reverse-path `<>` (bounces).
+    pub sender: Option<Address>,
+    pub recipients: Vec<AcceptedRecipient>,
+    /// The message with our Received header first; CRLF line endings only.
+    pub message: Vec<u8>,
+    pub arrived: SystemTime,
+    pub smtputf8: bool,
+    /// Announced `BODY=8BITMIME`.
+    pub eightbit: bool,
+    pub helo: String,
+    pub peer: Peer,
+}
+
+/// Why the queue could not take a message; the client is told to try again.
+#[derive(Debug)]
+pub struct QueueRefused;
+
+/// What the edge must do next.
+#[derive(Debug)]
+pub enum Event {
+    /// Make the message durable, then call [`Session::queued`].
+    Message(Box<Incoming>),
+    /// Write the pending output, start TLS as server, then call [`Session::tls_established`].
+    StartTls,
+    /// Write the pending output, then close the connection.
+    Close,
+    /// A command or message was refused (for metrics); nothing to do.
+    Rejected(&'static str),
+}
+
+#[derive(Debug)]
+struct Transaction {
+    sender: Option<Address>,
+    recipients: Vec<AcceptedRecipient>,
+    smtputf8: bool,
+    eightbit: bool,
+    /// Message being received: Received header, then content.
+    message: Vec<u8>,
+    id: Option<QueueId>,
+    /// BDAT chunks so far were refused: the rest is consumed and answered with an error.
+    failed: Option<Reply>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Reading command lines.
+    Command,
+    /// Inside DATA.
+    Data(DataReader),
+    /// Inside a BDAT chunk: `remaining` octets still to read.
+    Bdat { remaining: usize, last: bool },
+    /// A message is with the queue; input waits.
+    Queueing,
+    /// STARTTLS accepted; the edge upgrades the connection.
+    StartingTls,
+    Closed,
+}
+
+/// One SMTP server session.
+pub struct Session {
+    config: Arc<SessionConfig>,
+    policy: Arc<dyn RecipientPolicy>,
+    peer: Peer,
+    phase: Phase,
+    helo: Option<Helo>,
+    tls: bool,
+    tx: Option<Transaction>,
+    input: Vec<u8>,
+    /// An over-long command line is being skipped up to its end.
+    skipping_line: bool,
+    output: Vec<u8>,
+    events: VecDeque<Event>,
+    draining: bool,
+    now: SystemTime,
+}
+
+#[derive(Debug)]
+struct Helo {
+    name: String,
+    extended: bool,
+}
+
+impl Session {
+    /// Starts a session; the greeting is the first output.
+    pub fn new(
+        config: Arc<SessionConfig>,
+        policy: Arc<dyn RecipientPolicy>,
+        peer: Peer,
+        now: SystemTime,
+    ) -> Session {
+        let mut s = Session {
+            config,
+            policy,
+            peer,
+            phase: Phase::Command,
+            helo: None,
+            tls: false,
+            tx: None,
+            input: Vec::new(),
+            skipping_line: false,
+            output: Vec::new(),
+            events: VecDeque::new(),
+            draining: false,
+            now,
+        };
+        let greeting = Reply::new(220, None, format!("{} ESMTP mailer", s.config.hostname));
+        s.reply(greeting);
+        s
+    }
+
+    /// A session refused because the server is at its connection limit.
+    pub fn refuse(reply: Reply) -> (Vec<u8>, Event) {
+        (reply.to_bytes(), Event::Close)
+    }
+
+    /// Feeds bytes read from the client.
+    pub fn receive(&mut self, bytes: &[u8], now: SystemTime) {
+        self.now = now;
+        if matches!(self.phase, Phase::Closed | Phase::StartingTls) {
+            return;
+        }
+        self.input.extend_from_slice(bytes);
+        self.process();
+    }
+
+    /// The client closed its side. Whatever was incomplete is dropped: nothing was accepted.
+    pub fn end_of_input(&mut self) {
+        if !matches!(self.phase, Phase::Closed) {
+            self.tx = None;
+            self.phase = Phase::Closed;
+            self.events.push_back(Event::Close);
+        }
+    }
+
+    /// Bytes to write to the client.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.output)
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.output.is_empty()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whether the session is inside a DATA or BDAT phase (the edge uses the data timeout).
+    pub fn in_data(&self) -> bool {
+        matches!(self.phase, Phase::Data(_) | Phase::Bdat { .. })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.phase, Phase::Closed)
+    }
+
+    /// The queue's answer for the message of the last [`Event::Message`].
+    pub fn queued(&mut self, result: Result<QueueId, QueueRefused>, now: SystemTime) {
+        self.now = now;
+        if !matches!(self.phase, Phase::Queueing) {
+            return;
+        }
+        self.phase = Phase::Command;
+        match result {
+            Ok(id) => self.reply(Reply::status(250, 0, 0, format!("Ok: queued as {id}"))),
+            Err(QueueRefused) => {
+                self.events.push_back(Event::Rejected("queue"));
+                self.reply(replies::queue_failed());
+            }
+        }
+        self.process();
+    }
+
+    /// TLS is up: the SMTP state is reset (RFC 3207 §4.2) and the client must EHLO again.
+    pub fn tls_established(&mut self) {
+        if matches!(self.phase, Phase::StartingTls) {
+            self.phase = Phase::Command;
+            self.tls = true;
+            self.helo = None;
+            self.tx = None;
+        }
+    }
+
+    /// The client was idle too long.
+    pub fn timeout(&mut self) {
+        self.close_with(replies::timeout());
+    }
+
+    /// The server is stopping: a session between transactions is told so at its next command;
+    /// [`Session::shutdown_now`] ends it at once.
+    pub fn begin_shutdown(&mut self) {
+        self.draining = true;
+    }
+
+    pub fn shutdown_now(&mut self) {
+        self.close_with(replies::shutting_down());
+    }
+
+    fn close_with(&mut self, reply: Reply) {
+        if matches!(self.phase, Phase::Closed) {
+            return;
+        }
+        self.reply(reply);
+        self.tx = None;
+        self.phase = Phase::Closed;
+        self.events.push_back(Event::Close);
+    }
+
+    fn reply(&mut self, reply: Reply) {
+        reply.write_to(&mut self.output);
+    }
+
+    fn reject(&mut self, reason: &'static str, reply: Reply) {
+        self.events.push_back(Event::Rejected(reason));
+        self.reply(reply);
+    }
+
+    fn process(&mut self) {
+        let mut pos = 0;
+        while pos < self.input.len() {
+            match &mut self.phase {
+                Phase::Queueing | Phase::StartingTls | Phase::Closed => break,
+                Phase::Data(reader) => {
+                    let tx = self
+                        .tx
+                        .as_mut()
+                        .expect("a DATA phase always has a transaction");
+                    match reader.feed(&self.input[pos..], &mut tx.message) {
+                        Some(n) => {
+                            pos += n;
+                            let Phase::Data(reader) =
+                                std::mem::replace(&mut self.phase, Phase::Command)
+                            else {
+                                unreachable!("matched above")
+                            };
+                            self.end_of_data(reader.finish());
+                        }
+                        None => pos = self.input.len(),
+                    }
+                }
+                Phase::Bdat { remaining, last } => {
+                    let take = (*remaining).min(self.input.len() - pos);
+                    let last = *last;
+                    *remaining -= take;
+                    let done = *remaining == 0;
+                    if let Some(tx) = self.tx.as_mut().filter(|tx| tx.failed.is_none()) {
+                        if tx.message.len() + take > self.config.max_message_size + HEADER_ROOM {
+                            tx.failed = Some(replies::too_big(self.config.max_message_size as u64));
+                            tx.message = Vec::new();
+                        } else {
+                            tx.message.extend_from_slice(&self.input[pos..pos + take]);
+                        }
+                    }
+                    pos += take;
+                    if done {
+                        self.phase = Phase::Command;
+                        self.end_of_chunk(last);
+                    }
+                }
+                Phase::Command => {
+                    let rest = &self.input[pos..];
+                    let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+                        if rest.len() > MAX_COMMAND_LINE {
+                            self.skipping_line = true;
+                            pos = self.input.len();
+                        }
+                        break;
+                    };
+                    let line = rest[..=lf].to_vec();
+                    pos += lf + 1;
+                    if std::mem::take(&mut self.skipping_line) || line.len() > MAX_COMMAND_LINE {
+                        self.reject("line_too_long", replies::line_too_long());
+                        continue;
+                    }
+                    let starttls = self.command(&line);
+                    if starttls {
+                        // Anything pipelined after STARTTLS was sent in plaintext and must not
+                        // be acted on inside TLS (CVE-2011-0411).
+                        pos = self.input.len();
+                    }
+                }
+            }
+        }
+        self.input.drain(..pos);
+    }
+
+    /// Handles one command line; returns true when STARTTLS was accepted.
+    fn command(&mut self, line: &[u8]) -> bool {
+        if self.draining && self.tx.is_none() {
+            self.close_with(replies::shutting_down());
+            return false;
+        }
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(r) => r,
+            Err(e) => {
+                self.protocol_error(e, line);
+                return false;
+            }
+        };
+        match request {
+            Request::Ehlo { host } => self.helo(&host, true),
+            Request::Helo { host } => self.helo(&host, false),
+            Request::Mail { from } => self.mail(from),
+            Request::Rcpt { to } => self.rcpt(to, line),
+            Request::Data => self.data(),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.bdat(chunk_size, is_last),
+            Request::Rset => {
+                self.tx = None;
+                self.reply(replies::ok());
+            }
+            Request::Noop { .. } => self.reply(replies::ok()),
+            Request::Quit => {
+                self.reply(Reply::status(221, 0, 0, "Bye"));
+                self.tx = None;
+                self.phase = Phase::Closed;
+                self.events.push_back(Event::Close);
+            }
+            Request::Vrfy { .. } => self.reply(Reply::status(
+                252,
+                5,
+                2,
+                "Cannot VRFY user, but will accept message and attempt delivery",
+            )),
+            Request::Help { .. } => self.reply(Reply::status(
+                214,
+                0,
+                0,
+                "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP",
+            )),
+            Request::StartTls => return self.starttls(),
+            Request::Auth { .. } => {
+                self.reject("auth", Reply::status(502, 5, 1, "AUTH not available"))
+            }
+            Request::Expn { .. }
+            | Request::Etrn { .. }
+            | Request::Atrn { .. }
+            | Request::Burl { .. }
+            | Request::Lhlo { .. } => {
+                self.reject("command", Reply::status(502, 5, 1, "Command not implemented"))
+            }
+        }
+        false
+    }
+
+    fn protocol_error(&mut self, e: ProtoError, line: &[u8]) {
+        let reply = match e {
+            ProtoError::UnknownCommand => replies::unknown_command(),
+            ProtoError::InvalidSenderAddress => replies::syntax("Invalid sender address"),
+            ProtoError::InvalidRecipientAddress => replies::syntax("Invalid recipient address"),
+            ProtoError::SyntaxError { syntax } => replies::syntax(&format!("Syntax: {syntax}")),
+            ProtoError::InvalidParameter { param } => {
+                replies::syntax(&format!("Invalid value for parameter {param}"))
+            }
+            ProtoError::UnsupportedParameter { param } => replies::unknown_parameter(&param),
+            // A complete line was given, so "needs more data" means it was cut short.
+            ProtoError::NeedsMoreData { .. }
+            | ProtoError::ResponseTooLong
+            | ProtoError::InvalidResponse { .. } => {
+                if line.trim_ascii().is_empty() {
+                    replies::unknown_command()
+                } else {
+                    replies::syntax("Syntax error")
+                }
+            }
+        };
+        self.reject("syntax", reply);
+    }
+
+    fn helo(&mut self, host: &str, extended: bool) {
+        self.tx = None;
+        self.helo = Some(Helo {
+            name: host.to_string(),
+            extended,
+        });
+        if !extended {
+            self.reply(Reply::new(250, None, self.config.hostname.clone()));
+            return;
+        }
+        let mut lines = vec![
+            self.config.hostname.clone(),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.config.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+        ];
+        if self.config.starttls && !self.tls {
+            lines.push("STARTTLS".into());
+        }
+        lines.push("HELP".into());
+        self.reply(Reply {
+            code: 250,
+            status: None,
+            lines,
+        });
+    }
+
+    fn extended(&self) -> bool {
+        self.helo.as_ref().is_some_and(|h| h.extended)
+    }
+
+    fn mail(&mut self, from: smtp_proto::MailFrom<std::borrow::Cow<'_, str>>) {
+        if self.helo.is_none() {
+            return self.reject("sequence", replies::bad_sequence("Send EHLO or HELO first"));
+        }
+        if self.tx.is_some() {
+            return self.reject("sequence", replies::bad_sequence("Nested MAIL command"));
+        }
+        let supported = smtp_proto::MAIL_BODY_7BIT
+            | smtp_proto::MAIL_BODY_8BITMIME
+            | smtp_proto::MAIL_SMTPUTF8;
+        if let Some(param) = unsupported_mail_parameter(&from, supported, self.extended()) {
+            return self.reject("parameter", replies::unknown_parameter(param));
+        }
+        let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
+        if from.size > self.config.max_message_size {
+            return self.reject("size", replies::too_big(self.config.max_message_size as u64));
+        }
+        let sender = if from.address.is_empty() {
+            None
+        } else {
+            match Address::parse_with(&from.address, smtputf8) {
+                Ok(a) => Some(a),
+                Err(e) => return self.reject("address", address_reply("sender", e)),
+            }
+        };
+        self.tx = Some(Transaction {
+            sender,
+            recipients: Vec::new(),
+            smtputf8,
+            eightbit: from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0,
+            message: Vec::new(),
+            id: None,
+            failed: None,
+        });
+        self.reply(Reply::status(250, 1, 0, "Sender ok"));
+    }
+
+    fn rcpt(&mut self, to: smtp_proto::RcptTo<std::borrow::Cow<'_, str>>, line: &[u8]) {
+        let Some(tx) = self.tx.as_ref() else {
+            return self.reject("sequence", replies::bad_sequence("Need MAIL before RCPT"));
+        };
+        if to.flags != 0 || to.orcpt.is_some() || to.rrvs != 0 {
+            return self.reject("parameter", replies::unknown_parameter("NOTIFY/ORCPT"));
+        }
+        if tx.recipients.len() >= self.config.max_recipients {
+            return self.reject("recipients", replies::too_many_recipients());
+        }
+        let address = if to.address.is_empty() {
+            // The parser maps the special `<Postmaster>` (RFC 5321 §4.1.1.3) to "" as it
+            // does the invalid `<>`; only the former is a recipient.
+            if contains_ignore_case(line, b"<postmaster>") {
+                Address::from_parts("postmaster", &self.config.hostname)
+            } else {
+                Err(AddressError::Empty)
+            }
+        } else {
+            Address::parse_with(&to.address, tx.smtputf8)
+        };
+        let address = match address {
+            Ok(a) => a,
+            Err(e) => return self.reject("address", address_reply("recipient", e)),
+        };
+        match self.policy.route(&self.peer, tx.sender.as_ref(), &address) {
+            Ok(action) => {
+                let tx = self.tx.as_mut().expect("checked above");
+                if !tx.recipients.iter().any(|r| r.address == address) {
+                    tx.recipients.push(AcceptedRecipient { address, action });
+                }
+                self.reply(Reply::status(250, 1, 5, "Recipient ok"));
+            }
+            Err(reply) => self.reject("recipient", reply),
+        }
+    }
+
+    /// Checks common to DATA and the first BDAT; starts the message with our Received header.
+    fn begin_message(&mut self) -> Result<(), Reply> {
+        let extended = self.extended();
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(replies::bad_sequence("Need MAIL before DATA"));
+        };
+        if tx.recipients.is_empty() {
+            return Err(replies::bad_sequence("No valid recipients"));
+        }
+        let id = QueueId::generate(self.now);
+        tx.id = Some(id);
+        tx.message = received_header(
+            &self.config.hostname,
+            self.helo.as_ref().map_or("", |h| &h.name),
+            &self.peer,
+            protocol(extended, self.tls, tx.smtputf8),
+            id,
+            &tx.recipients,
+            self.now,
+        );
+        Ok(())
+    }
+
+    fn data(&mut self) {
+        if self.tx.as_ref().is_some_and(|tx| tx.id.is_some()) {
+            return self.reject("sequence", replies::bad_sequence("DATA after BDAT"));
+        }
+        if let Err(reply) = self.begin_message() {
+            return self.reject("sequence", reply);
+        }
+        let reader = DataReader::new(
+            self.config.max_message_size,
+            self.config.max_line_length,
+            self.config.bare_newlines,
+        );
+        self.phase = Phase::Data(reader);
+        self.reply(Reply::new(354, None, "End data with <CR><LF>.<CR><LF>"));
+    }
+
+    fn end_of_data(&mut self, verdict: Result<(), DataError>) {
+        match verdict {
+            Ok(()) => self.hand_to_queue(),
+            Err(e) => {
+                self.tx = None;
+                let (reason, reply) = match e {
+                    DataError::TooBig => {
+                        ("size", replies::too_big(self.config.max_message_size as u64))
+                    }
+                    DataError::LineTooLong => (
+                        "line_too_long",
+                        replies::message_line_too_long(self.config.max_line_length),
+                    ),
+                    DataError::BareNewline => ("bare_newline", replies::bare_newline()),
+                };
+                self.reject(reason, reply);
+            }
+        }
+    }
+
+    fn bdat(&mut self, size: usize, last: bool) {
+        self.phase = Phase::Bdat {
+            remaining: size,
+            last,
+        };
+        let starting = self.tx.as_ref().is_some_and(|tx| tx.id.is_none());
+        if starting {
+            if let Err(reply) = self.begin_message() {
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.failed = Some(reply);
+                }
+            }
+        }
+        if size == 0 && matches!(self.phase, Phase::Bdat { .. }) {
+            self.phase = Phase::Command;
+            self.end_of_chunk(last);
+        }
+    }
+
+    /// A BDAT chunk has been read completely (RFC 3030: one reply per chunk).
+    fn end_of_chunk(&mut self, last: bool) {
+        let Some(tx) = self.tx.as_mut() else {
+            return self.reject("sequence", replies::bad_sequence("Need MAIL and RCPT before BDAT"));
+        };
+        if let Some(reply) = tx.failed.take() {
+            self.tx = None;
+            let reason = if reply.code == 552 { "size" } else { "sequence" };
+            return self.reject(reason, reply);
+        }
+        if !last {
+            return self.reply(Reply::status(250, 0, 0, "Chunk received"));
+        }
+        // BDAT content is not dot-stuffed, but the same rules for line endings apply.
+        let header_len = received_len(&tx.message);
+        let content = tx.message.split_off(header_len);
+        match canonical_lines(
+            content,
+            self.config.max_line_length,
+            self.config.bare_newlines,
+        ) {
+            Ok(content) => {
+                tx.message.extend_from_slice(&content);
+                if content.len() > self.config.max_message_size {
+                    self.end_of_data(Err(DataError::TooBig));
+                } else {
+                    self.hand_to_queue();
+                }
+            }
+            Err(e) => self.end_of_data(Err(e)),
+        }
+    }
+
+    fn hand_to_queue(&mut self) {
+        let tx = self.tx.take().expect("a complete message has a transaction");
+        let incoming = Incoming {
+            id: tx.id.expect("a complete message has an id"),
+            sender: tx.sender,
+            recipients: tx.recipients,
+            message: tx.message,
+            arrived: self.now,
+            smtputf8: tx.smtputf8,
+            eightbit: tx.eightbit,
+            helo: self.helo.as_ref().map_or(String::new(), |h| h.name.clone()),
+            peer: self.peer.clone(),
+        };
+        self.phase = Phase::Queueing;
+        self.events.push_back(Event::Message(Box::new(incoming)));
+    }
+
+    fn starttls(&mut self) -> bool {
+        if !self.config.starttls {
+            self.reject("command", Reply::status(502, 5, 1, "STARTTLS not available"));
+            return false;
+        }
+        if self.tls {
+            self.reject("sequence", replies::bad_sequence("Already in TLS"));
+            return false;
+        }
+        if self.tx.is_some() {
+            self.reject("sequence", replies::bad_sequence("STARTTLS inside a transaction"));
+            return false;
+        }
+        self.reply(Reply::status(220, 0, 0, "Ready to start TLS"));
+        self.phase = Phase::StartingTls;
+        self.events.push_back(Event::StartTls);
+        true
+    }
+}
+
+/// Room allowed beyond the size limit for our own Received header during BDAT.
+const HEADER_ROOM: usize = 4096;
+
+fn unsupported_mail_parameter(
+    from: &smtp_proto::MailFrom<std::borrow::Cow<'_, str>>,
+    supported: u64,
+    extended: bool,
+) -> Option<&'static str> {
+    let any_param = from.flags != 0 || from.size != 0;
+    if any_param && !extended {
+        // Parameters need EHLO (RFC 5321 §4.1.1.2).
+        return Some("(MAIL parameters require EHLO)");
+    }
+    if from.flags & !supported != 0 {
+        return Some(if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
+            "BODY=BINARYMIME"
+        } else if from.flags & (smtp_proto::MAIL_RET_FULL | smtp_proto::MAIL_RET_HDRS) != 0 {
+            "RET"
+        } else if from.flags & smtp_proto::MAIL_REQUIRETLS != 0 {
+            "REQUIRETLS"
+        } else {
+            "(unsupported MAIL parameter)"
+        });
+    }
+    if from.env_id.is_some() {
+        return Some("ENVID");
+    }
+    if from.trans_id.is_some()
+        || from.solicit.is_some()
+        || from.mtrk.is_some()
+        || from.auth.is_some()
+        || from.by != 0
+        || from.hold_for != 0
+        || from.hold_until != 0
+        || from.mt_priority != 0
+    {
+        return Some("(unsupported MAIL parameter)");
+    }
+    None
+}
+
+fn address_reply(which: &str, e: AddressError) -> Reply {
+    match e {
+        AddressError::Utf8NotAllowed => Reply::status(
+            553,
+            6,
+            7,
+            format!("Non-ASCII {which} address requires SMTPUTF8"),
+        ),
+        e => Reply::status(
+            if which == "sender" { 553 } else { 501 },
+            1,
+            if which == "sender" { 7 } else { 3 },
+            format!("Bad {which} address syntax: {e}"),
+        ),
+    }
+}
+
+fn contains_ignore_case(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// The `with` protocol name of the Received header (RFC 3848, RFC 6531).
+fn protocol(extended: bool, tls: bool, utf8: bool) -> &'static str {
+    match (extended, tls, utf8) {
+        (false, false, _) => "SMTP",
+        (false, true, _) => "SMTPS",
+        (true, false, false) => "ESMTP",
+        (true, true, false) => "ESMTPS",
+        (true, false, true) => "UTF8SMTP",
+        (true, true, true) => "UTF8SMTPS",
+    }
+}
+
+/// Our trace header (RFC 5321 §4.4). No reverse lookup: the address literal is what we know.
+fn received_header(
+    hostname: &str,
+    helo: &str,
+    peer: &Peer,
+    protocol: &str,
+    id: QueueId,
+    recipients: &[AcceptedRecipient],
+    now: SystemTime,
+) -> Vec<u8> {
+    let helo: String = helo
+        .chars()
+        .take(255)
+        .map(|c| if c.is_control() || c == '(' || c == ')' { '?' } else { c })
+        .collect();
+    let from = match peer.addr {
+        Some(a) => format!("{helo} ([{}])", a.ip()),
+        None => format!("{helo} (local)"),
+    };
+    let mut h = format!("Received: from {from}\r\n\tby {hostname} (mailer) with {protocol} id {id}");
+    if let [only] = recipients {
+        h.push_str(&format!("\r\n\tfor <{}>", only.address));
+    }
+    h.push_str(&format!("; {}\r\n", crate::time::rfc5322(now)));
+    h.into_bytes()
+}
+
+/// Length of our Received header at the start of a message being built.
+fn received_len(message: &[u8]) -> usize {
+    message
+        .windows(2)
+        .enumerate()
+        .skip(1)
+        .find(|(i, w)| *w == b"\r\n" && message.get(i + 2) != Some(&b'\t'))
+        .map_or(message.len(), |(i, _)| i + 2)
+}
+
+/// Checks BDAT content for bare CR/LF and over-long lines; normalizes when configured.
+fn canonical_lines(
+    content: Vec<u8>,
+    max_line: usize,
+    mode: BareNewlines,
+) -> Result<Vec<u8>, DataError> {
+    let mut line_len = 0;
+    let mut bare = false;
+    let mut i = 0;
+    while i < content.len() {
+        match content[i] {
+            b'\r' if content.get(i + 1) == Some(&b'\n') => {
+                line_len = 0;
+                i += 1;
+            }
+            b'\r' | b'\n' => {
+                bare = true;
+                line_len = 0;
+            }
+            _ => {
+                line_len += 1;
+                if line_len > max_line {
+                    return Err(DataError::LineTooLong);
+                }
+            }
+        }
+        i += 1;
+    }
+    if !bare {
+        return Ok(content);
+    }
+    if mode == BareNewlines::Reject {
+        return Err(DataError::BareNewline);
+    }
+    let mut out = Vec::with_capacity(content.len() + 64);
+    let mut i = 0;
+    while i < content.len() {
+        match content[i] {
+            b'\r' if content.get(i + 1) == Some(&b'\n') => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Ok(out)
+}

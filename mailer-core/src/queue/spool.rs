@@ -1,0 +1,363 @@
+//! The spool on disk.
+//!
+//! ```text
+//! <queue_dir>/tmp/          files being written (removed at start)
+//! <queue_dir>/q/<id>.msg    the message, exactly as it will be delivered
+//! <queue_dir>/q/<id>.env    its envelope (JSON): sender, recipients and their state
+//! ```
+//!
+//! A message is written to `tmp/`, fsynced, renamed into `q/`; then its envelope the same way;
+//! then `q/` is fsynced. Only after that does the client hear `250`. The envelope is the commit
+//! record: at start, an envelope without its message, or a message without its envelope, is a
+//! write that never completed, so it was never acknowledged and is removed. Envelope updates
+//! are whole-file replacements by rename, so an envelope is always either the old or the new.
+//!
+//! Concurrent writers share the directory fsync: one sync covers every rename done before it
+//! started ([`DirSync`]), so sessions do not queue up behind one another's syncs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::QueueId;
+use crate::address::Address;
+use crate::intake::Incoming;
+use crate::time::unix_seconds;
+
+const ENVELOPE_VERSION: u32 = 1;
+
+/// Where a recipient stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientState {
+    /// Still to be delivered (never tried, or deferred).
+    Pending,
+    Delivered,
+    /// Failed for good; the sender has been sent a DSN (unless the message was a bounce).
+    Failed,
+}
+
+/// One recipient of a queued message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: Address,
+    /// The action (from the match rules) that delivers it.
+    pub action: String,
+    pub state: RecipientState,
+    pub attempts: u32,
+    /// Unix seconds of the next attempt (when pending).
+    pub next_attempt: i64,
+    pub last_error: Option<String>,
+    /// The address the client gave, when aliases turned it into this one (for DSNs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Address>,
+}
+
+/// The envelope of a queued message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    pub id: QueueId,
+    /// Unix seconds of arrival.
+    pub arrived: i64,
+    /// `None` is the null sender: the message is a bounce.
+    pub sender: Option<Address>,
+    pub recipients: Vec<Recipient>,
+    /// Octets of the message file.
+    pub size: u64,
+    pub smtputf8: bool,
+    pub eightbit: bool,
+    pub helo: String,
+    /// The client's address, or `local`.
+    pub peer: String,
+    #[serde(default)]
+    pub held: bool,
+    /// A delay notice has been sent to the sender.
+    #[serde(default)]
+    pub warned: bool,
+}
+
+impl Envelope {
+    /// The envelope of a message just received; every recipient is due now.
+    pub fn from_incoming(m: &Incoming) -> Envelope {
+        let arrived = unix_seconds(m.arrived);
+        Envelope {
+            version: ENVELOPE_VERSION,
+            id: m.id,
+            arrived,
+            sender: m.sender.clone(),
+            recipients: m
+                .recipients
+                .iter()
+                .map(|r| Recipient {
+                    address: r.address.clone(),
+                    action: r.action.clone(),
+                    state: RecipientState::Pending,
+                    attempts: 0,
+                    next_attempt: arrived,
+                    last_error: None,
+                    original: None,
+                })
+                .collect(),
+            size: m.message.len() as u64,
+            smtputf8: m.smtputf8,
+            eightbit: m.eightbit,
+            helo: m.helo.clone(),
+            peer: m
+                .peer
+                .addr
+                .map_or_else(|| "local".to_string(), |a| a.ip().to_string()),
+            held: false,
+            warned: false,
+        }
+    }
+
+    /// Every recipient is delivered or failed: the message can leave the queue.
+    pub fn is_done(&self) -> bool {
+        self.recipients
+            .iter()
+            .all(|r| r.state != RecipientState::Pending)
+    }
+
+    pub fn arrived_at(&self) -> SystemTime {
+        crate::time::from_unix_seconds(self.arrived)
+    }
+}
+
+/// Shared fsync of one directory: a sync covers every rename completed before it began.
+struct DirSync {
+    dir: PathBuf,
+    requested: AtomicU64,
+    completed: AtomicU64,
+    lock: Mutex<()>,
+}
+
+impl DirSync {
+    fn new(dir: PathBuf) -> DirSync {
+        DirSync {
+            dir,
+            requested: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Makes the caller's earlier renames in the directory durable.
+    fn sync(&self) -> io::Result<()> {
+        let mine = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        if self.completed.load(Ordering::SeqCst) >= mine {
+            return Ok(());
+        }
+        let covers = self.requested.load(Ordering::SeqCst);
+        File::open(&self.dir)?.sync_all()?;
+        self.completed.fetch_max(covers, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// A spool whose load found problems (reported, not fatal).
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub envelopes: Vec<Envelope>,
+    /// Unreadable envelopes, left in place for the admin: (path, reason).
+    pub corrupt: Vec<(PathBuf, String)>,
+    /// Incomplete writes removed.
+    pub removed_incomplete: usize,
+}
+
+/// The on-disk queue. All methods block: call them off the async runtime's threads.
+pub struct Spool {
+    tmp: PathBuf,
+    q: PathBuf,
+    q_sync: DirSync,
+    tmp_seq: AtomicU64,
+}
+
+impl Spool {
+    /// Opens (creating, mode 0700) the spool under `root`.
+    pub fn open(root: &Path) -> io::Result<Spool> {
+        let tmp = root.join("tmp");
+        let q = root.join("q");
+        for dir in [root, &tmp, &q] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+        Ok(Spool {
+            q_sync: DirSync::new(q.clone()),
+            tmp,
+            q,
+            tmp_seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn message_path(&self, id: QueueId) -> PathBuf {
+        self.q.join(format!("{id}.msg"))
+    }
+
+    fn envelope_path(&self, id: QueueId) -> PathBuf {
+        self.q.join(format!("{id}.env"))
+    }
+
+    /// Writes `bytes` to a new temporary file, fsynced, and returns its path.
+    fn write_tmp(&self, id: QueueId, kind: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp.join(format!("{id}.{kind}.{seq}"));
+        let result = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(path)
+    }
+
+    /// Stores a new message durably. When this returns Ok the message survives a crash.
+    pub fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
+        let msg_tmp = self.write_tmp(envelope.id, "msg", message)?;
+        let env_tmp = match self.write_tmp(envelope.id, "env", &encode(envelope)?) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = fs::remove_file(&msg_tmp);
+                return Err(e);
+            }
+        };
+        let result = fs::rename(&msg_tmp, self.message_path(envelope.id))
+            .and_then(|()| fs::rename(&env_tmp, self.envelope_path(envelope.id)))
+            .and_then(|()| self.q_sync.sync());
+        if let Err(e) = result {
+            // Not acknowledged: leave nothing behind that a restart would mistake for mail.
+            for p in [
+                msg_tmp,
+                env_tmp,
+                self.envelope_path(envelope.id),
+                self.message_path(envelope.id),
+            ] {
+                let _ = fs::remove_file(p);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Replaces the envelope durably (recipient states, attempts, hold).
+    pub fn update(&self, envelope: &Envelope) -> io::Result<()> {
+        let tmp = self.write_tmp(envelope.id, "env", &encode(envelope)?)?;
+        if let Err(e) = fs::rename(&tmp, self.envelope_path(envelope.id)) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        self.q_sync.sync()
+    }
+
+    /// Removes a message whose recipients are all done. The envelope goes first, so a crash
+    /// in between leaves only an orphaned message file, which the next start removes.
+    pub fn remove(&self, id: QueueId) -> io::Result<()> {
+        match fs::remove_file(self.envelope_path(id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match fs::remove_file(self.message_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn read_message(&self, id: QueueId) -> io::Result<Vec<u8>> {
+        fs::read(self.message_path(id))
+    }
+
+    pub fn read_envelope(&self, id: QueueId) -> io::Result<Envelope> {
+        decode(&fs::read(self.envelope_path(id))?)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// Reads every envelope, sorted by arrival, and clears incomplete writes. Used at start
+    /// (with `clean = true`) and by `mailer queue list` without a daemon (read-only).
+    pub fn load(&self, clean: bool) -> io::Result<LoadReport> {
+        let mut report = LoadReport::default();
+        if clean {
+            for entry in fs::read_dir(&self.tmp)? {
+                fs::remove_file(entry?.path())?;
+                report.removed_incomplete += 1;
+            }
+        }
+        let mut messages = std::collections::HashSet::new();
+        let mut envelopes = Vec::new();
+        for entry in fs::read_dir(&self.q)? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            match name.rsplit_once('.') {
+                Some((id, "msg")) => {
+                    if let Some(id) = QueueId::parse(id) {
+                        messages.insert(id);
+                    }
+                }
+                Some((id, "env")) => {
+                    if let Some(id) = QueueId::parse(id) {
+                        envelopes.push((id, path));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (id, path) in envelopes {
+            if !messages.remove(&id) {
+                // The message rename never became durable: the client got no 250.
+                if clean {
+                    fs::remove_file(&path)?;
+                }
+                report.removed_incomplete += 1;
+                continue;
+            }
+            match fs::read(&path).map_err(|e| e.to_string()).and_then(|b| decode(&b)) {
+                Ok(env) if env.id == id => report.envelopes.push(env),
+                Ok(_) => report.corrupt.push((path, "envelope id does not match its file name".into())),
+                Err(e) => report.corrupt.push((path, e)),
+            }
+        }
+        let corrupt: std::collections::HashSet<_> =
+            report.corrupt.iter().map(|(p, _)| p.clone()).collect();
+        for id in messages {
+            // Keep a message whose envelope is corrupt: the admin may repair it.
+            if clean && !corrupt.contains(&self.envelope_path(id)) {
+                fs::remove_file(self.message_path(id))?;
+                report.removed_incomplete += 1;
+            }
+        }
+        report.envelopes.sort_by_key(|e| e.id);
+        Ok(report)
+    }
+}
+
+fn encode(envelope: &Envelope) -> io::Result<Vec<u8>> {
+    let mut v = serde_json::to_vec_pretty(envelope)?;
+    v.push(b'\n');
+    Ok(v)
+}
+
+fn decode(bytes: &[u8]) -> Result<Envelope, String> {
+    let env: Envelope = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if env.version != ENVELOPE_VERSION {
+        return Err(format!("unsupported envelope version {}", env.version));
+    }
+    Ok(env)
+}
