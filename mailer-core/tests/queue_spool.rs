@@ -1,0 +1,139 @@
+//! The spool keeps exactly what was acknowledged, across restarts and interrupted writes.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, UNIX_EPOCH};
+
+use mailer_core::address::Address;
+use mailer_core::intake::{AcceptedRecipient, Incoming, Peer};
+use mailer_core::queue::{Envelope, QueueId, RecipientState, Spool};
+
+fn incoming(body: &[u8]) -> Incoming {
+    let arrived = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    Incoming {
+        id: QueueId::generate(arrived),
+        sender: Some(Address::parse("app@ublog.tech").unwrap()),
+        recipients: vec![
+            AcceptedRecipient {
+                address: Address::parse("a@example.org").unwrap(),
+                action: "outbound".into(),
+            },
+            AcceptedRecipient {
+                address: Address::parse("root@localhost").unwrap(),
+                action: "local_mail".into(),
+            },
+        ],
+        message: body.to_vec(),
+        arrived,
+        smtputf8: false,
+        eightbit: true,
+        helo: "client".into(),
+        peer: Peer {
+            addr: Some("127.0.0.1:5000".parse().unwrap()),
+        },
+    }
+}
+
+#[test]
+fn a_stored_message_survives_a_restart_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = b"Received: x\r\nSubject: \xe9t\xe9\r\n\r\n.leading dot\r\n".to_vec();
+    let m = incoming(&body);
+    let env = Envelope::from_incoming(&m);
+    Spool::open(dir.path()).unwrap().store(&env, &m.message).unwrap();
+
+    // A new process opens the same directory.
+    let spool = Spool::open(dir.path()).unwrap();
+    let report = spool.load(true).unwrap();
+    assert_eq!(report.envelopes, vec![env.clone()]);
+    assert_eq!(spool.read_message(env.id).unwrap(), body);
+    assert_eq!(report.removed_incomplete, 0);
+}
+
+#[test]
+fn files_are_private_to_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(&dir.path().join("queue")).unwrap();
+    let m = incoming(b"x\r\n");
+    spool.store(&Envelope::from_incoming(&m), &m.message).unwrap();
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("queue")), 0o700);
+    assert_eq!(mode(&spool.message_path(m.id)), 0o600);
+}
+
+#[test]
+fn a_write_interrupted_before_the_rename_is_invisible_and_cleaned() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let id = QueueId::generate(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    // The process died after writing the temporary files, before renaming them.
+    fs::write(dir.path().join(format!("tmp/{id}.msg.0")), b"half a mess").unwrap();
+    fs::write(dir.path().join(format!("tmp/{id}.env.1")), b"{\"version\"").unwrap();
+    let report = spool.load(true).unwrap();
+    assert!(report.envelopes.is_empty());
+    assert!(fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+}
+
+#[test]
+fn a_message_whose_envelope_was_never_committed_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let m = incoming(b"x\r\n");
+    // Message renamed into place, envelope not yet: no 250 was ever sent.
+    fs::write(spool.message_path(m.id), &m.message).unwrap();
+    let report = spool.load(true).unwrap();
+    assert!(report.envelopes.is_empty());
+    assert_eq!(report.removed_incomplete, 1);
+    assert!(!spool.message_path(m.id).exists());
+}
+
+#[test]
+fn a_corrupt_envelope_is_reported_and_its_message_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let m = incoming(b"x\r\n");
+    spool.store(&Envelope::from_incoming(&m), &m.message).unwrap();
+    fs::write(dir.path().join(format!("q/{}.env", m.id)), b"not json").unwrap();
+    let report = spool.load(true).unwrap();
+    assert!(report.envelopes.is_empty());
+    assert_eq!(report.corrupt.len(), 1);
+    assert!(spool.message_path(m.id).exists());
+}
+
+#[test]
+fn updates_replace_the_envelope_and_remove_deletes_both_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let m = incoming(b"x\r\n");
+    let mut env = Envelope::from_incoming(&m);
+    spool.store(&env, &m.message).unwrap();
+    env.recipients[0].state = RecipientState::Delivered;
+    env.recipients[1].attempts = 1;
+    env.recipients[1].last_error = Some("mailbox locked".into());
+    spool.update(&env).unwrap();
+    assert_eq!(spool.load(true).unwrap().envelopes, vec![env.clone()]);
+    spool.remove(env.id).unwrap();
+    assert!(spool.load(true).unwrap().envelopes.is_empty());
+    assert!(fs::read_dir(dir.path().join("q")).unwrap().next().is_none());
+}
+
+#[test]
+fn concurrent_stores_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = std::sync::Arc::new(Spool::open(dir.path()).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let spool = spool.clone();
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    let m = incoming(b"x\r\n");
+                    spool.store(&Envelope::from_incoming(&m), &m.message).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(spool.load(true).unwrap().envelopes.len(), 80);
+}
