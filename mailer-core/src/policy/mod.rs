@@ -2,3 +2,7 @@
 //! relaying, and whether the header From aligns with the rewritten envelope (DMARC).
 
 pub mod align;
+pub mod rewrite;
+pub mod router;
+
+pub use router::Router;

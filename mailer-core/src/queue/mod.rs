@@ -4,4 +4,5 @@ pub mod id;
 pub mod spool;
 
 pub use id::QueueId;
-pub use spool::{Envelope, RecipientState, Recipient, Spool};
+pub mod scheduler;
+pub use spool::{Envelope, LoadReport, Recipient, RecipientState, Spool};

@@ -1,0 +1,76 @@
+//! Match rules: the first rule whose `from` and `for` match decides the action, as in
+//! smtpd.conf. A recipient no rule matches is refused at RCPT (`550 5.7.1`), which is what
+//! keeps the relay closed to anyone not local.
+
+use std::sync::Arc;
+
+use crate::address::Address;
+use crate::config::{Config, ForSpec, FromSpec, MatchRule};
+use crate::intake::reply::replies;
+use crate::intake::{Peer, RecipientPolicy, Reply};
+
+/// Says whether a local recipient exists (users and aliases of the action that would
+/// deliver it). `None` means it cannot be told now: accept, and bounce later if need be.
+pub type LocalCheck = dyn Fn(&str, &Address) -> Option<bool> + Send + Sync;
+
+#[derive(Clone)]
+pub struct Router {
+    rules: Vec<MatchRule>,
+    local_domains: Vec<String>,
+    local_check: Option<Arc<LocalCheck>>,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Router {
+        Router {
+            rules: config.matches.clone(),
+            local_domains: config.local_domains.clone(),
+            local_check: None,
+        }
+    }
+
+    /// Refuse unknown local recipients at RCPT with the given check.
+    pub fn with_local_check(mut self, check: Arc<LocalCheck>) -> Router {
+        self.local_check = Some(check);
+        self
+    }
+
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.local_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// The action for `recipient` from a client that is (`local`) or is not on this host.
+    pub fn action_for(&self, local: bool, recipient: &Address) -> Option<&str> {
+        self.rules
+            .iter()
+            .find(|rule| {
+                let from = match rule.from {
+                    FromSpec::Local => local,
+                    FromSpec::Any => true,
+                };
+                let to = match &rule.recipients {
+                    ForSpec::Any => true,
+                    ForSpec::Local => self.is_local_domain(recipient.domain()),
+                    ForSpec::Domains(ds) => {
+                        ds.iter().any(|d| d.eq_ignore_ascii_case(recipient.domain()))
+                    }
+                };
+                from && to
+            })
+            .map(|rule| rule.action.as_str())
+    }
+}
+
+impl RecipientPolicy for Router {
+    fn route(&self, peer: &Peer, _sender: Option<&Address>, rcpt: &Address) -> Result<String, Reply> {
+        let action = self
+            .action_for(peer.is_local(), rcpt)
+            .ok_or_else(replies::relay_denied)?;
+        if let Some(check) = &self.local_check {
+            if check(action, rcpt) == Some(false) {
+                return Err(Reply::status(550, 1, 1, format!("No such user here: {rcpt}")));
+            }
+        }
+        Ok(action.to_string())
+    }
+}

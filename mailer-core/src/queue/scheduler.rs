@@ -1,0 +1,480 @@
+//! The scheduler: delivers due messages, records each recipient's outcome durably before
+//! moving on, retries with backoff, warns and expires, and bounces to the sender.
+//!
+//! A recipient marked delivered in the envelope is never sent again; only a delivery in
+//! flight at a crash can repeat. Messages enter through [`Scheduler::enqueue`] the moment
+//! they are durable, so delivery starts without polling.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{watch, Notify, Semaphore};
+
+use super::{Envelope, QueueId, Recipient, RecipientState, Spool};
+use crate::address::Address;
+use crate::delivery::bounce::{build_dsn, DsnInput, DsnKind, DsnRecipient};
+use crate::delivery::{EnhancedStatus, Failure, Outcome};
+use crate::time::{from_unix_seconds, unix_seconds};
+
+/// Retry and expiry settings (the `[queue]` section).
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub lifetime: Duration,
+    pub warn_after: Duration,
+}
+
+/// One delivery attempt: the recipients of one message that one action handles.
+pub struct Job {
+    pub envelope: Arc<Envelope>,
+    pub action: String,
+    /// Indices into `envelope.recipients`.
+    pub recipients: Vec<usize>,
+    pub message: Arc<Vec<u8>>,
+}
+
+/// What an attempt produced.
+pub struct Attempt {
+    /// One outcome per job recipient, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Addresses a job recipient was expanded to (aliases), to be routed as new recipients:
+    /// (position in the job, address).
+    pub forwards: Vec<(usize, Address)>,
+}
+
+impl Attempt {
+    pub fn of(outcomes: Vec<Outcome>) -> Attempt {
+        Attempt {
+            outcomes,
+            forwards: Vec::new(),
+        }
+    }
+}
+
+/// How mail leaves: the daemon provides it (relay pools, mailboxes).
+pub trait Deliverer: Send + Sync + 'static {
+    fn deliver(&self, job: Job) -> impl Future<Output = Attempt> + Send;
+    /// The action for a new recipient (a bounce's, or an alias target's); `None` if no rule
+    /// matches.
+    fn route(&self, recipient: &Address) -> Option<String>;
+    /// Called once per recipient outcome, for logs and metrics.
+    fn observe(&self, _envelope: &Envelope, _recipient: &Recipient, _outcome: &Outcome) {}
+}
+
+struct State {
+    messages: BTreeMap<QueueId, Envelope>,
+    in_flight: HashSet<QueueId>,
+}
+
+pub struct Scheduler<D> {
+    spool: Arc<Spool>,
+    deliverer: Arc<D>,
+    timing: Timing,
+    hostname: String,
+    state: Mutex<State>,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+}
+
+/// How many messages are delivered at once.
+const PARALLEL_MESSAGES: usize = 64;
+
+impl<D: Deliverer> Scheduler<D> {
+    pub fn new(spool: Arc<Spool>, deliverer: Arc<D>, timing: Timing, hostname: String) -> Arc<Self> {
+        Arc::new(Scheduler {
+            spool,
+            deliverer,
+            timing,
+            hostname,
+            state: Mutex::new(State {
+                messages: BTreeMap::new(),
+                in_flight: HashSet::new(),
+            }),
+            wake: Notify::new(),
+            slots: Arc::new(Semaphore::new(PARALLEL_MESSAGES)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a durable message; it is attempted at once if due.
+    pub fn enqueue(&self, envelope: Envelope) {
+        self.lock().messages.insert(envelope.id, envelope);
+        self.wake.notify_one();
+    }
+
+    /// A snapshot of the queue, in arrival order.
+    pub fn snapshot(&self) -> Vec<Envelope> {
+        self.lock().messages.values().cloned().collect()
+    }
+
+    /// Messages being delivered right now.
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight.len()
+    }
+
+    /// Applies `f` to a queued message that is not being delivered, persisting the change.
+    /// Returns false if no such message (or it is in flight).
+    pub fn modify(&self, id: QueueId, f: impl FnOnce(&mut Envelope)) -> io::Result<bool> {
+        let mut state = self.lock();
+        if state.in_flight.contains(&id) {
+            return Ok(false);
+        }
+        let Some(env) = state.messages.get_mut(&id) else {
+            return Ok(false);
+        };
+        let mut updated = env.clone();
+        f(&mut updated);
+        self.spool.update(&updated)?;
+        *env = updated;
+        drop(state);
+        self.wake.notify_one();
+        Ok(true)
+    }
+
+    /// Makes every pending recipient due now (all messages, or one).
+    pub fn flush(&self, id: Option<QueueId>) -> io::Result<usize> {
+        let now = unix_seconds(SystemTime::now());
+        let ids: Vec<QueueId> = match id {
+            Some(id) => vec![id],
+            None => self.lock().messages.keys().copied().collect(),
+        };
+        let mut n = 0;
+        for id in ids {
+            if self.modify(id, |env| {
+                for r in &mut env.recipients {
+                    if r.state == RecipientState::Pending {
+                        r.next_attempt = now;
+                    }
+                }
+            })? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Removes a message without delivering it.
+    pub fn remove(&self, id: QueueId) -> io::Result<bool> {
+        let mut state = self.lock();
+        if state.in_flight.contains(&id) || !state.messages.contains_key(&id) {
+            return Ok(false);
+        }
+        self.spool.remove(id)?;
+        state.messages.remove(&id);
+        Ok(true)
+    }
+
+    /// Runs until `shutdown` turns true, then waits for deliveries in flight.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let now = SystemTime::now();
+            let (due, next) = self.due(now);
+            for id in due {
+                let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let this = self.clone();
+                tokio::spawn(async move {
+                    this.attempt(id).await;
+                    drop(permit);
+                });
+            }
+            let sleep = next
+                .and_then(|t| t.duration_since(SystemTime::now()).ok())
+                .unwrap_or(Duration::from_secs(3600));
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(sleep) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Waits until no delivery is in flight, at most `grace`.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        let _ = tokio::time::timeout(
+            grace,
+            self.slots.acquire_many(PARALLEL_MESSAGES as u32),
+        )
+        .await;
+        self.in_flight() == 0
+    }
+
+    /// Claims due messages; returns them and the time of the next one that is not yet due.
+    fn due(&self, now: SystemTime) -> (Vec<QueueId>, Option<SystemTime>) {
+        let now_s = unix_seconds(now);
+        let mut state = self.lock();
+        let mut due = Vec::new();
+        let mut next: Option<i64> = None;
+        for (id, env) in &state.messages {
+            if env.held || state.in_flight.contains(id) {
+                continue;
+            }
+            let earliest = env
+                .recipients
+                .iter()
+                .filter(|r| r.state == RecipientState::Pending)
+                .map(|r| r.next_attempt)
+                .min();
+            match earliest {
+                Some(t) if t <= now_s => due.push(*id),
+                Some(t) => next = Some(next.map_or(t, |n: i64| n.min(t))),
+                // Nothing pending: finished but not yet removed; attempt() cleans it up.
+                None => due.push(*id),
+            }
+        }
+        for id in &due {
+            state.in_flight.insert(*id);
+        }
+        (due, next.map(from_unix_seconds))
+    }
+
+    async fn attempt(self: Arc<Self>, id: QueueId) {
+        let env = self.lock().messages.get(&id).cloned();
+        if let Some(env) = env {
+            if let Err(e) = self.attempt_message(env).await {
+                tracing::error!(queue_id = %id, error = %e, "cannot update the queue");
+            }
+        }
+        self.lock().in_flight.remove(&id);
+        self.wake.notify_one();
+    }
+
+    async fn attempt_message(&self, mut env: Envelope) -> io::Result<()> {
+        let id = env.id;
+        let spool = self.spool.clone();
+        let message = match tokio::task::spawn_blocking(move || spool.read_message(id)).await {
+            Ok(Ok(m)) => Arc::new(m),
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(io::Error::other(e)),
+        };
+        let now = SystemTime::now();
+        let now_s = unix_seconds(now);
+        let expires = env.arrived + self.timing.lifetime.as_secs() as i64;
+        let mut failed: Vec<(usize, Failure)> = Vec::new();
+
+        // Recipients past the queue lifetime fail now, with their last error.
+        for (i, r) in env.recipients.iter_mut().enumerate() {
+            if r.state == RecipientState::Pending && now_s >= expires && r.attempts > 0 {
+                let reason = format!(
+                    "gave up after {} attempts: {}",
+                    r.attempts,
+                    r.last_error.as_deref().unwrap_or("no delivery possible")
+                );
+                failed.push((i, Failure::permanent(EnhancedStatus(4, 4, 7), reason)));
+                r.state = RecipientState::Failed;
+            }
+        }
+
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, r) in env.recipients.iter().enumerate() {
+            if r.state == RecipientState::Pending && r.next_attempt <= now_s {
+                groups.entry(r.action.clone()).or_default().push(i);
+            }
+        }
+
+        for (action, indices) in groups {
+            let job = Job {
+                envelope: Arc::new(env.clone()),
+                action,
+                recipients: indices.clone(),
+                message: message.clone(),
+            };
+            let attempt = self.deliverer.deliver(job).await;
+            for (pos, &i) in indices.iter().enumerate() {
+                let outcome = attempt.outcomes.get(pos).cloned().unwrap_or_else(|| {
+                    Outcome::Failed(Failure::temporary(
+                        EnhancedStatus(4, 3, 0),
+                        "delivery gave no result",
+                    ))
+                });
+                self.deliverer.observe(&env, &env.recipients[i], &outcome);
+                let r = &mut env.recipients[i];
+                r.attempts += 1;
+                match outcome {
+                    Outcome::Delivered { .. } => {
+                        r.state = RecipientState::Delivered;
+                        r.last_error = None;
+                    }
+                    Outcome::Failed(f) if f.permanent => {
+                        r.state = RecipientState::Failed;
+                        r.last_error = Some(f.reason.clone());
+                        failed.push((i, f));
+                    }
+                    Outcome::Failed(f) => {
+                        r.last_error = Some(f.reason.clone());
+                        r.next_attempt = self.next_attempt(now_s, r.attempts, expires);
+                    }
+                }
+            }
+            for (pos, address) in attempt.forwards {
+                let Some(&from) = indices.get(pos) else { continue };
+                let original = env.recipients[from].original.clone().unwrap_or_else(|| env.recipients[from].address.clone());
+                if env.recipients.iter().any(|r| r.address == address) {
+                    continue;
+                }
+                match self.deliverer.route(&address) {
+                    Some(action) => env.recipients.push(Recipient {
+                        address,
+                        action,
+                        state: RecipientState::Pending,
+                        attempts: 0,
+                        next_attempt: now_s,
+                        last_error: None,
+                        original: Some(original),
+                    }),
+                    None => tracing::warn!(queue_id = %id, to = %address, "alias target matches no rule; dropped"),
+                }
+            }
+            // Durable before the next group: a delivered recipient is never sent again.
+            self.persist(&env).await?;
+        }
+
+        if !failed.is_empty() {
+            self.bounce(&env, &message, &failed, DsnKind::Failure, now).await;
+            self.persist(&env).await?;
+        }
+
+        let pending = env.recipients.iter().any(|r| r.state == RecipientState::Pending);
+        if pending
+            && !env.warned
+            && !self.timing.warn_after.is_zero()
+            && now_s >= env.arrived + self.timing.warn_after.as_secs() as i64
+        {
+            let delayed: Vec<(usize, Failure)> = env
+                .recipients
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.state == RecipientState::Pending)
+                .map(|(i, r)| {
+                    let reason = r.last_error.clone().unwrap_or_else(|| "not yet delivered".into());
+                    (i, Failure::temporary(EnhancedStatus(4, 4, 1), reason))
+                })
+                .collect();
+            let until = from_unix_seconds(expires);
+            self.bounce(&env, &message, &delayed, DsnKind::Delay { until }, now).await;
+            env.warned = true;
+            self.persist(&env).await?;
+        }
+
+        if env.is_done() {
+            let spool = self.spool.clone();
+            tokio::task::spawn_blocking(move || spool.remove(id))
+                .await
+                .map_err(io::Error::other)??;
+            self.lock().messages.remove(&id);
+        } else {
+            self.lock().messages.insert(id, env);
+        }
+        Ok(())
+    }
+
+    async fn persist(&self, env: &Envelope) -> io::Result<()> {
+        let spool = self.spool.clone();
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || spool.update(&env))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    /// Jittered exponential backoff between retry_min and retry_max, never past expiry.
+    fn next_attempt(&self, now: i64, attempts: u32, expires: i64) -> i64 {
+        let min = self.timing.retry_min.as_secs_f64().max(1.0);
+        let max = self.timing.retry_max.as_secs_f64().max(min);
+        let base = (min * 2f64.powi(attempts.saturating_sub(1).min(30) as i32)).min(max);
+        // ±20 % so that messages deferred together do not retry in lockstep.
+        let delay = (base * (0.8 + 0.4 * fastrand::f64())).clamp(min.min(max), max);
+        (now + delay.round() as i64).min(expires.max(now + 1))
+    }
+
+    /// Sends a DSN about `recipients` to the original sender; never for a bounce.
+    async fn bounce(
+        &self,
+        env: &Envelope,
+        message: &[u8],
+        recipients: &[(usize, Failure)],
+        kind: DsnKind,
+        now: SystemTime,
+    ) {
+        let Some(sender) = env.sender.clone() else {
+            return;
+        };
+        let Some(action) = self.deliverer.route(&sender) else {
+            tracing::warn!(queue_id = %env.id, to = %sender, "no rule routes the bounce; not sent");
+            return;
+        };
+        let postmaster = Address::from_parts("MAILER-DAEMON", &self.hostname)
+            .unwrap_or_else(|_| Address::parse("MAILER-DAEMON@localhost").expect("valid literal"));
+        let dsn_recipients: Vec<DsnRecipient<'_>> = recipients
+            .iter()
+            .map(|(i, f)| {
+                let r = &env.recipients[*i];
+                DsnRecipient {
+                    original: r.original.as_ref(),
+                    final_recipient: &r.address,
+                    status: f.status,
+                    remote_mta: None,
+                    diagnostic: f.remote_reply.as_deref(),
+                    reason: &f.reason,
+                    last_attempt: Some(now),
+                }
+            })
+            .collect();
+        let dsn = build_dsn(&DsnInput {
+            reporting_mta: &self.hostname,
+            postmaster,
+            original_sender: &sender,
+            queue_id: &env.id.to_string(),
+            arrival: env.arrived_at(),
+            now,
+            kind,
+            recipients: &dsn_recipients,
+            original: message,
+            message_id_domain: &self.hostname,
+        });
+        let id = QueueId::generate(now);
+        let now_s = unix_seconds(now);
+        let bounce = Envelope {
+            version: env.version,
+            id,
+            arrived: now_s,
+            sender: None,
+            recipients: vec![Recipient {
+                address: sender.clone(),
+                action,
+                state: RecipientState::Pending,
+                attempts: 0,
+                next_attempt: now_s,
+                last_error: None,
+                original: None,
+            }],
+            size: dsn.len() as u64,
+            smtputf8: sender.is_utf8(),
+            eightbit: false,
+            helo: self.hostname.clone(),
+            peer: "local".into(),
+            held: false,
+            warned: false,
+        };
+        let spool = self.spool.clone();
+        let stored = bounce.clone();
+        match tokio::task::spawn_blocking(move || spool.store(&stored, &dsn)).await {
+            Ok(Ok(())) => {
+                tracing::info!(queue_id = %id, about = %env.id, to = %sender, "bounce queued");
+                self.enqueue(bounce);
+            }
+            Ok(Err(e)) => tracing::error!(queue_id = %env.id, error = %e, "cannot queue the bounce"),
+            Err(e) => tracing::error!(queue_id = %env.id, error = %e, "cannot queue the bounce"),
+        }
+    }
+}

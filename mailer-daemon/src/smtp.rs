@@ -1,0 +1,155 @@
+//! The SMTP listener edge: accepts connections and drives a `Session` over each socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use mailer_core::intake::{reply::replies, Event, Peer, QueueRefused, Session, SessionConfig};
+use mailer_core::policy::Router;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::engine::Engine;
+
+/// What every connection of one listener shares.
+pub struct Intake {
+    pub session: Arc<SessionConfig>,
+    pub router: Arc<Router>,
+    pub engine: Arc<Engine>,
+    pub connections: Arc<Semaphore>,
+    pub idle_timeout: Duration,
+    pub data_timeout: Duration,
+    /// Flips to true when the daemon stops.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Accepts until shutdown; each connection runs in its own task.
+pub async fn listen(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    intake: Arc<Intake>,
+    tasks: tokio_util_tracker::Tracker,
+) {
+    let mut shutdown = intake.shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let intake = intake.clone();
+        let tls = tls.clone();
+        tasks.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            match intake.connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    serve_connection(stream, peer, tls, &intake).await;
+                    drop(permit);
+                }
+                Err(_) => {
+                    intake.engine.metrics().rejected("connections");
+                    let mut stream = stream;
+                    let _ = stream
+                        .write_all(&replies::too_many_connections().to_bytes())
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    intake: &Intake,
+) {
+    let router: Arc<dyn mailer_core::intake::RecipientPolicy> = intake.router.clone();
+    let mut session = Session::new(
+        intake.session.clone(),
+        router,
+        Peer { addr: Some(peer) },
+        SystemTime::now(),
+    );
+    intake.engine.metrics().session();
+    match drive(stream, &mut session, intake).await {
+        Ok(Some(stream)) => {
+            let Some(acceptor) = tls else { return };
+            match acceptor.accept(stream).await {
+                Ok(tls_stream) => {
+                    session.tls_established();
+                    let _ = drive(tls_stream, &mut session, intake).await;
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => tracing::debug!(%peer, error = %e, "connection ended"),
+    }
+}
+
+/// Runs the session over `stream` until it closes (None) or asks for TLS (Some(stream)).
+async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    session: &mut Session,
+    intake: &Intake,
+) -> std::io::Result<Option<S>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut shutdown = intake.shutdown.clone();
+    loop {
+        // Handle every event before reading more, so pipelined replies keep their order
+        // and nothing is read while a message is being made durable.
+        while let Some(event) = session.poll_event() {
+            match event {
+                Event::Message(incoming) => {
+                    let result = intake.engine.accept(*incoming).await;
+                    session.queued(result.map_err(|_| QueueRefused), SystemTime::now());
+                }
+                Event::StartTls => {
+                    stream.write_all(&session.take_output()).await?;
+                    stream.flush().await?;
+                    return Ok(Some(stream));
+                }
+                Event::Close => {
+                    let out = session.take_output();
+                    if !out.is_empty() {
+                        stream.write_all(&out).await?;
+                    }
+                    let _ = stream.shutdown().await;
+                    return Ok(None);
+                }
+                Event::Rejected(reason) => intake.engine.metrics().rejected(reason),
+            }
+        }
+        if session.has_output() {
+            stream.write_all(&session.take_output()).await?;
+            stream.flush().await?;
+        }
+        if session.is_closed() {
+            return Ok(None);
+        }
+        let limit = if session.in_data() {
+            intake.data_timeout
+        } else {
+            intake.idle_timeout
+        };
+        tokio::select! {
+            r = tokio::time::timeout(limit, stream.read(&mut buf)) => match r {
+                Ok(Ok(0)) => session.end_of_input(),
+                Ok(Ok(n)) => session.receive(&buf[..n], SystemTime::now()),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => session.timeout(),
+            },
+            _ = shutdown.changed() => session.begin_shutdown(),
+        }
+    }
+}
