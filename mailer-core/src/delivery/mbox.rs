@@ -231,9 +231,9 @@ fn is_from_line(line: &[u8]) -> bool {
 }
 
 /// A writer that fails once `remaining` bytes have passed (never when `None`).
-struct FailAfter<W> {
-    inner: W,
-    remaining: Option<u64>,
+pub(crate) struct FailAfter<W> {
+    pub(crate) inner: W,
+    pub(crate) remaining: Option<u64>,
 }
 
 impl<W: Write> Write for FailAfter<W> {
