@@ -153,6 +153,10 @@ impl Aliases {
             files: vec![source.to_path_buf()],
         };
         let entries = parser.parse_table(text, source);
+        // An empty entry is only known at the next one: restore line order, this file first.
+        parser
+            .errors
+            .sort_by(|a, b| (a.file != source, &a.file, a.line).cmp(&(b.file != source, &b.file, b.line)));
         if parser.errors.is_empty() {
             Ok(Aliases {
                 source: source.to_path_buf(),
