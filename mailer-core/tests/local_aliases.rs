@@ -129,12 +129,12 @@ fn loops_are_reported_with_their_chain() {
 #[test]
 fn loop_through_a_local_domain_address_is_detected() {
     let a = parse("a: b@localhost\nb: a\n", AliasOptions::default()).expect("parses");
-    assert!(matches!(a.expand("a", &local_domains()), Err(ExpandError::Loop(_))));
+    assert!(matches!(
+        a.expand("a", &local_domains()),
+        Err(ExpandError::Loop(_))
+    ));
     // Without localhost among the local domains, b@localhost is a remote address.
-    assert_eq!(
-        a.expand("a", &[]),
-        Ok(Some(vec![remote("b@localhost")]))
-    );
+    assert_eq!(a.expand("a", &[]), Ok(Some(vec![remote("b@localhost")])));
 }
 
 #[test]
@@ -150,8 +150,11 @@ fn depth_is_bounded() {
 
 #[test]
 fn backslash_target_is_a_user_even_if_an_alias_has_the_name() {
-    let a = parse("pim: \\pim, archive\narchive: store\n", AliasOptions::default())
-        .expect("parses");
+    let a = parse(
+        "pim: \\pim, archive\narchive: store\n",
+        AliasOptions::default(),
+    )
+    .expect("parses");
     assert_eq!(
         a.expand("pim", &[]),
         Ok(Some(vec![user("pim"), user("store")]))
@@ -230,7 +233,10 @@ fn include_through_a_custom_loader() {
     )
     .expect("parses");
     assert_eq!(calls, vec![PathBuf::from("/lists/ops")]);
-    assert_eq!(a.expand("ops", &[]), Ok(Some(vec![user("anna"), user("ben")])));
+    assert_eq!(
+        a.expand("ops", &[]),
+        Ok(Some(vec![user("anna"), user("ben")]))
+    );
 }
 
 #[test]
@@ -265,7 +271,8 @@ fn every_syntax_error_is_reported_with_its_line() {
 
 #[test]
 fn commands_and_files_are_accepted_when_the_action_allows_them() {
-    let text = "pipe: |/usr/bin/procmail -d pim\nquoted: \"|/usr/bin/x a, b\"\nfile: /var/log/mail.copy\n";
+    let text =
+        "pipe: |/usr/bin/procmail -d pim\nquoted: \"|/usr/bin/x a, b\"\nfile: /var/log/mail.copy\n";
     let opts = AliasOptions {
         allow_commands: true,
         allow_files: true,
@@ -279,7 +286,9 @@ fn commands_and_files_are_accepted_when_the_action_allows_them() {
     );
     assert_eq!(
         a.expand("quoted", &[]),
-        Ok(Some(vec![AliasTarget::Command("/usr/bin/x a, b".to_string())]))
+        Ok(Some(vec![AliasTarget::Command(
+            "/usr/bin/x a, b".to_string()
+        )]))
     );
     assert_eq!(
         a.expand("file", &[]),
@@ -324,7 +333,10 @@ fn empty_target_list_on_last_line_and_continued_list() {
     );
     // A name alone on its line with targets on continuation lines is fine.
     let a = parse("list:\n  pim,\n  bob\n", AliasOptions::default()).expect("parses");
-    assert_eq!(a.expand("list", &[]), Ok(Some(vec![user("pim"), user("bob")])));
+    assert_eq!(
+        a.expand("list", &[]),
+        Ok(Some(vec![user("pim"), user("bob")]))
+    );
 }
 
 #[test]

@@ -29,14 +29,21 @@ fn message_lands_in_new_with_lf_line_ends() {
         std::fs::read(&path).expect("read"),
         b"From: pim@ublog.tech\nSubject: hi\n\nFrom here\nend\n"
     );
-    let name = path.file_name().expect("name").to_string_lossy().into_owned();
+    let name = path
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     let pid_part = format!("P{}Q", std::process::id());
     assert!(name.contains(".M") && name.contains(&pid_part), "{name}");
     assert!(name.ends_with(".mx.ublog.tech"), "{name}");
     assert!(names(&maildir.join("tmp")).is_empty());
     assert!(names(&maildir.join("cur")).is_empty());
     for d in ["", "tmp", "new", "cur"] {
-        let mode = std::fs::metadata(maildir.join(d)).expect("stat").permissions().mode();
+        let mode = std::fs::metadata(maildir.join(d))
+            .expect("stat")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700, "{d}");
     }
     let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
@@ -56,7 +63,9 @@ fn hundred_quick_deliveries_get_unique_names() {
     }
     let delivered = names(&maildir.join("new"));
     assert_eq!(delivered.len(), 100);
-    assert!(delivered.iter().all(|n| n.ends_with(".host\\057with\\072odd")));
+    assert!(delivered
+        .iter()
+        .all(|n| n.ends_with(".host\\057with\\072odd")));
     assert!(names(&maildir.join("tmp")).is_empty());
     // Each file holds its own message.
     for path in &paths {
@@ -83,11 +92,15 @@ fn failed_write_leaves_nothing_in_tmp_or_new() {
     assert!(!failure.permanent);
     assert_eq!(failure.status, EnhancedStatus(4, 3, 0));
     assert!(
-        failure.reason.starts_with(&maildir.join("tmp").display().to_string()),
+        failure
+            .reason
+            .starts_with(&maildir.join("tmp").display().to_string()),
         "{}",
         failure.reason
     );
-    assert!(failure.reason.ends_with(": write failed: injected write failure"));
+    assert!(failure
+        .reason
+        .ends_with(": write failed: injected write failure"));
     assert!(names(&maildir.join("tmp")).is_empty());
     assert!(names(&maildir.join("new")).is_empty());
 }

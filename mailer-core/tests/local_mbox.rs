@@ -46,8 +46,14 @@ fn second_message_is_appended_and_null_sender_is_mailer_daemon() {
     let mbox = dir.path().join("pim");
     deliver_mbox(&mbox, Some(&sender()), arrival(), MESSAGE, &opts(1000)).expect("first");
     let bounce = b"Subject: failure\r\n\r\nbody\r\n";
-    deliver_mbox(&mbox, None, from_unix_seconds(951_782_400), bounce, &opts(1000))
-        .expect("second");
+    deliver_mbox(
+        &mbox,
+        None,
+        from_unix_seconds(951_782_400),
+        bounce,
+        &opts(1000),
+    )
+    .expect("second");
     let mut expected = EXPECTED.to_vec();
     expected.extend_from_slice(
         b"From MAILER-DAEMON Tue Feb 29 00:00:00 2000\nSubject: failure\n\nbody\n\n",
@@ -63,7 +69,10 @@ fn new_mbox_is_mode_0600_in_created_0700_directory() {
     let mode = std::fs::metadata(&mbox).expect("stat").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     for d in ["home", "home/pim", "home/pim/mail"] {
-        let mode = std::fs::metadata(dir.path().join(d)).expect("stat").permissions().mode();
+        let mode = std::fs::metadata(dir.path().join(d))
+            .expect("stat")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700, "{d}");
     }
 }
@@ -100,15 +109,15 @@ fn write_error_truncates_mbox_back_to_its_old_bytes() {
     deliver_mbox(&mbox, Some(&sender()), arrival(), MESSAGE, &opts(1000)).expect("first");
     let before = std::fs::read(&mbox).expect("read");
     // Larger than the write buffer, so part of it reaches the file before the failure.
-    let big: Vec<u8> = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n"
-        .repeat(4096);
+    let big: Vec<u8> =
+        b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n".repeat(4096);
     for fail_after in [0, 10, 100_000, 200_000] {
         let options = MboxOptions {
             fail_after: Some(fail_after),
             ..opts(1000)
         };
-        let failure = deliver_mbox(&mbox, None, arrival(), &big, &options)
-            .expect_err("injected failure");
+        let failure =
+            deliver_mbox(&mbox, None, arrival(), &big, &options).expect_err("injected failure");
         assert!(!failure.permanent);
         assert_eq!(failure.status, EnhancedStatus(4, 3, 0));
         assert_eq!(
@@ -118,7 +127,11 @@ fn write_error_truncates_mbox_back_to_its_old_bytes() {
                 mbox.display()
             )
         );
-        assert_eq!(std::fs::read(&mbox).expect("read"), before, "fail_after {fail_after}");
+        assert_eq!(
+            std::fs::read(&mbox).expect("read"),
+            before,
+            "fail_after {fail_after}"
+        );
         assert!(!dir.path().join("pim.lock").exists(), "dotlock removed");
     }
 }
@@ -249,7 +262,9 @@ fn symlinked_mbox_is_refused_and_its_target_untouched() {
     let failure = deliver_mbox(&mbox, None, arrival(), b"x\r\n", &opts(1000)).expect_err("refused");
     assert!(!failure.permanent);
     assert!(
-        failure.reason.starts_with(&format!("{}: cannot open:", mbox.display())),
+        failure
+            .reason
+            .starts_with(&format!("{}: cannot open:", mbox.display())),
         "{}",
         failure.reason
     );
@@ -271,10 +286,22 @@ fn path_patterns_expand_user_domain_home_and_percent() {
         expand_path("~", "pim", "x", Some(&home)),
         Ok(PathBuf::from("/home/pim"))
     );
-    assert_eq!(expand_path("~/mbox", "pim", "x", None), Err(PatternError::NoHome));
-    assert_eq!(expand_path("~bob/mbox", "pim", "x", Some(&home)), Err(PatternError::TildeUser));
-    assert_eq!(expand_path("/m/%x", "pim", "x", None), Err(PatternError::UnknownEscape('x')));
-    assert_eq!(expand_path("/m/%", "pim", "x", None), Err(PatternError::TrailingPercent));
+    assert_eq!(
+        expand_path("~/mbox", "pim", "x", None),
+        Err(PatternError::NoHome)
+    );
+    assert_eq!(
+        expand_path("~bob/mbox", "pim", "x", Some(&home)),
+        Err(PatternError::TildeUser)
+    );
+    assert_eq!(
+        expand_path("/m/%x", "pim", "x", None),
+        Err(PatternError::UnknownEscape('x'))
+    );
+    assert_eq!(
+        expand_path("/m/%", "pim", "x", None),
+        Err(PatternError::TrailingPercent)
+    );
     assert_eq!(
         expand_path("/var/mail/%u", "..", "x", None),
         Err(PatternError::UnsafeValue {

@@ -6,7 +6,9 @@ use mailer_core::tables::users::lookup_user;
 
 #[test]
 fn root_is_found_with_uid_zero_and_its_home() {
-    let root = lookup_user("root").expect("passwd readable").expect("root exists");
+    let root = lookup_user("root")
+        .expect("passwd readable")
+        .expect("root exists");
     assert_eq!(root.name, "root");
     assert_eq!((root.uid, root.gid), (0, 0));
     // The home passwd gives, whatever it is on this machine.
@@ -21,7 +23,10 @@ fn root_is_found_with_uid_zero_and_its_home() {
 
 #[test]
 fn unknown_user_is_none() {
-    assert_eq!(lookup_user("no-such-user-mailer-test").expect("lookup"), None);
+    assert_eq!(
+        lookup_user("no-such-user-mailer-test").expect("lookup"),
+        None
+    );
     assert_eq!(lookup_user("").expect("lookup"), None);
 }
 

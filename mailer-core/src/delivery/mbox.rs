@@ -51,7 +51,9 @@ impl fmt::Display for PatternError {
             PatternError::UnsafeValue { what, value } => {
                 write!(f, "{what} `{value}` cannot be used in a path")
             }
-            PatternError::NotAbsolute(p) => write!(f, "mailbox path {} is not absolute", p.display()),
+            PatternError::NotAbsolute(p) => {
+                write!(f, "mailbox path {} is not absolute", p.display())
+            }
         }
     }
 }
@@ -190,7 +192,12 @@ pub fn deliver_mbox(
     Ok(())
 }
 
-fn append(file: &File, separator: &[u8], message: &[u8], fail_after: Option<u64>) -> io::Result<()> {
+fn append(
+    file: &File,
+    separator: &[u8],
+    message: &[u8],
+    fail_after: Option<u64>,
+) -> io::Result<()> {
     {
         let sink = FailAfter {
             inner: file,
@@ -244,7 +251,9 @@ impl<W: Write> Write for FailAfter<W> {
         if remaining == 0 {
             return Err(io::Error::other("injected write failure"));
         }
-        let take = buf.len().min(usize::try_from(remaining).unwrap_or(usize::MAX));
+        let take = buf
+            .len()
+            .min(usize::try_from(remaining).unwrap_or(usize::MAX));
         let n = self.inner.write(&buf[..take])?;
         self.remaining = Some(remaining - n as u64);
         Ok(n)
@@ -362,7 +371,7 @@ fn lock_fcntl(file: &File, deadline: Instant) -> Result<(), LockError> {
         fl.l_whence = libc::SEEK_SET as _;
         fl.l_start = 0;
         fl.l_len = 0; // To the end of the file, however long it grows.
-        // SAFETY: the descriptor is open for the lifetime of `file`; `fl` is a valid flock.
+                      // SAFETY: the descriptor is open for the lifetime of `file`; `fl` is a valid flock.
         let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
         if rc == 0 {
             return Ok(());

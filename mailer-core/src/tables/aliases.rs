@@ -135,7 +135,11 @@ impl Aliases {
     }
 
     /// Parses `text`, the contents of `source`; `:include:` files are read from disk.
-    pub fn parse(text: &str, source: &Path, opts: AliasOptions) -> Result<Aliases, Vec<TableError>> {
+    pub fn parse(
+        text: &str,
+        source: &Path,
+        opts: AliasOptions,
+    ) -> Result<Aliases, Vec<TableError>> {
         Self::parse_with_loader(text, source, opts, &mut |p| std::fs::read_to_string(p))
     }
 
@@ -154,9 +158,9 @@ impl Aliases {
         };
         let entries = parser.parse_table(text, source);
         // An empty entry is only known at the next one: restore line order, this file first.
-        parser
-            .errors
-            .sort_by(|a, b| (a.file != source, &a.file, a.line).cmp(&(b.file != source, &b.file, b.line)));
+        parser.errors.sort_by(|a, b| {
+            (a.file != source, &a.file, a.line).cmp(&(b.file != source, &b.file, b.line))
+        });
         if parser.errors.is_empty() {
             Ok(Aliases {
                 source: source.to_path_buf(),
@@ -519,7 +523,9 @@ fn split_name(line: &str) -> Result<(String, &str), String> {
         let colon = line.find(':').ok_or("missing ':' after alias name")?;
         let name = line[..colon].trim();
         if name.chars().any(char::is_whitespace) {
-            return Err(format!("alias name `{name}` contains whitespace (quote it)"));
+            return Err(format!(
+                "alias name `{name}` contains whitespace (quote it)"
+            ));
         }
         if name.contains('"') {
             return Err("unterminated quote in alias name".to_string());
@@ -633,7 +639,9 @@ fn parse_target(piece: &str, opts: AliasOptions) -> Result<Target, String> {
 /// Validates a bare local name and returns it lower-cased.
 fn check_local(name: &str) -> Result<String, String> {
     if name.chars().any(char::is_whitespace) {
-        return Err(format!("target `{name}` contains whitespace (missing comma?)"));
+        return Err(format!(
+            "target `{name}` contains whitespace (missing comma?)"
+        ));
     }
     Address::from_parts(name, "localhost")
         .map_err(|e| format!("invalid local name `{name}`: {e}"))?;

@@ -1,8 +1,8 @@
 //! Local users, from the system's password database (`/etc/passwd`, NSS).
 
 use std::ffi::{CStr, CString, OsStr};
-use std::os::unix::ffi::OsStrExt;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 /// Largest buffer offered to `getpwnam_r` before giving up on `ERANGE`.
@@ -60,7 +60,8 @@ pub fn lookup_user(name: &str) -> io::Result<Option<User>> {
             return Ok(None);
         }
         // SAFETY: on success the strings point into `buf`, alive and NUL-terminated.
-        let (pw_name, pw_dir) = unsafe { (CStr::from_ptr(pwd.pw_name), CStr::from_ptr(pwd.pw_dir)) };
+        let (pw_name, pw_dir) =
+            unsafe { (CStr::from_ptr(pwd.pw_name), CStr::from_ptr(pwd.pw_dir)) };
         return Ok(Some(User {
             name: pw_name.to_string_lossy().into_owned(),
             uid: pwd.pw_uid,
