@@ -3,3 +3,4 @@
 
 pub mod aliases;
 pub mod secrets;
+pub mod users;
