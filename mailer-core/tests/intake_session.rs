@@ -277,12 +277,12 @@ fn postmaster_without_domain_is_accepted() {
 }
 
 #[test]
-fn shutdown_gets_421_at_the_next_command() {
+fn shutdown_closes_an_idle_session_with_421() {
     let mut c = Client::local();
     c.ehlo();
     c.session.begin_shutdown();
     assert_eq!(
-        c.send(b"MAIL FROM:<a@b.org>\r\n"),
+        c.drain(),
         "421 4.3.2 Service shutting down, closing connection\r\n"
     );
     assert!(c.closed);

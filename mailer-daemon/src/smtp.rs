@@ -30,7 +30,6 @@ pub async fn listen(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     intake: Arc<Intake>,
-    tasks: tokio_util_tracker::Tracker,
 ) {
     let mut shutdown = intake.shutdown.clone();
     loop {
@@ -48,7 +47,7 @@ pub async fn listen(
         };
         let intake = intake.clone();
         let tls = tls.clone();
-        tasks.spawn(async move {
+        tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             match intake.connections.clone().try_acquire_owned() {
                 Ok(permit) => {
@@ -105,6 +104,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> std::io::Result<Option<S>> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut shutdown = intake.shutdown.clone();
+    let mut stopping = *shutdown.borrow();
+    if stopping {
+        session.begin_shutdown();
+    }
     loop {
         // Handle every event before reading more, so pipelined replies keep their order
         // and nothing is read while a message is being made durable.
@@ -149,7 +152,10 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(Err(e)) => return Err(e),
                 Err(_) => session.timeout(),
             },
-            _ = shutdown.changed() => session.begin_shutdown(),
+            _ = shutdown.changed(), if !stopping => {
+                stopping = true;
+                session.begin_shutdown();
+            }
         }
     }
 }

@@ -265,10 +265,14 @@ impl Session {
         self.close_with(replies::timeout());
     }
 
-    /// The server is stopping: a session between transactions is told so at its next command;
-    /// [`Session::shutdown_now`] ends it at once.
+    /// The server is stopping: an idle session is closed with 421 now; one inside a
+    /// transaction may finish it and is closed at its next command.
+    /// [`Session::shutdown_now`] ends any session at once.
     pub fn begin_shutdown(&mut self) {
         self.draining = true;
+        if self.tx.is_none() && matches!(self.phase, Phase::Command) && self.input.is_empty() {
+            self.close_with(replies::shutting_down());
+        }
     }
 
     pub fn shutdown_now(&mut self) {

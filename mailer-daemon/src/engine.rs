@@ -1,0 +1,381 @@
+//! The engine: the spool, the scheduler and the ways out, wired from the configuration.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use mailer_core::address::Address;
+use mailer_core::config::{Action, Config, LocalAction, MailboxKind};
+use mailer_core::delivery::maildir::{deliver_maildir, MaildirOptions};
+use mailer_core::delivery::mbox::{deliver_mbox, expand_path, MboxOptions};
+use mailer_core::delivery::{EnhancedStatus, Failure, Outcome};
+use mailer_core::intake::Incoming;
+use mailer_core::policy::Router;
+use mailer_core::queue::scheduler::{Attempt, Deliverer, Job, Scheduler, Timing};
+use mailer_core::queue::{Envelope, QueueId, Recipient, Spool};
+use mailer_core::tables::aliases::{AliasOptions, AliasTarget, Aliases};
+use mailer_core::tables::users::lookup_user;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+
+pub struct Engine {
+    spool: Arc<Spool>,
+    scheduler: Arc<Scheduler<Delivery>>,
+    router: Arc<Router>,
+    metrics: Arc<Metrics>,
+}
+
+impl Engine {
+    /// Opens the queue, loads what it holds and starts delivering.
+    pub async fn start(config: &Config, shutdown: watch::Receiver<bool>) -> Result<Arc<Engine>, String> {
+        let spool = Spool::open(&config.queue_dir)
+            .map_err(|e| format!("cannot open the queue {}: {e}", config.queue_dir.display()))?;
+        let spool = Arc::new(spool);
+        let metrics = Arc::new(Metrics::default());
+        let delivery = Arc::new(Delivery::new(config, metrics.clone())?);
+        let router = Arc::new(delivery.router.clone().with_local_check(delivery.local_check()));
+        let scheduler = Scheduler::new(
+            spool.clone(),
+            delivery,
+            Timing {
+                retry_min: config.queue.retry_min,
+                retry_max: config.queue.retry_max,
+                lifetime: config.queue.lifetime,
+                warn_after: config.queue.warn_after,
+            },
+            config.hostname.clone(),
+        );
+        let loader = spool.clone();
+        let report = tokio::task::spawn_blocking(move || loader.load(true))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("cannot read the queue {}: {e}", config.queue_dir.display()))?;
+        for (path, reason) in &report.corrupt {
+            tracing::error!(file = %path.display(), %reason, "unreadable envelope left in the queue");
+        }
+        let loaded = report.envelopes.len();
+        for env in report.envelopes {
+            scheduler.enqueue(env);
+        }
+        tracing::info!(messages = loaded, queue = %config.queue_dir.display(), "queue loaded");
+        tokio::spawn(scheduler.clone().run(shutdown));
+        Ok(Arc::new(Engine {
+            spool,
+            scheduler,
+            router,
+            metrics,
+        }))
+    }
+
+    pub fn router(&self) -> Arc<Router> {
+        self.router.clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Makes a received message durable and schedules it. Ok means it may be acknowledged.
+    pub async fn accept(&self, incoming: Incoming) -> io::Result<QueueId> {
+        let envelope = Envelope::from_incoming(&incoming);
+        let spool = self.spool.clone();
+        let stored = envelope.clone();
+        tokio::task::spawn_blocking(move || spool.store(&stored, &incoming.message))
+            .await
+            .map_err(io::Error::other)?
+            .inspect_err(|e| tracing::error!(error = %e, "cannot queue a message"))?;
+        self.metrics.accepted.inc();
+        self.metrics.bytes_in.inc_by(envelope.size);
+        tracing::info!(
+            queue_id = %envelope.id,
+            from = %display_sender(envelope.sender.as_ref()),
+            recipients = envelope.recipients.len(),
+            size = envelope.size,
+            "received"
+        );
+        let id = envelope.id;
+        self.scheduler.enqueue(envelope);
+        Ok(id)
+    }
+
+    /// Waits for deliveries in flight, at most `grace`.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.scheduler.drain(grace).await
+    }
+}
+
+pub fn display_sender(sender: Option<&Address>) -> String {
+    sender.map_or_else(|| "<>".to_string(), |a| a.to_string())
+}
+
+/// Everything `mailer config check` and `mailer serve` verify beyond the syntax.
+pub fn check_files(config: &Config) -> Vec<String> {
+    let mut problems: Vec<String> = config.check_files().iter().map(|d| d.to_string()).collect();
+    for action in config.actions.values() {
+        if let Action::Local(local) = action {
+            if let Some(Err(errors)) = load_aliases(config, local) {
+                problems.extend(errors);
+            }
+        }
+    }
+    problems
+}
+
+fn load_aliases(config: &Config, action: &LocalAction) -> Option<Result<Aliases, Vec<String>>> {
+    let table = action.alias.as_ref()?;
+    let path = config.tables.get(table)?;
+    let opts = AliasOptions {
+        allow_commands: action.allow_commands,
+        allow_files: action.allow_files,
+    };
+    Some(Aliases::load(path, opts).map_err(|errs| errs.iter().map(|e| e.to_string()).collect()))
+}
+
+/// A STARTTLS acceptor for a listener.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("{}: {e}", cert.display()))?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A local action ready to deliver.
+struct Local {
+    action: LocalAction,
+    aliases: Option<Arc<Aliases>>,
+}
+
+/// The ways out of the queue, by action name.
+pub struct Delivery {
+    hostname: String,
+    local_domains: Vec<String>,
+    router: Router,
+    locals: HashMap<String, Local>,
+    metrics: Arc<Metrics>,
+}
+
+impl Delivery {
+    fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Delivery, String> {
+        let mut locals = HashMap::new();
+        for (name, action) in &config.actions {
+            match action {
+                Action::Local(local) => {
+                    let aliases = match load_aliases(config, local) {
+                        Some(Ok(a)) => Some(Arc::new(a)),
+                        Some(Err(errors)) => return Err(errors.join("\n")),
+                        None => None,
+                    };
+                    let mut action = local.clone();
+                    action.mailbox = absolute_pattern(&action.mailbox);
+                    locals.insert(name.clone(), Local { action, aliases });
+                }
+                Action::Relay(_) => {}
+            }
+        }
+        Ok(Delivery {
+            hostname: config.hostname.clone(),
+            local_domains: config.local_domains.clone(),
+            router: Router::new(config),
+            locals,
+            metrics,
+        })
+    }
+
+    /// Whether a local recipient exists: an alias of the action's table, or a system user.
+    fn local_check(&self) -> Arc<mailer_core::policy::router::LocalCheck> {
+        let tables: HashMap<String, Option<Arc<Aliases>>> = self
+            .locals
+            .iter()
+            .map(|(name, l)| (name.clone(), l.aliases.clone()))
+            .collect();
+        Arc::new(move |action: &str, rcpt: &Address| {
+            let aliases = tables.get(action)?;
+            if aliases.as_ref().is_some_and(|a| a.contains(rcpt.local_part())) {
+                return Some(true);
+            }
+            match lookup_user(&rcpt.user()) {
+                Ok(found) => Some(found.is_some()),
+                Err(_) => None,
+            }
+        })
+    }
+
+    fn deliver_local(&self, local: &Local, job: &Job) -> Attempt {
+        let env = &job.envelope;
+        let mut outcomes = Vec::with_capacity(job.recipients.len());
+        let mut forwards = Vec::new();
+        for (pos, &i) in job.recipients.iter().enumerate() {
+            let rcpt = &env.recipients[i].address;
+            let users = match &local.aliases {
+                Some(aliases) => match aliases.expand(rcpt.local_part(), &self.local_domains) {
+                    Ok(Some(targets)) => targets,
+                    Ok(None) => vec![AliasTarget::User(rcpt.user())],
+                    Err(e) => {
+                        outcomes.push(Outcome::Failed(Failure::permanent(
+                            EnhancedStatus(5, 4, 6),
+                            format!("alias expansion failed: {e}"),
+                        )));
+                        continue;
+                    }
+                },
+                None => vec![AliasTarget::User(rcpt.user())],
+            };
+            let mut result = Outcome::Delivered { reply: None };
+            for target in users {
+                let outcome = match target {
+                    AliasTarget::User(user) => self.to_mailbox(local, &user, rcpt, env, &job.message),
+                    AliasTarget::Address(address) => {
+                        forwards.push((pos, address));
+                        continue;
+                    }
+                    AliasTarget::Command(_) | AliasTarget::File(_) => Outcome::Failed(Failure::permanent(
+                        EnhancedStatus(5, 3, 0),
+                        "command and file alias targets are not delivered by this server",
+                    )),
+                };
+                // The worst outcome wins: a temporary failure retries the whole recipient.
+                if let Outcome::Failed(f) = &outcome {
+                    let worse = match &result {
+                        Outcome::Delivered { .. } => true,
+                        Outcome::Failed(prev) => prev.permanent && !f.permanent,
+                    };
+                    if worse {
+                        result = outcome;
+                    }
+                }
+            }
+            outcomes.push(result);
+        }
+        Attempt { outcomes, forwards }
+    }
+
+    fn to_mailbox(&self, local: &Local, user: &str, rcpt: &Address, env: &Envelope, message: &[u8]) -> Outcome {
+        let account = match lookup_user(user) {
+            Ok(Some(u)) => u,
+            Ok(None) => {
+                return Outcome::Failed(Failure::permanent(
+                    EnhancedStatus(5, 1, 1),
+                    format!("no such local user: {user}"),
+                ))
+            }
+            Err(e) => {
+                return Outcome::Failed(Failure::temporary(
+                    EnhancedStatus(4, 3, 0),
+                    format!("cannot look up user {user}: {e}"),
+                ))
+            }
+        };
+        let owner = (unsafe { libc::geteuid() } == 0).then_some((account.uid, account.gid));
+        let (pattern, maildir) = match &local.action.mailbox {
+            MailboxKind::Mbox(p) => (p, false),
+            MailboxKind::Maildir(p) => (p, true),
+        };
+        let path = match expand_path(pattern, user, rcpt.domain(), Some(&account.home)) {
+            Ok(p) => p,
+            Err(e) => {
+                return Outcome::Failed(Failure::temporary(
+                    EnhancedStatus(4, 3, 5),
+                    format!("mailbox path {pattern}: {e}"),
+                ))
+            }
+        };
+        let result = if maildir {
+            let mut opts = MaildirOptions::new(self.hostname.clone());
+            opts.owner = owner;
+            deliver_maildir(&path, message, &opts).map(|_| ())
+        } else {
+            let opts = MboxOptions {
+                owner,
+                ..MboxOptions::default()
+            };
+            deliver_mbox(&path, env.sender.as_ref(), SystemTime::now(), message, &opts)
+        };
+        match result {
+            Ok(()) => Outcome::Delivered {
+                reply: Some(path.display().to_string()),
+            },
+            Err(f) => Outcome::Failed(f),
+        }
+    }
+}
+
+/// A relative mailbox pattern (the embedded default) is taken from the working directory.
+fn absolute_pattern(kind: &MailboxKind) -> MailboxKind {
+    let fix = |p: &String| -> String {
+        if p.starts_with('/') || p.starts_with('~') {
+            return p.clone();
+        }
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        cwd.join(p).display().to_string()
+    };
+    match kind {
+        MailboxKind::Mbox(p) => MailboxKind::Mbox(fix(p)),
+        MailboxKind::Maildir(p) => MailboxKind::Maildir(fix(p)),
+    }
+}
+
+impl Deliverer for Delivery {
+    async fn deliver(&self, job: Job) -> Attempt {
+        if let Some(local) = self.locals.get(&job.action) {
+            // Mailbox writes block (locks, fsync): keep them off the runtime's threads.
+            return tokio::task::block_in_place(|| self.deliver_local(local, &job));
+        }
+        let outcomes = job
+            .recipients
+            .iter()
+            .map(|_| {
+                Outcome::Failed(Failure::temporary(
+                    EnhancedStatus(4, 3, 5),
+                    format!("action {} is not configured", job.action),
+                ))
+            })
+            .collect();
+        Attempt::of(outcomes)
+    }
+
+    fn route(&self, recipient: &Address) -> Option<String> {
+        self.router.action_for(true, recipient).map(str::to_string)
+    }
+
+    fn observe(&self, env: &Envelope, recipient: &Recipient, outcome: &Outcome) {
+        let delay = SystemTime::now()
+            .duration_since(env.arrived_at())
+            .unwrap_or_default()
+            .as_secs();
+        let (label, status, detail) = match outcome {
+            Outcome::Delivered { reply } => ("delivered", "sent", reply.clone().unwrap_or_default()),
+            Outcome::Failed(f) if f.permanent => ("bounced", "bounced", f.reason.clone()),
+            Outcome::Failed(f) => ("deferred", "deferred", f.reason.clone()),
+        };
+        self.metrics
+            .deliveries
+            .get_or_create(&crate::metrics::ActionOutcome {
+                action: recipient.action.clone(),
+                outcome: label.to_string(),
+            })
+            .inc();
+        tracing::info!(
+            queue_id = %env.id,
+            to = %recipient.address,
+            action = %recipient.action,
+            status,
+            delay,
+            detail = %detail,
+            "delivery"
+        );
+    }
+}
