@@ -261,7 +261,7 @@ mod tests {
             ("smtp+tls://x.example:65536", "invalid relay URL `smtp+tls://x.example:65536`: invalid port `65536`"),
             ("smtp+tls://x.example:", "invalid relay URL `smtp+tls://x.example:`: invalid port ``"),
             ("smtp+tls://x.example:+25", "invalid relay URL `smtp+tls://x.example:+25`: invalid port `+25`"),
-            ("smtp+tls://2001:db8::1", "invalid relay URL `smtp+tls://2001:db8::1`: invalid port `db8::1`"),
+            ("smtp+tls://2001:db8::1", "invalid relay URL `smtp+tls://2001:db8::1`: invalid host `2001` (IPv6 addresses go in brackets)"),
             ("smtp+tls://[2001:db8::1", "invalid relay URL `smtp+tls://[2001:db8::1`: missing `]` after the IPv6 address"),
             ("smtp+tls://[x]", "invalid relay URL `smtp+tls://[x]`: invalid IPv6 address `x`"),
             ("smtp+tls://", "invalid relay URL `smtp+tls://`: no host"),
