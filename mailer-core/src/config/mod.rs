@@ -1,1 +1,346 @@
-//! TODO
+//! The TOML configuration: what the relay listens on, which actions deliver mail, which match
+//! rules route recipients to them, and the limits and timers of every stage.
+//!
+//! [`Config::parse`] turns the text into the types below and reports every problem it can find
+//! in one pass, each as a [`Diagnostic`] at the line and column of the value at fault. Unknown
+//! keys are errors everywhere. [`Config::check_files`] adds what needs the file system (the
+//! tables, certificates and keys the configuration names).
+//!
+//! Problems that cannot change what the relay does (an action or table nothing uses) are not
+//! errors: they land in [`Config::warnings`], for `mailer config check` and the log.
+
+mod build;
+mod diagnostic;
+mod files;
+mod raw;
+mod relay_url;
+mod units;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::address::Address;
+
+pub use diagnostic::Diagnostic;
+pub use relay_url::{RelaySecurity, RelayUrl, RelayUrlError};
+pub use units::{format_duration, parse_duration, parse_size};
+
+/// The embedded default: a first run without root (see config/default.toml).
+const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
+
+/// Name used as [`Config::source`] for the embedded default.
+pub const EMBEDDED_SOURCE: &str = "<embedded>";
+
+/// The whole configuration, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Name for EHLO and Received; default: the system host name.
+    pub hostname: String,
+    /// Domains `for = "local"` matches, lower-cased; default: `localhost` and the host name.
+    pub local_domains: Vec<String>,
+    pub queue_dir: PathBuf,
+    pub control_socket: PathBuf,
+    pub limits: Limits,
+    pub listen: Vec<Listen>,
+    /// Table name → file. What a table holds is given by the key that names it (`alias`, `auth`).
+    pub tables: BTreeMap<String, PathBuf>,
+    pub actions: BTreeMap<String, Action>,
+    pub queue: QueueSettings,
+    /// In file order: the first rule that matches a recipient decides.
+    pub matches: Vec<MatchRule>,
+    /// `None`: no metrics endpoint.
+    pub metrics: Option<MetricsSettings>,
+    pub check: CheckSettings,
+    pub log: LogSettings,
+    /// The file the configuration came from, for messages; `<embedded>` for the default.
+    pub source: PathBuf,
+    /// Harmless oddities found while parsing (an action or table nothing uses).
+    pub warnings: Vec<Diagnostic>,
+    /// Where the values naming files sit in the source, for [`Config::check_files`].
+    pub positions: Positions,
+}
+
+/// Session limits of the SMTP server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest message accepted, in bytes (advertised in EHLO SIZE).
+    pub max_message_size: u64,
+    pub max_recipients: usize,
+    /// Concurrent SMTP sessions.
+    pub max_connections: usize,
+    /// Longest text line in DATA, in bytes including CRLF. RFC 5321 §4.5.3.1.6 sets 1000; longer
+    /// lines are accepted up to this cap.
+    pub max_line_length: usize,
+    /// Idle time allowed between commands (RFC 5321 §4.5.3.2.7).
+    pub idle_timeout: Duration,
+    /// Time allowed for the whole DATA phase.
+    pub data_timeout: Duration,
+    pub bare_newlines: BareNewlines,
+    /// How long a SIGTERM waits for sessions and deliveries to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_message_size: 35 << 20,
+            max_recipients: 100,
+            max_connections: 100,
+            max_line_length: 64 << 10,
+            idle_timeout: Duration::from_secs(5 * 60),
+            data_timeout: Duration::from_secs(10 * 60),
+            bare_newlines: BareNewlines::Reject,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What to do with a bare CR or LF in DATA (the SMTP smuggling vector).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BareNewlines {
+    /// Refuse the message with a permanent error.
+    Reject,
+    /// Turn each bare CR or LF into CRLF.
+    Normalize,
+}
+
+/// One listening socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listen {
+    pub address: SocketAddr,
+    /// Present: STARTTLS is offered with this certificate.
+    pub tls: Option<ListenTls>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenTls {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// What happens to a recipient a match rule selects.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    Local(LocalAction),
+    Relay(RelayAction),
+}
+
+/// Delivery into a local mailbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalAction {
+    pub mailbox: MailboxKind,
+    /// Name of an aliases table in [`Config::tables`].
+    pub alias: Option<String>,
+    /// Whether aliases may pipe to commands (`|cmd`).
+    pub allow_commands: bool,
+    /// Whether aliases may append to files (`/path`).
+    pub allow_files: bool,
+}
+
+/// Mailbox format and path pattern, as written (e.g. `/var/mail/%u`, `~/Maildir`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MailboxKind {
+    Mbox(String),
+    Maildir(String),
+}
+
+/// Relaying through one host or an explicit pool of them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelayAction {
+    /// One URL, or the members of a pool in the order written.
+    pub relays: Vec<RelayUrl>,
+    /// Name of a secrets table in [`Config::tables`]; every URL then has a label.
+    pub auth: Option<String>,
+    /// Envelope sender rewrite; never applied to the null sender.
+    pub mail_from: Option<MailFromRewrite>,
+    /// Extra trust anchors (PEM) for the relays' certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Set: `smtp://` (plaintext) URLs are allowed.
+    pub insecure: bool,
+    pub alignment: AlignmentMode,
+    pub on_misalignment: OnMisalignment,
+    pub connect_timeout: Duration,
+    /// Time allowed for each command's reply.
+    pub command_timeout: Duration,
+    /// Connections per pool member.
+    pub max_connections: usize,
+    /// Connections to all members together.
+    pub max_connections_total: usize,
+    pub dkim: Vec<DkimKey>,
+    /// Sign messages whose header From does not align with a key's domain.
+    pub sign_unaligned: bool,
+}
+
+/// `mail_from = "@domain"` keeps the local part; `"user@domain"` replaces the whole address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MailFromRewrite {
+    /// Lower-cased domain.
+    Domain(String),
+    Address(Address),
+}
+
+/// DMARC identifier alignment (RFC 7489 §3.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlignmentMode {
+    Strict,
+    Relaxed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnMisalignment {
+    Warn,
+    Reject,
+}
+
+/// A DKIM signing key: `selector._domainkey.domain`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DkimKey {
+    /// Lower-cased.
+    pub domain: String,
+    pub selector: String,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// One `[[match]]` rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MatchRule {
+    pub from: FromSpec,
+    pub recipients: ForSpec,
+    /// Name of an action in [`Config::actions`].
+    pub action: String,
+}
+
+/// Which clients a rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FromSpec {
+    /// Loopback or unix-socket peers.
+    Local,
+    Any,
+}
+
+/// Which recipients a rule applies to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ForSpec {
+    /// Recipients in [`Config::local_domains`].
+    Local,
+    Any,
+    /// Recipients in exactly these (lower-cased) domains.
+    Domains(Vec<String>),
+}
+
+/// Retry schedule and lifetime of queued messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSettings {
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    /// Age at which a message is bounced.
+    pub lifetime: Duration,
+    /// Age at which the sender gets a delay notice; zero: never.
+    pub warn_after: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> QueueSettings {
+        QueueSettings {
+            retry_min: Duration::from_secs(5 * 60),
+            retry_max: Duration::from_secs(3600),
+            lifetime: Duration::from_secs(4 * 86_400),
+            warn_after: Duration::from_secs(4 * 3600),
+        }
+    }
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsSettings {
+    pub address: SocketAddr,
+}
+
+/// The periodic deliverability check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckSettings {
+    /// `None`: off.
+    pub interval: Option<Duration>,
+}
+
+impl Default for CheckSettings {
+    fn default() -> CheckSettings {
+        CheckSettings {
+            interval: Some(Duration::from_secs(6 * 3600)),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSettings {
+    /// A tracing filter directive, e.g. `info` or `mailer_core=debug`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> LogSettings {
+        LogSettings {
+            level: "info".to_string(),
+        }
+    }
+}
+
+/// Line and column of configuration values that name files, keyed by their path in the
+/// document: `tables.NAME`, `listen[I].tls_cert`, `listen[I].tls_key`, `actions.NAME.alias`,
+/// `actions.NAME.auth`, `actions.NAME.relay[I]`, `actions.NAME.ca_file`,
+/// `actions.NAME.dkim[I].key`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Positions(BTreeMap<String, (usize, usize)>);
+
+impl Positions {
+    /// `(0, 0)` (the file as a whole) for a key not recorded.
+    pub fn get(&self, key: &str) -> (usize, usize) {
+        self.0.get(key).copied().unwrap_or((0, 0))
+    }
+
+    pub(crate) fn insert(&mut self, key: String, position: (usize, usize)) {
+        self.0.insert(key, position);
+    }
+}
+
+impl Config {
+    /// Parses and validates a configuration text; `source` names it in diagnostics. Touches no
+    /// file. On failure, every problem found, in file order.
+    pub fn parse(text: &str, source: &Path) -> Result<Config, Vec<Diagnostic>> {
+        build::build(text, source)
+    }
+
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            vec![Diagnostic::whole_file(path, format!("cannot read: {e}"))]
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// The configuration used when none is given (config/default.toml, built in).
+    pub fn embedded_default() -> Config {
+        Config::parse(DEFAULT_TOML, Path::new(EMBEDDED_SOURCE))
+            .expect("config/default.toml is valid: a unit test parses it")
+    }
+
+    /// The text of the embedded default, for `mailer config default`-style output.
+    pub fn embedded_default_text() -> &'static str {
+        DEFAULT_TOML
+    }
+
+    /// Checks the files the configuration names: tables readable, secrets tables safe and
+    /// holding every label their relays use, certificates, CA files and DKIM keys present, DKIM
+    /// keys not readable by others. Empty when all is well.
+    pub fn check_files(&self) -> Vec<Diagnostic> {
+        files::check_files(self)
+    }
+}
+
+#[cfg(test)]
+mod tests;
