@@ -137,7 +137,7 @@ pub fn build_dsn(input: &DsnInput) -> Vec<u8> {
         .header("Auto-Submitted", Raw::new("auto-replied"))
         .header(
             "X-Mailer-Queue-ID",
-            Raw::new(field_text(input.queue_id, MAX_FIELD_VALUE)),
+            Raw::new(field_ascii(input.queue_id)),
         )
         .body(report)
         .write_to_vec()
@@ -173,7 +173,7 @@ fn human_text(input: &DsnInput, original: &OriginalSummary) -> String {
     let mut text = String::new();
     text.push_str(&format!(
         "This is the mail system at {}.\r\n\r\n",
-        field_text(input.reporting_mta, 255)
+        host_name(input.reporting_mta)
     ));
     match input.kind {
         DsnKind::Failure => text.push_str(
@@ -194,7 +194,7 @@ fn human_text(input: &DsnInput, original: &OriginalSummary) -> String {
         "Queue ID: {}\r\n",
         field_text(input.queue_id, 200)
     ));
-    text.push_str(&format!("Received: {}\r\n", rfc5322(input.arrival)));
+    text.push_str(&format!("Arrived:  {}\r\n", rfc5322(input.arrival)));
     if let Some(subject) = &original.subject {
         text.push_str(&format!("Subject:  {subject}\r\n"));
     }
@@ -203,26 +203,53 @@ fn human_text(input: &DsnInput, original: &OriginalSummary) -> String {
     }
     for rcpt in input.recipients {
         text.push_str("\r\n");
-        text.push_str(&format!("<{}>", rcpt.final_recipient));
+        let mut who = format!("<{}>", rcpt.final_recipient);
         if let Some(orig) = rcpt.original {
-            text.push_str(&format!(" (originally addressed to <{orig}>)"));
+            who.push_str(&format!(" (originally addressed to <{orig}>)"));
         }
-        text.push_str(&format!(
-            ":\r\n    {}\r\n",
-            field_text(rcpt.reason, MAX_FIELD_VALUE)
-        ));
+        who.push(':');
+        push_wrapped(&mut text, "", &who);
+        push_wrapped(&mut text, "    ", &field_text(rcpt.reason, MAX_FIELD_VALUE));
         if let Some(reply) = rcpt.diagnostic {
             let host = rcpt
                 .remote_mta
-                .map(|h| format!(" {}", field_text(h, 255)))
+                .map(|h| format!(" {}", host_name(h)))
                 .unwrap_or_default();
-            text.push_str(&format!(
-                "    The remote server{host} said: {}\r\n",
-                field_text(reply, MAX_FIELD_VALUE)
-            ));
+            push_wrapped(
+                &mut text,
+                "    ",
+                &format!(
+                    "The remote server{host} said: {}",
+                    field_text(reply, MAX_FIELD_VALUE)
+                ),
+            );
         }
     }
     text
+}
+
+/// Appends `paragraph` wrapped at spaces to [`FOLD_AT`] columns, every line after `indent`, so
+/// a reader sees whole words and no wrapped line of a remote reply starts at column 0.
+fn push_wrapped(text: &mut String, indent: &str, paragraph: &str) {
+    let mut line_len = 0;
+    for word in paragraph.split(' ').filter(|w| !w.is_empty()) {
+        if line_len > 0 && line_len + 1 + word.len() > FOLD_AT {
+            text.push_str("\r\n");
+            line_len = 0;
+        }
+        if line_len == 0 {
+            text.push_str(indent);
+            line_len = indent.len();
+        } else {
+            text.push(' ');
+            line_len += 1;
+        }
+        text.push_str(word);
+        line_len += word.len();
+    }
+    if line_len > 0 {
+        text.push_str("\r\n");
+    }
 }
 
 /// The `message/delivery-status` body (RFC 3464 §2.1): the per-message fields, then one block
@@ -232,7 +259,7 @@ fn delivery_status(input: &DsnInput) -> String {
     push_field(
         &mut out,
         "Reporting-MTA",
-        &format!("dns; {}", field_ascii(input.reporting_mta)),
+        &format!("dns; {}", host_name(input.reporting_mta)),
     );
     push_field(&mut out, "X-Mailer-Queue-ID", &field_ascii(input.queue_id));
     push_field(&mut out, "Arrival-Date", &rfc5322(input.arrival));
@@ -253,7 +280,7 @@ fn delivery_status(input: &DsnInput) -> String {
         push_field(&mut out, "Action", action);
         push_field(&mut out, "Status", &rcpt.status.to_string());
         if let Some(host) = rcpt.remote_mta {
-            push_field(&mut out, "Remote-MTA", &format!("dns; {}", field_ascii(host)));
+            push_field(&mut out, "Remote-MTA", &format!("dns; {}", host_name(host)));
         }
         let diagnostic = match rcpt.diagnostic {
             Some(reply) => format!("smtp; {}", field_ascii(reply)),
@@ -330,6 +357,16 @@ fn field_text(s: &str, max: usize) -> String {
         chars += 1;
     }
     out
+}
+
+/// A host name or address literal for a `dns;` field: the first word, printable ASCII only,
+/// so a reply smuggled into the name cannot extend the field.
+fn host_name(s: &str) -> String {
+    s.trim()
+        .chars()
+        .take_while(|c| c.is_ascii_graphic())
+        .take(255)
+        .collect()
 }
 
 /// [`field_text`] restricted to ASCII, for the 7-bit delivery-status part: other characters
