@@ -3,8 +3,8 @@
 
 use mailer_core::address::Address;
 use mailer_core::policy::align::{
-    aligned, check_alignment, header_from_domain, organizational_domain, Alignment,
-    AlignmentMode, FromError, MAX_HEADER_SECTION,
+    aligned, check_alignment, header_from_domain, organizational_domain, Alignment, AlignmentMode,
+    FromError, MAX_HEADER_SECTION,
 };
 use proptest::prelude::*;
 
@@ -53,7 +53,10 @@ fn organizational_domain_is_one_label_below_the_public_suffix() {
     assert_eq!(organizational_domain("a.b.example.co.uk"), "example.co.uk");
     assert_eq!(organizational_domain("Mail.Example.COM."), "example.com");
     assert_eq!(organizational_domain("co.uk"), "co.uk");
-    assert_eq!(organizational_domain("x.alice.github.io"), "alice.github.io");
+    assert_eq!(
+        organizational_domain("x.alice.github.io"),
+        "alice.github.io"
+    );
 }
 
 #[test]
@@ -148,7 +151,10 @@ fn from_in_the_body_only_is_no_header_from() {
     );
     assert_eq!(domain(""), Err(FromError::Missing));
     // A From that only a later "header section" would hold, after an empty first line.
-    assert_eq!(domain("\r\nFrom: a@ublog.tech\r\n"), Err(FromError::Missing));
+    assert_eq!(
+        domain("\r\nFrom: a@ublog.tech\r\n"),
+        Err(FromError::Missing)
+    );
 }
 
 #[test]
@@ -202,9 +208,16 @@ fn check_alignment_against_the_rewritten_envelope_sender() {
             envelope_domain: "smtp.provider.example".into(),
         }
     );
-    assert_eq!(check_alignment(message, None, Strict), Alignment::NullSender);
     assert_eq!(
-        check_alignment(b"Subject: hi\r\n\r\nFrom: a@ublog.tech\r\n", Some(&bounces), Relaxed),
+        check_alignment(message, None, Strict),
+        Alignment::NullSender
+    );
+    assert_eq!(
+        check_alignment(
+            b"Subject: hi\r\n\r\nFrom: a@ublog.tech\r\n",
+            Some(&bounces),
+            Relaxed
+        ),
         Alignment::NoHeaderFrom(FromError::Missing)
     );
 }

@@ -143,7 +143,10 @@ fn failure_report_is_a_delivery_status_report_to_the_original_sender() {
 
     let to = msg.to().and_then(|a| a.first()).expect("report has a To");
     assert_eq!(to.address(), Some("alice@ublog.tech"));
-    let from = msg.from().and_then(|a| a.first()).expect("report has a From");
+    let from = msg
+        .from()
+        .and_then(|a| a.first())
+        .expect("report has a From");
     assert_eq!(from.address(), Some("MAILER-DAEMON@mail.ublog.tech"));
     assert_eq!(from.name(), Some("Mail Delivery System"));
     assert_eq!(msg.subject(), Some("Undelivered Mail Returned to Sender"));
@@ -162,13 +165,19 @@ fn failure_report_is_a_delivery_status_report_to_the_original_sender() {
     let types: Vec<String> = root
         .iter()
         .map(|&i| {
-            let ct = msg.parts[i as usize].content_type().expect("part has a type");
+            let ct = msg.parts[i as usize]
+                .content_type()
+                .expect("part has a type");
             format!("{}/{}", ct.ctype(), ct.subtype().unwrap_or(""))
         })
         .collect();
     assert_eq!(
         types,
-        ["text/plain", "message/delivery-status", "text/rfc822-headers"]
+        [
+            "text/plain",
+            "message/delivery-status",
+            "text/rfc822-headers"
+        ]
     );
 }
 
@@ -343,7 +352,10 @@ fn remote_reply_with_crlf_cannot_inject_a_header_or_field() {
     assert_wire_clean(&dsn);
     let text = String::from_utf8(dsn.clone()).expect("report is ASCII");
     for line in text.split("\r\n") {
-        assert!(!line.to_ascii_lowercase().starts_with("bcc"), "{line:?} in {text}");
+        assert!(
+            !line.to_ascii_lowercase().starts_with("bcc"),
+            "{line:?} in {text}"
+        );
         assert!(!line.starts_with("Action: delivered"), "{line:?}");
     }
     let msg = parse(&dsn);
@@ -356,10 +368,7 @@ fn remote_reply_with_crlf_cannot_inject_a_header_or_field() {
         field(&blocks[1], "Diagnostic-Code"),
         Some("smtp; 550 no Bcc: victim@evil.example Action: delivered")
     );
-    assert_eq!(
-        field(&blocks[1], "Remote-MTA"),
-        Some("dns; mx.example.org")
-    );
+    assert_eq!(field(&blocks[1], "Remote-MTA"), Some("dns; mx.example.org"));
 }
 
 #[test]
@@ -386,15 +395,26 @@ fn hostile_original_headers_yield_a_well_formed_capped_report() {
     }];
     let dsn = build_dsn(&input(&sender, DsnKind::Failure, &rcpts, &original));
     assert_wire_clean(&dsn);
-    assert!(dsn.len() < 3 * MAX_QUOTED_HEADERS, "report is {} octets", dsn.len());
+    assert!(
+        dsn.len() < 3 * MAX_QUOTED_HEADERS,
+        "report is {} octets",
+        dsn.len()
+    );
     assert!(!String::from_utf8_lossy(&dsn).contains("body-marker"));
 
     let msg = parse(&dsn);
     let quoted = part(&msg, "text", "rfc822-headers");
     let quoted = std::str::from_utf8(quoted.contents()).expect("quoted headers are UTF-8");
-    assert!(quoted.len() <= MAX_QUOTED_HEADERS + 1024, "{}", quoted.len());
+    assert!(
+        quoted.len() <= MAX_QUOTED_HEADERS + 1024,
+        "{}",
+        quoted.len()
+    );
     assert!(quoted.starts_with("From: alice@ublog.tech\r\nTo: bob@example.org\r\n"));
-    assert!(quoted.contains("Subject: nulbyte and bareCR\r\n"), "{quoted:.200}");
+    assert!(
+        quoted.contains("Subject: nulbyte and bareCR\r\n"),
+        "{quoted:.200}"
+    );
     assert!(quoted.contains("X-Latin1: caf\u{fffd} \u{fffd}\u{fffd}\r\n"));
     assert!(quoted.contains("X-Utf8: grüße\r\n"));
     assert!(quoted.contains("X-Huge: aaaa"));

@@ -135,10 +135,7 @@ pub fn build_dsn(input: &DsnInput) -> Vec<u8> {
         .message_id(MessageId::new(message_id(input)))
         .header("MIME-Version", Raw::new("1.0"))
         .header("Auto-Submitted", Raw::new("auto-replied"))
-        .header(
-            "X-Mailer-Queue-ID",
-            Raw::new(field_ascii(input.queue_id)),
-        )
+        .header("X-Mailer-Queue-ID", Raw::new(field_ascii(input.queue_id)))
         .body(report)
         .write_to_vec()
         .expect("writing into a Vec<u8> cannot fail")

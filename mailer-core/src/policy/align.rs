@@ -227,12 +227,10 @@ fn is_host_name(domain: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .chars()
-                    .all(|c| {
-                        c.is_ascii_alphanumeric()
-                            || c == '-'
-                            || (!c.is_ascii() && !c.is_whitespace() && !c.is_control())
-                    })
+                && label.chars().all(|c| {
+                    c.is_ascii_alphanumeric()
+                        || c == '-'
+                        || (!c.is_ascii() && !c.is_whitespace() && !c.is_control())
+                })
         })
 }
