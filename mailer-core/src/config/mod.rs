@@ -97,14 +97,7 @@ impl Default for Limits {
     }
 }
 
-/// What to do with a bare CR or LF in DATA (the SMTP smuggling vector).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BareNewlines {
-    /// Refuse the message with a permanent error.
-    Reject,
-    /// Turn each bare CR or LF into CRLF.
-    Normalize,
-}
+pub use crate::intake::BareNewlines;
 
 /// One listening socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,12 +176,7 @@ pub enum MailFromRewrite {
     Address(Address),
 }
 
-/// DMARC identifier alignment (RFC 7489 §3.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AlignmentMode {
-    Strict,
-    Relaxed,
-}
+pub use crate::policy::align::AlignmentMode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnMisalignment {
