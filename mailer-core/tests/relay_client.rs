@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailer_core::address::Address;
-use mailer_core::delivery::relay::{Credentials, Member, Pool, RelaySettings, Security, StaticResolver};
+use mailer_core::delivery::relay::{
+    Credentials, Member, Pool, RelaySettings, Security, StaticResolver,
+};
 use mailer_core::delivery::{EnhancedStatus, Failure, Outcome};
 use mailer_testkit::certs::TestCa;
 use mailer_testkit::sink::{Sink, SinkOptions};
@@ -56,7 +58,11 @@ fn auth_sink_options(ca: &TestCa, names: &[&str]) -> SinkOptions {
 }
 
 fn only_failure(outcomes: &[Outcome]) -> &Failure {
-    assert_eq!(outcomes.len(), 1, "one recipient, one outcome: {outcomes:?}");
+    assert_eq!(
+        outcomes.len(),
+        1,
+        "one recipient, one outcome: {outcomes:?}"
+    );
     match &outcomes[0] {
         Outcome::Failed(f) => f,
         other => panic!("expected a failure, got {other:?}"),
@@ -67,9 +73,14 @@ fn only_failure(outcomes: &[Outcome]) -> &Failure {
 async fn starttls_and_auth_plain_deliver_byte_exact_data() {
     let ca = TestCa::new();
     let sink = Sink::start(auth_sink_options(&ca, &["localhost"])).await;
-    let pool = Pool::new(settings(&ca, "localhost", &sink, Security::StartTls, true), localhost()).unwrap();
-    let body = "Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nnaïve 8-bit ✓\r\nno final newline"
-        .as_bytes();
+    let pool = Pool::new(
+        settings(&ca, "localhost", &sink, Security::StartTls, true),
+        localhost(),
+    )
+    .unwrap();
+    let body =
+        "Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nnaïve 8-bit ✓\r\nno final newline"
+            .as_bytes();
     let recipients = [addr("bob@example.org"), addr("jösé@exämple.org")];
 
     let outcomes = pool
@@ -99,11 +110,20 @@ async fn auth_login_is_used_when_only_login_is_offered() {
         ..auth_sink_options(&ca, &["localhost"])
     })
     .await;
-    let pool = Pool::new(settings(&ca, "localhost", &sink, Security::StartTls, true), localhost()).unwrap();
+    let pool = Pool::new(
+        settings(&ca, "localhost", &sink, Security::StartTls, true),
+        localhost(),
+    )
+    .unwrap();
 
-    let outcomes = pool.deliver(None, &[addr("bob@example.org")], b"hi\r\n").await;
+    let outcomes = pool
+        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .await;
 
-    assert!(matches!(outcomes[0], Outcome::Delivered { .. }), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[0], Outcome::Delivered { .. }),
+        "{outcomes:?}"
+    );
     let got = sink.wait_for(1, WAIT).await;
     assert_eq!(got[0].auth_user.as_deref(), Some("alice"));
     assert_eq!(got[0].mail_from, "", "null sender stays null");
@@ -118,11 +138,20 @@ async fn implicit_tls_to_an_ip_member_verifies_the_ip_san() {
         ..auth_sink_options(&ca, &["127.0.0.1"])
     })
     .await;
-    let pool = Pool::new(settings(&ca, "127.0.0.1", &sink, Security::Implicit, true), localhost()).unwrap();
+    let pool = Pool::new(
+        settings(&ca, "127.0.0.1", &sink, Security::Implicit, true),
+        localhost(),
+    )
+    .unwrap();
 
-    let outcomes = pool.deliver(None, &[addr("bob@example.org")], b"hi\r\n").await;
+    let outcomes = pool
+        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .await;
 
-    assert!(matches!(outcomes[0], Outcome::Delivered { .. }), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[0], Outcome::Delivered { .. }),
+        "{outcomes:?}"
+    );
     let got = sink.wait_for(1, WAIT).await;
     assert!(got[0].tls);
     assert_eq!(got[0].auth_user.as_deref(), Some("alice"));
@@ -130,7 +159,8 @@ async fn implicit_tls_to_an_ip_member_verifies_the_ip_san() {
 
 fn reject_bob() -> Option<mailer_testkit::sink::ReplyFn> {
     Some(Arc::new(|rcpt: &str| {
-        rcpt.starts_with("bob@").then(|| (550, "5.1.1 <bob@example.org>: no such user".to_string()))
+        rcpt.starts_with("bob@")
+            .then(|| (550, "5.1.1 <bob@example.org>: no such user".to_string()))
     }))
 }
 
@@ -142,13 +172,27 @@ async fn one_rejected_recipient(no_pipelining: bool) {
         ..auth_sink_options(&ca, &["localhost"])
     })
     .await;
-    let pool = Pool::new(settings(&ca, "localhost", &sink, Security::StartTls, true), localhost()).unwrap();
-    let recipients = [addr("ann@example.org"), addr("bob@example.org"), addr("cid@example.org")];
+    let pool = Pool::new(
+        settings(&ca, "localhost", &sink, Security::StartTls, true),
+        localhost(),
+    )
+    .unwrap();
+    let recipients = [
+        addr("ann@example.org"),
+        addr("bob@example.org"),
+        addr("cid@example.org"),
+    ];
 
     let outcomes = pool.deliver(None, &recipients, b"hi\r\n").await;
 
-    assert!(matches!(outcomes[0], Outcome::Delivered { .. }), "{outcomes:?}");
-    assert!(matches!(outcomes[2], Outcome::Delivered { .. }), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[0], Outcome::Delivered { .. }),
+        "{outcomes:?}"
+    );
+    assert!(
+        matches!(outcomes[2], Outcome::Delivered { .. }),
+        "{outcomes:?}"
+    );
     let Outcome::Failed(failure) = &outcomes[1] else {
         panic!("bob must fail: {outcomes:?}")
     };
@@ -180,13 +224,24 @@ async fn all_recipients_rejected_sends_no_data() {
         ..auth_sink_options(&ca, &["localhost"])
     })
     .await;
-    let pool = Pool::new(settings(&ca, "localhost", &sink, Security::StartTls, true), localhost()).unwrap();
+    let pool = Pool::new(
+        settings(&ca, "localhost", &sink, Security::StartTls, true),
+        localhost(),
+    )
+    .unwrap();
 
-    let outcomes = pool.deliver(None, &[addr("bob@example.org")], b"hi\r\n").await;
+    let outcomes = pool
+        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .await;
     assert!(only_failure(&outcomes).permanent);
     // The session is still good for the next message.
-    let outcomes = pool.deliver(None, &[addr("ann@example.org")], b"next\r\n").await;
-    assert!(matches!(outcomes[0], Outcome::Delivered { .. }), "{outcomes:?}");
+    let outcomes = pool
+        .deliver(None, &[addr("ann@example.org")], b"next\r\n")
+        .await;
+    assert!(
+        matches!(outcomes[0], Outcome::Delivered { .. }),
+        "{outcomes:?}"
+    );
     let got = sink.wait_for(1, WAIT).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].data, b"next\r\n");
@@ -197,14 +252,24 @@ async fn all_recipients_rejected_sends_no_data() {
 async fn reply_421_to_mail_fails_every_recipient_temporarily() {
     let ca = TestCa::new();
     let sink = Sink::start(SinkOptions {
-        mail_reply: Some(Arc::new(|_: &str| Some((421, "4.3.2 shutting down".to_string())))),
+        mail_reply: Some(Arc::new(|_: &str| {
+            Some((421, "4.3.2 shutting down".to_string()))
+        })),
         ..auth_sink_options(&ca, &["localhost"])
     })
     .await;
-    let pool = Pool::new(settings(&ca, "localhost", &sink, Security::StartTls, true), localhost()).unwrap();
+    let pool = Pool::new(
+        settings(&ca, "localhost", &sink, Security::StartTls, true),
+        localhost(),
+    )
+    .unwrap();
 
     let outcomes = pool
-        .deliver(None, &[addr("ann@example.org"), addr("bob@example.org")], b"hi\r\n")
+        .deliver(
+            None,
+            &[addr("ann@example.org"), addr("bob@example.org")],
+            b"hi\r\n",
+        )
         .await;
 
     assert_eq!(outcomes.len(), 2);
@@ -227,10 +292,18 @@ async fn rejection_at_end_of_data_applies_to_every_accepted_recipient() {
         ..auth_sink_options(&ca, &["localhost"])
     })
     .await;
-    let pool = Pool::new(settings(&ca, "localhost", &sink, Security::StartTls, true), localhost()).unwrap();
+    let pool = Pool::new(
+        settings(&ca, "localhost", &sink, Security::StartTls, true),
+        localhost(),
+    )
+    .unwrap();
 
     let outcomes = pool
-        .deliver(None, &[addr("ann@example.org"), addr("bob@example.org")], b"hi\r\n")
+        .deliver(
+            None,
+            &[addr("ann@example.org"), addr("bob@example.org")],
+            b"hi\r\n",
+        )
         .await;
 
     for outcome in &outcomes {
@@ -242,7 +315,12 @@ async fn rejection_at_end_of_data_applies_to_every_accepted_recipient() {
     }
 }
 
-async fn tls_failure_reason(ca_for_sink: &TestCa, trusted: &TestCa, expired: bool, names: &[&str]) -> (String, Sink) {
+async fn tls_failure_reason(
+    ca_for_sink: &TestCa,
+    trusted: &TestCa,
+    expired: bool,
+    names: &[&str],
+) -> (String, Sink) {
     let leaf = if expired {
         ca_for_sink.issue_expired(names)
     } else {
@@ -253,8 +331,14 @@ async fn tls_failure_reason(ca_for_sink: &TestCa, trusted: &TestCa, expired: boo
         ..auth_sink_options(ca_for_sink, names)
     })
     .await;
-    let pool = Pool::new(settings(trusted, "localhost", &sink, Security::StartTls, true), localhost()).unwrap();
-    let outcomes = pool.deliver(None, &[addr("bob@example.org")], b"hi\r\n").await;
+    let pool = Pool::new(
+        settings(trusted, "localhost", &sink, Security::StartTls, true),
+        localhost(),
+    )
+    .unwrap();
+    let outcomes = pool
+        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .await;
     let failure = only_failure(&outcomes);
     assert!(!failure.permanent, "TLS failures are retried");
     assert_eq!(failure.remote_reply, None);
@@ -265,8 +349,14 @@ async fn tls_failure_reason(ca_for_sink: &TestCa, trusted: &TestCa, expired: boo
 async fn wrong_certificate_name_fails_temporarily_before_auth() {
     let ca = TestCa::new();
     let (reason, sink) = tls_failure_reason(&ca, &ca, false, &["other.example"]).await;
-    assert!(reason.contains("name mismatch (certificate is for other.example)"), "{reason}");
-    assert!(reason.contains(&format!("localhost[127.0.0.1]:{}", sink.port())), "{reason}");
+    assert!(
+        reason.contains("name mismatch (certificate is for other.example)"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains(&format!("localhost[127.0.0.1]:{}", sink.port())),
+        "{reason}"
+    );
     assert_eq!(sink.auth_attempts(), 0);
     assert!(sink.messages().is_empty());
 }
@@ -295,13 +385,25 @@ async fn missing_starttls_when_required_fails_without_auth() {
         ..SinkOptions::default()
     })
     .await;
-    let pool = Pool::new(settings(&ca, "localhost", &sink, Security::StartTls, true), localhost()).unwrap();
+    let pool = Pool::new(
+        settings(&ca, "localhost", &sink, Security::StartTls, true),
+        localhost(),
+    )
+    .unwrap();
 
-    let outcomes = pool.deliver(None, &[addr("bob@example.org")], b"hi\r\n").await;
+    let outcomes = pool
+        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .await;
 
     let failure = only_failure(&outcomes);
     assert!(!failure.permanent);
-    assert!(failure.reason.contains("STARTTLS is required but the server does not offer it"), "{}", failure.reason);
+    assert!(
+        failure
+            .reason
+            .contains("STARTTLS is required but the server does not offer it"),
+        "{}",
+        failure.reason
+    );
     assert_eq!(sink.auth_attempts(), 0);
     assert!(sink.messages().is_empty());
 }
@@ -310,12 +412,22 @@ async fn missing_starttls_when_required_fails_without_auth() {
 async fn credentials_are_never_sent_in_plaintext() {
     let ca = TestCa::new();
     let sink = Sink::start(SinkOptions::default()).await;
-    let pool = Pool::new(settings(&ca, "localhost", &sink, Security::Plain, true), localhost()).unwrap();
+    let pool = Pool::new(
+        settings(&ca, "localhost", &sink, Security::Plain, true),
+        localhost(),
+    )
+    .unwrap();
 
-    let outcomes = pool.deliver(None, &[addr("bob@example.org")], b"hi\r\n").await;
+    let outcomes = pool
+        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .await;
 
     let failure = only_failure(&outcomes);
-    assert!(failure.reason.contains("not encrypted; AUTH not sent"), "{}", failure.reason);
+    assert!(
+        failure.reason.contains("not encrypted; AUTH not sent"),
+        "{}",
+        failure.reason
+    );
     assert_eq!(sink.auth_attempts(), 0);
 }
 
@@ -327,14 +439,24 @@ async fn rejected_credentials_are_temporary_and_not_revealed() {
         ..auth_sink_options(&ca, &["localhost"])
     })
     .await;
-    let pool = Pool::new(settings(&ca, "localhost", &sink, Security::StartTls, true), localhost()).unwrap();
+    let pool = Pool::new(
+        settings(&ca, "localhost", &sink, Security::StartTls, true),
+        localhost(),
+    )
+    .unwrap();
 
-    let outcomes = pool.deliver(None, &[addr("bob@example.org")], b"hi\r\n").await;
+    let outcomes = pool
+        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .await;
 
     let failure = only_failure(&outcomes);
     assert!(!failure.permanent, "an administrator can fix the secret");
     assert!(failure.reason.contains("535 5.7.8"), "{}", failure.reason);
-    assert!(failure.reason.contains("check the relay credentials"), "{}", failure.reason);
+    assert!(
+        failure.reason.contains("check the relay credentials"),
+        "{}",
+        failure.reason
+    );
     assert!(!failure.reason.contains("correct horse"));
     assert_eq!(sink.auth_attempts(), 1);
 }
@@ -343,11 +465,20 @@ async fn rejected_credentials_are_temporary_and_not_revealed() {
 async fn plain_member_without_credentials_delivers_in_cleartext() {
     let ca = TestCa::new();
     let sink = Sink::start(SinkOptions::default()).await;
-    let pool = Pool::new(settings(&ca, "localhost", &sink, Security::Plain, false), localhost()).unwrap();
+    let pool = Pool::new(
+        settings(&ca, "localhost", &sink, Security::Plain, false),
+        localhost(),
+    )
+    .unwrap();
 
-    let outcomes = pool.deliver(None, &[addr("bob@example.org")], b"hi\r\n").await;
+    let outcomes = pool
+        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .await;
 
-    assert!(matches!(outcomes[0], Outcome::Delivered { .. }), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[0], Outcome::Delivered { .. }),
+        "{outcomes:?}"
+    );
     let got = sink.wait_for(1, WAIT).await;
     assert!(!got[0].tls);
     assert_eq!(got[0].auth_user, None);

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -33,7 +34,14 @@ impl TestCa {
         let key = KeyPair::generate().expect("ring generates a P-256 key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("no names to parse");
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "mailer test CA");
+        // A distinct name per CA, so a leaf of another test CA is an unknown issuer rather
+        // than a bad signature under a same-named trusted CA.
+        static SERIAL: AtomicU64 = AtomicU64::new(0);
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        dn.push(
+            DnType::CommonName,
+            format!("mailer test CA {}-{serial}", std::process::id()),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
@@ -73,16 +81,21 @@ impl TestCa {
         )
     }
 
-    fn issue_valid_between(&self, names: &[&str], not_before: SystemTime, not_after: SystemTime) -> Leaf {
+    fn issue_valid_between(
+        &self,
+        names: &[&str],
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Leaf {
         let key = KeyPair::generate().expect("ring generates a P-256 key");
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("no names to parse");
         params.subject_alt_names = names
             .iter()
             .map(|name| match name.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
-                Err(_) => SanType::DnsName(
-                    (*name).try_into().expect("test names are valid DNS names"),
-                ),
+                Err(_) => {
+                    SanType::DnsName((*name).try_into().expect("test names are valid DNS names"))
+                }
             })
             .collect();
         let mut dn = DistinguishedName::new();

@@ -46,6 +46,8 @@ pub struct SinkOptions {
     pub data_reply: Option<DataReplyFn>,
     /// Advertised as `SIZE n` and enforced.
     pub max_size: Option<usize>,
+    /// Say `421 4.4.2` and hang up on a client silent for this long, as real servers do.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// One accepted transaction.
@@ -69,7 +71,8 @@ struct Shared {
     auth_attempts: AtomicUsize,
 }
 
-/// A running sink; stops when dropped.
+/// A running sink. Dropping it stops accepting connections; sessions already open end when
+/// their client leaves (or after `idle_timeout`).
 pub struct Sink {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -78,9 +81,14 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start(options: SinkOptions) -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound socket has an address");
-        let acceptor = options.tls.as_ref().map(|leaf| TlsAcceptor::from(leaf.server_config()));
+        let acceptor = options
+            .tls
+            .as_ref()
+            .map(|leaf| TlsAcceptor::from(leaf.server_config()));
         let shared = Arc::new(Shared {
             options,
             acceptor,
@@ -118,7 +126,11 @@ impl Sink {
     }
 
     pub fn messages(&self) -> Vec<Received> {
-        self.shared.messages.lock().expect("sink lock is never poisoned").clone()
+        self.shared
+            .messages
+            .lock()
+            .expect("sink lock is never poisoned")
+            .clone()
     }
 
     /// Waits until `n` messages arrived or `timeout` passed; returns what arrived.
@@ -165,17 +177,35 @@ struct Transaction {
 }
 
 async fn reply(conn: &mut Conn, code: u16, text: &str) -> std::io::Result<()> {
-    conn.write_all(format!("{code} {text}\r\n").as_bytes()).await
+    conn.write_all(format!("{code} {text}\r\n").as_bytes())
+        .await
 }
 
 /// Reads one line into `line` (cleared first); flushes pending replies only when the client
 /// has nothing more queued, so pipelined commands get their replies in one write.
-async fn read_line(conn: &mut Conn, line: &mut Vec<u8>) -> std::io::Result<bool> {
+async fn read_line(
+    conn: &mut Conn,
+    line: &mut Vec<u8>,
+    idle_timeout: Option<Duration>,
+) -> std::io::Result<bool> {
     line.clear();
     if conn.buffer().is_empty() {
         conn.flush().await?;
     }
-    Ok(conn.read_until(b'\n', line).await? > 0)
+    let read = conn.read_until(b'\n', line);
+    let n = match idle_timeout {
+        Some(limit) => match tokio::time::timeout(limit, read).await {
+            Ok(n) => n?,
+            Err(_) => {
+                // As Postfix does: say why before hanging up.
+                reply(conn, 421, "4.4.2 sink.test idle timeout exceeded").await?;
+                conn.flush().await?;
+                return Ok(false);
+            }
+        },
+        None => read.await?,
+    };
+    Ok(n > 0)
 }
 
 async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
@@ -184,7 +214,10 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     let mut tls = false;
     let mut io: Box<dyn Io> = Box::new(stream);
     if options.implicit_tls {
-        let acceptor = shared.acceptor.as_ref().expect("implicit_tls needs a certificate");
+        let acceptor = shared
+            .acceptor
+            .as_ref()
+            .expect("implicit_tls needs a certificate");
         io = Box::new(acceptor.accept(io).await?);
         tls = true;
     }
@@ -202,7 +235,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     let mut auth_user: Option<String> = None;
     let mut tx = Transaction::default();
     loop {
-        if !read_line(&mut conn, &mut line).await? {
+        if !read_line(&mut conn, &mut line, options.idle_timeout).await? {
             return Ok(());
         }
         let request = match Request::parse(&mut line.iter()) {
@@ -215,7 +248,11 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
         match request {
             Request::Ehlo { .. } => {
                 tx = Transaction::default();
-                let mut caps = vec!["sink.test".to_string(), "8BITMIME".into(), "SMTPUTF8".into()];
+                let mut caps = vec![
+                    "sink.test".to_string(),
+                    "8BITMIME".into(),
+                    "SMTPUTF8".into(),
+                ];
                 caps.push("ENHANCEDSTATUSCODES".into());
                 if !options.no_pipelining {
                     caps.push("PIPELINING".into());
@@ -233,7 +270,8 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                 let last = caps.len() - 1;
                 for (i, cap) in caps.iter().enumerate() {
                     let sep = if i == last { ' ' } else { '-' };
-                    conn.write_all(format!("250{sep}{cap}\r\n").as_bytes()).await?;
+                    conn.write_all(format!("250{sep}{cap}\r\n").as_bytes())
+                        .await?;
                 }
             }
             Request::Helo { .. } => reply(&mut conn, 250, "sink.test").await?,
@@ -264,7 +302,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                     AUTH_PLAIN => {
                         let response = if initial_response.is_empty() {
                             reply(&mut conn, 334, "").await?;
-                            read_line(&mut conn, &mut line).await?;
+                            read_line(&mut conn, &mut line, options.idle_timeout).await?;
                             String::from_utf8_lossy(&line).trim().to_string()
                         } else {
                             initial_response
@@ -278,13 +316,15 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                     }
                     AUTH_LOGIN => {
                         reply(&mut conn, 334, "VXNlcm5hbWU6").await?;
-                        read_line(&mut conn, &mut line).await?;
+                        read_line(&mut conn, &mut line, options.idle_timeout).await?;
                         let u = decode(String::from_utf8_lossy(&line).trim());
                         reply(&mut conn, 334, "UGFzc3dvcmQ6").await?;
-                        read_line(&mut conn, &mut line).await?;
+                        read_line(&mut conn, &mut line, options.idle_timeout).await?;
                         let p = decode(String::from_utf8_lossy(&line).trim());
                         match (u, p) {
-                            (Some(u), Some(p)) => String::from_utf8(u).ok().zip(String::from_utf8(p).ok()),
+                            (Some(u), Some(p)) => {
+                                String::from_utf8(u).ok().zip(String::from_utf8(p).ok())
+                            }
                             _ => None,
                         }
                     }
@@ -353,13 +393,17 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                 reply(&mut conn, 354, "end data with <CR><LF>.<CR><LF>").await?;
                 let mut data = Vec::new();
                 loop {
-                    if !read_line(&mut conn, &mut line).await? {
+                    if !read_line(&mut conn, &mut line, options.idle_timeout).await? {
                         return Ok(());
                     }
                     if line == b".\r\n" {
                         break;
                     }
-                    let unstuffed = if line.first() == Some(&b'.') { &line[1..] } else { &line[..] };
+                    let unstuffed = if line.first() == Some(&b'.') {
+                        &line[1..]
+                    } else {
+                        &line[..]
+                    };
                     data.extend_from_slice(unstuffed);
                 }
                 let received = Received {
@@ -370,7 +414,10 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                     auth_user: auth_user.clone(),
                 };
                 tx = Transaction::default();
-                let refusal = if options.max_size.is_some_and(|max| received.data.len() > max) {
+                let refusal = if options
+                    .max_size
+                    .is_some_and(|max| received.data.len() > max)
+                {
                     Some((552, "5.3.4 message too big".to_string()))
                 } else {
                     options.data_reply.as_ref().and_then(|f| f(&received))
@@ -383,7 +430,11 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                         }
                     }
                     None => {
-                        shared.messages.lock().expect("sink lock is never poisoned").push(received);
+                        shared
+                            .messages
+                            .lock()
+                            .expect("sink lock is never poisoned")
+                            .push(received);
                         shared.arrived.notify_waiters();
                         reply(&mut conn, 250, "2.0.0 queued").await?;
                     }

@@ -13,8 +13,8 @@ use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsConnector;
 
 use super::protocol::{
-    auth_login_line, auth_plain_command, dot_stuffed, mail_from_command, pipelined_batch, rcpt_to_command,
-    transaction_outcomes, AuthMechanism, Capabilities, Reply, Requirements,
+    auth_login_line, auth_plain_command, dot_stuffed, mail_from_command, pipelined_batch,
+    rcpt_to_command, transaction_outcomes, AuthMechanism, Capabilities, Reply, Requirements,
 };
 use super::{tls, RelaySettings, Security};
 use crate::address::Address;
@@ -86,7 +86,10 @@ impl Connection {
         let timed_out = |what: &str| {
             Failure::temporary(
                 TIMED_OUT,
-                format!("{label}: {what} timed out after {:?}", settings.connect_timeout),
+                format!(
+                    "{label}: {what} timed out after {:?}",
+                    settings.connect_timeout
+                ),
             )
         };
         let tcp = timeout_at(deadline, TcpStream::connect(endpoint.addr))
@@ -100,9 +103,12 @@ impl Connection {
         let mut stream: Box<dyn Io> = Box::new(tcp);
         let mut tls = false;
         if endpoint.security == Security::Implicit {
-            stream = timeout_at(deadline, handshake(stream, &endpoint.host, &label, tls_config.clone()))
-                .await
-                .map_err(|_| timed_out("TLS handshake"))??;
+            stream = timeout_at(
+                deadline,
+                handshake(stream, &endpoint.host, &label, tls_config.clone()),
+            )
+            .await
+            .map_err(|_| timed_out("TLS handshake"))??;
             tls = true;
         }
         let mut conn = Connection {
@@ -126,14 +132,18 @@ impl Connection {
             return Err(conn.forced_temporary(&greeting, "greeting"));
         }
 
-        let fallback_allowed = endpoint.security == Security::Plain && settings.credentials.is_none();
+        let fallback_allowed =
+            endpoint.security == Security::Plain && settings.credentials.is_none();
         conn.hello(&settings.helo_name, fallback_allowed).await?;
 
         if endpoint.security == Security::StartTls {
             if !conn.caps.starttls {
                 return Err(Failure::temporary(
                     SECURITY,
-                    format!("{}: STARTTLS is required but the server does not offer it", conn.label),
+                    format!(
+                        "{}: STARTTLS is required but the server does not offer it",
+                        conn.label
+                    ),
                 ));
             }
             conn.send_line("STARTTLS\r\n").await?;
@@ -148,13 +158,24 @@ impl Connection {
                     format!("{}: server sent data after its STARTTLS reply", conn.label),
                 ));
             }
-            let plain = std::mem::replace(&mut conn.stream, BufStream::new(Box::new(tokio::io::join(tokio::io::empty(), tokio::io::sink()))));
+            let plain = std::mem::replace(
+                &mut conn.stream,
+                BufStream::new(Box::new(tokio::io::join(
+                    tokio::io::empty(),
+                    tokio::io::sink(),
+                ))),
+            );
             let upgraded = tokio::time::timeout(
                 conn.command_timeout,
                 handshake(plain.into_inner(), &endpoint.host, &conn.label, tls_config),
             )
             .await
-            .map_err(|_| Failure::temporary(TIMED_OUT, format!("{}: TLS handshake timed out", conn.label)))??;
+            .map_err(|_| {
+                Failure::temporary(
+                    TIMED_OUT,
+                    format!("{}: TLS handshake timed out", conn.label),
+                )
+            })??;
             conn.stream = BufStream::new(upgraded);
             conn.tls = true;
             conn.receiver = ResponseReceiver::default();
@@ -163,7 +184,8 @@ impl Connection {
         }
 
         if let Some(credentials) = &settings.credentials {
-            conn.authenticate(&credentials.user, &credentials.password).await?;
+            conn.authenticate(&credentials.user, &credentials.password)
+                .await?;
         }
         tracing::debug!(server = %conn.label, tls = conn.tls, authenticated = conn.authenticated, "relay session ready");
         Ok(conn)
@@ -191,11 +213,14 @@ impl Connection {
     }
 
     /// Sends one message; one outcome per recipient in order. `Err` when the connection broke.
+    /// `reused` says the session sat idle before: a 421 to its MAIL is then the server's idle
+    /// timeout (Postfix says `421 4.4.2 … timeout exceeded`), not a verdict on this message.
     pub async fn send(
         &mut self,
         sender: Option<&Address>,
         recipients: &[Address],
         body: &[u8],
+        reused: bool,
     ) -> Result<Vec<Outcome>, Interrupted> {
         let before_body = |failure: Failure| Interrupted {
             failure,
@@ -206,7 +231,10 @@ impl Connection {
         }
         let req = Requirements::of(sender, recipients, body);
         if let Err(failure) = req.check(&self.caps, &self.label) {
-            return Ok(recipients.iter().map(|_| Outcome::Failed(failure.clone())).collect());
+            return Ok(recipients
+                .iter()
+                .map(|_| Outcome::Failed(failure.clone()))
+                .collect());
         }
         let mail_from = mail_from_command(sender, &req, &self.caps);
         let timeout = self.command_timeout;
@@ -215,43 +243,107 @@ impl Connection {
         let (mail, data) = if self.caps.pipelining {
             let batch = pipelined_batch(&mail_from, recipients);
             self.send_bytes(&batch).await.map_err(before_body)?;
-            let mail = self.read_reply(timeout, "MAIL FROM").await.map_err(before_body)?;
+            let mail = self
+                .read_reply(timeout, "MAIL FROM")
+                .await
+                .map_err(before_body)?;
             for _ in recipients {
-                rcpt_replies.push(self.read_reply(timeout, "RCPT TO").await.map_err(before_body)?);
+                rcpt_replies.push(
+                    self.read_reply(timeout, "RCPT TO")
+                        .await
+                        .map_err(before_body)?,
+                );
             }
-            let data = self.read_reply(timeout, "DATA").await.map_err(before_body)?;
+            let data = self
+                .read_reply(timeout, "DATA")
+                .await
+                .map_err(before_body)?;
             (mail, Some(data))
         } else {
             self.send_line(&mail_from).await.map_err(before_body)?;
-            let mail = self.read_reply(timeout, "MAIL FROM").await.map_err(before_body)?;
+            let mail = self
+                .read_reply(timeout, "MAIL FROM")
+                .await
+                .map_err(before_body)?;
+            if reused && mail.code == 421 {
+                return Err(before_body(
+                    mail.failure(&format!("{}: idle session closed", self.label)),
+                ));
+            }
             if !mail.is_positive() {
-                return Ok(transaction_outcomes(&self.label, recipients, &mail, &[], None));
+                return Ok(transaction_outcomes(
+                    &self.label,
+                    recipients,
+                    &mail,
+                    &[],
+                    None,
+                ));
             }
             for rcpt in recipients {
-                self.send_line(&rcpt_to_command(rcpt)).await.map_err(before_body)?;
-                rcpt_replies.push(self.read_reply(timeout, "RCPT TO").await.map_err(before_body)?);
+                self.send_line(&rcpt_to_command(rcpt))
+                    .await
+                    .map_err(before_body)?;
+                rcpt_replies.push(
+                    self.read_reply(timeout, "RCPT TO")
+                        .await
+                        .map_err(before_body)?,
+                );
             }
             if rcpt_replies.iter().any(Reply::is_positive) {
                 self.send_line("DATA\r\n").await.map_err(before_body)?;
-                (mail, Some(self.read_reply(timeout, "DATA").await.map_err(before_body)?))
+                (
+                    mail,
+                    Some(
+                        self.read_reply(timeout, "DATA")
+                            .await
+                            .map_err(before_body)?,
+                    ),
+                )
             } else {
                 (mail, None)
             }
         };
 
+        if reused && mail.code == 421 {
+            return Err(before_body(
+                mail.failure(&format!("{}: idle session closed", self.label)),
+            ));
+        }
         let any_accepted = mail.is_positive() && rcpt_replies.iter().any(Reply::is_positive);
         let data = match data {
             Some(data) if data.is_intermediate() && !any_accepted => {
                 // RFC 2920 §3.1: DATA was accepted with no recipient; end it empty.
                 self.send_bytes(b".\r\n").await.map_err(before_body)?;
-                self.read_reply(timeout, "end of data").await.map_err(before_body)?;
-                return Ok(transaction_outcomes(&self.label, recipients, &mail, &rcpt_replies, None));
+                self.read_reply(timeout, "end of data")
+                    .await
+                    .map_err(before_body)?;
+                return Ok(transaction_outcomes(
+                    &self.label,
+                    recipients,
+                    &mail,
+                    &rcpt_replies,
+                    None,
+                ));
             }
             Some(data) if any_accepted => data,
-            _ => return Ok(transaction_outcomes(&self.label, recipients, &mail, &rcpt_replies, None)),
+            _ => {
+                return Ok(transaction_outcomes(
+                    &self.label,
+                    recipients,
+                    &mail,
+                    &rcpt_replies,
+                    None,
+                ))
+            }
         };
         if !data.is_intermediate() {
-            return Ok(transaction_outcomes(&self.label, recipients, &mail, &rcpt_replies, Some(&data)));
+            return Ok(transaction_outcomes(
+                &self.label,
+                recipients,
+                &mail,
+                &rcpt_replies,
+                Some(&data),
+            ));
         }
 
         let written = tokio::time::timeout(self.data_end_timeout, async {
@@ -263,7 +355,10 @@ impl Connection {
         .await;
         let sent = match written {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("{}: connection lost while sending data: {e}", self.label)),
+            Ok(Err(e)) => Err(format!(
+                "{}: connection lost while sending data: {e}",
+                self.label
+            )),
             Err(_) => Err(format!("{}: sending data timed out", self.label)),
         };
         if let Err(reason) = sent {
@@ -280,7 +375,13 @@ impl Connection {
                 failure,
                 body_sent: true,
             })?;
-        Ok(transaction_outcomes(&self.label, recipients, &mail, &rcpt_replies, Some(&end)))
+        Ok(transaction_outcomes(
+            &self.label,
+            recipients,
+            &mail,
+            &rcpt_replies,
+            Some(&end),
+        ))
     }
 
     /// RSET, so the session is clean for the next message.
@@ -325,7 +426,10 @@ impl Connection {
         if !self.tls {
             return Err(Failure::temporary(
                 SECURITY,
-                format!("{}: credentials are set but the connection is not encrypted; AUTH not sent", self.label),
+                format!(
+                    "{}: credentials are set but the connection is not encrypted; AUTH not sent",
+                    self.label
+                ),
             ));
         }
         let Some(mechanism) = self.caps.auth_mechanism() else {
@@ -358,7 +462,9 @@ impl Connection {
             // Kept temporary: the administrator can fix the secret before the mail expires.
             failure.permanent = false;
             failure.status = EnhancedStatus(4, failure.status.1, failure.status.2);
-            failure.reason.push_str(" (authentication failures are retried: check the relay credentials)");
+            failure
+                .reason
+                .push_str(" (authentication failures are retried: check the relay credentials)");
             return Err(failure);
         }
         self.authenticated = true;
@@ -388,8 +494,14 @@ impl Connection {
         .await;
         match result {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Failure::temporary(NETWORK, format!("{}: write failed: {e}", self.label))),
-            Err(_) => Err(Failure::temporary(TIMED_OUT, format!("{}: write timed out", self.label))),
+            Ok(Err(e)) => Err(Failure::temporary(
+                NETWORK,
+                format!("{}: write failed: {e}", self.label),
+            )),
+            Err(_) => Err(Failure::temporary(
+                TIMED_OUT,
+                format!("{}: write timed out", self.label),
+            )),
         }
     }
 
@@ -441,7 +553,12 @@ impl Connection {
                     ))
                 }
                 Ok(_) => {}
-                Err(e) => return Err(Failure::temporary(NETWORK, format!("{}: read failed: {e}", self.label))),
+                Err(e) => {
+                    return Err(Failure::temporary(
+                        NETWORK,
+                        format!("{}: read failed: {e}", self.label),
+                    ))
+                }
             }
         }
     }
@@ -453,7 +570,8 @@ async fn handshake(
     label: &str,
     config: Arc<ClientConfig>,
 ) -> Result<Box<dyn Io>, Failure> {
-    let name = tls::server_name(host).map_err(|e| Failure::temporary(TLS_FAILED, format!("{label}: {e}")))?;
+    let name = tls::server_name(host)
+        .map_err(|e| Failure::temporary(TLS_FAILED, format!("{label}: {e}")))?;
     match TlsConnector::from(config).connect(name, stream).await {
         Ok(tls) => Ok(Box::new(tls)),
         Err(e) => Err(Failure::temporary(

@@ -20,11 +20,17 @@ use crate::delivery::{EnhancedStatus, Failure, Outcome};
 
 /// Host name to addresses. An IP literal member is never looked up.
 pub trait Resolve: Send + Sync + 'static {
-    fn lookup<'a>(&'a self, host: &'a str) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>>;
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>>;
 }
 
 impl Resolve for hickory_resolver::TokioResolver {
-    fn lookup<'a>(&'a self, host: &'a str) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>> {
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>> {
         Box::pin(async move {
             let found = self.lookup_ip(host).await.map_err(io::Error::other)?;
             Ok(found.iter().collect())
@@ -37,7 +43,10 @@ impl Resolve for hickory_resolver::TokioResolver {
 pub struct StaticResolver(pub HashMap<String, Vec<IpAddr>>);
 
 impl Resolve for StaticResolver {
-    fn lookup<'a>(&'a self, host: &'a str) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>> {
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>> {
         let found = self.0.get(&host.to_ascii_lowercase()).cloned();
         Box::pin(async move {
             found
@@ -100,15 +109,23 @@ impl Pool {
     }
 
     /// Delivers one message; one outcome per recipient, in the order given.
-    pub async fn deliver(&self, sender: Option<&Address>, recipients: &[Address], body: &[u8]) -> Vec<Outcome> {
+    pub async fn deliver(
+        &self,
+        sender: Option<&Address>,
+        recipients: &[Address],
+        body: &[u8],
+    ) -> Vec<Outcome> {
         if recipients.is_empty() {
             return Vec::new();
         }
         let (endpoints, mut errors) = self.endpoints().await;
         let now = Instant::now();
-        let (mut healthy, broken): (Vec<Endpoint>, Vec<Endpoint>) = endpoints
-            .into_iter()
-            .partition(|ep| self.with_state(ep, |s| s.breaker_open_until.is_none_or(|until| until <= now)));
+        let (mut healthy, broken): (Vec<Endpoint>, Vec<Endpoint>) =
+            endpoints.into_iter().partition(|ep| {
+                self.with_state(ep, |s| {
+                    s.breaker_open_until.is_none_or(|until| until <= now)
+                })
+            });
         if !healthy.is_empty() {
             let start = self.next.fetch_add(1, Ordering::Relaxed) % healthy.len();
             healthy.rotate_left(start);
@@ -121,8 +138,13 @@ impl Pool {
             }
         }
         for endpoint in &broken {
-            let last = self.with_state(endpoint, |s| s.last_error.clone()).unwrap_or_default();
-            errors.push(format!("{}: skipped after a recent failure ({last})", endpoint.label()));
+            let last = self
+                .with_state(endpoint, |s| s.last_error.clone())
+                .unwrap_or_default();
+            errors.push(format!(
+                "{}: skipped after a recent failure ({last})",
+                endpoint.label()
+            ));
         }
         if errors.is_empty() {
             errors.push("no relay member configured".into());
@@ -131,13 +153,19 @@ impl Pool {
             EnhancedStatus(4, 4, 1),
             format!("no relay address took the message: {}", errors.join("; ")),
         );
-        recipients.iter().map(|_| Outcome::Failed(failure.clone())).collect()
+        recipients
+            .iter()
+            .map(|_| Outcome::Failed(failure.clone()))
+            .collect()
     }
 
     /// Per-address state for metrics.
     pub fn status(&self) -> Vec<MemberStatus> {
         let max = self.settings.max_connections_per_member.max(1);
-        let addresses = self.addresses.lock().expect("pool state lock is never poisoned");
+        let addresses = self
+            .addresses
+            .lock()
+            .expect("pool state lock is never poisoned");
         let mut out: Vec<MemberStatus> = addresses
             .iter()
             .map(|(ep, s)| MemberStatus {
@@ -156,8 +184,14 @@ impl Pool {
     /// Closes every idle session with QUIT.
     pub async fn close_idle(&self) {
         let idle: Vec<Session> = {
-            let mut addresses = self.addresses.lock().expect("pool state lock is never poisoned");
-            addresses.values_mut().flat_map(|s| s.idle.drain(..)).collect()
+            let mut addresses = self
+                .addresses
+                .lock()
+                .expect("pool state lock is never poisoned");
+            addresses
+                .values_mut()
+                .flat_map(|s| s.idle.drain(..))
+                .collect()
         };
         for session in idle {
             session.conn.quit().await;
@@ -175,12 +209,14 @@ impl Pool {
     ) -> Result<Vec<Outcome>, Failure> {
         // An idle session the server has since closed fails before the body: try the next.
         while let Some(mut session) = self.with_state(endpoint, |s| s.idle.pop()) {
-            match session.conn.send(sender, recipients, body).await {
+            match session.conn.send(sender, recipients, body, true).await {
                 Ok(outcomes) => {
                     self.keep(endpoint, session).await;
                     return Ok(outcomes);
                 }
-                Err(interrupted) if interrupted.body_sent => return Ok(all_failed(recipients, interrupted.failure)),
+                Err(interrupted) if interrupted.body_sent => {
+                    return Ok(all_failed(recipients, interrupted.failure))
+                }
                 Err(interrupted) => {
                     tracing::debug!(server = %endpoint.label(), reason = %interrupted.failure, "idle relay session was stale");
                 }
@@ -205,12 +241,14 @@ impl Pool {
             _total: total,
             _member: member,
         };
-        match session.conn.send(sender, recipients, body).await {
+        match session.conn.send(sender, recipients, body, false).await {
             Ok(outcomes) => {
                 self.keep(endpoint, session).await;
                 Ok(outcomes)
             }
-            Err(interrupted) if interrupted.body_sent => Ok(all_failed(recipients, interrupted.failure)),
+            Err(interrupted) if interrupted.body_sent => {
+                Ok(all_failed(recipients, interrupted.failure))
+            }
             Err(interrupted) => {
                 self.trip(endpoint, &interrupted.failure);
                 Err(interrupted.failure)
@@ -239,13 +277,21 @@ impl Pool {
                 return (total, member);
             }
             let evicted = {
-                let mut addresses = self.addresses.lock().expect("pool state lock is never poisoned");
+                let mut addresses = self
+                    .addresses
+                    .lock()
+                    .expect("pool state lock is never poisoned");
                 addresses.values_mut().find_map(|s| s.idle.pop())
             };
             match evicted {
                 Some(session) => drop(session),
                 None => {
-                    let total = self.total.clone().acquire_owned().await.expect("pool semaphores are never closed");
+                    let total = self
+                        .total
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("pool semaphores are never closed");
                     return (total, member);
                 }
             }
@@ -261,14 +307,19 @@ impl Pool {
     }
 
     fn with_state<T>(&self, endpoint: &Endpoint, f: impl FnOnce(&mut AddressState) -> T) -> T {
-        let mut addresses = self.addresses.lock().expect("pool state lock is never poisoned");
+        let mut addresses = self
+            .addresses
+            .lock()
+            .expect("pool state lock is never poisoned");
         let per_member = self.settings.max_connections_per_member.max(1);
-        let state = addresses.entry(endpoint.clone()).or_insert_with(|| AddressState {
-            per_address: Arc::new(Semaphore::new(per_member)),
-            idle: Vec::new(),
-            breaker_open_until: None,
-            last_error: None,
-        });
+        let state = addresses
+            .entry(endpoint.clone())
+            .or_insert_with(|| AddressState {
+                per_address: Arc::new(Semaphore::new(per_member)),
+                idle: Vec::new(),
+                breaker_open_until: None,
+                last_error: None,
+            });
         f(state)
     }
 
@@ -298,5 +349,8 @@ impl Pool {
 }
 
 fn all_failed(recipients: &[Address], failure: Failure) -> Vec<Outcome> {
-    recipients.iter().map(|_| Outcome::Failed(failure.clone())).collect()
+    recipients
+        .iter()
+        .map(|_| Outcome::Failed(failure.clone()))
+        .collect()
 }

@@ -113,7 +113,9 @@ impl Capabilities {
         let mut caps = Capabilities::default();
         for line in text.lines().skip(1) {
             let mut words = line.split_ascii_whitespace();
-            let Some(keyword) = words.next() else { continue };
+            let Some(keyword) = words.next() else {
+                continue;
+            };
             match keyword.to_ascii_uppercase().as_str() {
                 "PIPELINING" => caps.pipelining = true,
                 "STARTTLS" => caps.starttls = true,
@@ -188,7 +190,8 @@ pub struct Requirements {
 impl Requirements {
     pub fn of(sender: Option<&Address>, recipients: &[Address], body: &[u8]) -> Requirements {
         Requirements {
-            smtputf8: sender.is_some_and(Address::is_utf8) || recipients.iter().any(Address::is_utf8),
+            smtputf8: sender.is_some_and(Address::is_utf8)
+                || recipients.iter().any(Address::is_utf8),
             eight_bit: !body.is_ascii(),
             size: body.len(),
         }
@@ -206,14 +209,19 @@ impl Requirements {
         if self.eight_bit && !caps.eight_bit_mime {
             return Err(Failure::permanent(
                 EnhancedStatus(5, 6, 3),
-                format!("{server}: message has 8-bit content but the server does not offer 8BITMIME"),
+                format!(
+                    "{server}: message has 8-bit content but the server does not offer 8BITMIME"
+                ),
             ));
         }
         if let Some(limit) = caps.size.filter(|&l| l > 0) {
             if self.size as u64 > limit {
                 return Err(Failure::permanent(
                     EnhancedStatus(5, 3, 4),
-                    format!("{server}: message of {} octets exceeds the server's SIZE limit of {limit}", self.size),
+                    format!(
+                        "{server}: message of {} octets exceeds the server's SIZE limit of {limit}",
+                        self.size
+                    ),
                 ));
             }
         }
@@ -222,7 +230,11 @@ impl Requirements {
 }
 
 /// `MAIL FROM:<sender>` with the parameters the message needs and the server offers.
-pub fn mail_from_command(sender: Option<&Address>, req: &Requirements, caps: &Capabilities) -> String {
+pub fn mail_from_command(
+    sender: Option<&Address>,
+    req: &Requirements,
+    caps: &Capabilities,
+) -> String {
     let mut cmd = match sender {
         Some(sender) => format!("MAIL FROM:<{sender}>"),
         None => "MAIL FROM:<>".to_string(),
@@ -295,7 +307,10 @@ pub fn transaction_outcomes(
 ) -> Vec<Outcome> {
     if !mail.is_positive() {
         let failure = mail.failure(&format!("{server}: MAIL FROM"));
-        return recipients.iter().map(|_| Outcome::Failed(failure.clone())).collect();
+        return recipients
+            .iter()
+            .map(|_| Outcome::Failed(failure.clone()))
+            .collect();
     }
     let data_failure = last
         .filter(|r| !r.is_positive())
@@ -359,7 +374,10 @@ mod tests {
 
     #[test]
     fn auth_plain_encodes_nul_separated_credentials() {
-        assert_eq!(auth_plain_command("user", "pass"), "AUTH PLAIN AHVzZXIAcGFzcw==\r\n");
+        assert_eq!(
+            auth_plain_command("user", "pass"),
+            "AUTH PLAIN AHVzZXIAcGFzcw==\r\n"
+        );
         assert_eq!(auth_login_line("user"), "dXNlcg==\r\n");
     }
 
@@ -402,7 +420,10 @@ mod tests {
         );
         let caps = Capabilities::from_ehlo_text("x\nSIZE 10");
         let req = Requirements::of(None, &[], &[b'a'; 11]);
-        assert_eq!(req.check(&caps, "s").unwrap_err().status, EnhancedStatus(5, 3, 4));
+        assert_eq!(
+            req.check(&caps, "s").unwrap_err().status,
+            EnhancedStatus(5, 3, 4)
+        );
     }
 
     #[test]
@@ -410,9 +431,15 @@ mod tests {
         let r = reply(550, Some((5, 7, 1)), "relaying denied");
         assert_eq!(r.dsn_status(), EnhancedStatus(5, 7, 1));
         assert_eq!(r.verbatim(), "550 5.7.1 relaying denied");
-        assert_eq!(reply(451, None, "later").dsn_status(), EnhancedStatus(4, 3, 0));
+        assert_eq!(
+            reply(451, None, "later").dsn_status(),
+            EnhancedStatus(4, 3, 0)
+        );
         // A class that contradicts the basic code is ignored.
-        assert_eq!(reply(450, Some((5, 1, 1)), "x").dsn_status(), EnhancedStatus(4, 2, 1));
+        assert_eq!(
+            reply(450, Some((5, 1, 1)), "x").dsn_status(),
+            EnhancedStatus(4, 2, 1)
+        );
         assert_eq!(reply(250, None, "a\nb").verbatim(), "250 a b");
     }
 
@@ -422,13 +449,29 @@ mod tests {
         let ok = reply(250, Some((2, 1, 5)), "ok");
         let bad = reply(550, Some((5, 1, 1)), "no such user");
         let end = reply(250, Some((2, 0, 0)), "queued");
-        let out = transaction_outcomes("s", &rcpts, &ok, &[ok.clone(), bad.clone(), ok.clone()], Some(&end));
-        assert_eq!(out[0], Outcome::Delivered { reply: Some("250 2.0.0 queued".into()) });
+        let out = transaction_outcomes(
+            "s",
+            &rcpts,
+            &ok,
+            &[ok.clone(), bad.clone(), ok.clone()],
+            Some(&end),
+        );
+        assert_eq!(
+            out[0],
+            Outcome::Delivered {
+                reply: Some("250 2.0.0 queued".into())
+            }
+        );
         assert_eq!(out[2], out[0]);
-        let Outcome::Failed(f) = &out[1] else { panic!("b must fail") };
+        let Outcome::Failed(f) = &out[1] else {
+            panic!("b must fail")
+        };
         assert!(f.permanent);
         assert_eq!(f.remote_reply.as_deref(), Some("550 5.1.1 no such user"));
-        assert_eq!(f.reason, "s: RCPT TO:<b@x.org> rejected: 550 5.1.1 no such user");
+        assert_eq!(
+            f.reason,
+            "s: RCPT TO:<b@x.org> rejected: 550 5.1.1 no such user"
+        );
     }
 
     #[test]
@@ -442,7 +485,9 @@ mod tests {
         ] {
             assert_eq!(out.len(), 2);
             for o in out {
-                let Outcome::Failed(f) = o else { panic!("must fail") };
+                let Outcome::Failed(f) = o else {
+                    panic!("must fail")
+                };
                 assert!(!f.permanent);
                 assert_eq!(f.status, EnhancedStatus(4, 3, 2));
             }

@@ -6,16 +6,19 @@ use rustls::{CertificateError, ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, ServerName};
 
 /// A client configuration trusting the web PKI roots plus `extra_roots`, with ring.
-pub fn client_config(extra_roots: &[CertificateDer<'static>]) -> Result<Arc<ClientConfig>, rustls::Error> {
+pub fn client_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<Arc<ClientConfig>, rustls::Error> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for root in extra_roots {
         roots.add(root.clone())?;
     }
-    let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
@@ -27,9 +30,15 @@ pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
 
 /// Why the handshake failed, in words an administrator acts on.
 pub fn describe_error(err: &std::io::Error) -> String {
-    match err.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
         Some(rustls::Error::InvalidCertificate(cert)) => {
-            format!("TLS certificate verification failed: {}", describe_certificate_error(cert))
+            format!(
+                "TLS certificate verification failed: {}",
+                describe_certificate_error(cert)
+            )
         }
         Some(other) => format!("TLS handshake failed: {other}"),
         None => format!("TLS handshake failed: {err}"),
@@ -38,11 +47,15 @@ pub fn describe_error(err: &std::io::Error) -> String {
 
 fn describe_certificate_error(err: &CertificateError) -> String {
     match err {
-        CertificateError::Expired | CertificateError::ExpiredContext { .. } => "certificate expired".into(),
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            "certificate expired".into()
+        }
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
             "certificate not valid yet".into()
         }
-        CertificateError::UnknownIssuer => "unknown issuer (no trusted root signed the certificate chain)".into(),
+        CertificateError::UnknownIssuer => {
+            "unknown issuer (no trusted root signed the certificate chain)".into()
+        }
         CertificateError::NotValidForName => "name mismatch".into(),
         CertificateError::NotValidForNameContext { presented, .. } => {
             let names: Vec<String> = presented.iter().map(|n| strip_name_kind(n)).collect();
@@ -65,7 +78,9 @@ fn describe_certificate_error(err: &CertificateError) -> String {
 /// webpki presents names as `DnsName("x")` or `IpAddress(…)`; show just the name.
 fn strip_name_kind(name: &str) -> String {
     match (name.find('('), name.rfind(')')) {
-        (Some(open), Some(close)) if open < close => name[open + 1..close].trim_matches('"').to_string(),
+        (Some(open), Some(close)) if open < close => {
+            name[open + 1..close].trim_matches('"').to_string()
+        }
         _ => name.to_string(),
     }
 }
