@@ -173,7 +173,9 @@ fn validate_local(local: &str) -> Result<(), AddressError> {
     }
     if let Some(inner) = local.strip_prefix('"') {
         // Quoted-string: qtextSMTP or quoted-pairSMTP up to the closing quote, nothing after.
-        let inner = inner.strip_suffix('"').ok_or(AddressError::LocalPartInvalid)?;
+        let inner = inner
+            .strip_suffix('"')
+            .ok_or(AddressError::LocalPartInvalid)?;
         let mut chars = inner.chars();
         while let Some(c) = chars.next() {
             match c {
@@ -207,7 +209,9 @@ fn validate_domain(domain: &str) -> Result<(), AddressError> {
         return Err(AddressError::DomainTooLong);
     }
     if let Some(literal) = domain.strip_prefix('[') {
-        let literal = literal.strip_suffix(']').ok_or(AddressError::DomainInvalid)?;
+        let literal = literal
+            .strip_suffix(']')
+            .ok_or(AddressError::DomainInvalid)?;
         let ok = match literal.get(..5) {
             Some(tag) if tag.eq_ignore_ascii_case("IPv6:") => {
                 literal[5..].parse::<std::net::Ipv6Addr>().is_ok()
@@ -274,8 +278,14 @@ mod tests {
         assert_eq!(Address::parse(""), Err(AddressError::Empty));
         assert_eq!(Address::parse("root"), Err(AddressError::MissingAt));
         assert_eq!(Address::parse("@x.org"), Err(AddressError::LocalPartEmpty));
-        assert_eq!(Address::parse("a..b@x.org"), Err(AddressError::LocalPartInvalid));
-        assert_eq!(Address::parse("a b@x.org"), Err(AddressError::LocalPartInvalid));
+        assert_eq!(
+            Address::parse("a..b@x.org"),
+            Err(AddressError::LocalPartInvalid)
+        );
+        assert_eq!(
+            Address::parse("a b@x.org"),
+            Err(AddressError::LocalPartInvalid)
+        );
         assert_eq!(Address::parse("a@-x.org"), Err(AddressError::DomainInvalid));
         assert_eq!(Address::parse("a@x..org"), Err(AddressError::DomainInvalid));
         let long = format!("{}@x.org", "a".repeat(65));

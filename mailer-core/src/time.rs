@@ -116,6 +116,9 @@ mod tests {
         assert_eq!(rfc5322(t), "Wed, 25 Nov 2026 13:13:37 +0000");
         assert_eq!(asctime(t), "Wed Nov 25 13:13:37 2026");
         assert_eq!(rfc5322(UNIX_EPOCH), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(asctime(from_unix_seconds(951_782_400)), "Tue Feb 29 00:00:00 2000");
+        assert_eq!(
+            asctime(from_unix_seconds(951_782_400)),
+            "Tue Feb 29 00:00:00 2000"
+        );
     }
 }

@@ -22,11 +22,16 @@ impl EnhancedStatus {
         let class: u8 = it.next()?.parse().ok()?;
         let subject = it.next()?;
         let detail = it.next()?;
-        let digits = |p: &str| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit());
         if !matches!(class, 2 | 4 | 5) || !digits(subject) || !digits(detail) {
             return None;
         }
-        Some(EnhancedStatus(class, subject.parse().ok()?, detail.parse().ok()?))
+        Some(EnhancedStatus(
+            class,
+            subject.parse().ok()?,
+            detail.parse().ok()?,
+        ))
     }
 
     pub fn is_permanent(&self) -> bool {
@@ -45,7 +50,9 @@ impl fmt::Display for EnhancedStatus {
 pub enum Outcome {
     /// Accepted by the next hop or written to the mailbox; `reply` is the next hop's reply
     /// (for logs), if there was one.
-    Delivered { reply: Option<String> },
+    Delivered {
+        reply: Option<String>,
+    },
     Failed(Failure),
 }
 

@@ -1,1 +1,4 @@
-pub mod certs; pub mod sink; pub mod dns; pub mod daemon;
+pub mod certs;
+pub mod daemon;
+pub mod dns;
+pub mod sink;

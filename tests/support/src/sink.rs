@@ -1,0 +1,459 @@
+//! A real upstream SMTP server on 127.0.0.1 that records what it accepts: the next hop for
+//! relay tests, end-to-end daemon tests and benchmarks. It speaks ESMTP with PIPELINING,
+//! 8BITMIME, SMTPUTF8, SIZE, STARTTLS (or implicit TLS) and AUTH PLAIN/LOGIN.
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use smtp_proto::{Request, AUTH_LOGIN, AUTH_PLAIN};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::certs::Leaf;
+
+/// Decides a reply for a command argument (an address); `None` lets the default reply stand.
+pub type ReplyFn = Arc<dyn Fn(&str) -> Option<(u16, String)> + Send + Sync>;
+/// Decides the reply to the end of data, given the transaction as it would be recorded.
+pub type DataReplyFn = Arc<dyn Fn(&Received) -> Option<(u16, String)> + Send + Sync>;
+
+/// How the sink behaves. `Default` is a plain-text server without AUTH that takes everything.
+#[derive(Clone, Default)]
+pub struct SinkOptions {
+    /// Certificate for TLS; with it the sink advertises STARTTLS (unless `implicit_tls`).
+    pub tls: Option<Leaf>,
+    /// Refuse MAIL before STARTTLS (530 5.7.0).
+    pub require_tls: bool,
+    /// TLS from the first byte (needs `tls`).
+    pub implicit_tls: bool,
+    /// Credentials; AUTH is advertised only once TLS is up and required before MAIL.
+    pub auth: Option<(String, String)>,
+    /// The mechanisms advertised after `AUTH`; `None` means `PLAIN LOGIN`.
+    pub auth_mechanisms: Option<String>,
+    /// Greet with `421 4.3.2` and hang up.
+    pub greeting_421: bool,
+    /// Wait this long before greeting (a server that accepts but does not answer).
+    pub greeting_delay: Option<Duration>,
+    /// Do not advertise PIPELINING.
+    pub no_pipelining: bool,
+    pub mail_reply: Option<ReplyFn>,
+    pub rcpt_reply: Option<ReplyFn>,
+    pub data_reply: Option<DataReplyFn>,
+    /// Advertised as `SIZE n` and enforced.
+    pub max_size: Option<usize>,
+    /// Say `421 4.4.2` and hang up on a client silent for this long, as real servers do.
+    pub idle_timeout: Option<Duration>,
+}
+
+/// One accepted transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Received {
+    /// The reverse path without brackets; empty for the null sender.
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    /// The data as the client meant it: dot-stuffing removed, without the final `.` line.
+    pub data: Vec<u8>,
+    pub tls: bool,
+    pub auth_user: Option<String>,
+}
+
+struct Shared {
+    options: SinkOptions,
+    acceptor: Option<TlsAcceptor>,
+    messages: Mutex<Vec<Received>>,
+    arrived: Notify,
+    connections: AtomicUsize,
+    auth_attempts: AtomicUsize,
+}
+
+/// A running sink. Dropping it stops accepting connections; sessions already open end when
+/// their client leaves (or after `idle_timeout`).
+pub struct Sink {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: JoinHandle<()>,
+}
+
+impl Sink {
+    pub async fn start(options: SinkOptions) -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("bound socket has an address");
+        let acceptor = options
+            .tls
+            .as_ref()
+            .map(|leaf| TlsAcceptor::from(leaf.server_config()));
+        let shared = Arc::new(Shared {
+            options,
+            acceptor,
+            messages: Mutex::new(Vec::new()),
+            arrived: Notify::new(),
+            connections: AtomicUsize::new(0),
+            auth_attempts: AtomicUsize::new(0),
+        });
+        let accepting = shared.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepting.connections.fetch_add(1, Ordering::SeqCst);
+                let shared = accepting.clone();
+                tokio::spawn(async move {
+                    // A client hanging up mid-session is normal for a test server.
+                    let _ = serve(stream, shared).await;
+                });
+            }
+        });
+        Sink { addr, shared, task }
+    }
+
+    /// A loopback address where nothing listens: connections to it are refused.
+    pub fn refusing() -> SocketAddr {
+        let listener = StdListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        listener.local_addr().expect("bound socket has an address")
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.shared
+            .messages
+            .lock()
+            .expect("sink lock is never poisoned")
+            .clone()
+    }
+
+    /// Waits until `n` messages arrived or `timeout` passed; returns what arrived.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let arrived = self.shared.arrived.notified();
+            let messages = self.messages();
+            if messages.len() >= n {
+                return messages;
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return self.messages();
+            }
+        }
+    }
+
+    /// AUTH commands received, successful or not.
+    pub fn auth_attempts(&self) -> usize {
+        self.shared.auth_attempts.load(Ordering::SeqCst)
+    }
+
+    /// TCP connections accepted.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type Conn = BufReader<BufWriter<Box<dyn Io>>>;
+
+#[derive(Default)]
+struct Transaction {
+    mail_from: Option<String>,
+    rcpt_to: Vec<String>,
+}
+
+async fn reply(conn: &mut Conn, code: u16, text: &str) -> std::io::Result<()> {
+    conn.write_all(format!("{code} {text}\r\n").as_bytes())
+        .await
+}
+
+/// Reads one line into `line` (cleared first); flushes pending replies only when the client
+/// has nothing more queued, so pipelined commands get their replies in one write.
+async fn read_line(
+    conn: &mut Conn,
+    line: &mut Vec<u8>,
+    idle_timeout: Option<Duration>,
+) -> std::io::Result<bool> {
+    line.clear();
+    if conn.buffer().is_empty() {
+        conn.flush().await?;
+    }
+    let read = conn.read_until(b'\n', line);
+    let n = match idle_timeout {
+        Some(limit) => match tokio::time::timeout(limit, read).await {
+            Ok(n) => n?,
+            Err(_) => {
+                // As Postfix does: say why before hanging up.
+                reply(conn, 421, "4.4.2 sink.test idle timeout exceeded").await?;
+                conn.flush().await?;
+                return Ok(false);
+            }
+        },
+        None => read.await?,
+    };
+    Ok(n > 0)
+}
+
+async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
+    let options = &shared.options;
+    let mut tls = false;
+    let mut io: Box<dyn Io> = Box::new(stream);
+    if options.implicit_tls {
+        let acceptor = shared
+            .acceptor
+            .as_ref()
+            .expect("implicit_tls needs a certificate");
+        io = Box::new(acceptor.accept(io).await?);
+        tls = true;
+    }
+    let mut conn: Conn = BufReader::new(BufWriter::new(io));
+    if let Some(delay) = options.greeting_delay {
+        tokio::time::sleep(delay).await;
+    }
+    if options.greeting_421 {
+        reply(&mut conn, 421, "4.3.2 sink.test busy, try later").await?;
+        return conn.flush().await;
+    }
+    reply(&mut conn, 220, "sink.test ESMTP ready").await?;
+
+    let mut line = Vec::with_capacity(1024);
+    let mut auth_user: Option<String> = None;
+    let mut tx = Transaction::default();
+    loop {
+        if !read_line(&mut conn, &mut line, options.idle_timeout).await? {
+            return Ok(());
+        }
+        let request = match Request::parse(&mut line.iter()) {
+            Ok(request) => request.into_owned(),
+            Err(_) => {
+                reply(&mut conn, 500, "5.5.2 syntax error").await?;
+                continue;
+            }
+        };
+        match request {
+            Request::Ehlo { .. } => {
+                tx = Transaction::default();
+                let mut caps = vec![
+                    "sink.test".to_string(),
+                    "8BITMIME".into(),
+                    "SMTPUTF8".into(),
+                ];
+                caps.push("ENHANCEDSTATUSCODES".into());
+                if !options.no_pipelining {
+                    caps.push("PIPELINING".into());
+                }
+                if let Some(max) = options.max_size {
+                    caps.push(format!("SIZE {max}"));
+                }
+                if shared.acceptor.is_some() && !tls {
+                    caps.push("STARTTLS".into());
+                }
+                if options.auth.is_some() && tls {
+                    let mechanisms = options.auth_mechanisms.as_deref().unwrap_or("PLAIN LOGIN");
+                    caps.push(format!("AUTH {mechanisms}"));
+                }
+                let last = caps.len() - 1;
+                for (i, cap) in caps.iter().enumerate() {
+                    let sep = if i == last { ' ' } else { '-' };
+                    conn.write_all(format!("250{sep}{cap}\r\n").as_bytes())
+                        .await?;
+                }
+            }
+            Request::Helo { .. } => reply(&mut conn, 250, "sink.test").await?,
+            Request::StartTls => {
+                let Some(acceptor) = shared.acceptor.as_ref().filter(|_| !tls) else {
+                    reply(&mut conn, 503, "5.5.1 TLS not available").await?;
+                    continue;
+                };
+                reply(&mut conn, 220, "2.0.0 ready to start TLS").await?;
+                conn.flush().await?;
+                // RFC 3207 §4.2: whatever the client pipelined before the handshake is dropped.
+                let plain = conn.into_inner().into_inner();
+                conn = BufReader::new(BufWriter::new(Box::new(acceptor.accept(plain).await?)));
+                tls = true;
+                auth_user = None;
+                tx = Transaction::default();
+            }
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                shared.auth_attempts.fetch_add(1, Ordering::SeqCst);
+                let Some((user, pass)) = options.auth.as_ref().filter(|_| tls) else {
+                    reply(&mut conn, 538, "5.7.11 encryption required for AUTH").await?;
+                    continue;
+                };
+                let given = match mechanism {
+                    AUTH_PLAIN => {
+                        let response = if initial_response.is_empty() {
+                            reply(&mut conn, 334, "").await?;
+                            read_line(&mut conn, &mut line, options.idle_timeout).await?;
+                            String::from_utf8_lossy(&line).trim().to_string()
+                        } else {
+                            initial_response
+                        };
+                        decode(&response).and_then(|plain| {
+                            let mut parts = plain.split(|&b| b == 0).skip(1);
+                            let u = String::from_utf8(parts.next()?.to_vec()).ok()?;
+                            let p = String::from_utf8(parts.next()?.to_vec()).ok()?;
+                            Some((u, p))
+                        })
+                    }
+                    AUTH_LOGIN => {
+                        reply(&mut conn, 334, "VXNlcm5hbWU6").await?;
+                        read_line(&mut conn, &mut line, options.idle_timeout).await?;
+                        let u = decode(String::from_utf8_lossy(&line).trim());
+                        reply(&mut conn, 334, "UGFzc3dvcmQ6").await?;
+                        read_line(&mut conn, &mut line, options.idle_timeout).await?;
+                        let p = decode(String::from_utf8_lossy(&line).trim());
+                        match (u, p) {
+                            (Some(u), Some(p)) => {
+                                String::from_utf8(u).ok().zip(String::from_utf8(p).ok())
+                            }
+                            _ => None,
+                        }
+                    }
+                    _ => {
+                        reply(&mut conn, 504, "5.5.4 mechanism not supported").await?;
+                        continue;
+                    }
+                };
+                if given.as_ref().is_some_and(|(u, p)| u == user && p == pass) {
+                    auth_user = Some(user.clone());
+                    reply(&mut conn, 235, "2.7.0 authenticated").await?;
+                } else {
+                    reply(&mut conn, 535, "5.7.8 authentication credentials invalid").await?;
+                }
+            }
+            Request::Mail { from } => {
+                let refusal = if options.require_tls && !tls {
+                    Some((530, "5.7.0 must issue a STARTTLS command first".to_string()))
+                } else if options.auth.is_some() && auth_user.is_none() {
+                    Some((530, "5.7.0 authentication required".to_string()))
+                } else if options.max_size.is_some_and(|max| from.size > max) {
+                    Some((552, "5.3.4 message too big".to_string()))
+                } else {
+                    options.mail_reply.as_ref().and_then(|f| f(&from.address))
+                };
+                match refusal {
+                    Some((code, text)) => {
+                        reply(&mut conn, code, &text).await?;
+                        if code == 421 {
+                            return conn.flush().await;
+                        }
+                    }
+                    None => {
+                        tx = Transaction {
+                            mail_from: Some(from.address),
+                            rcpt_to: Vec::new(),
+                        };
+                        reply(&mut conn, 250, "2.1.0 sender ok").await?;
+                    }
+                }
+            }
+            Request::Rcpt { to } => {
+                if tx.mail_from.is_none() {
+                    reply(&mut conn, 503, "5.5.1 MAIL first").await?;
+                    continue;
+                }
+                match options.rcpt_reply.as_ref().and_then(|f| f(&to.address)) {
+                    Some((code, text)) => {
+                        reply(&mut conn, code, &text).await?;
+                        if code == 421 {
+                            return conn.flush().await;
+                        }
+                    }
+                    None => {
+                        tx.rcpt_to.push(to.address);
+                        reply(&mut conn, 250, "2.1.5 recipient ok").await?;
+                    }
+                }
+            }
+            Request::Data => {
+                let Some(mail_from) = tx.mail_from.take().filter(|_| !tx.rcpt_to.is_empty()) else {
+                    tx = Transaction::default();
+                    reply(&mut conn, 554, "5.5.1 no valid recipients").await?;
+                    continue;
+                };
+                reply(&mut conn, 354, "end data with <CR><LF>.<CR><LF>").await?;
+                let mut data = Vec::new();
+                loop {
+                    if !read_line(&mut conn, &mut line, options.idle_timeout).await? {
+                        return Ok(());
+                    }
+                    if line == b".\r\n" {
+                        break;
+                    }
+                    let unstuffed = if line.first() == Some(&b'.') {
+                        &line[1..]
+                    } else {
+                        &line[..]
+                    };
+                    data.extend_from_slice(unstuffed);
+                }
+                let received = Received {
+                    mail_from,
+                    rcpt_to: std::mem::take(&mut tx.rcpt_to),
+                    data,
+                    tls,
+                    auth_user: auth_user.clone(),
+                };
+                tx = Transaction::default();
+                let refusal = if options
+                    .max_size
+                    .is_some_and(|max| received.data.len() > max)
+                {
+                    Some((552, "5.3.4 message too big".to_string()))
+                } else {
+                    options.data_reply.as_ref().and_then(|f| f(&received))
+                };
+                match refusal {
+                    Some((code, text)) => {
+                        reply(&mut conn, code, &text).await?;
+                        if code == 421 {
+                            return conn.flush().await;
+                        }
+                    }
+                    None => {
+                        shared
+                            .messages
+                            .lock()
+                            .expect("sink lock is never poisoned")
+                            .push(received);
+                        shared.arrived.notify_waiters();
+                        reply(&mut conn, 250, "2.0.0 queued").await?;
+                    }
+                }
+            }
+            Request::Rset => {
+                tx = Transaction::default();
+                reply(&mut conn, 250, "2.0.0 reset").await?;
+            }
+            Request::Noop { .. } => reply(&mut conn, 250, "2.0.0 ok").await?,
+            Request::Quit => {
+                reply(&mut conn, 221, "2.0.0 bye").await?;
+                return conn.flush().await;
+            }
+            _ => reply(&mut conn, 502, "5.5.1 command not implemented").await?,
+        }
+    }
+}
+
+fn decode(b64: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}

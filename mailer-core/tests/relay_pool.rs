@@ -1,0 +1,326 @@
+//! The smarthost pool: failover, the circuit breaker and session reuse, against real servers
+//! on loopback.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use mailer_core::address::Address;
+use mailer_core::delivery::relay::{
+    Credentials, Member, Pool, RelaySettings, Security, StaticResolver,
+};
+use mailer_core::delivery::Outcome;
+use mailer_testkit::certs::TestCa;
+use mailer_testkit::sink::{Sink, SinkOptions};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn addr(s: &str) -> Address {
+    Address::parse(s).expect("test address")
+}
+
+fn member(at: SocketAddr, security: Security) -> Member {
+    Member {
+        host: at.ip().to_string(),
+        port: at.port(),
+        security,
+    }
+}
+
+fn settings(ca: &TestCa, members: Vec<Member>) -> RelaySettings {
+    let mut settings = RelaySettings::new("client.test", members);
+    settings.extra_roots = vec![ca.cert_der()];
+    settings.connect_timeout = WAIT;
+    settings.command_timeout = WAIT;
+    settings.data_end_timeout = WAIT;
+    settings.credentials = Some(Credentials {
+        user: "alice".into(),
+        password: "correct horse".into(),
+    });
+    settings
+}
+
+fn tls_auth_sink(ca: &TestCa) -> SinkOptions {
+    SinkOptions {
+        tls: Some(ca.issue(&["127.0.0.1"])),
+        require_tls: true,
+        auth: Some(("alice".into(), "correct horse".into())),
+        ..SinkOptions::default()
+    }
+}
+
+fn assert_delivered(outcomes: &[Outcome]) {
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, Outcome::Delivered { .. })),
+        "{outcomes:?}"
+    );
+}
+
+#[tokio::test]
+async fn pool_fails_over_and_does_not_retry_dead_members() {
+    let ca = TestCa::new();
+    let refusing = Sink::refusing();
+    let busy = Sink::start(SinkOptions {
+        greeting_421: true,
+        ..tls_auth_sink(&ca)
+    })
+    .await;
+    let good = Sink::start(tls_auth_sink(&ca)).await;
+    let members = vec![
+        member(refusing, Security::StartTls),
+        member(busy.addr(), Security::StartTls),
+        member(good.addr(), Security::StartTls),
+    ];
+    let pool = Pool::new(settings(&ca, members), StaticResolver::default()).unwrap();
+
+    for i in 0..3 {
+        let body = format!("message {i}\r\n");
+        assert_delivered(
+            &pool
+                .deliver(None, &[addr("bob@example.org")], body.as_bytes())
+                .await,
+        );
+    }
+    assert_eq!(
+        busy.connections(),
+        1,
+        "the 421 member is tried once, then skipped"
+    );
+    let tried_again = pool
+        .deliver(None, &[addr("bob@example.org")], b"later\r\n")
+        .await;
+    assert_delivered(&tried_again);
+
+    assert_eq!(
+        busy.connections(),
+        1,
+        "a later deliver call must skip the 421 member"
+    );
+    assert_eq!(good.wait_for(4, WAIT).await.len(), 4);
+    assert_eq!(good.connections(), 1, "the good member's session is reused");
+    let status = pool.status();
+    let of = |a: SocketAddr| {
+        status
+            .iter()
+            .find(|s| s.address == a)
+            .expect("member listed")
+    };
+    assert!(of(refusing).breaker_open_until.is_some());
+    assert!(of(busy.addr()).breaker_open_until.is_some());
+    assert!(of(busy.addr())
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("421 4.3.2"));
+    assert_eq!(of(good.addr()).breaker_open_until, None);
+    assert_eq!(of(good.addr()).open_connections, 1);
+    assert_eq!(of(good.addr()).idle_connections, 1);
+}
+
+#[tokio::test]
+async fn relay_skips_dead_pool_member_without_waiting() {
+    let ca = TestCa::new();
+    let silent = Sink::start(SinkOptions {
+        greeting_delay: Some(Duration::from_secs(30)),
+        ..tls_auth_sink(&ca)
+    })
+    .await;
+    let good = Sink::start(tls_auth_sink(&ca)).await;
+    let mut settings = settings(
+        &ca,
+        vec![
+            member(silent.addr(), Security::StartTls),
+            member(good.addr(), Security::StartTls),
+        ],
+    );
+    settings.connect_timeout = Duration::from_millis(500);
+    let pool = Pool::new(settings, StaticResolver::default()).unwrap();
+
+    let started = Instant::now();
+    assert_delivered(
+        &pool
+            .deliver(None, &[addr("bob@example.org")], b"one\r\n")
+            .await,
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the first call waits for the silent member"
+    );
+
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_delivered(
+            &pool
+                .deliver(None, &[addr("bob@example.org")], b"again\r\n")
+                .await,
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(400),
+        "later calls must not wait for the silent member: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(silent.connections(), 1);
+    assert_eq!(good.wait_for(4, WAIT).await.len(), 4);
+}
+
+#[tokio::test]
+async fn breaker_closes_after_the_backoff() {
+    let ca = TestCa::new();
+    let busy = Sink::start(SinkOptions {
+        greeting_421: true,
+        ..tls_auth_sink(&ca)
+    })
+    .await;
+    let mut settings = settings(&ca, vec![member(busy.addr(), Security::StartTls)]);
+    settings.breaker_backoff = Duration::from_millis(200);
+    let pool = Pool::new(settings, StaticResolver::default()).unwrap();
+
+    let _ = pool
+        .deliver(None, &[addr("bob@example.org")], b"x\r\n")
+        .await;
+    let skipped = pool
+        .deliver(None, &[addr("bob@example.org")], b"x\r\n")
+        .await;
+    assert_eq!(busy.connections(), 1);
+    let Outcome::Failed(f) = &skipped[0] else {
+        panic!("must fail: {skipped:?}")
+    };
+    assert!(
+        f.reason.contains("skipped after a recent failure"),
+        "{}",
+        f.reason
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = pool
+        .deliver(None, &[addr("bob@example.org")], b"x\r\n")
+        .await;
+    assert_eq!(busy.connections(), 2, "tried again once the backoff passed");
+}
+
+#[tokio::test]
+async fn all_members_failing_names_every_address() {
+    let ca = TestCa::new();
+    let refusing = Sink::refusing();
+    let busy = Sink::start(SinkOptions {
+        greeting_421: true,
+        ..tls_auth_sink(&ca)
+    })
+    .await;
+    let mut members = vec![
+        member(refusing, Security::StartTls),
+        member(busy.addr(), Security::StartTls),
+    ];
+    members.push(Member {
+        host: "relay.invalid".into(),
+        port: 25,
+        security: Security::StartTls,
+    });
+    let pool = Pool::new(settings(&ca, members), StaticResolver(HashMap::new())).unwrap();
+    let recipients = [addr("ann@example.org"), addr("bob@example.org")];
+
+    let outcomes = pool.deliver(None, &recipients, b"x\r\n").await;
+
+    assert_eq!(outcomes.len(), 2);
+    for outcome in &outcomes {
+        let Outcome::Failed(f) = outcome else {
+            panic!("must fail: {outcomes:?}")
+        };
+        assert!(!f.permanent);
+        assert!(
+            f.reason.contains(&format!(
+                "127.0.0.1[127.0.0.1]:{}: connect failed",
+                refusing.port()
+            )),
+            "{}",
+            f.reason
+        );
+        assert!(
+            f.reason.contains(&format!(
+                "127.0.0.1[127.0.0.1]:{}: greeting rejected: 421 4.3.2",
+                busy.port()
+            )),
+            "{}",
+            f.reason
+        );
+        assert!(
+            f.reason.contains("relay.invalid: address lookup failed"),
+            "{}",
+            f.reason
+        );
+    }
+}
+
+#[tokio::test]
+async fn ten_messages_to_one_member_use_one_connection() {
+    let ca = TestCa::new();
+    let sink = Sink::start(tls_auth_sink(&ca)).await;
+    let pool = Pool::new(
+        settings(&ca, vec![member(sink.addr(), Security::StartTls)]),
+        StaticResolver::default(),
+    )
+    .unwrap();
+
+    for i in 0..10 {
+        let body = format!("message {i}\r\n");
+        assert_delivered(
+            &pool
+                .deliver(
+                    Some(&addr("a@ublog.tech")),
+                    &[addr("bob@example.org")],
+                    body.as_bytes(),
+                )
+                .await,
+        );
+    }
+
+    let got = sink.wait_for(10, WAIT).await;
+    assert_eq!(got.len(), 10);
+    for (i, message) in got.iter().enumerate() {
+        assert_eq!(message.data, format!("message {i}\r\n").as_bytes());
+        assert_eq!(message.auth_user.as_deref(), Some("alice"));
+    }
+    assert_eq!(sink.connections(), 1);
+    assert_eq!(sink.auth_attempts(), 1);
+}
+
+#[tokio::test]
+async fn a_session_closed_by_the_server_is_replaced_without_losing_the_message() {
+    let ca = TestCa::new();
+    let sink = Sink::start(SinkOptions {
+        idle_timeout: Some(Duration::from_millis(100)),
+        ..tls_auth_sink(&ca)
+    })
+    .await;
+    let pool = Pool::new(
+        settings(&ca, vec![member(sink.addr(), Security::StartTls)]),
+        StaticResolver::default(),
+    )
+    .unwrap();
+    assert_delivered(
+        &pool
+            .deliver(None, &[addr("bob@example.org")], b"first\r\n")
+            .await,
+    );
+
+    // The server hangs up on the idle session; the next message must still go out.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_delivered(
+        &pool
+            .deliver(None, &[addr("bob@example.org")], b"second\r\n")
+            .await,
+    );
+
+    let got = sink.wait_for(2, WAIT).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].data, b"second\r\n");
+    assert_eq!(sink.connections(), 2);
+    let status = pool.status();
+    assert_eq!(
+        status[0].breaker_open_until, None,
+        "a stale session is not a member failure"
+    );
+}
