@@ -596,8 +596,8 @@ impl<'a> Builder<'a> {
         a: &RawAction,
         tables: &BTreeMap<String, PathBuf>,
     ) -> Option<LocalAction> {
+        // Only called without `relay`: the rest of the relay keys are misplaced here.
         let relay_only = [
-            ("relay", a.relay.as_ref().map(|v| v.span())),
             ("auth", a.auth.as_ref().map(|v| v.span())),
             ("mail_from", a.mail_from.as_ref().map(|v| v.span())),
             ("ca_file", a.ca_file.as_ref().map(|v| v.span())),
