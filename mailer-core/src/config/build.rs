@@ -235,8 +235,11 @@ impl<'a> Builder<'a> {
             }
         };
         let queue_dir = self.path_or(&raw.queue_dir, "queue_dir", "/var/spool/mailer");
-        let control_socket =
-            self.path_or(&raw.control_socket, "control_socket", "/run/mailer/control.sock");
+        let control_socket = self.path_or(
+            &raw.control_socket,
+            "control_socket",
+            "/run/mailer/control.sock",
+        );
         let limits = self.limits(raw.limits.as_ref());
         let listen = self.listen(raw.listen.as_deref());
         let tables = self.tables(&raw.tables);
@@ -289,10 +292,8 @@ impl<'a> Builder<'a> {
         if is_host_name(d) {
             Some(d.trim_end_matches('.').to_ascii_lowercase())
         } else {
-            self.sink.at(
-                &value.span(),
-                format!("{key}: invalid domain `{d}`"),
-            );
+            self.sink
+                .at(&value.span(), format!("{key}: invalid domain `{d}`"));
             None
         }
     }
@@ -414,13 +415,21 @@ impl<'a> Builder<'a> {
         let Some(raw) = raw else {
             return d;
         };
-        let max_message_size = self.size(&raw.max_message_size, "max_message_size", d.max_message_size);
+        let max_message_size = self.size(
+            &raw.max_message_size,
+            "max_message_size",
+            d.max_message_size,
+        );
         if max_message_size == 0 {
             if let Some(v) = &raw.max_message_size {
                 self.sink.at(&v.span(), "max_message_size must not be zero");
             }
         }
-        let max_line_length = self.size(&raw.max_line_length, "max_line_length", d.max_line_length as u64);
+        let max_line_length = self.size(
+            &raw.max_line_length,
+            "max_line_length",
+            d.max_line_length as u64,
+        );
         let max_line_length = match usize::try_from(max_line_length) {
             Ok(n) if n >= 1000 => n,
             _ => {
@@ -438,7 +447,10 @@ impl<'a> Builder<'a> {
                 .choice(
                     v,
                     "bare_newlines",
-                    &[("reject", BareNewlines::Reject), ("normalize", BareNewlines::Normalize)],
+                    &[
+                        ("reject", BareNewlines::Reject),
+                        ("normalize", BareNewlines::Normalize),
+                    ],
                 )
                 .unwrap_or(d.bare_newlines),
             None => d.bare_newlines,
@@ -494,11 +506,15 @@ impl<'a> Builder<'a> {
                     })
                 }
                 (Some(cert), None) => {
-                    self.sink.at(&cert.span(), "tls_cert needs tls_key (give both or neither)");
+                    self.sink.at(
+                        &cert.span(),
+                        "tls_cert needs tls_key (give both or neither)",
+                    );
                     None
                 }
                 (None, Some(key)) => {
-                    self.sink.at(&key.span(), "tls_key needs tls_cert (give both or neither)");
+                    self.sink
+                        .at(&key.span(), "tls_key needs tls_cert (give both or neither)");
                     None
                 }
                 (None, None) => None,
@@ -529,7 +545,11 @@ impl<'a> Builder<'a> {
             } else {
                 format!(
                     "defined: {}",
-                    tables.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                    tables
+                        .keys()
+                        .map(String::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             };
             self.sink.at(
@@ -576,20 +596,38 @@ impl<'a> Builder<'a> {
         a: &RawAction,
         tables: &BTreeMap<String, PathBuf>,
     ) -> Option<LocalAction> {
+        // Only called without `relay`: the rest of the relay keys are misplaced here.
         let relay_only = [
-            ("relay", a.relay.as_ref().map(|v| v.span())),
             ("auth", a.auth.as_ref().map(|v| v.span())),
             ("mail_from", a.mail_from.as_ref().map(|v| v.span())),
             ("ca_file", a.ca_file.as_ref().map(|v| v.span())),
             ("insecure", a.insecure.as_ref().map(|v| v.span())),
             ("alignment", a.alignment.as_ref().map(|v| v.span())),
-            ("on_misalignment", a.on_misalignment.as_ref().map(|v| v.span())),
-            ("connect_timeout", a.connect_timeout.as_ref().map(|v| v.span())),
-            ("command_timeout", a.command_timeout.as_ref().map(|v| v.span())),
-            ("max_connections", a.max_connections.as_ref().map(|v| v.span())),
-            ("max_connections_total", a.max_connections_total.as_ref().map(|v| v.span())),
+            (
+                "on_misalignment",
+                a.on_misalignment.as_ref().map(|v| v.span()),
+            ),
+            (
+                "connect_timeout",
+                a.connect_timeout.as_ref().map(|v| v.span()),
+            ),
+            (
+                "command_timeout",
+                a.command_timeout.as_ref().map(|v| v.span()),
+            ),
+            (
+                "max_connections",
+                a.max_connections.as_ref().map(|v| v.span()),
+            ),
+            (
+                "max_connections_total",
+                a.max_connections_total.as_ref().map(|v| v.span()),
+            ),
             ("dkim", a.dkim.as_ref().map(|v| v.span())),
-            ("sign_unaligned", a.sign_unaligned.as_ref().map(|v| v.span())),
+            (
+                "sign_unaligned",
+                a.sign_unaligned.as_ref().map(|v| v.span()),
+            ),
         ];
         for (key, span) in relay_only {
             if let Some(span) = span {
@@ -635,7 +673,10 @@ impl<'a> Builder<'a> {
             ("mbox", a.mbox.as_ref().map(|v| v.span())),
             ("maildir", a.maildir.as_ref().map(|v| v.span())),
             ("alias", a.alias.as_ref().map(|v| v.span())),
-            ("allow_commands", a.allow_commands.as_ref().map(|v| v.span())),
+            (
+                "allow_commands",
+                a.allow_commands.as_ref().map(|v| v.span()),
+            ),
             ("allow_files", a.allow_files.as_ref().map(|v| v.span())),
         ];
         for (key, span) in local_only {
@@ -652,7 +693,10 @@ impl<'a> Builder<'a> {
             OneOrMany::Many(urls) => urls.clone(),
         };
         if items.is_empty() {
-            self.sink.at(&relay.span(), format!("action `{name}`: relay lists no URL"));
+            self.sink.at(
+                &relay.span(),
+                format!("action `{name}`: relay lists no URL"),
+            );
         }
         let insecure = Self::bool(&a.insecure);
         let auth = a.auth.as_ref().map(|v| {
@@ -710,7 +754,10 @@ impl<'a> Builder<'a> {
                 .choice(
                     v,
                     "alignment",
-                    &[("strict", AlignmentMode::Strict), ("relaxed", AlignmentMode::Relaxed)],
+                    &[
+                        ("strict", AlignmentMode::Strict),
+                        ("relaxed", AlignmentMode::Relaxed),
+                    ],
                 )
                 .unwrap_or(AlignmentMode::Relaxed),
             None => AlignmentMode::Relaxed,
@@ -720,12 +767,19 @@ impl<'a> Builder<'a> {
                 .choice(
                     v,
                     "on_misalignment",
-                    &[("warn", OnMisalignment::Warn), ("reject", OnMisalignment::Reject)],
+                    &[
+                        ("warn", OnMisalignment::Warn),
+                        ("reject", OnMisalignment::Reject),
+                    ],
                 )
                 .unwrap_or(OnMisalignment::Warn),
             None => OnMisalignment::Warn,
         };
-        let dkim = a.dkim.as_ref().map(|d| self.dkim(name, d)).unwrap_or_default();
+        let dkim = a
+            .dkim
+            .as_ref()
+            .map(|d| self.dkim(name, d))
+            .unwrap_or_default();
         Some(Action::Relay(RelayAction {
             relays,
             auth,
@@ -745,7 +799,11 @@ impl<'a> Builder<'a> {
                 Duration::from_secs(5 * 60),
             ),
             max_connections: self.count(&a.max_connections, "max_connections", 10),
-            max_connections_total: self.count(&a.max_connections_total, "max_connections_total", 20),
+            max_connections_total: self.count(
+                &a.max_connections_total,
+                "max_connections_total",
+                20,
+            ),
             dkim,
             sign_unaligned: Self::bool(&a.sign_unaligned),
         }))
@@ -754,9 +812,9 @@ impl<'a> Builder<'a> {
     fn mail_from(&mut self, value: &S<String>) -> Option<MailFromRewrite> {
         let text = value.get_ref();
         let parsed = match text.strip_prefix('@') {
-            Some(domain) if is_host_name(domain) => {
-                Ok(MailFromRewrite::Domain(domain.trim_end_matches('.').to_ascii_lowercase()))
-            }
+            Some(domain) if is_host_name(domain) => Ok(MailFromRewrite::Domain(
+                domain.trim_end_matches('.').to_ascii_lowercase(),
+            )),
             Some(_) => Err("invalid domain".to_string()),
             None => Address::parse(text)
                 .map(MailFromRewrite::Address)
@@ -792,7 +850,10 @@ impl<'a> Builder<'a> {
             self.remember(format!("actions.{action}.dkim[{i}].key"), &k.key.span());
             let key = self.path(&k.key, "dkim key");
             let Some(domain) = domain else { continue };
-            if out.iter().any(|o| o.domain == domain && &o.selector == selector) {
+            if out
+                .iter()
+                .any(|o| o.domain == domain && &o.selector == selector)
+            {
                 self.sink.at(
                     &span,
                     format!("duplicate DKIM key {selector}._domainkey.{domain}"),
@@ -820,7 +881,12 @@ impl<'a> Builder<'a> {
             warn_after: self.duration(&raw.warn_after, "warn_after", d.warn_after),
         };
         if q.retry_max < q.retry_min {
-            if let Some(span) = raw.retry_max.as_ref().or(raw.retry_min.as_ref()).map(|v| v.span()) {
+            if let Some(span) = raw
+                .retry_max
+                .as_ref()
+                .or(raw.retry_min.as_ref())
+                .map(|v| v.span())
+            {
                 self.sink.at(
                     &span,
                     format!(
@@ -832,7 +898,12 @@ impl<'a> Builder<'a> {
             }
         }
         if !q.warn_after.is_zero() && q.warn_after >= q.lifetime {
-            if let Some(span) = raw.warn_after.as_ref().or(raw.lifetime.as_ref()).map(|v| v.span()) {
+            if let Some(span) = raw
+                .warn_after
+                .as_ref()
+                .or(raw.lifetime.as_ref())
+                .map(|v| v.span())
+            {
                 self.sink.at(
                     &span,
                     format!(
@@ -888,27 +959,40 @@ impl<'a> Builder<'a> {
         actions: &BTreeMap<String, Action>,
         local_domains: &[String],
     ) -> Vec<MatchRule> {
-        let defined: BTreeSet<&str> = raw.actions.iter().map(|(n, _)| n.get_ref().as_str()).collect();
+        let defined: BTreeSet<&str> = raw
+            .actions
+            .iter()
+            .map(|(n, _)| n.get_ref().as_str())
+            .collect();
         let mut out: Vec<MatchRule> = Vec::new();
         // Rules kept for shadowing analysis, with the line of their table.
         let mut earlier: Vec<(MatchRule, usize)> = Vec::new();
         for (span, rule) in &raw.matches {
             let Some(rule) = rule else { continue };
-            let from = self.choice(&rule.from, "from", &[("local", FromSpec::Local), ("any", FromSpec::Any)]);
+            let from = self.choice(
+                &rule.from,
+                "from",
+                &[("local", FromSpec::Local), ("any", FromSpec::Any)],
+            );
             let recipients = self.for_spec(&rule.recipients);
             let action = rule.action.get_ref();
             if !defined.contains(action.as_str()) {
                 let known = if defined.is_empty() {
                     "none is defined".to_string()
                 } else {
-                    format!("defined: {}", defined.iter().copied().collect::<Vec<_>>().join(", "))
+                    format!(
+                        "defined: {}",
+                        defined.iter().copied().collect::<Vec<_>>().join(", ")
+                    )
                 };
                 self.sink.at(
                     &rule.action.span(),
                     format!("no action named `{action}` ({known})"),
                 );
             }
-            let (Some(from), Some(recipients)) = (from, recipients) else { continue };
+            let (Some(from), Some(recipients)) = (from, recipients) else {
+                continue;
+            };
             let rule_out = MatchRule {
                 from,
                 recipients,
@@ -963,12 +1047,20 @@ impl<'a> Builder<'a> {
     }
 
     /// Warnings for actions no rule uses and tables no action uses.
-    fn unused(&mut self, raw: &RawConfig, actions: &BTreeMap<String, Action>, matches: &[MatchRule]) {
+    fn unused(
+        &mut self,
+        raw: &RawConfig,
+        actions: &BTreeMap<String, Action>,
+        matches: &[MatchRule],
+    ) {
         for (name, _) in &raw.actions {
             if !matches.iter().any(|m| &m.action == name.get_ref()) {
                 self.warn(
                     &name.span(),
-                    format!("action `{}` is not used by any [[match]] rule", name.get_ref()),
+                    format!(
+                        "action `{}` is not used by any [[match]] rule",
+                        name.get_ref()
+                    ),
                 );
             }
         }
@@ -1013,7 +1105,8 @@ fn is_selector(s: &str) -> bool {
                 && l.len() <= 63
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
 }
 

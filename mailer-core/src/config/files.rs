@@ -40,7 +40,9 @@ pub(super) fn check_files(config: &Config) -> Vec<Diagnostic> {
     // Each secrets table is loaded once, however many actions use it.
     let mut secrets: BTreeMap<&str, Option<Secrets>> = BTreeMap::new();
     for (name, action) in &config.actions {
-        let Action::Relay(relay) = action else { continue };
+        let Action::Relay(relay) = action else {
+            continue;
+        };
         if let Some(table) = &relay.auth {
             let loaded = secrets.entry(table.as_str()).or_insert_with(|| {
                 let path = config.tables.get(table)?;
@@ -83,7 +85,10 @@ pub(super) fn check_files(config: &Config) -> Vec<Diagnostic> {
         for (i, key) in relay.dkim.iter().enumerate() {
             let position = format!("actions.{name}.dkim[{i}].key");
             if let Err(why) = readable_file(&key.key) {
-                out.push(at(&position, format!("DKIM key {}: {why}", key.key.display())));
+                out.push(at(
+                    &position,
+                    format!("DKIM key {}: {why}", key.key.display()),
+                ));
                 continue;
             }
             if let Ok(meta) = std::fs::metadata(&key.key) {

@@ -305,9 +305,8 @@ impl Config {
 
     /// Reads and parses a configuration file.
     pub fn load(path: &Path) -> Result<Config, Vec<Diagnostic>> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            vec![Diagnostic::whole_file(path, format!("cannot read: {e}"))]
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| vec![Diagnostic::whole_file(path, format!("cannot read: {e}"))])?;
         Config::parse(&text, path)
     }
 

@@ -221,11 +221,20 @@ mod tests {
     #[test]
     fn schemes_ports_and_hosts() {
         let u = url("smtps://mx.example.org");
-        assert_eq!((u.security, u.port, u.label), (RelaySecurity::Implicit, 465, None));
+        assert_eq!(
+            (u.security, u.port, u.label),
+            (RelaySecurity::Implicit, 465, None)
+        );
         let u = url("smtp://192.0.2.7:2525");
-        assert_eq!((u.security, u.host.as_str(), u.port), (RelaySecurity::Plain, "192.0.2.7", 2525));
+        assert_eq!(
+            (u.security, u.host.as_str(), u.port),
+            (RelaySecurity::Plain, "192.0.2.7", 2525)
+        );
         let u = url("smtp+tls://k@[2001:db8::1]:587");
-        assert_eq!((u.host.as_str(), u.port, u.label.as_deref()), ("2001:db8::1", 587, Some("k")));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.label.as_deref()),
+            ("2001:db8::1", 587, Some("k"))
+        );
         let u = url("SMTPS://MX.Example.ORG/");
         assert_eq!(u.host, "mx.example.org");
         assert_eq!(url("smtp+tls://[::1]").host, "::1");
@@ -247,8 +256,14 @@ mod tests {
             assert_eq!(url(&u.to_string()), u);
         }
         // Default ports are left out, explicit ones are kept.
-        assert_eq!(url("smtps://a.example:465").to_string(), "smtps://a.example");
-        assert_eq!(url("smtp+tls://a.example:465").to_string(), "smtp+tls://a.example:465");
+        assert_eq!(
+            url("smtps://a.example:465").to_string(),
+            "smtps://a.example"
+        );
+        assert_eq!(
+            url("smtp+tls://a.example:465").to_string(),
+            "smtp+tls://a.example:465"
+        );
     }
 
     #[test]

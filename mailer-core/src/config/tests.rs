@@ -6,7 +6,10 @@ fn parse(text: &str) -> Config {
     Config::parse(text, Path::new("t.toml")).unwrap_or_else(|es| {
         panic!(
             "unexpected errors:\n{}",
-            es.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+            es.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
         )
     })
 }
@@ -47,8 +50,14 @@ fn shipped_ublog_config_translates_smtpd_conf() {
     assert_eq!(
         c.listen,
         [
-            Listen { address: "127.0.0.1:25".parse().unwrap(), tls: None },
-            Listen { address: "[::1]:25".parse().unwrap(), tls: None },
+            Listen {
+                address: "127.0.0.1:25".parse().unwrap(),
+                tls: None
+            },
+            Listen {
+                address: "[::1]:25".parse().unwrap(),
+                tls: None
+            },
         ]
     );
     assert_eq!(
@@ -88,13 +97,31 @@ fn shipped_ublog_config_translates_smtpd_conf() {
     assert_eq!(
         c.matches,
         [
-            MatchRule { from: FromSpec::Local, recipients: ForSpec::Local, action: "local_mail".into() },
-            MatchRule { from: FromSpec::Local, recipients: ForSpec::Any, action: "outbound".into() },
+            MatchRule {
+                from: FromSpec::Local,
+                recipients: ForSpec::Local,
+                action: "local_mail".into()
+            },
+            MatchRule {
+                from: FromSpec::Local,
+                recipients: ForSpec::Any,
+                action: "outbound".into()
+            },
         ]
     );
-    assert_eq!(c.metrics, Some(MetricsSettings { address: "127.0.0.1:9925".parse().unwrap() }));
+    assert_eq!(
+        c.metrics,
+        Some(MetricsSettings {
+            address: "127.0.0.1:9925".parse().unwrap()
+        })
+    );
     assert_eq!(c.queue, QueueSettings::default());
-    assert_eq!(c.check, CheckSettings { interval: Some(secs(6 * 3600)) });
+    assert_eq!(
+        c.check,
+        CheckSettings {
+            interval: Some(secs(6 * 3600))
+        }
+    );
     assert_eq!(c.log.level, "info");
     assert_eq!(c.source, Path::new("config/mailer.toml"));
     assert_eq!(c.warnings, []);
@@ -106,13 +133,19 @@ fn embedded_default_is_a_rootless_local_only_setup() {
     let host = kernel_hostname();
     assert_eq!(c.hostname, host);
     let mut domains = vec!["localhost".to_string()];
-    if host.to_ascii_lowercase() != "localhost" {
+    if !host.eq_ignore_ascii_case("localhost") {
         domains.push(host.to_ascii_lowercase());
     }
     assert_eq!(c.local_domains, domains);
     assert_eq!(c.queue_dir, Path::new("mailer-state/queue"));
     assert_eq!(c.control_socket, Path::new("mailer-state/control.sock"));
-    assert_eq!(c.listen, [Listen { address: "127.0.0.1:2525".parse().unwrap(), tls: None }]);
+    assert_eq!(
+        c.listen,
+        [Listen {
+            address: "127.0.0.1:2525".parse().unwrap(),
+            tls: None
+        }]
+    );
     assert_eq!(c.tables, BTreeMap::new());
     assert_eq!(
         c.actions,
@@ -128,7 +161,11 @@ fn embedded_default_is_a_rootless_local_only_setup() {
     );
     assert_eq!(
         c.matches,
-        [MatchRule { from: FromSpec::Local, recipients: ForSpec::Local, action: "local_mail".into() }]
+        [MatchRule {
+            from: FromSpec::Local,
+            recipients: ForSpec::Local,
+            action: "local_mail".into()
+        }]
     );
     assert_eq!(c.metrics, None);
     assert_eq!(c.source, Path::new("<embedded>"));
@@ -143,12 +180,20 @@ fn shipped_examples_parse() {
         Path::new("relay-pool.toml"),
     )
     .expect("relay-pool.toml parses");
-    let Action::Relay(r) = &pool.actions["outbound"] else { panic!("outbound relays") };
+    let Action::Relay(r) = &pool.actions["outbound"] else {
+        panic!("outbound relays")
+    };
     assert_eq!(
         r.relays,
-        [url("smtp+tls://primary@smtp1.provider.example"), url("smtps://backup@smtp2.provider.example")]
+        [
+            url("smtp+tls://primary@smtp1.provider.example"),
+            url("smtps://backup@smtp2.provider.example")
+        ]
     );
-    assert_eq!((r.alignment, r.on_misalignment), (AlignmentMode::Strict, OnMisalignment::Reject));
+    assert_eq!(
+        (r.alignment, r.on_misalignment),
+        (AlignmentMode::Strict, OnMisalignment::Reject)
+    );
     assert_eq!((r.max_connections, r.max_connections_total), (4, 6));
     assert_eq!(r.dkim.len(), 1);
     assert_eq!(pool.warnings, []);
@@ -158,7 +203,9 @@ fn shipped_examples_parse() {
         Path::new("maildir.toml"),
     )
     .expect("maildir.toml parses");
-    let Action::Local(l) = &maildir.actions["deliver"] else { panic!("deliver is local") };
+    let Action::Local(l) = &maildir.actions["deliver"] else {
+        panic!("deliver is local")
+    };
     assert_eq!(l.mailbox, MailboxKind::Maildir("~/Maildir".into()));
     assert_eq!(maildir.limits.bare_newlines, BareNewlines::Normalize);
     assert_eq!(maildir.limits.max_message_size, 50 << 20);
@@ -268,7 +315,10 @@ fn every_contract_key_parses_to_its_value() {
     let c = parse(FULL);
     assert_eq!(c.hostname, "Mail.Ublog.Tech");
     assert_eq!(c.local_domains, ["localhost", "ublog.tech"]);
-    assert_eq!((c.queue_dir.as_path(), c.control_socket.as_path()), (Path::new("/srv/queue"), Path::new("/srv/control.sock")));
+    assert_eq!(
+        (c.queue_dir.as_path(), c.control_socket.as_path()),
+        (Path::new("/srv/queue"), Path::new("/srv/control.sock"))
+    );
     assert_eq!(
         c.limits,
         Limits {
@@ -286,7 +336,10 @@ fn every_contract_key_parses_to_its_value() {
         c.listen[1],
         Listen {
             address: "[::1]:587".parse().unwrap(),
-            tls: Some(ListenTls { cert: "/etc/tls/cert.pem".into(), key: "/etc/tls/key.pem".into() }),
+            tls: Some(ListenTls {
+                cert: "/etc/tls/cert.pem".into(),
+                key: "/etc/tls/key.pem".into()
+            }),
         }
     );
     assert_eq!(
@@ -301,9 +354,14 @@ fn every_contract_key_parses_to_its_value() {
     assert_eq!(
         c.actions["outbound"],
         Action::Relay(RelayAction {
-            relays: vec![url("smtp+tls://a@r1.example:587"), url("smtps://b@[2001:db8::25]")],
+            relays: vec![
+                url("smtp+tls://a@r1.example:587"),
+                url("smtps://b@[2001:db8::25]")
+            ],
             auth: Some("secrets".into()),
-            mail_from: Some(MailFromRewrite::Address(Address::parse("bounces@ublog.tech").unwrap())),
+            mail_from: Some(MailFromRewrite::Address(
+                Address::parse("bounces@ublog.tech").unwrap()
+            )),
             ca_file: Some("/etc/mailer/ca.pem".into()),
             insecure: false,
             alignment: AlignmentMode::Strict,
@@ -320,27 +378,61 @@ fn every_contract_key_parses_to_its_value() {
             sign_unaligned: true,
         })
     );
-    let Action::Relay(lan) = &c.actions["lan"] else { panic!("lan relays") };
-    assert_eq!(lan.relays, [RelayUrl { security: RelaySecurity::Plain, label: None, host: "10.1.2.3".into(), port: 25 }]);
+    let Action::Relay(lan) = &c.actions["lan"] else {
+        panic!("lan relays")
+    };
+    assert_eq!(
+        lan.relays,
+        [RelayUrl {
+            security: RelaySecurity::Plain,
+            label: None,
+            host: "10.1.2.3".into(),
+            port: 25
+        }]
+    );
     assert!(lan.insecure);
-    assert_eq!(lan.dkim.iter().map(|k| k.selector.as_str()).collect::<Vec<_>>(), ["s1", "s2"]);
+    assert_eq!(
+        lan.dkim
+            .iter()
+            .map(|k| k.selector.as_str())
+            .collect::<Vec<_>>(),
+        ["s1", "s2"]
+    );
     assert_eq!(
         c.queue,
-        QueueSettings { retry_min: secs(60), retry_max: secs(7200), lifetime: secs(5 * 86_400), warn_after: Duration::ZERO }
+        QueueSettings {
+            retry_min: secs(60),
+            retry_max: secs(7200),
+            lifetime: secs(5 * 86_400),
+            warn_after: Duration::ZERO
+        }
     );
-    assert_eq!(c.metrics, Some(MetricsSettings { address: "0.0.0.0:9925".parse().unwrap() }));
+    assert_eq!(
+        c.metrics,
+        Some(MetricsSettings {
+            address: "0.0.0.0:9925".parse().unwrap()
+        })
+    );
     assert_eq!(c.check.interval, None);
     assert_eq!(c.log.level, "debug");
     assert_eq!(
         c.matches,
         [
-            MatchRule { from: FromSpec::Any, recipients: ForSpec::Local, action: "local_mail".into() },
+            MatchRule {
+                from: FromSpec::Any,
+                recipients: ForSpec::Local,
+                action: "local_mail".into()
+            },
             MatchRule {
                 from: FromSpec::Local,
                 recipients: ForSpec::Domains(vec!["lan.example".into(), "lan2.example".into()]),
                 action: "lan".into(),
             },
-            MatchRule { from: FromSpec::Local, recipients: ForSpec::Any, action: "outbound".into() },
+            MatchRule {
+                from: FromSpec::Local,
+                recipients: ForSpec::Any,
+                action: "outbound".into()
+            },
         ]
     );
     assert_eq!(c.warnings, []);
@@ -363,10 +455,21 @@ fn an_empty_file_takes_every_default() {
     assert_eq!(c.limits.max_line_length, 64 * 1024);
     assert_eq!(c.limits.idle_timeout, secs(300));
     assert_eq!(
-        c.listen.iter().map(|l| l.address.to_string()).collect::<Vec<_>>(),
+        c.listen
+            .iter()
+            .map(|l| l.address.to_string())
+            .collect::<Vec<_>>(),
         ["127.0.0.1:25", "[::1]:25"]
     );
-    assert_eq!(c.queue, QueueSettings { retry_min: secs(300), retry_max: secs(3600), lifetime: secs(4 * 86_400), warn_after: secs(4 * 3600) });
+    assert_eq!(
+        c.queue,
+        QueueSettings {
+            retry_min: secs(300),
+            retry_max: secs(3600),
+            lifetime: secs(4 * 86_400),
+            warn_after: secs(4 * 3600)
+        }
+    );
     assert_eq!(c.check.interval, Some(secs(6 * 3600)));
     assert_eq!(c.log.level, "info");
     assert_eq!((c.metrics, c.matches.len(), c.actions.len()), (None, 0, 0));
@@ -381,8 +484,13 @@ fn contract_size_and_duration_forms() {
     assert_eq!(c.limits.shutdown_grace, Duration::ZERO);
     let c = parse("[check]\ninterval = \"6h\"\n[actions.o]\nrelay = \"smtps://x.example\"\nmail_from = \"@Example.ORG\"\n[[match]]\nfrom = \"local\"\nfor = \"any\"\naction = \"o\"\n");
     assert_eq!(c.check.interval, Some(secs(6 * 3600)));
-    let Action::Relay(r) = &c.actions["o"] else { panic!("o relays") };
-    assert_eq!(r.mail_from, Some(MailFromRewrite::Domain("example.org".into())));
+    let Action::Relay(r) = &c.actions["o"] else {
+        panic!("o relays")
+    };
+    assert_eq!(
+        r.mail_from,
+        Some(MailFromRewrite::Domain("example.org".into()))
+    );
 }
 
 // ---- diagnostics: the whole `FILE:LINE:COL: message` -------------------------------------
@@ -498,7 +606,9 @@ fn undefined_tables_are_errors_at_the_reference() {
         ]
     );
     assert_eq!(
-        errors(&format!("{RELAY_HEAD}[actions.l]\nmbox = \"/var/mail/%u\"\nalias = \"aliases\"\n")),
+        errors(&format!(
+            "{RELAY_HEAD}[actions.l]\nmbox = \"/var/mail/%u\"\nalias = \"aliases\"\n"
+        )),
         ["t.toml:5:9: table `aliases` is not defined in [tables] (defined: secrets)"]
     );
 }
@@ -613,7 +723,14 @@ fn metrics_must_stay_on_loopback_unless_allowed() {
         errors("[metrics]\naddress = \"0.0.0.0:9925\"\n"),
         ["t.toml:2:11: metrics address 0.0.0.0:9925 is not loopback: set allow_non_loopback = true to expose metrics beyond this host"]
     );
-    assert_eq!(parse("[metrics]\naddress = \"[::1]:9925\"\n").metrics.unwrap().address.port(), 9925);
+    assert_eq!(
+        parse("[metrics]\naddress = \"[::1]:9925\"\n")
+            .metrics
+            .unwrap()
+            .address
+            .port(),
+        9925
+    );
 }
 
 #[test]
@@ -639,7 +756,10 @@ fn many_errors_are_collected_in_one_pass_in_file_order() {
 fn unused_actions_and_tables_are_warnings_not_errors() {
     let c = parse("[tables]\naliases = \"/etc/aliases\"\n[actions.spare]\nmbox = \"/m\"\n");
     assert_eq!(
-        c.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        c.warnings
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         [
             "t.toml:2:1: table `aliases` is not used by any action",
             "t.toml:3:10: action `spare` is not used by any [[match]] rule",
@@ -655,7 +775,10 @@ fn load_reads_the_file_and_names_it() {
     let errs = Config::load(&path).unwrap_err();
     assert_eq!(
         errs.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        [format!("{}:2:18: max_recipients must be at least 1 (got -1)", path.display())]
+        [format!(
+            "{}:2:18: max_recipients must be at least 1 (got -1)",
+            path.display()
+        )]
     );
     std::fs::write(&path, SHIPPED).expect("write config");
     assert_eq!(Config::load(&path).expect("loads").source, path);
@@ -665,6 +788,9 @@ fn load_reads_the_file_and_names_it() {
     assert_eq!((errs[0].line, errs[0].col), (0, 0));
     assert_eq!(
         errs[0].to_string(),
-        format!("{}: cannot read: No such file or directory (os error 2)", missing.display())
+        format!(
+            "{}: cannot read: No such file or directory (os error 2)",
+            missing.display()
+        )
     );
 }

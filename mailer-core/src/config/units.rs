@@ -62,7 +62,7 @@ pub fn format_duration(d: Duration) -> String {
         return "0".to_string();
     }
     for (unit, per) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs % per == 0 {
+        if secs.is_multiple_of(per) {
             return format!("{}{unit}", secs / per);
         }
     }
@@ -86,9 +86,12 @@ mod tests {
 
     #[test]
     fn durations_refuse_what_is_not_in_the_grammar() {
-        let no_unit = "`5` has no unit: expected a duration such as \"30s\", \"5m\", \"4h\", \"4d\" or \"0\"";
+        let no_unit =
+            "`5` has no unit: expected a duration such as \"30s\", \"5m\", \"4h\", \"4d\" or \"0\"";
         assert_eq!(parse_duration("5").unwrap_err(), no_unit);
-        for bad in ["", "m", "-5m", "1.5h", "5 m", " 5m", "5m ", "5ms", "5M", "1h30m", "5w"] {
+        for bad in [
+            "", "m", "-5m", "1.5h", "5 m", " 5m", "5m ", "5ms", "5M", "1h30m", "5w",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(

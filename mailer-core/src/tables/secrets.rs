@@ -210,7 +210,10 @@ mod tests {
             password: "hunter2".into(),
         };
         let shown = format!("{c:?}");
-        assert_eq!(shown, "Credentials { user: \"ublog\", password: \"<redacted>\" }");
+        assert_eq!(
+            shown,
+            "Credentials { user: \"ublog\", password: \"<redacted>\" }"
+        );
         let s = parse("papmx ublog:hunter2").unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
         assert!(!format!("{s:#?}").contains("hunter2"));
@@ -260,7 +263,10 @@ mod tests {
     fn load_reads_a_private_file_and_reports_its_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), 0o600, "papmx ublog:pw\n");
-        assert_eq!(Secrets::load(&path).unwrap().get("papmx").unwrap().user, "ublog");
+        assert_eq!(
+            Secrets::load(&path).unwrap().get("papmx").unwrap().user,
+            "ublog"
+        );
         let path = write(dir.path(), 0o400, "papmx ublog:pw\nbroken\n");
         assert_eq!(
             Secrets::load(&path).unwrap_err()[0].to_string(),
