@@ -7,7 +7,15 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use mailer_core::address::Address;
-use mailer_core::config::{Action, Config, LocalAction, MailboxKind};
+use mailer_core::config::{
+    Action, Config, LocalAction, MailboxKind, OnMisalignment, RelayAction, RelaySecurity,
+};
+use mailer_core::delivery::relay::{Credentials, Member, Pool, RelaySettings, Resolve, Security};
+use mailer_core::policy::align::{check_alignment, Alignment};
+use mailer_core::policy::rewrite::rewrite_sender;
+use mailer_core::tables::secrets::Secrets;
+use std::sync::Mutex;
+use std::time::Instant;
 use mailer_core::delivery::maildir::{deliver_maildir, MaildirOptions};
 use mailer_core::delivery::mbox::{deliver_mbox, expand_path, MboxOptions};
 use mailer_core::delivery::{EnhancedStatus, Failure, Outcome};
@@ -159,18 +167,38 @@ struct Local {
     aliases: Option<Arc<Aliases>>,
 }
 
+/// A relay action ready to deliver.
+struct Relay {
+    action: RelayAction,
+    pool: Pool,
+    /// Header From domains already reported as misaligned, with when (log rate limit).
+    misaligned: Mutex<HashMap<String, Instant>>,
+}
+
+/// How often a misaligned header From domain is logged.
+const MISALIGNMENT_LOG_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// The ways out of the queue, by action name.
 pub struct Delivery {
     hostname: String,
     local_domains: Vec<String>,
     router: Router,
     locals: HashMap<String, Local>,
+    relays: HashMap<String, Relay>,
     metrics: Arc<Metrics>,
 }
 
 impl Delivery {
     fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Delivery, String> {
         let mut locals = HashMap::new();
+        let mut relays = HashMap::new();
+        let resolver: Arc<dyn Resolve> = match hickory_resolver::TokioResolver::builder_tokio() {
+            Ok(b) => match b.build() {
+                Ok(r) => Arc::new(r),
+                Err(e) => return Err(format!("cannot set up DNS resolution: {e}")),
+            },
+            Err(e) => return Err(format!("cannot read the system DNS configuration: {e}")),
+        };
         for (name, action) in &config.actions {
             match action {
                 Action::Local(local) => {
@@ -183,7 +211,19 @@ impl Delivery {
                     action.mailbox = absolute_pattern(&action.mailbox);
                     locals.insert(name.clone(), Local { action, aliases });
                 }
-                Action::Relay(_) => {}
+                Action::Relay(relay) => {
+                    let settings = relay_settings(config, relay)?;
+                    let pool = Pool::new(settings, resolver.clone())
+                        .map_err(|e| format!("action {name}: {e}"))?;
+                    relays.insert(
+                        name.clone(),
+                        Relay {
+                            action: relay.clone(),
+                            pool,
+                            misaligned: Mutex::new(HashMap::new()),
+                        },
+                    );
+                }
             }
         }
         Ok(Delivery {
@@ -191,6 +231,7 @@ impl Delivery {
             local_domains: config.local_domains.clone(),
             router: Router::new(config),
             locals,
+            relays,
             metrics,
         })
     }
@@ -313,6 +354,110 @@ impl Delivery {
     }
 }
 
+impl Delivery {
+    async fn deliver_relay(&self, relay: &Relay, job: &Job) -> Vec<Outcome> {
+        let env = &job.envelope;
+        let sender = rewrite_sender(env.sender.as_ref(), relay.action.mail_from.as_ref());
+        let all = |f: Failure| job.recipients.iter().map(|_| Outcome::Failed(f.clone())).collect();
+        match check_alignment(&job.message, sender.as_ref(), relay.action.alignment) {
+            Alignment::Misaligned { header_domain, envelope_domain } => {
+                self.metrics.misaligned.inc();
+                if relay.action.on_misalignment == OnMisalignment::Reject {
+                    return all(Failure::permanent(
+                        EnhancedStatus(5, 7, 1),
+                        format!(
+                            "header From domain {header_domain} does not align with the envelope \
+                             sender domain {envelope_domain}; DMARC would fail, so the message was not relayed"
+                        ),
+                    ));
+                }
+                self.log_misalignment(relay, env, &header_domain, &envelope_domain);
+            }
+            Alignment::NoHeaderFrom(e) if relay.action.on_misalignment == OnMisalignment::Reject => {
+                return all(Failure::permanent(
+                    EnhancedStatus(5, 6, 0),
+                    format!("cannot check DMARC alignment: {e}"),
+                ));
+            }
+            _ => {}
+        }
+        let recipients: Vec<Address> = job
+            .recipients
+            .iter()
+            .map(|&i| env.recipients[i].address.clone())
+            .collect();
+        relay.pool.deliver(sender.as_ref(), &recipients, &job.message).await
+    }
+
+    fn log_misalignment(&self, relay: &Relay, env: &Envelope, header: &str, envelope: &str) {
+        let mut seen = relay.misaligned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if seen
+            .get(header)
+            .is_some_and(|t| now.duration_since(*t) < MISALIGNMENT_LOG_INTERVAL)
+        {
+            return;
+        }
+        seen.insert(header.to_string(), now);
+        tracing::warn!(
+            queue_id = %env.id,
+            header_from = header,
+            envelope_from = envelope,
+            "header From does not align with the envelope sender; DMARC will fail (logged once an hour per domain)"
+        );
+    }
+}
+
+/// The relay client's settings for a relay action.
+fn relay_settings(config: &Config, relay: &RelayAction) -> Result<RelaySettings, String> {
+    let members = relay
+        .relays
+        .iter()
+        .map(|url| Member {
+            host: url.host.clone(),
+            port: url.port,
+            security: match url.security {
+                RelaySecurity::StartTls => Security::StartTls,
+                RelaySecurity::Implicit => Security::Implicit,
+                RelaySecurity::Plain => Security::Plain,
+            },
+        })
+        .collect();
+    let mut settings = RelaySettings::new(config.hostname.clone(), members);
+    if let Some(table) = &relay.auth {
+        let path = config
+            .tables
+            .get(table)
+            .ok_or_else(|| format!("table {table} is not defined"))?;
+        let secrets = Secrets::load(path).map_err(|errs| {
+            errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+        })?;
+        let label = relay
+            .relays
+            .iter()
+            .find_map(|u| u.label.clone())
+            .ok_or_else(|| format!("table {table} is used but no relay URL names a label"))?;
+        let creds = secrets
+            .get(&label)
+            .ok_or_else(|| format!("{}: no secret labelled {label}", path.display()))?;
+        settings.credentials = Some(Credentials {
+            user: creds.user.clone(),
+            password: creds.password.clone(),
+        });
+    }
+    if let Some(ca) = &relay.ca_file {
+        use rustls::pki_types::pem::PemObject;
+        settings.extra_roots = rustls::pki_types::CertificateDer::pem_file_iter(ca)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    settings.connect_timeout = relay.connect_timeout;
+    settings.command_timeout = relay.command_timeout;
+    settings.max_connections_per_member = relay.max_connections;
+    settings.max_connections_total = relay.max_connections_total;
+    Ok(settings)
+}
+
 /// A relative mailbox pattern (the embedded default) is taken from the working directory.
 fn absolute_pattern(kind: &MailboxKind) -> MailboxKind {
     let fix = |p: &String| -> String {
@@ -333,6 +478,9 @@ impl Deliverer for Delivery {
         if let Some(local) = self.locals.get(&job.action) {
             // Mailbox writes block (locks, fsync): keep them off the runtime's threads.
             return tokio::task::block_in_place(|| self.deliver_local(local, &job));
+        }
+        if let Some(relay) = self.relays.get(&job.action) {
+            return Attempt::of(self.deliver_relay(relay, &job).await);
         }
         let outcomes = job
             .recipients

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub bytes_in: Counter,
     pub rejected: Family<Reason, Counter>,
     pub deliveries: Family<ActionOutcome, Counter>,
+    pub misaligned: Counter,
 }
 
 impl Metrics {

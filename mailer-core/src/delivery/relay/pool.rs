@@ -38,6 +38,16 @@ impl Resolve for hickory_resolver::TokioResolver {
     }
 }
 
+/// One resolver shared by several pools.
+impl<R: Resolve + ?Sized> Resolve for std::sync::Arc<R> {
+    fn lookup<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>> {
+        (**self).lookup(host)
+    }
+}
+
 /// A fixed name table, for tests and for members pinned to addresses.
 #[derive(Clone, Debug, Default)]
 pub struct StaticResolver(pub HashMap<String, Vec<IpAddr>>);
