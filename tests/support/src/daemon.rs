@@ -1,1 +1,177 @@
+//! Starts the real `mailer` binary on loopback for end-to-end tests.
 
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// A running daemon with its own directory (config, queue, mailboxes, log).
+pub struct Daemon {
+    bin: PathBuf,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+    runs: usize,
+}
+
+impl Daemon {
+    /// Writes `config` (which must listen on `127.0.0.1:{port}`) to `dir/mailer.toml` and
+    /// starts `bin serve` on it, waiting until the port accepts connections.
+    pub fn start(bin: &Path, dir: &Path, port: u16, config: &str) -> Daemon {
+        let path = dir.join("mailer.toml");
+        fs::write(&path, config).expect("write the test configuration");
+        let mut d = Daemon {
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            config: path,
+            port,
+            child: None,
+            runs: 0,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    fn spawn(&mut self) {
+        self.runs += 1;
+        let log = fs::File::create(self.dir.join(format!("daemon-{}.log", self.runs)))
+            .expect("create the daemon log");
+        let child = Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("serve")
+            .current_dir(&self.dir)
+            .env("MAILER_LOG", "debug")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mailer");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(self.addr()).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("mailer exited with {status} at start:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mailer did not listen on {} within 20 s:\n{}",
+                self.addr(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the daemon has logged, all runs.
+    pub fn log(&self) -> String {
+        (1..=self.runs)
+            .map(|i| fs::read_to_string(self.dir.join(format!("daemon-{i}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n--- restart ---\n")
+    }
+
+    /// SIGKILL: no cleanup of any kind.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("mailer did not exit within {within:?} of SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal to the running daemon.
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+    }
+
+    /// Starts the daemon again on the same directory and configuration.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Replaces the configuration file (for reload tests).
+    pub fn write_config(&self, config: &str) {
+        fs::write(&self.config, config).expect("write the test configuration");
+    }
+
+    /// Runs `mailer --config <this config> <args>` and returns its output.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.bin)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .current_dir(&self.dir)
+            .output()
+            .expect("run mailer")
+    }
+
+    /// Queued envelopes (`q/*.env`) under `queue_dir`.
+    pub fn queued_envelopes(&self, queue_dir: &Path) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(queue_dir.join("q"))
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "env"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits (bounded) until `f` returns Some.
+pub fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

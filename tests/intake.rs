@@ -1,0 +1,137 @@
+//! End to end: a real SMTP client hands mail to the real daemon, which keeps it through
+//! `kill -9` and restarts.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use lettre::address::Envelope;
+use lettre::{SmtpTransport, Transport};
+use mailer_testkit::daemon::{free_port, Daemon};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mailer");
+
+/// Relays everything to a port where nothing listens, so accepted mail stays queued.
+fn config(port: u16, dir: &Path) -> String {
+    format!(
+        r#"
+hostname = "mx.test"
+queue_dir = "{dir}/queue"
+control_socket = "{dir}/control.sock"
+
+[[listen]]
+address = "127.0.0.1:{port}"
+
+[actions.outbound]
+relay = "smtp+tls://127.0.0.1:{dead}"
+
+[queue]
+retry_min = "1h"
+retry_max = "2h"
+
+[[match]]
+from = "local"
+for = "any"
+action = "outbound"
+"#,
+        dir = dir.display(),
+        dead = free_port(),
+    )
+}
+
+fn client(port: u16) -> SmtpTransport {
+    SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(port)
+        .timeout(Some(Duration::from_secs(10)))
+        .build()
+}
+
+fn envelope(from: &str, to: &str) -> Envelope {
+    Envelope::new(Some(from.parse().unwrap()), vec![to.parse().unwrap()]).unwrap()
+}
+
+const MESSAGE: &[u8] = b"From: Mastodon <notifications@ublog.tech>\r\n\
+To: pim@example.org\r\n\
+Subject: New follower\r\n\
+Message-ID: <abc@ublog.tech>\r\n\
+\r\n\
+You have a new follower.\r\n\
+.A line with a leading dot\r\n";
+
+#[test]
+fn acknowledged_mail_survives_kill_9_byte_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut daemon = Daemon::start(Path::new(BIN), dir.path(), port, &config(port, dir.path()));
+
+    let response = client(port)
+        .send_raw(&envelope("notifications@ublog.tech", "pim@example.org"), MESSAGE)
+        .expect("the daemon accepts the message");
+    assert_eq!(response.code().to_string(), "250");
+    let text = response.message().collect::<Vec<_>>().join(" ");
+    let id = text
+        .strip_prefix("2.0.0 Ok: queued as ")
+        .unwrap_or_else(|| panic!("unexpected reply text {text:?}"))
+        .to_string();
+
+    daemon.kill9();
+    daemon.restart();
+
+    let queued = fs::read(dir.path().join(format!("queue/q/{id}.msg"))).expect("message file kept");
+    let received_end = find(&queued, b"\r\nFrom: Mastodon").expect("original headers follow ours") + 2;
+    assert!(queued.starts_with(b"Received: from "), "{}", String::from_utf8_lossy(&queued));
+    assert!(String::from_utf8_lossy(&queued[..received_end]).contains(&format!("id {id}")));
+    assert_eq!(&queued[received_end..], MESSAGE, "the message is kept byte-exact");
+
+    let envelope: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.path().join(format!("queue/q/{id}.env"))).unwrap()).unwrap();
+    assert_eq!(envelope["sender"], "notifications@ublog.tech");
+    assert_eq!(envelope["recipients"][0]["address"], "pim@example.org");
+    assert_eq!(envelope["recipients"][0]["state"], "pending");
+    assert!(daemon.log().contains(&format!("queue_id={id}")));
+}
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly_and_keeps_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut daemon = Daemon::start(Path::new(BIN), dir.path(), port, &config(port, dir.path()));
+    client(port)
+        .send_raw(&envelope("a@ublog.tech", "b@example.org"), b"Subject: x\r\n\r\nx\r\n")
+        .unwrap();
+    let status = daemon.terminate(Duration::from_secs(15));
+    assert!(status.success(), "exit status {status}\n{}", daemon.log());
+    assert_eq!(daemon.queued_envelopes(&dir.path().join("queue")).len(), 1);
+}
+
+#[test]
+fn a_non_matching_recipient_is_refused_and_nothing_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = config(port, dir.path()).replace("for = \"any\"", "for = [\"example.org\"]");
+    let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &text);
+    let err = client(port)
+        .send_raw(&envelope("a@ublog.tech", "b@elsewhere.net"), b"Subject: x\r\n\r\nx\r\n")
+        .unwrap_err();
+    assert!(err.to_string().contains("5.7.1"), "{err}");
+    assert!(daemon.queued_envelopes(&dir.path().join("queue")).is_empty());
+}
+
+#[test]
+fn config_check_reports_errors_with_their_position() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    fs::write(&path, "queue_dir = \"/tmp/q\"\nbogus = 1\n").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with(&format!("{}:2:1: ", path.display())), "{err}");
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
