@@ -1,1 +1,2 @@
 pub mod certs; pub mod sink; pub mod dns; pub mod daemon;
+pub mod https;
