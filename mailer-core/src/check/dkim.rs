@@ -157,16 +157,35 @@ pub(crate) async fn check(dns: &Dns, domain: &str, selectors: &[String]) -> Outc
         };
         let Some(text) = txts.iter().find(|t| t.contains("p=")).or(txts.first()) else {
             out.checks.push(
-                Check::new(area, "dkim.key", Status::Warn, format!("no DKIM key at {name}: DMARC rests on SPF alone"))
-                    .hint(format!("publish the public key of selector {sel} as TXT at {name}")),
+                Check::new(
+                    area,
+                    "dkim.key",
+                    Status::Warn,
+                    format!("no DKIM key at {name}: DMARC rests on SPF alone"),
+                )
+                .hint(format!(
+                    "publish the public key of selector {sel} as TXT at {name}"
+                )),
             );
             continue;
         };
         let check = match parse(text) {
-            Err(e) => Check::new(area, "dkim.key", Status::Fail, format!("the key record at {name} is invalid: {e}"))
-                .hint(format!("republish the key of selector {sel} at {name}")),
-            Ok(k) if k.public_key.is_empty() => Check::new(area, "dkim.key", Status::Fail, format!("the key at {name} is revoked (empty p=)"))
-                .hint(format!("sign with a selector whose key is published, or republish the key at {name}")),
+            Err(e) => Check::new(
+                area,
+                "dkim.key",
+                Status::Fail,
+                format!("the key record at {name} is invalid: {e}"),
+            )
+            .hint(format!("republish the key of selector {sel} at {name}")),
+            Ok(k) if k.public_key.is_empty() => Check::new(
+                area,
+                "dkim.key",
+                Status::Fail,
+                format!("the key at {name} is revoked (empty p=)"),
+            )
+            .hint(format!(
+                "sign with a selector whose key is published, or republish the key at {name}"
+            )),
             Ok(k) => key_size_check(&name, sel, &k),
         };
         if check.status != Status::Fail {
@@ -180,19 +199,52 @@ pub(crate) async fn check(dns: &Dns, domain: &str, selectors: &[String]) -> Outc
 fn key_size_check(name: &str, sel: &str, k: &KeyRecord) -> Check {
     let area = Area::Dkim;
     match k.key_type {
-        KeyType::Ed25519 if k.public_key.len() == 32 => {
-            Check::new(area, "dkim.key", Status::Pass, format!("{name}: ed25519 key"))
-        }
-        KeyType::Ed25519 => Check::new(area, "dkim.key", Status::Fail, format!("{name}: ed25519 key of {} octets (32 expected)", k.public_key.len()))
-            .hint(format!("republish the key of selector {sel}")),
+        KeyType::Ed25519 if k.public_key.len() == 32 => Check::new(
+            area,
+            "dkim.key",
+            Status::Pass,
+            format!("{name}: ed25519 key"),
+        ),
+        KeyType::Ed25519 => Check::new(
+            area,
+            "dkim.key",
+            Status::Fail,
+            format!(
+                "{name}: ed25519 key of {} octets (32 expected)",
+                k.public_key.len()
+            ),
+        )
+        .hint(format!("republish the key of selector {sel}")),
         KeyType::Rsa => match rsa_bits(&k.public_key) {
-            None => Check::new(area, "dkim.key", Status::Fail, format!("{name}: p= is not an RSA public key"))
-                .hint(format!("republish the key of selector {sel}")),
-            Some(bits) if bits < 1024 => Check::new(area, "dkim.key", Status::Fail, format!("{name}: RSA key of {bits} bits; receivers reject keys under 1024 (RFC 8301)"))
-                .hint(format!("generate a 2048-bit key for selector {sel}")),
-            Some(bits) if bits < 2048 => Check::new(area, "dkim.key", Status::Warn, format!("{name}: RSA key of {bits} bits; 2048 is advised"))
-                .hint(format!("generate a 2048-bit key for selector {sel}")),
-            Some(bits) => Check::new(area, "dkim.key", Status::Pass, format!("{name}: RSA key of {bits} bits")),
+            None => Check::new(
+                area,
+                "dkim.key",
+                Status::Fail,
+                format!("{name}: p= is not an RSA public key"),
+            )
+            .hint(format!("republish the key of selector {sel}")),
+            Some(bits) if bits < 1024 => Check::new(
+                area,
+                "dkim.key",
+                Status::Fail,
+                format!(
+                    "{name}: RSA key of {bits} bits; receivers reject keys under 1024 (RFC 8301)"
+                ),
+            )
+            .hint(format!("generate a 2048-bit key for selector {sel}")),
+            Some(bits) if bits < 2048 => Check::new(
+                area,
+                "dkim.key",
+                Status::Warn,
+                format!("{name}: RSA key of {bits} bits; 2048 is advised"),
+            )
+            .hint(format!("generate a 2048-bit key for selector {sel}")),
+            Some(bits) => Check::new(
+                area,
+                "dkim.key",
+                Status::Pass,
+                format!("{name}: RSA key of {bits} bits"),
+            ),
         },
     }
 }

@@ -85,7 +85,10 @@ pub fn parse(record: &str) -> Result<DmarcRecord, DmarcError> {
         let (tag, value) = part
             .split_once('=')
             .ok_or_else(|| err(part, "expected tag=value".into()))?;
-        let (tag, value) = (tag.trim_matches([' ', '\t']), value.trim_matches([' ', '\t']));
+        let (tag, value) = (
+            tag.trim_matches([' ', '\t']),
+            value.trim_matches([' ', '\t']),
+        );
         if tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(err(tag, "not a tag name".into()));
         }
@@ -101,7 +104,10 @@ pub fn parse(record: &str) -> Result<DmarcRecord, DmarcError> {
         let bad = |what: &str| err(tag, format!("{value:?} is not {what}{sep_hint}"));
         if i == 0 {
             if tag != "v" || value != "DMARC1" {
-                return Err(err(tag, format!("the record must start with \"v=DMARC1\"{sep_hint}")));
+                return Err(err(
+                    tag,
+                    format!("the record must start with \"v=DMARC1\"{sep_hint}"),
+                ));
             }
             continue;
         }
@@ -119,7 +125,9 @@ pub fn parse(record: &str) -> Result<DmarcRecord, DmarcError> {
                     .ok_or_else(|| bad("a number from 0 to 100"))?
             }
             "ri" => {
-                value.parse::<u32>().map_err(|_| bad("a number of seconds"))?;
+                value
+                    .parse::<u32>()
+                    .map_err(|_| bad("a number of seconds"))?;
             }
             "fo" => {
                 if !value
@@ -184,7 +192,7 @@ fn uri_list(value: &str) -> Result<Vec<String>, String> {
             }
         }
         if let Some(addr) = base.strip_prefix("mailto:") {
-            let domain = addr.rsplit_once('@').map(|(l, d)| (l, d));
+            let domain = addr.rsplit_once('@');
             match domain {
                 Some((local, d)) if !local.is_empty() && super::spf::is_domain_name(d) => {}
                 _ => return Err(format!("{uri:?} is not a mailto: address")),
@@ -228,7 +236,11 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
     };
     let org = organizational_domain(domain);
     let mut found = None;
-    let candidates = if org == domain { vec![org.clone()] } else { vec![domain.to_string(), org.clone()] };
+    let candidates = if org == domain {
+        vec![org.clone()]
+    } else {
+        vec![domain.to_string(), org.clone()]
+    };
     for at in candidates {
         let name = format!("_dmarc.{at}");
         match dns.txt(&name).await {
@@ -237,7 +249,11 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
                 return out;
             }
             Ok(txts) => {
-                let recs: Vec<String> = txts.unwrap_or_default().into_iter().filter(|t| is_dmarc(t)).collect();
+                let recs: Vec<String> = txts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|t| is_dmarc(t))
+                    .collect();
                 if !recs.is_empty() {
                     found = Some((at, name, recs));
                     break;
@@ -270,7 +286,10 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
                 area,
                 "dmarc.record",
                 Status::Fail,
-                format!("{name} has {} DMARC records; receivers ignore them all", recs.len()),
+                format!(
+                    "{name} has {} DMARC records; receivers ignore them all",
+                    recs.len()
+                ),
             )
             .hint(format!("keep one v=DMARC1 record at {name}")),
         );
@@ -290,13 +309,26 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
     let rec = match parse(text) {
         Err(e) => {
             out.checks.push(
-                Check::new(area, "dmarc.syntax", Status::Fail, format!("syntax error in {name}: {e}"))
-                    .hint(format!("fix the tag {:?} in the DMARC record at {name}", e.tag)),
+                Check::new(
+                    area,
+                    "dmarc.syntax",
+                    Status::Fail,
+                    format!("syntax error in {name}: {e}"),
+                )
+                .hint(format!(
+                    "fix the tag {:?} in the DMARC record at {name}",
+                    e.tag
+                )),
             );
             if e.tag == "p" {
                 out.checks.push(
-                    Check::new(area, "dmarc.policy", Status::Fail, format!("invalid policy: {e}"))
-                        .hint(format!("set p=quarantine or p=reject at {name}")),
+                    Check::new(
+                        area,
+                        "dmarc.policy",
+                        Status::Fail,
+                        format!("invalid policy: {e}"),
+                    )
+                    .hint(format!("set p=quarantine or p=reject at {name}")),
                 );
             }
             return out;
@@ -306,48 +338,117 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
     out.checks.push(if rec.unknown.is_empty() {
         Check::new(area, "dmarc.syntax", Status::Pass, "the record parses")
     } else {
-        Check::new(area, "dmarc.syntax", Status::Warn, format!("unknown tags (ignored by receivers): {}", rec.unknown.join(", ")))
-            .hint(format!("remove or correct the tags {} at {name}", rec.unknown.join(", ")))
+        Check::new(
+            area,
+            "dmarc.syntax",
+            Status::Warn,
+            format!(
+                "unknown tags (ignored by receivers): {}",
+                rec.unknown.join(", ")
+            ),
+        )
+        .hint(format!(
+            "remove or correct the tags {} at {name}",
+            rec.unknown.join(", ")
+        ))
     });
     out.aspf_strict = rec.aspf == AlignmentMode::Strict;
     out.adkim_strict = rec.adkim == AlignmentMode::Strict;
     out.checks.push(match rec.p {
-        None => Check::new(area, "dmarc.policy", Status::Fail, "no p= tag")
-            .hint(format!("add p=quarantine or p=reject to the DMARC record at {name}")),
-        Some(Policy::None) => Check::new(area, "dmarc.policy", Status::Warn, "p=none: failing mail is delivered as usual")
-            .hint(format!("once reports show SPF/DKIM pass, set p=quarantine at {name}")),
-        Some(p) => Check::new(area, "dmarc.policy", Status::Pass, format!("p={}", policy_name(p))),
+        None => Check::new(area, "dmarc.policy", Status::Fail, "no p= tag").hint(format!(
+            "add p=quarantine or p=reject to the DMARC record at {name}"
+        )),
+        Some(Policy::None) => Check::new(
+            area,
+            "dmarc.policy",
+            Status::Warn,
+            "p=none: failing mail is delivered as usual",
+        )
+        .hint(format!(
+            "once reports show SPF/DKIM pass, set p=quarantine at {name}"
+        )),
+        Some(p) => Check::new(
+            area,
+            "dmarc.policy",
+            Status::Pass,
+            format!("p={}", policy_name(p)),
+        ),
     });
     if let Some(sp) = rec.sp {
-        out.checks.push(if sp == Policy::None && rec.p.is_some_and(|p| p != Policy::None) {
-            Check::new(area, "dmarc.subdomain-policy", Status::Warn, "sp=none: subdomains are unprotected")
+        out.checks.push(
+            if sp == Policy::None && rec.p.is_some_and(|p| p != Policy::None) {
+                Check::new(
+                    area,
+                    "dmarc.subdomain-policy",
+                    Status::Warn,
+                    "sp=none: subdomains are unprotected",
+                )
                 .hint(format!("remove sp=none from {name} or set sp=quarantine"))
-        } else {
-            Check::new(area, "dmarc.subdomain-policy", Status::Pass, format!("sp={}", policy_name(sp)))
-        });
+            } else {
+                Check::new(
+                    area,
+                    "dmarc.subdomain-policy",
+                    Status::Pass,
+                    format!("sp={}", policy_name(sp)),
+                )
+            },
+        );
     }
     out.checks.push(if rec.pct < 100 {
-        Check::new(area, "dmarc.pct", Status::Warn, format!("pct={}: the policy applies to {}% of failing mail", rec.pct, rec.pct))
-            .hint(format!("remove pct (or set pct=100) at {name}"))
+        Check::new(
+            area,
+            "dmarc.pct",
+            Status::Warn,
+            format!(
+                "pct={}: the policy applies to {}% of failing mail",
+                rec.pct, rec.pct
+            ),
+        )
+        .hint(format!("remove pct (or set pct=100) at {name}"))
     } else {
-        Check::new(area, "dmarc.pct", Status::Pass, "the policy applies to all failing mail")
+        Check::new(
+            area,
+            "dmarc.pct",
+            Status::Pass,
+            "the policy applies to all failing mail",
+        )
     });
-    for (id, strict, tag) in [("dmarc.aspf", out.aspf_strict, "aspf"), ("dmarc.adkim", out.adkim_strict, "adkim")] {
+    for (id, strict, tag) in [
+        ("dmarc.aspf", out.aspf_strict, "aspf"),
+        ("dmarc.adkim", out.adkim_strict, "adkim"),
+    ] {
         out.checks.push(if strict {
             Check::new(area, id, Status::Pass, format!("{tag}=s: strict alignment"))
         } else {
-            Check::new(area, id, Status::Info, format!("{tag}=r: relaxed alignment (organizational domains must match)"))
+            Check::new(
+                area,
+                id,
+                Status::Info,
+                format!("{tag}=r: relaxed alignment (organizational domains must match)"),
+            )
         });
     }
     out.checks.push(if rec.rua.is_empty() {
-        Check::new(area, "dmarc.rua", Status::Info, "no rua: no aggregate reports are requested")
+        Check::new(
+            area,
+            "dmarc.rua",
+            Status::Info,
+            "no rua: no aggregate reports are requested",
+        )
     } else {
-        Check::new(area, "dmarc.rua", Status::Pass, format!("aggregate reports to {}", rec.rua.join(", ")))
+        Check::new(
+            area,
+            "dmarc.rua",
+            Status::Pass,
+            format!("aggregate reports to {}", rec.rua.join(", ")),
+        )
     });
     let mut unauthorized = Vec::new();
     let mut checked = 0;
     for uri in rec.rua.iter().chain(rec.ruf.iter()) {
-        let Some(dest) = mailto_domain(uri) else { continue };
+        let Some(dest) = mailto_domain(uri) else {
+            continue;
+        };
         if organizational_domain(&dest) == organizational_domain(&at) {
             continue;
         }
@@ -361,15 +462,26 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
     }
     if checked > 0 {
         out.checks.push(if unauthorized.is_empty() {
-            Check::new(area, "dmarc.report-auth", Status::Pass, "every external report destination authorizes the domain")
+            Check::new(
+                area,
+                "dmarc.report-auth",
+                Status::Pass,
+                "every external report destination authorizes the domain",
+            )
         } else {
             Check::new(
                 area,
                 "dmarc.report-auth",
                 Status::Warn,
-                format!("external report destinations have not authorized {at}: missing {}", unauthorized.join(", ")),
+                format!(
+                    "external report destinations have not authorized {at}: missing {}",
+                    unauthorized.join(", ")
+                ),
             )
-            .hint(format!("ask the destination to publish TXT \"v=DMARC1\" at {}", unauthorized.join(", ")))
+            .hint(format!(
+                "ask the destination to publish TXT \"v=DMARC1\" at {}",
+                unauthorized.join(", ")
+            ))
         });
     }
     out
@@ -394,14 +506,20 @@ mod tests {
         assert_eq!(r.sp, Some(Policy::Quarantine));
         assert_eq!(r.pct, 50);
         assert_eq!(r.adkim, AlignmentMode::Strict);
-        assert_eq!(r.rua, vec!["mailto:a@ublog.tech", "mailto:b@example.org!10m"]);
+        assert_eq!(
+            r.rua,
+            vec!["mailto:a@ublog.tech", "mailto:b@example.org!10m"]
+        );
     }
 
     #[test]
     fn names_the_bad_tag() {
         assert_eq!(parse("v=DMARC1; p=block").unwrap_err().tag, "p");
         assert_eq!(parse("v=DMARC1; p=none; pct=101").unwrap_err().tag, "pct");
-        assert_eq!(parse("v=DMARC1; p=none; rua=ftp://x").unwrap_err().tag, "rua");
+        assert_eq!(
+            parse("v=DMARC1; p=none; rua=ftp://x").unwrap_err().tag,
+            "rua"
+        );
         assert_eq!(parse("v=DMARC1; p=none; p=reject").unwrap_err().tag, "p");
         assert_eq!(parse("p=none; v=DMARC1").unwrap_err().tag, "p");
         assert_eq!(parse("v=DMARC1; p=none; junk").unwrap_err().tag, "junk");

@@ -31,7 +31,11 @@ pub struct DnsFailure {
 
 impl fmt::Display for DnsFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "DNS query {} {} failed: {}", self.rtype, self.name, self.reason)
+        write!(
+            f,
+            "DNS query {} {} failed: {}",
+            self.rtype, self.name, self.reason
+        )
     }
 }
 

@@ -20,8 +20,8 @@ use std::time::Duration;
 use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 
-pub use dns::DnsFailure;
 use dns::Dns;
+pub use dns::DnsFailure;
 
 /// What to check and how to reach DNS and HTTPS.
 #[derive(Clone, Debug)]
@@ -169,7 +169,13 @@ impl Report {
             .iter()
             .map(|c| c.status)
             .max()
-            .map_or(Status::Pass, |s| if s == Status::Info { Status::Pass } else { s });
+            .map_or(Status::Pass, |s| {
+                if s == Status::Info {
+                    Status::Pass
+                } else {
+                    s
+                }
+            });
         Report {
             domain: domain.to_string(),
             status,
@@ -280,7 +286,19 @@ pub async fn run_checks(input: &CheckInput) -> Result<Report, CheckError> {
     checks.extend(dmarc.checks.iter().cloned());
     let dkim = dkim::check(&dns, &domain, &input.dkim_selectors).await;
     checks.extend(dkim.checks.iter().cloned());
-    checks.extend(alignment(&dns, &domain, &input.relays, &pool, &spf.pool, &dmarc, &dkim, input.timeout).await);
+    checks.extend(
+        alignment(
+            &dns,
+            &domain,
+            &input.relays,
+            &pool,
+            &spf.pool,
+            &dmarc,
+            &dkim,
+            input.timeout,
+        )
+        .await,
+    );
     let mx = mx_checks(&dns, &domain).await;
     checks.extend(mx.checks);
     checks.extend(mta_sts::check(&dns, &domain, mx.hosts.as_deref(), input).await?);
@@ -293,7 +311,11 @@ async fn resolve_pool(dns: &Dns, relays: &[String], checks: &mut Vec<Check>) -> 
     let mut pool = Vec::new();
     for relay in relays {
         let relay = relay.trim();
-        if let Ok(ip) = relay.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+        if let Ok(ip) = relay
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
             pool.push(ip);
             continue;
         }
@@ -317,8 +339,9 @@ async fn resolve_pool(dns: &Dns, relays: &[String], checks: &mut Vec<Check>) -> 
 }
 
 fn dns_error(area: Area, id: &'static str, failure: &DnsFailure) -> Check {
-    Check::new(area, id, Status::Fail, failure.to_string())
-        .hint("check the name servers of the domain; the verdicts resting on this query are unknown")
+    Check::new(area, id, Status::Fail, failure.to_string()).hint(
+        "check the name servers of the domain; the verdicts resting on this query are unknown",
+    )
 }
 
 /// Whether DMARC can pass for mail of `domain` leaving through the pool (RFC 7489 §3.1).
@@ -394,7 +417,9 @@ async fn alignment(
             area,
             "alignment.spf",
             Status::Warn,
-            format!("the pool does not pass SPF for MAIL FROM @{domain}: DMARC cannot pass via SPF"),
+            format!(
+                "the pool does not pass SPF for MAIL FROM @{domain}: DMARC cannot pass via SPF"
+            ),
         )
         .hint(format!("authorize the pool in the SPF record of {domain}"))
     };
@@ -440,9 +465,13 @@ async fn alignment(
             area,
             "alignment.dmarc",
             Status::Fail,
-            format!("neither aligned SPF nor aligned DKIM is possible: DMARC fails for From @{domain}"),
+            format!(
+                "neither aligned SPF nor aligned DKIM is possible: DMARC fails for From @{domain}"
+            ),
         )
-        .hint(format!("authorize the pool in the SPF record of {domain} or sign with DKIM d={domain}"))
+        .hint(format!(
+            "authorize the pool in the SPF record of {domain} or sign with DKIM d={domain}"
+        ))
     });
     checks
 }
@@ -460,8 +489,15 @@ async fn mx_checks(dns: &Dns, domain: &str) -> MxOutcome {
         Ok(Some(mxs)) => mxs,
         Ok(None) => {
             checks.push(
-                Check::new(area, "mx.record", Status::Fail, format!("{domain} has no MX record"))
-                    .hint(format!("publish an MX record for {domain} so that bounces and replies reach it")),
+                Check::new(
+                    area,
+                    "mx.record",
+                    Status::Fail,
+                    format!("{domain} has no MX record"),
+                )
+                .hint(format!(
+                    "publish an MX record for {domain} so that bounces and replies reach it"
+                )),
             );
             return MxOutcome {
                 checks,
@@ -470,7 +506,10 @@ async fn mx_checks(dns: &Dns, domain: &str) -> MxOutcome {
         }
         Err(e) => {
             checks.push(dns_error(area, "mx.dns-error", &e));
-            return MxOutcome { checks, hosts: None };
+            return MxOutcome {
+                checks,
+                hosts: None,
+            };
         }
     };
     let hosts: Vec<String> = mxs.iter().map(|(_, h)| h.clone()).collect();
@@ -481,7 +520,10 @@ async fn mx_checks(dns: &Dns, domain: &str) -> MxOutcome {
             Status::Warn,
             format!("{domain} publishes a null MX (RFC 7505): it receives no mail, bounces are lost"),
         ).hint(format!("publish a real MX for {domain}")));
-        return MxOutcome { checks, hosts: Some(hosts) };
+        return MxOutcome {
+            checks,
+            hosts: Some(hosts),
+        };
     }
     checks.push(Check::new(
         area,
@@ -504,7 +546,12 @@ async fn mx_checks(dns: &Dns, domain: &str) -> MxOutcome {
         }
     }
     checks.push(if missing.is_empty() {
-        Check::new(area, "mx.address", Status::Pass, "every MX host resolves to an address")
+        Check::new(
+            area,
+            "mx.address",
+            Status::Pass,
+            "every MX host resolves to an address",
+        )
     } else {
         Check::new(
             area,

@@ -65,7 +65,10 @@ pub fn parse_txt(record: &str) -> Result<StsTxt, TxtError> {
                     || value.len() > 32
                     || !value.chars().all(|c| c.is_ascii_alphanumeric())
                 {
-                    return Err(err("id", &format!("{value:?} is not 1-32 letters and digits")));
+                    return Err(err(
+                        "id",
+                        &format!("{value:?} is not 1-32 letters and digits"),
+                    ));
                 }
                 id = Some(value.to_string());
             }
@@ -189,16 +192,26 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
                     "enforce" => Mode::Enforce,
                     "testing" => Mode::Testing,
                     "none" => Mode::None,
-                    _ => return Err(err(format!("mode {value:?} is not enforce, testing or none"))),
+                    _ => {
+                        return Err(err(format!(
+                            "mode {value:?} is not enforce, testing or none"
+                        )))
+                    }
                 });
             }
             "max_age" => {
                 duplicate(max_age.is_some())?;
-                let n = (!value.is_empty() && value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit()))
-                    .then(|| value.parse::<u64>().ok())
-                    .flatten()
-                    .filter(|&n| n <= u64::from(MAX_AGE_LIMIT))
-                    .ok_or_else(|| err(format!("max_age {value:?} is not a number from 0 to {MAX_AGE_LIMIT}")))?;
+                let n = (!value.is_empty()
+                    && value.len() <= 10
+                    && value.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| value.parse::<u64>().ok())
+                .flatten()
+                .filter(|&n| n <= u64::from(MAX_AGE_LIMIT))
+                .ok_or_else(|| {
+                    err(format!(
+                        "max_age {value:?} is not a number from 0 to {MAX_AGE_LIMIT}"
+                    ))
+                })?;
                 max_age = Some(n as u32);
             }
             "mx" => {
@@ -211,13 +224,20 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
             }
             ext => {
                 let name_ok = ext.len() <= 32
-                    && ext.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-                    && ext.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                    && ext
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphanumeric())
+                    && ext
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
                 if !name_ok {
                     return Err(err(format!("{ext:?} is not a field name")));
                 }
                 if value.is_empty() || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-                    return Err(err(format!("value of {ext:?} is empty or not printable ASCII")));
+                    return Err(err(format!(
+                        "value of {ext:?} is empty or not printable ASCII"
+                    )));
                 }
                 if extensions.iter().any(|(k, _)| k == ext) {
                     return Err(err(format!("duplicate key {ext:?}")));
@@ -364,19 +384,39 @@ pub(crate) async fn check(
             return Ok(checks);
         }
         [one] => match parse_txt(one) {
-            Ok(t) => checks.push(Check::new(area, "mta-sts.record", Status::Pass, format!("{name}: id={}", t.id))),
+            Ok(t) => checks.push(Check::new(
+                area,
+                "mta-sts.record",
+                Status::Pass,
+                format!("{name}: id={}", t.id),
+            )),
             Err(e) => {
                 checks.push(
-                    Check::new(area, "mta-sts.record", Status::Fail, format!("invalid MTA-STS record at {name}: {e}"))
-                        .hint(format!("publish \"v=STSv1; id=<1-32 letters and digits>\" at {name}")),
+                    Check::new(
+                        area,
+                        "mta-sts.record",
+                        Status::Fail,
+                        format!("invalid MTA-STS record at {name}: {e}"),
+                    )
+                    .hint(format!(
+                        "publish \"v=STSv1; id=<1-32 letters and digits>\" at {name}"
+                    )),
                 );
                 return Ok(checks);
             }
         },
         many => {
             checks.push(
-                Check::new(area, "mta-sts.record", Status::Fail, format!("{name} has {} MTA-STS records; senders ignore them all", many.len()))
-                    .hint(format!("keep one v=STSv1 record at {name}")),
+                Check::new(
+                    area,
+                    "mta-sts.record",
+                    Status::Fail,
+                    format!(
+                        "{name} has {} MTA-STS records; senders ignore them all",
+                        many.len()
+                    ),
+                )
+                .hint(format!("keep one v=STSv1 record at {name}")),
             );
             return Ok(checks);
         }
@@ -390,8 +430,15 @@ pub(crate) async fn check(
         }
         Ok(None) => {
             checks.push(
-                Check::new(area, "mta-sts.fetch", Status::Fail, format!("the policy host {host} has no address"))
-                    .hint(format!("publish A/AAAA records for {host} and serve the policy there over HTTPS")),
+                Check::new(
+                    area,
+                    "mta-sts.fetch",
+                    Status::Fail,
+                    format!("the policy host {host} has no address"),
+                )
+                .hint(format!(
+                    "publish A/AAAA records for {host} and serve the policy there over HTTPS"
+                )),
             );
             return Ok(checks);
         }
@@ -400,12 +447,20 @@ pub(crate) async fn check(
     let url = if input.mta_sts_port == 443 {
         format!("https://{host}/.well-known/mta-sts.txt")
     } else {
-        format!("https://{host}:{}/.well-known/mta-sts.txt", input.mta_sts_port)
+        format!(
+            "https://{host}:{}/.well-known/mta-sts.txt",
+            input.mta_sts_port
+        )
     };
     let client = client(dns, input)?;
     let text = match fetch(&client, &url, &host).await {
         Ok(text) => {
-            checks.push(Check::new(area, "mta-sts.fetch", Status::Pass, format!("fetched {url}")));
+            checks.push(Check::new(
+                area,
+                "mta-sts.fetch",
+                Status::Pass,
+                format!("fetched {url}"),
+            ));
             text
         }
         Err(c) => {
@@ -415,13 +470,28 @@ pub(crate) async fn check(
     };
     let policy = match parse(&text) {
         Ok(p) => {
-            checks.push(Check::new(area, "mta-sts.policy", Status::Pass, format!("mode {}, max_age {}, mx {}", p.mode.as_str(), p.max_age, p.mx.join(", "))));
+            checks.push(Check::new(
+                area,
+                "mta-sts.policy",
+                Status::Pass,
+                format!(
+                    "mode {}, max_age {}, mx {}",
+                    p.mode.as_str(),
+                    p.max_age,
+                    p.mx.join(", ")
+                ),
+            ));
             p
         }
         Err(e) => {
             checks.push(
-                Check::new(area, "mta-sts.policy", Status::Fail, format!("policy syntax error: {e}"))
-                    .hint(format!("fix the policy file at {url} ({e})")),
+                Check::new(
+                    area,
+                    "mta-sts.policy",
+                    Status::Fail,
+                    format!("policy syntax error: {e}"),
+                )
+                .hint(format!("fix the policy file at {url} ({e})")),
             );
             return Ok(checks);
         }
@@ -456,11 +526,23 @@ async fn fetch(client: &reqwest::Client, url: &str, host: &str) -> Result<String
     let area = Area::MtaSts;
     let mut resp = client.get(url).send().await.map_err(|e| {
         if is_tls_error(&e) {
-            Check::new(area, "mta-sts.tls", Status::Fail, format!("TLS to {host} failed: {}", chain(&e)))
-                .hint(format!("serve {host} with a certificate valid for {host} from a public CA"))
+            Check::new(
+                area,
+                "mta-sts.tls",
+                Status::Fail,
+                format!("TLS to {host} failed: {}", chain(&e)),
+            )
+            .hint(format!(
+                "serve {host} with a certificate valid for {host} from a public CA"
+            ))
         } else {
-            Check::new(area, "mta-sts.fetch", Status::Fail, format!("fetching {url} failed: {}", chain(&e)))
-                .hint(format!("serve the policy at {url}"))
+            Check::new(
+                area,
+                "mta-sts.fetch",
+                Status::Fail,
+                format!("fetching {url} failed: {}", chain(&e)),
+            )
+            .hint(format!("serve the policy at {url}"))
         }
     })?;
     let status = resp.status();
@@ -474,8 +556,13 @@ async fn fetch(client: &reqwest::Client, url: &str, host: &str) -> Result<String
             .hint(format!("serve the policy directly at {url}")));
     }
     if status != reqwest::StatusCode::OK {
-        return Err(Check::new(area, "mta-sts.http-status", Status::Fail, format!("{url} answers {status}"))
-            .hint(format!("serve the policy at {url} with status 200")));
+        return Err(Check::new(
+            area,
+            "mta-sts.http-status",
+            Status::Fail,
+            format!("{url} answers {status}"),
+        )
+        .hint(format!("serve the policy at {url} with status 200")));
     }
     let ctype = resp
         .headers()
@@ -485,7 +572,13 @@ async fn fetch(client: &reqwest::Client, url: &str, host: &str) -> Result<String
         .to_string();
     let media = ctype.split(';').next().unwrap_or("").trim();
     if !media.eq_ignore_ascii_case("text/plain") {
-        return Err(Check::new(area, "mta-sts.content-type", Status::Fail, format!("{url} has Content-Type {ctype:?}, not text/plain")).hint(format!("serve {url} as text/plain")));
+        return Err(Check::new(
+            area,
+            "mta-sts.content-type",
+            Status::Fail,
+            format!("{url} has Content-Type {ctype:?}, not text/plain"),
+        )
+        .hint(format!("serve {url} as text/plain")));
     }
     let mut body = Vec::new();
     loop {
@@ -493,19 +586,37 @@ async fn fetch(client: &reqwest::Client, url: &str, host: &str) -> Result<String
             Ok(Some(c)) => {
                 body.extend_from_slice(&c);
                 if body.len() > MAX_POLICY_SIZE {
-                    return Err(Check::new(area, "mta-sts.fetch", Status::Fail, format!("{url} is larger than {MAX_POLICY_SIZE} octets"))
-                        .hint(format!("serve a policy under {MAX_POLICY_SIZE} octets at {url}")));
+                    return Err(Check::new(
+                        area,
+                        "mta-sts.fetch",
+                        Status::Fail,
+                        format!("{url} is larger than {MAX_POLICY_SIZE} octets"),
+                    )
+                    .hint(format!(
+                        "serve a policy under {MAX_POLICY_SIZE} octets at {url}"
+                    )));
                 }
             }
             Ok(None) => break,
             Err(e) => {
-                return Err(Check::new(area, "mta-sts.fetch", Status::Fail, format!("reading {url} failed: {}", chain(&e))).hint(format!("serve the policy at {url}")));
+                return Err(Check::new(
+                    area,
+                    "mta-sts.fetch",
+                    Status::Fail,
+                    format!("reading {url} failed: {}", chain(&e)),
+                )
+                .hint(format!("serve the policy at {url}")));
             }
         }
     }
     String::from_utf8(body).map_err(|_| {
-        Check::new(area, "mta-sts.policy", Status::Fail, format!("{url} is not UTF-8 text"))
-            .hint(format!("serve a plain-text policy at {url}"))
+        Check::new(
+            area,
+            "mta-sts.policy",
+            Status::Fail,
+            format!("{url} is not UTF-8 text"),
+        )
+        .hint(format!("serve a plain-text policy at {url}"))
     })
 }
 
@@ -527,7 +638,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        let e = parse("version: STSv1\nmode: enforce\nmode: testing\nmx: a.b.c\nmax_age: 1\n").unwrap_err();
+        let e = parse("version: STSv1\nmode: enforce\nmode: testing\nmx: a.b.c\nmax_age: 1\n")
+            .unwrap_err();
         assert_eq!(e.line, 3);
         let e = parse("version: STSv1\nmode: strict\n").unwrap_err();
         assert_eq!(e.line, 2);
@@ -547,8 +659,16 @@ mod tests {
 
     #[test]
     fn txt_id_is_bounded() {
-        assert_eq!(parse_txt("v=STSv1; id=20240101T000000;").unwrap().id, "20240101T000000");
+        assert_eq!(
+            parse_txt("v=STSv1; id=20240101T000000;").unwrap().id,
+            "20240101T000000"
+        );
         assert_eq!(parse_txt("v=STSv1; id=2024-01-01").unwrap_err().field, "id");
-        assert_eq!(parse_txt(&format!("v=STSv1; id={}", "a".repeat(33))).unwrap_err().field, "id");
+        assert_eq!(
+            parse_txt(&format!("v=STSv1; id={}", "a".repeat(33)))
+                .unwrap_err()
+                .field,
+            "id"
+        );
     }
 }

@@ -42,8 +42,14 @@ pub enum Mechanism {
         cidr6: Option<u8>,
     },
     Ptr(Option<String>),
-    Ip4 { addr: Ipv4Addr, prefix: u8 },
-    Ip6 { addr: Ipv6Addr, prefix: u8 },
+    Ip4 {
+        addr: Ipv4Addr,
+        prefix: u8,
+    },
+    Ip6 {
+        addr: Ipv6Addr,
+        prefix: u8,
+    },
     Exists(String),
 }
 
@@ -67,7 +73,10 @@ pub enum Term {
     Redirect(String),
     Exp(String),
     /// An unknown modifier, ignored by evaluation (RFC 7208 §6).
-    Unknown { name: String, value: String },
+    Unknown {
+        name: String,
+        value: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -181,9 +190,17 @@ pub fn parse(record: &str) -> Result<SpfRecord, SpfError> {
             "a" | "mx" => {
                 let (domain, cidr4, cidr6) = domain_and_cidr(arg).map_err(|r| err(&r))?;
                 if name.eq_ignore_ascii_case("a") {
-                    Mechanism::A { domain, cidr4, cidr6 }
+                    Mechanism::A {
+                        domain,
+                        cidr4,
+                        cidr6,
+                    }
                 } else {
-                    Mechanism::Mx { domain, cidr4, cidr6 }
+                    Mechanism::Mx {
+                        domain,
+                        cidr4,
+                        cidr6,
+                    }
                 }
             }
             "ip4" => {
@@ -291,7 +308,9 @@ fn macro_string(s: &str) -> Result<(), String> {
                         _ => return Err(format!("bad macro letter in %{{{body}}}")),
                     }
                     let rest: String = chars.collect();
-                    let digits_end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+                    let digits_end = rest
+                        .find(|c: char| !c.is_ascii_digit())
+                        .unwrap_or(rest.len());
                     let after = rest[digits_end..].trim_start_matches(['r', 'R']);
                     if !after.chars().all(|c| ".-+,/_=".contains(c)) {
                         return Err(format!("bad macro transformer in %{{{body}}}"));
@@ -336,7 +355,8 @@ pub fn is_domain_name(name: &str) -> bool {
         && labels.iter().all(|l| {
             !l.is_empty()
                 && l.len() <= 63
-                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
         })
         && labels
             .last()
@@ -535,17 +555,34 @@ pub(crate) async fn check(
 ) -> Outcome {
     let area = Area::Spf;
     let mut checks = Vec::new();
-    let records: Vec<&String> = apex_txt.unwrap_or_default().iter().filter(|t| is_spf(t)).collect();
+    let records: Vec<&String> = apex_txt
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| is_spf(t))
+        .collect();
     let record = match records.as_slice() {
         [] => {
             checks.push(
-                Check::new(area, "spf.record", Status::Fail, format!("{domain} has no SPF (v=spf1) record"))
-                    .hint(format!("publish a TXT record \"v=spf1 {} -all\" at {domain}", pool_terms(pool))),
+                Check::new(
+                    area,
+                    "spf.record",
+                    Status::Fail,
+                    format!("{domain} has no SPF (v=spf1) record"),
+                )
+                .hint(format!(
+                    "publish a TXT record \"v=spf1 {} -all\" at {domain}",
+                    pool_terms(pool)
+                )),
             );
             None
         }
         [one] => {
-            checks.push(Check::new(area, "spf.record", Status::Pass, format!("\"{one}\"")));
+            checks.push(Check::new(
+                area,
+                "spf.record",
+                Status::Pass,
+                format!("\"{one}\""),
+            ));
             Some(*one)
         }
         many => {
@@ -554,7 +591,10 @@ pub(crate) async fn check(
                     area,
                     "spf.record",
                     Status::Fail,
-                    format!("{domain} has {} SPF records; receivers treat that as permerror", many.len()),
+                    format!(
+                        "{domain} has {} SPF records; receivers treat that as permerror",
+                        many.len()
+                    ),
                 )
                 .hint(format!("merge the SPF records of {domain} into one")),
             );
@@ -564,11 +604,24 @@ pub(crate) async fn check(
     if let Some(text) = record {
         match parse(text) {
             Err(e) => checks.push(
-                Check::new(area, "spf.syntax", Status::Fail, format!("syntax error: {e}"))
-                    .hint(format!("fix the term {:?} in the SPF record of {domain}", e.term)),
+                Check::new(
+                    area,
+                    "spf.syntax",
+                    Status::Fail,
+                    format!("syntax error: {e}"),
+                )
+                .hint(format!(
+                    "fix the term {:?} in the SPF record of {domain}",
+                    e.term
+                )),
             ),
             Ok(rec) => {
-                checks.push(Check::new(area, "spf.syntax", Status::Pass, "the record parses"));
+                checks.push(Check::new(
+                    area,
+                    "spf.syntax",
+                    Status::Pass,
+                    "the record parses",
+                ));
                 checks.extend(record_checks(dns, domain, text, &rec).await);
             }
         }
@@ -585,24 +638,41 @@ pub(crate) async fn check(
         let sender = format!("postmaster@{domain}");
         let r = evaluate_pool(dns, domain, &sender, pool, timeout).await;
         if r.errors > 0 {
-            checks.push(Check::new(
-                area,
-                "spf.dns-error",
-                Status::Fail,
-                format!("SPF evaluation for {domain} hit DNS errors (temperror) for {} address(es)", r.errors),
-            ).hint("check the name servers of the domain and of its includes"));
+            checks.push(
+                Check::new(
+                    area,
+                    "spf.dns-error",
+                    Status::Fail,
+                    format!(
+                        "SPF evaluation for {domain} hit DNS errors (temperror) for {} address(es)",
+                        r.errors
+                    ),
+                )
+                .hint("check the name servers of the domain and of its includes"),
+            );
         }
         if r.unauthorized.is_empty() {
             checks.push(Check::new(
                 area,
                 "spf.pool",
                 Status::Pass,
-                format!("every pool address passes SPF for postmaster@{domain}: {}", list_ips(pool)),
+                format!(
+                    "every pool address passes SPF for postmaster@{domain}: {}",
+                    list_ips(pool)
+                ),
             ));
         } else {
-            let named: Vec<String> = r.unauthorized.iter().map(|(ip, res)| format!("{ip} ({res})")).collect();
+            let named: Vec<String> = r
+                .unauthorized
+                .iter()
+                .map(|(ip, res)| format!("{ip} ({res})"))
+                .collect();
             let missing: Vec<IpAddr> = r.unauthorized.iter().map(|(ip, _)| *ip).collect();
-            let which = if missing.len() == pool.len() { "no pool address passes" } else { "pool addresses not authorized" };
+            let which = if missing.len() == pool.len() {
+                "no pool address passes"
+            } else {
+                "pool addresses not authorized"
+            };
             checks.push(
                 Check::new(
                     area,
@@ -610,7 +680,10 @@ pub(crate) async fn check(
                     Status::Fail,
                     format!("{which} SPF for postmaster@{domain}: {}", named.join(", ")),
                 )
-                .hint(format!("add {} to the SPF record of {domain}", pool_terms(&missing))),
+                .hint(format!(
+                    "add {} to the SPF record of {domain}",
+                    pool_terms(&missing)
+                )),
             );
         }
         r
@@ -625,26 +698,68 @@ async fn record_checks(dns: &Dns, domain: &str, text: &str, rec: &SpfRecord) -> 
     let area = Area::Spf;
     let mut checks = Vec::new();
     checks.push(match rec.all() {
-        Some(Qualifier::Pass) => Check::new(area, "spf.all", Status::Fail, "\"+all\" lets anyone pass SPF for the domain")
-            .hint(format!("replace +all with -all (or ~all) in the SPF record of {domain}")),
-        Some(Qualifier::Neutral) => Check::new(area, "spf.all", Status::Warn, "\"?all\" gives unlisted senders a neutral result")
-            .hint(format!("end the SPF record of {domain} with -all or ~all")),
-        None if rec.redirect().is_none() => Check::new(area, "spf.all", Status::Warn, "no \"all\" mechanism: unlisted senders get neutral")
-            .hint(format!("end the SPF record of {domain} with -all or ~all")),
-        None => Check::new(area, "spf.all", Status::Info, "no \"all\": the redirect target decides"),
-        Some(Qualifier::SoftFail) => Check::new(area, "spf.all", Status::Pass, "\"~all\": unlisted senders softfail"),
-        Some(Qualifier::Fail) => Check::new(area, "spf.all", Status::Pass, "\"-all\": unlisted senders fail"),
+        Some(Qualifier::Pass) => Check::new(
+            area,
+            "spf.all",
+            Status::Fail,
+            "\"+all\" lets anyone pass SPF for the domain",
+        )
+        .hint(format!(
+            "replace +all with -all (or ~all) in the SPF record of {domain}"
+        )),
+        Some(Qualifier::Neutral) => Check::new(
+            area,
+            "spf.all",
+            Status::Warn,
+            "\"?all\" gives unlisted senders a neutral result",
+        )
+        .hint(format!("end the SPF record of {domain} with -all or ~all")),
+        None if rec.redirect().is_none() => Check::new(
+            area,
+            "spf.all",
+            Status::Warn,
+            "no \"all\" mechanism: unlisted senders get neutral",
+        )
+        .hint(format!("end the SPF record of {domain} with -all or ~all")),
+        None => Check::new(
+            area,
+            "spf.all",
+            Status::Info,
+            "no \"all\": the redirect target decides",
+        ),
+        Some(Qualifier::SoftFail) => Check::new(
+            area,
+            "spf.all",
+            Status::Pass,
+            "\"~all\": unlisted senders softfail",
+        ),
+        Some(Qualifier::Fail) => Check::new(
+            area,
+            "spf.all",
+            Status::Pass,
+            "\"-all\": unlisted senders fail",
+        ),
     });
     checks.push(if text.len() > MAX_RECORD_LEN {
         Check::new(
             area,
             "spf.length",
             Status::Warn,
-            format!("the record is {} octets (above {MAX_RECORD_LEN}, RFC 7208 §3.4)", text.len()),
+            format!(
+                "the record is {} octets (above {MAX_RECORD_LEN}, RFC 7208 §3.4)",
+                text.len()
+            ),
         )
-        .hint(format!("shorten the SPF record of {domain}, e.g. with ip4/ip6 ranges"))
+        .hint(format!(
+            "shorten the SPF record of {domain}, e.g. with ip4/ip6 ranges"
+        ))
     } else {
-        Check::new(area, "spf.length", Status::Pass, format!("{} octets", text.len()))
+        Check::new(
+            area,
+            "spf.length",
+            Status::Pass,
+            format!("{} octets", text.len()),
+        )
     });
     let w = walk(dns, domain, rec).await;
     for f in &w.dns_failures {
@@ -655,21 +770,44 @@ async fn record_checks(dns: &Dns, domain: &str, text: &str, rec: &SpfRecord) -> 
             area,
             "spf.lookups",
             Status::Fail,
-            format!("{} DNS-lookup terms (limit {MAX_LOOKUPS}); the 11th is reached via {}", w.lookups, path.join(" → ")),
+            format!(
+                "{} DNS-lookup terms (limit {MAX_LOOKUPS}); the 11th is reached via {}",
+                w.lookups,
+                path.join(" → ")
+            ),
         )
-        .hint(format!("flatten includes into ip4/ip6 terms in the SPF record of {domain}")),
-        None => Check::new(area, "spf.lookups", Status::Pass, format!("{} of {MAX_LOOKUPS} DNS-lookup terms", w.lookups)),
+        .hint(format!(
+            "flatten includes into ip4/ip6 terms in the SPF record of {domain}"
+        )),
+        None => Check::new(
+            area,
+            "spf.lookups",
+            Status::Pass,
+            format!("{} of {MAX_LOOKUPS} DNS-lookup terms", w.lookups),
+        ),
     });
     checks.push(if w.void.len() > MAX_VOID_LOOKUPS {
         Check::new(
             area,
             "spf.void-lookups",
             Status::Fail,
-            format!("{} void lookups (limit {MAX_VOID_LOOKUPS}): {}", w.void.len(), w.void.join(", ")),
+            format!(
+                "{} void lookups (limit {MAX_VOID_LOOKUPS}): {}",
+                w.void.len(),
+                w.void.join(", ")
+            ),
         )
-        .hint(format!("remove the terms naming {} from the SPF record of {domain}", w.void.join(", ")))
+        .hint(format!(
+            "remove the terms naming {} from the SPF record of {domain}",
+            w.void.join(", ")
+        ))
     } else {
-        Check::new(area, "spf.void-lookups", Status::Pass, format!("{} void lookups", w.void.len()))
+        Check::new(
+            area,
+            "spf.void-lookups",
+            Status::Pass,
+            format!("{} void lookups", w.void.len()),
+        )
     });
     let mut include_problems: Vec<String> = w
         .include_without_spf
@@ -678,10 +816,29 @@ async fn record_checks(dns: &Dns, domain: &str, text: &str, rec: &SpfRecord) -> 
         .collect();
     include_problems.extend(w.include_errors.iter().cloned());
     checks.push(if include_problems.is_empty() {
-        Check::new(area, "spf.includes", Status::Pass, "every include target has one valid SPF record")
+        Check::new(
+            area,
+            "spf.includes",
+            Status::Pass,
+            "every include target has one valid SPF record",
+        )
     } else {
-        Check::new(area, "spf.includes", Status::Fail, format!("include/redirect targets are broken (permerror): {}", include_problems.join("; ")))
-            .hint(format!("remove or fix the include of {} in the SPF record of {domain}", w.include_without_spf.first().cloned().unwrap_or_else(|| "the broken target".into())))
+        Check::new(
+            area,
+            "spf.includes",
+            Status::Fail,
+            format!(
+                "include/redirect targets are broken (permerror): {}",
+                include_problems.join("; ")
+            ),
+        )
+        .hint(format!(
+            "remove or fix the include of {} in the SPF record of {domain}",
+            w.include_without_spf
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "the broken target".into())
+        ))
     });
     checks.push(if w.ptr_in.is_empty() {
         Check::new(area, "spf.ptr", Status::Pass, "no ptr mechanism")
@@ -690,15 +847,24 @@ async fn record_checks(dns: &Dns, domain: &str, text: &str, rec: &SpfRecord) -> 
             area,
             "spf.ptr",
             Status::Warn,
-            format!("ptr is used (in the record of {}); it is slow and many receivers skip it", w.ptr_in.join(", ")),
+            format!(
+                "ptr is used (in the record of {}); it is slow and many receivers skip it",
+                w.ptr_in.join(", ")
+            ),
         )
-        .hint(format!("replace ptr with ip4/ip6 or a terms in the SPF record of {}", w.ptr_in[0]))
+        .hint(format!(
+            "replace ptr with ip4/ip6 or a terms in the SPF record of {}",
+            w.ptr_in[0]
+        ))
     });
     checks
 }
 
 fn list_ips(pool: &[IpAddr]) -> String {
-    pool.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
+    pool.iter()
+        .map(IpAddr::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn pool_terms(pool: &[IpAddr]) -> String {
@@ -721,11 +887,24 @@ mod tests {
         assert_eq!(r.terms.len(), 6);
         assert_eq!(
             r.terms[0],
-            Term::Mechanism(Qualifier::Pass, Mechanism::Ip4 { addr: Ipv4Addr::new(194, 1, 163, 0), prefix: 24 })
+            Term::Mechanism(
+                Qualifier::Pass,
+                Mechanism::Ip4 {
+                    addr: Ipv4Addr::new(194, 1, 163, 0),
+                    prefix: 24
+                }
+            )
         );
         assert_eq!(
             r.terms[3],
-            Term::Mechanism(Qualifier::Pass, Mechanism::Mx { domain: Some("mail.example.org".into()), cidr4: Some(24), cidr6: Some(64) })
+            Term::Mechanism(
+                Qualifier::Pass,
+                Mechanism::Mx {
+                    domain: Some("mail.example.org".into()),
+                    cidr4: Some(24),
+                    cidr6: Some(64)
+                }
+            )
         );
         assert_eq!(r.all(), Some(Qualifier::SoftFail));
     }

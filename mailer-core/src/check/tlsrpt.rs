@@ -60,7 +60,10 @@ pub fn parse(record: &str) -> Result<TlsRptRecord, TlsRptError> {
                         None => uri.strip_prefix("https://").is_some_and(|r| !r.is_empty()),
                     };
                     if !ok {
-                        return Err(err("rua", &format!("{uri:?} is not a mailto: or https: URI")));
+                        return Err(err(
+                            "rua",
+                            &format!("{uri:?} is not a mailto: or https: URI"),
+                        ));
                     }
                     uris.push(uri.to_string());
                 }
@@ -90,15 +93,42 @@ pub(crate) async fn check(dns: &Dns, domain: &str) -> Vec<Check> {
     };
     let recs: Vec<&String> = txts.iter().filter(|t| is_tlsrpt(t)).collect();
     match recs.as_slice() {
-        [] => vec![Check::new(area, "tls-rpt.record", Status::Warn, format!("no TLS-RPT record at {name}: TLS failures of inbound mail go unreported"))
-            .hint(format!("publish TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@{domain}\" at {name}"))],
+        [] => vec![Check::new(
+            area,
+            "tls-rpt.record",
+            Status::Warn,
+            format!("no TLS-RPT record at {name}: TLS failures of inbound mail go unreported"),
+        )
+        .hint(format!(
+            "publish TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@{domain}\" at {name}"
+        ))],
         [one] => match parse(one) {
-            Ok(r) => vec![Check::new(area, "tls-rpt.record", Status::Pass, format!("reports to {}", r.rua.join(", ")))],
-            Err(e) => vec![Check::new(area, "tls-rpt.record", Status::Fail, format!("invalid TLS-RPT record at {name}: {e}"))
-                .hint(format!("fix the record at {name}: \"v=TLSRPTv1; rua=mailto:tlsrpt@{domain}\""))],
+            Ok(r) => vec![Check::new(
+                area,
+                "tls-rpt.record",
+                Status::Pass,
+                format!("reports to {}", r.rua.join(", ")),
+            )],
+            Err(e) => vec![Check::new(
+                area,
+                "tls-rpt.record",
+                Status::Fail,
+                format!("invalid TLS-RPT record at {name}: {e}"),
+            )
+            .hint(format!(
+                "fix the record at {name}: \"v=TLSRPTv1; rua=mailto:tlsrpt@{domain}\""
+            ))],
         },
-        many => vec![Check::new(area, "tls-rpt.record", Status::Fail, format!("{name} has {} TLS-RPT records; senders ignore them all", many.len()))
-            .hint(format!("keep one v=TLSRPTv1 record at {name}"))],
+        many => vec![Check::new(
+            area,
+            "tls-rpt.record",
+            Status::Fail,
+            format!(
+                "{name} has {} TLS-RPT records; senders ignore them all",
+                many.len()
+            ),
+        )
+        .hint(format!("keep one v=TLSRPTv1 record at {name}"))],
     }
 }
 

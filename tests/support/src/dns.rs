@@ -63,7 +63,10 @@ fn record(name: &str, rtype: &str, value: &str) -> Record {
             let (pref, host) = value
                 .split_once(' ')
                 .unwrap_or_else(|| bad(&"MX value is \"PREF HOST\""));
-            RData::MX(MX::new(pref.parse().unwrap_or_else(|e| bad(&e)), fqdn(host)))
+            RData::MX(MX::new(
+                pref.parse().unwrap_or_else(|e| bad(&e)),
+                fqdn(host),
+            ))
         }
         "TXT" => {
             let chunks: Vec<&[u8]> = if value.is_empty() {

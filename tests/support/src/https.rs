@@ -86,7 +86,9 @@ impl HttpsServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port for the test HTTPS server");
-        let addr = listener.local_addr().expect("bound listener has an address");
+        let addr = listener
+            .local_addr()
+            .expect("bound listener has an address");
         let reply = Arc::new(reply);
         let task = tokio::spawn(async move {
             loop {
