@@ -86,6 +86,20 @@ impl Engine {
         &self.metrics
     }
 
+    /// The shared metrics, for the exporter.
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// The queue in memory: inspection and control (hold, release, flush, remove).
+    pub fn scheduler(&self) -> &Arc<Scheduler<Delivery>> {
+        &self.scheduler
+    }
+
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
     /// Makes a received message durable and schedules it. Ok means it may be acknowledged.
     pub async fn accept(&self, incoming: Incoming) -> io::Result<QueueId> {
         let envelope = Envelope::from_incoming(&incoming);

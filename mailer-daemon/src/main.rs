@@ -1,8 +1,17 @@
 //! `mailer`: the daemon and its command-line tool.
+//!
+//! Every subcommand finds what it needs (listen address, queue directory, control socket)
+//! through the one configuration: `--config FILE`, else `MAILER_CONFIG`, else
+//! `/etc/mailer/mailer.toml`.
 
+mod check_cmd;
+mod control;
+mod dkim_cmd;
 mod engine;
 mod logging;
 mod metrics;
+mod queue_cmd;
+mod sendmail;
 mod serve;
 mod smtp;
 
@@ -18,7 +27,7 @@ pub const DEFAULT_CONFIG: &str = "/etc/mailer/mailer.toml";
 #[derive(Parser)]
 #[command(name = "mailer", version, about = "A small, durable outbound mail relay")]
 struct Cli {
-    /// Configuration file.
+    /// Configuration file [default: /etc/mailer/mailer.toml].
     #[arg(long, global = true, env = "MAILER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -28,19 +37,22 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon in the foreground.
-    Serve {
-        /// Use the built-in configuration (127.0.0.1:2525, state under ./mailer-state).
-        #[arg(long, conflicts_with = "config")]
-        embedded: bool,
-        /// Log format.
-        #[arg(long, value_enum, default_value = "text")]
-        log_format: logging::Format,
-    },
+    Serve(serve::Args),
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Inspect and steer the queue.
+    Queue(queue_cmd::Args),
+    /// Ask the running daemon to reload its configuration, aliases and secrets.
+    Reload,
+    /// Check the sending domain's DNS (SPF, DMARC, DKIM, MTA-STS, TLS-RPT, MX) against the relay.
+    Check(check_cmd::Args),
+    /// DKIM keys: generate, print the DNS record.
+    Dkim(dkim_cmd::Args),
+    /// Submit a message from standard input, as sendmail(8) does.
+    Sendmail(sendmail::Args),
 }
 
 #[derive(Subcommand)]
@@ -52,38 +64,40 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
+    // Invoked as `sendmail` (a symlink): behave as sendmail(8) with its own arguments.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if Path::new(&argv0).file_name().is_some_and(|n| n == "sendmail") {
+        return sendmail::main_as_sendmail();
+    }
     let cli = Cli::parse();
+    let config_path = cli.config.clone();
     match cli.command {
-        Command::Serve {
-            embedded,
-            log_format,
-        } => {
-            let config = if embedded {
-                Ok(Config::embedded_default())
-            } else {
-                load(cli.config.as_deref())
-            };
-            match config {
-                Ok(config) => serve::run(config, log_format),
-                Err(code) => code,
-            }
-        }
+        Command::Serve(args) => serve::main(config_path.as_deref(), args),
         Command::Config {
             command: ConfigCommand::Check,
-        } => config_check(cli.config.as_deref()),
+        } => config_check(config_path.as_deref()),
         Command::Config {
             command: ConfigCommand::Embedded,
         } => {
             print!("{}", Config::embedded_default_text());
             ExitCode::SUCCESS
         }
+        Command::Queue(args) => queue_cmd::main(config_path.as_deref(), args),
+        Command::Reload => queue_cmd::reload(config_path.as_deref()),
+        Command::Check(args) => check_cmd::main(config_path.as_deref(), args),
+        Command::Dkim(args) => dkim_cmd::main(config_path.as_deref(), args),
+        Command::Sendmail(args) => sendmail::main(config_path.as_deref(), args),
     }
 }
 
+/// The configuration path in effect.
+pub fn config_path(path: Option<&Path>) -> &Path {
+    path.unwrap_or(Path::new(DEFAULT_CONFIG))
+}
+
 /// Loads the configuration, printing each problem as `FILE:LINE:COL: message`.
-fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
-    let path = path.unwrap_or(Path::new(DEFAULT_CONFIG));
-    Config::load(path).map_err(|diagnostics| {
+pub fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
+    Config::load(config_path(path)).map_err(|diagnostics| {
         for d in diagnostics {
             eprintln!("{d}");
         }
@@ -92,10 +106,13 @@ fn load(path: Option<&Path>) -> Result<Config, ExitCode> {
 }
 
 fn config_check(path: Option<&Path>) -> ExitCode {
-    let config = match load(path) {
+    let config = match load_config(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
+    for w in &config.warnings {
+        eprintln!("{w} (warning)");
+    }
     let problems = engine::check_files(&config);
     if problems.is_empty() {
         println!("{}: ok", config.source.display());

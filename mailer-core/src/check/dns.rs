@@ -1,0 +1,190 @@
+//! The one resolver of `mailer check`, shared with mail-auth's SPF evaluation and the HTTPS
+//! client. A missing record (NXDOMAIN, no data) is `Ok(None)`; a query that could not be
+//! answered (timeout, SERVFAIL, unreachable server) is a [`DnsFailure`], never "missing".
+
+use std::fmt;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mail_auth::hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
+};
+use mail_auth::hickory_resolver::net::NetError;
+use mail_auth::hickory_resolver::proto::rr::{RData, RecordType};
+use mail_auth::hickory_resolver::TokioResolver;
+use mail_auth::MessageAuthenticator;
+
+use super::CheckError;
+
+/// A DNS query that got no usable answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsFailure {
+    /// The queried name.
+    pub name: String,
+    /// The record type, e.g. `TXT`.
+    pub rtype: &'static str,
+    /// What went wrong: `timed out after 2s`, `SERVFAIL`, a transport error.
+    pub reason: String,
+}
+
+impl fmt::Display for DnsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "DNS query {} {} failed: {}",
+            self.rtype, self.name, self.reason
+        )
+    }
+}
+
+pub(crate) struct Dns {
+    auth: Arc<MessageAuthenticator>,
+    timeout: Duration,
+}
+
+impl Dns {
+    pub(crate) fn new(nameservers: &[SocketAddr], timeout: Duration) -> Result<Dns, CheckError> {
+        let (config, mut opts) = if nameservers.is_empty() {
+            mail_auth::hickory_resolver::system_conf::read_system_conf()
+                .map_err(|e| CheckError::Resolver(e.to_string()))?
+        } else {
+            let servers = nameservers
+                .iter()
+                .map(|ns| {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = ns.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = ns.port();
+                    NameServerConfig::new(ns.ip(), true, vec![udp, tcp])
+                })
+                .collect();
+            (
+                ResolverConfig::from_parts(None, vec![], servers),
+                ResolverOpts::default(),
+            )
+        };
+        opts.timeout = timeout;
+        opts.attempts = 1;
+        let auth = MessageAuthenticator::new(config, opts)
+            .map_err(|e| CheckError::Resolver(e.to_string()))?;
+        Ok(Dns {
+            auth: Arc::new(auth),
+            timeout,
+        })
+    }
+
+    pub(crate) fn authenticator(&self) -> &MessageAuthenticator {
+        &self.auth
+    }
+
+    pub(crate) fn resolver(&self) -> TokioResolver {
+        self.auth.resolver().clone()
+    }
+
+    async fn bounded<T>(
+        &self,
+        name: &str,
+        rtype: &'static str,
+        query: impl Future<Output = Result<T, NetError>>,
+    ) -> Result<Option<T>, DnsFailure> {
+        let failure = |reason: String| DnsFailure {
+            name: name.to_string(),
+            rtype,
+            reason,
+        };
+        match tokio::time::timeout(self.timeout, query).await {
+            Err(_) => Err(failure(format!("timed out after {:?}", self.timeout))),
+            Ok(Ok(v)) => Ok(Some(v)),
+            Ok(Err(e)) if e.is_no_records_found() => Ok(None),
+            Ok(Err(e)) => Err(failure(describe(&e))),
+        }
+    }
+
+    /// TXT records of `name`, each record's character-strings joined.
+    pub(crate) async fn txt(&self, name: &str) -> Result<Option<Vec<String>>, DnsFailure> {
+        let fq = fqdn(name);
+        let lookup = self
+            .bounded(name, "TXT", self.auth.resolver().txt_lookup(fq.as_str()))
+            .await?;
+        Ok(lookup.and_then(|l| {
+            let records: Vec<String> = l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TXT(txt) => Some(
+                        txt.txt_data
+                            .iter()
+                            .map(|s| String::from_utf8_lossy(s).into_owned())
+                            .collect::<String>(),
+                    ),
+                    _ => None,
+                })
+                .collect();
+            (!records.is_empty()).then_some(records)
+        }))
+    }
+
+    /// MX records of `name` as (preference, host), sorted by preference; a null MX has host "".
+    pub(crate) async fn mx(&self, name: &str) -> Result<Option<Vec<(u16, String)>>, DnsFailure> {
+        let fq = fqdn(name);
+        let lookup = self
+            .bounded(name, "MX", self.auth.resolver().mx_lookup(fq.as_str()))
+            .await?;
+        Ok(lookup.and_then(|l| {
+            let mut mxs: Vec<(u16, String)> = l
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(mx) => Some((mx.preference, normalize(&mx.exchange.to_ascii()))),
+                    _ => None,
+                })
+                .collect();
+            mxs.sort();
+            (!mxs.is_empty()).then_some(mxs)
+        }))
+    }
+
+    /// A and AAAA addresses of `name`; `None` when it has neither.
+    pub(crate) async fn ips(&self, name: &str) -> Result<Option<Vec<IpAddr>>, DnsFailure> {
+        let fq = fqdn(name);
+        let resolver = self.auth.resolver();
+        let v4 = self
+            .bounded(name, "A", resolver.lookup(fq.as_str(), RecordType::A))
+            .await?;
+        let v6 = self
+            .bounded(name, "AAAA", resolver.lookup(fq.as_str(), RecordType::AAAA))
+            .await?;
+        let ips: Vec<IpAddr> = v4
+            .iter()
+            .chain(v6.iter())
+            .flat_map(|l| l.answers().iter())
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect();
+        Ok((!ips.is_empty()).then_some(ips))
+    }
+}
+
+fn describe(e: &NetError) -> String {
+    use mail_auth::hickory_resolver::net::DnsError;
+    match e {
+        NetError::Dns(DnsError::ResponseCode(code)) => code.to_str().to_ascii_uppercase(),
+        NetError::Timeout => "timed out".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Lowercase, without the trailing dot.
+pub(crate) fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// The absolute form, so no search domain is ever appended.
+fn fqdn(name: &str) -> String {
+    format!("{}.", name.trim_end_matches('.'))
+}

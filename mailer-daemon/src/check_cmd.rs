@@ -1,0 +1,190 @@
+//! `mailer check`: the command-line front of `mailer_core::check`.
+//!
+//! The caller loads the configuration (the file named by `--config`, or the default one, whose
+//! absence is not an error when DOMAIN and `--relay` are given) and passes what it found as
+//! [`CheckDefaults`]; flags given here win over those defaults.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use mailer_core::check::{run_checks, CheckInput};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// Check that the sending domain's SPF, DMARC, DKIM, MTA-STS, TLS-RPT and MX let mail leaving
+/// through the relay be delivered. Exit 0: no failure; 1: a check fails; 2: usage, configuration
+/// or DNS error.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// The sending domain [default: the rewrite domain of the configured relay action]
+    pub domain: Option<String>,
+    /// A relay host name (all its A/AAAA) or IP of the pool; repeatable [default: configured relay hosts]
+    #[arg(long = "relay", value_name = "HOST_OR_IP")]
+    pub relays: Vec<String>,
+    /// DKIM selector; repeatable [default: the configured selector]
+    #[arg(long = "dkim-selector", value_name = "SEL")]
+    pub dkim_selectors: Vec<String>,
+    /// Name server replacing the system resolvers for every lookup; repeatable
+    #[arg(long = "nameserver", value_name = "IP[:PORT]")]
+    pub nameservers: Vec<String>,
+    /// PEM file of CA certificates trusted for the MTA-STS policy fetch, besides the public roots
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Bound of each DNS lookup and of the policy fetch, in seconds
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub timeout: u64,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Port of the MTA-STS policy host (443 by RFC 8461); for tests only
+    #[arg(long, hide = true, default_value_t = 443)]
+    pub mta_sts_port: u16,
+}
+
+/// `mailer check`: defaults from the configuration when there is one. A missing configuration
+/// is an error only when DOMAIN or `--relay` would have come from it.
+pub fn main(config_path: Option<&std::path::Path>, args: Args) -> ExitCode {
+    let explicit = config_path.is_some();
+    let defaults = match mailer_core::config::Config::load(crate::config_path(config_path)) {
+        Ok(config) => defaults_from(&config),
+        Err(diagnostics) => {
+            if explicit || args.domain.is_none() || args.relays.is_empty() {
+                for d in diagnostics {
+                    eprintln!("{d}");
+                }
+                return ExitCode::from(2);
+            }
+            CheckDefaults::default()
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailer check: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(run(args, defaults))
+}
+
+/// The relay action's rewrite domain, hosts and DKIM selectors.
+fn defaults_from(config: &mailer_core::config::Config) -> CheckDefaults {
+    use mailer_core::config::{Action, MailFromRewrite};
+    let mut d = CheckDefaults::default();
+    for action in config.actions.values() {
+        let Action::Relay(relay) = action else { continue };
+        if d.domain.is_none() {
+            d.domain = match &relay.mail_from {
+                Some(MailFromRewrite::Domain(domain)) => Some(domain.clone()),
+                Some(MailFromRewrite::Address(a)) => Some(a.domain().to_string()),
+                None => None,
+            };
+        }
+        for url in &relay.relays {
+            if !d.relays.contains(&url.host) {
+                d.relays.push(url.host.clone());
+            }
+        }
+        for key in &relay.dkim {
+            if !d.dkim_selectors.contains(&key.selector) {
+                d.dkim_selectors.push(key.selector.clone());
+            }
+        }
+    }
+    d
+}
+
+/// What the configuration says, filled in by the caller.
+#[derive(Clone, Debug, Default)]
+pub struct CheckDefaults {
+    /// The rewrite domain of the relay action.
+    pub domain: Option<String>,
+    /// The relay hosts of the relay action.
+    pub relays: Vec<String>,
+    /// The DKIM selector, when DKIM signing is configured.
+    pub dkim_selectors: Vec<String>,
+}
+
+/// `IP` or `IP:PORT` (`[v6]:PORT` for IPv6 with a port); port 53 by default.
+pub fn parse_nameserver(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let ip = s.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("--nameserver {s:?} is not IP or IP:PORT"))
+}
+
+fn input(args: Args, defaults: CheckDefaults) -> Result<(CheckInput, bool), String> {
+    let domain = args
+        .domain
+        .or(defaults.domain)
+        .ok_or("no DOMAIN given and no relay action with a rewrite domain in the configuration")?;
+    let mut input = CheckInput::new(domain);
+    input.relays = if args.relays.is_empty() {
+        defaults.relays
+    } else {
+        args.relays
+    };
+    input.dkim_selectors = if args.dkim_selectors.is_empty() {
+        defaults.dkim_selectors
+    } else {
+        args.dkim_selectors
+    };
+    input.nameservers = args
+        .nameservers
+        .iter()
+        .map(|s| parse_nameserver(s))
+        .collect::<Result<_, _>>()?;
+    if let Some(path) = &args.ca_file {
+        input.extra_roots = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+        if input.extra_roots.is_empty() {
+            return Err(format!(
+                "--ca-file {}: no certificate in it",
+                path.display()
+            ));
+        }
+    }
+    if args.timeout == 0 {
+        return Err("--timeout must be at least 1 second".into());
+    }
+    input.timeout = Duration::from_secs(args.timeout);
+    input.mta_sts_port = args.mta_sts_port;
+    Ok((input, args.json))
+}
+
+/// Runs the checks, prints the report (text or `--json`) and returns the exit code.
+pub async fn run(args: Args, defaults: CheckDefaults) -> ExitCode {
+    let (input, json) = match input(args, defaults) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("mailer check: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run_checks(&input).await {
+        Err(e) => {
+            eprintln!("mailer check: {e}");
+            ExitCode::from(e.exit_code())
+        }
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("mailer check: cannot encode the report: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{}", report.render_text());
+            }
+            ExitCode::from(report.exit_code())
+        }
+    }
+}
