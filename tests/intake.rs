@@ -83,13 +83,23 @@ fn acknowledged_mail_survives_kill_9_byte_exact() {
     daemon.restart();
 
     let queued = fs::read(dir.path().join(format!("queue/q/{id}.msg"))).expect("message file kept");
-    let received_end = find(&queued, b"\r\nFrom: Mastodon").expect("original headers follow ours") + 2;
-    assert!(queued.starts_with(b"Received: from "), "{}", String::from_utf8_lossy(&queued));
+    let received_end =
+        find(&queued, b"\r\nFrom: Mastodon").expect("original headers follow ours") + 2;
+    assert!(
+        queued.starts_with(b"Received: from "),
+        "{}",
+        String::from_utf8_lossy(&queued)
+    );
     assert!(String::from_utf8_lossy(&queued[..received_end]).contains(&format!("id {id}")));
-    assert_eq!(&queued[received_end..], MESSAGE, "the message is kept byte-exact");
+    assert_eq!(
+        &queued[received_end..],
+        MESSAGE,
+        "the message is kept byte-exact"
+    );
 
     let envelope: serde_json::Value =
-        serde_json::from_slice(&fs::read(dir.path().join(format!("queue/q/{id}.env"))).unwrap()).unwrap();
+        serde_json::from_slice(&fs::read(dir.path().join(format!("queue/q/{id}.env"))).unwrap())
+            .unwrap();
     assert_eq!(envelope["sender"], "notifications@ublog.tech");
     assert_eq!(envelope["recipients"][0]["address"], "pim@example.org");
     assert_eq!(envelope["recipients"][0]["state"], "pending");
@@ -102,7 +112,10 @@ fn sigterm_stops_the_daemon_cleanly_and_keeps_the_queue() {
     let port = free_port();
     let mut daemon = Daemon::start(Path::new(BIN), dir.path(), port, &config(port, dir.path()));
     client(port)
-        .send_raw(&envelope("a@ublog.tech", "b@example.org"), b"Subject: x\r\n\r\nx\r\n")
+        .send_raw(
+            &envelope("a@ublog.tech", "b@example.org"),
+            b"Subject: x\r\n\r\nx\r\n",
+        )
         .unwrap();
     let status = daemon.terminate(Duration::from_secs(15));
     assert!(status.success(), "exit status {status}\n{}", daemon.log());
@@ -116,10 +129,15 @@ fn a_non_matching_recipient_is_refused_and_nothing_is_queued() {
     let text = config(port, dir.path()).replace("for = \"any\"", "for = [\"example.org\"]");
     let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &text);
     let err = client(port)
-        .send_raw(&envelope("a@ublog.tech", "b@elsewhere.net"), b"Subject: x\r\n\r\nx\r\n")
+        .send_raw(
+            &envelope("a@ublog.tech", "b@elsewhere.net"),
+            b"Subject: x\r\n\r\nx\r\n",
+        )
         .unwrap_err();
     assert!(err.to_string().contains("5.7.1"), "{err}");
-    assert!(daemon.queued_envelopes(&dir.path().join("queue")).is_empty());
+    assert!(daemon
+        .queued_envelopes(&dir.path().join("queue"))
+        .is_empty());
 }
 
 #[test]
@@ -134,7 +152,10 @@ fn config_check_reports_errors_with_their_position() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with(&format!("{}:2:1: ", path.display())), "{err}");
+    assert!(
+        err.starts_with(&format!("{}:2:1: ", path.display())),
+        "{err}"
+    );
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

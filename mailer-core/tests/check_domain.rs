@@ -544,9 +544,16 @@ async fn unreachable_dns_server_is_exit_2() {
 
 #[tokio::test]
 async fn dns_timeout_is_reported_as_timeout_not_missing() {
-    let r = Case::clean().add("_mta-sts.ublog.test", "TIMEOUT", "").run().await;
+    let r = Case::clean()
+        .add("_mta-sts.ublog.test", "TIMEOUT", "")
+        .run()
+        .await;
     assert_eq!(status(&r, "mta-sts.dns-error"), Status::Fail);
-    assert!(message(&r, "mta-sts.dns-error").contains("timed out"), "{}", r.render_text());
+    assert!(
+        message(&r, "mta-sts.dns-error").contains("timed out"),
+        "{}",
+        r.render_text()
+    );
     assert!(r.find("mta-sts.record").next().is_none());
     assert_eq!(r.exit_code(), 2);
 }

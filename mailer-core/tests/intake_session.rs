@@ -133,7 +133,10 @@ fn ehlo_advertises_the_extensions_and_no_starttls_without_a_certificate() {
         "250-mx.ublog.tech\r\n250-PIPELINING\r\n250-SIZE 10000\r\n250-8BITMIME\r\n\
          250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 HELP\r\n"
     );
-    assert_eq!(c.send(b"STARTTLS\r\n"), "502 5.5.1 STARTTLS not available\r\n");
+    assert_eq!(
+        c.send(b"STARTTLS\r\n"),
+        "502 5.5.1 STARTTLS not available\r\n"
+    );
 }
 
 #[test]
@@ -146,7 +149,10 @@ fn happy_path_queues_the_message_byte_exact_after_a_received_header() {
     let reply = c.send(&wire);
     let m = &c.queued[0];
     assert_eq!(reply, format!("250 2.0.0 Ok: queued as {}\r\n", m.id));
-    assert_eq!(body_of(m), b"From: app@ublog.tech\r\nSubject: hi\r\n\r\nHello\r\n.dot\r\n");
+    assert_eq!(
+        body_of(m),
+        b"From: app@ublog.tech\r\nSubject: hi\r\n\r\nHello\r\n.dot\r\n"
+    );
     let received = String::from_utf8_lossy(&m.message[..m.message.len() - body.len() + 1]);
     assert!(received.starts_with(&format!(
         "Received: from client.example ([127.0.0.1])\r\n\tby mx.ublog.tech (mailer) with ESMTP id {}\r\n\tfor <pim@example.org>; Wed, 25 Nov 2026 13:13:37 +0000\r\n",
@@ -167,7 +173,10 @@ fn pipelined_commands_in_one_packet_are_answered_in_order() {
     let codes: Vec<&str> = out.lines().map(|l| &l[..4]).collect();
     assert_eq!(
         codes,
-        ["250-", "250-", "250-", "250-", "250-", "250-", "250-", "250 ", "250 ", "250 ", "250 ", "354 ", "250 ", "221 "]
+        [
+            "250-", "250-", "250-", "250-", "250-", "250-", "250-", "250 ", "250 ", "250 ", "250 ",
+            "354 ", "250 ", "221 "
+        ]
     );
     assert_eq!(c.queued.len(), 1);
     assert_eq!(c.queued[0].sender, None);
@@ -178,12 +187,21 @@ fn pipelined_commands_in_one_packet_are_answered_in_order() {
 #[test]
 fn sequence_errors_get_503() {
     let mut c = Client::local();
-    assert_eq!(c.send(b"MAIL FROM:<a@b.org>\r\n"), "503 5.5.1 Send EHLO or HELO first\r\n");
+    assert_eq!(
+        c.send(b"MAIL FROM:<a@b.org>\r\n"),
+        "503 5.5.1 Send EHLO or HELO first\r\n"
+    );
     c.ehlo();
-    assert_eq!(c.send(b"RCPT TO:<a@b.org>\r\n"), "503 5.5.1 Need MAIL before RCPT\r\n");
+    assert_eq!(
+        c.send(b"RCPT TO:<a@b.org>\r\n"),
+        "503 5.5.1 Need MAIL before RCPT\r\n"
+    );
     assert_eq!(c.send(b"DATA\r\n"), "503 5.5.1 Need MAIL before DATA\r\n");
     c.send(b"MAIL FROM:<a@b.org>\r\n");
-    assert_eq!(c.send(b"MAIL FROM:<a@b.org>\r\n"), "503 5.5.1 Nested MAIL command\r\n");
+    assert_eq!(
+        c.send(b"MAIL FROM:<a@b.org>\r\n"),
+        "503 5.5.1 Nested MAIL command\r\n"
+    );
     assert_eq!(c.send(b"DATA\r\n"), "503 5.5.1 No valid recipients\r\n");
 }
 
@@ -196,7 +214,9 @@ fn syntax_errors_get_500_and_501() {
         c.send(b"MAIL FROM:a@b.org\r\n"),
         "501 5.5.4 Syntax: MAIL FROM:<reverse-path> [parameters]\r\n"
     );
-    assert!(c.send(b"MAIL FROM:<a..b@x.org>\r\n").starts_with("501 5.5.4"));
+    assert!(c
+        .send(b"MAIL FROM:<a..b@x.org>\r\n")
+        .starts_with("501 5.5.4"));
     c.send(b"MAIL FROM:<a@b.org>\r\n");
     assert!(c.send(b"RCPT TO:<no-domain>\r\n").starts_with("501 "));
     assert_eq!(c.send(b"EHLO\r\n"), "501 5.5.4 Syntax: EHLO domain\r\n");
@@ -210,8 +230,12 @@ fn unknown_mail_parameters_get_555() {
         c.send(b"MAIL FROM:<a@b.org> RET=FULL\r\n"),
         "555 5.5.4 Unsupported parameter RET\r\n"
     );
-    assert!(c.send(b"MAIL FROM:<a@b.org> FOO=BAR\r\n").starts_with("555 5.5.4"));
-    assert!(c.send(b"MAIL FROM:<a@b.org> BODY=8BITMIME SMTPUTF8\r\n").starts_with("250 "));
+    assert!(c
+        .send(b"MAIL FROM:<a@b.org> FOO=BAR\r\n")
+        .starts_with("555 5.5.4"));
+    assert!(c
+        .send(b"MAIL FROM:<a@b.org> BODY=8BITMIME SMTPUTF8\r\n")
+        .starts_with("250 "));
 }
 
 #[test]
@@ -222,7 +246,9 @@ fn declared_size_over_the_limit_gets_552_at_mail() {
         c.send(b"MAIL FROM:<a@b.org> SIZE=10001\r\n"),
         "552 5.3.4 Message size exceeds the limit of 10000 octets\r\n"
     );
-    assert!(c.send(b"MAIL FROM:<a@b.org> SIZE=10000\r\n").starts_with("250 "));
+    assert!(c
+        .send(b"MAIL FROM:<a@b.org> SIZE=10000\r\n")
+        .starts_with("250 "));
 }
 
 #[test]
@@ -233,7 +259,10 @@ fn message_over_the_limit_gets_552_and_is_not_queued() {
     big.extend_from_slice(b"\r\n");
     let mut wire = big.repeat(12);
     wire.extend_from_slice(b".\r\n");
-    assert_eq!(c.send(&wire), "552 5.3.4 Message size exceeds the limit of 10000 octets\r\n");
+    assert_eq!(
+        c.send(&wire),
+        "552 5.3.4 Message size exceeds the limit of 10000 octets\r\n"
+    );
     assert!(c.queued.is_empty());
     // The session is usable again.
     assert!(c.send(b"MAIL FROM:<a@b.org>\r\n").starts_with("250 "));
@@ -245,9 +274,14 @@ fn recipients_beyond_the_limit_get_452() {
     c.ehlo();
     c.send(b"MAIL FROM:<a@b.org>\r\n");
     for i in 0..3 {
-        assert!(c.send(format!("RCPT TO:<r{i}@x.org>\r\n").as_bytes()).starts_with("250 "));
+        assert!(c
+            .send(format!("RCPT TO:<r{i}@x.org>\r\n").as_bytes())
+            .starts_with("250 "));
     }
-    assert_eq!(c.send(b"RCPT TO:<r4@x.org>\r\n"), "452 4.5.3 Too many recipients\r\n");
+    assert_eq!(
+        c.send(b"RCPT TO:<r4@x.org>\r\n"),
+        "452 4.5.3 Too many recipients\r\n"
+    );
 }
 
 #[test]
@@ -255,7 +289,10 @@ fn non_local_clients_cannot_relay() {
     let mut c = Client::with(config(), "192.0.2.7:40000");
     c.ehlo();
     c.send(b"MAIL FROM:<a@b.org>\r\n");
-    assert_eq!(c.send(b"RCPT TO:<pim@example.org>\r\n"), "550 5.7.1 Relaying denied\r\n");
+    assert_eq!(
+        c.send(b"RCPT TO:<pim@example.org>\r\n"),
+        "550 5.7.1 Relaying denied\r\n"
+    );
     assert!(c.send(b"RCPT TO:<root@ublog.tech>\r\n").starts_with("250 "));
 }
 
@@ -264,7 +301,10 @@ fn unknown_local_user_is_refused_at_rcpt() {
     let mut c = Client::local();
     c.ehlo();
     c.send(b"MAIL FROM:<a@b.org>\r\n");
-    assert_eq!(c.send(b"RCPT TO:<nobody@ublog.tech>\r\n"), "550 5.1.1 No such user\r\n");
+    assert_eq!(
+        c.send(b"RCPT TO:<nobody@ublog.tech>\r\n"),
+        "550 5.1.1 No such user\r\n"
+    );
 }
 
 #[test]
@@ -293,7 +333,9 @@ fn shutdown_lets_a_transaction_in_flight_finish() {
     let mut c = Client::local();
     c.transaction();
     c.session.begin_shutdown();
-    assert!(c.send(b"hi\r\n.\r\n").starts_with("250 2.0.0 Ok: queued as"));
+    assert!(c
+        .send(b"hi\r\n.\r\n")
+        .starts_with("250 2.0.0 Ok: queued as"));
     assert!(c.send(b"MAIL FROM:<a@b.org>\r\n").starts_with("421 4.3.2"));
 }
 
@@ -311,7 +353,10 @@ fn over_long_command_line_gets_500_and_the_session_stays_in_sync() {
     let mut line = b"EHLO ".to_vec();
     line.extend(std::iter::repeat_n(b'a', 5000));
     assert_eq!(c.send(&line), "");
-    assert_eq!(c.send(b"\r\nNOOP\r\n"), "500 5.5.6 Command line too long\r\n250 2.0.0 Ok\r\n");
+    assert_eq!(
+        c.send(b"\r\nNOOP\r\n"),
+        "500 5.5.6 Command line too long\r\n250 2.0.0 Ok\r\n"
+    );
 }
 
 #[test]
@@ -321,11 +366,12 @@ fn every_smuggling_variant_is_rejected_and_never_splits_the_message() {
         c.transaction();
         let mut wire = b"Subject: x\r\n\r\nfirst".to_vec();
         wire.extend_from_slice(seq);
-        wire.extend_from_slice(b"MAIL FROM:<evil@x.org>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nsmuggled\r\n.\r\n");
+        wire.extend_from_slice(
+            b"MAIL FROM:<evil@x.org>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nsmuggled\r\n.\r\n",
+        );
         let out = c.send(&wire);
         assert_eq!(
-            out,
-            "550 5.6.0 Message contains bare CR or LF; lines must end with CRLF\r\n",
+            out, "550 5.6.0 Message contains bare CR or LF; lines must end with CRLF\r\n",
             "variant {seq:?}"
         );
         assert!(c.queued.is_empty(), "variant {seq:?}");
@@ -406,11 +452,17 @@ fn starttls_discards_input_pipelined_after_it() {
     cfg.starttls = true;
     let mut c = Client::with(cfg, "127.0.0.1:1");
     assert!(c.send(b"EHLO c\r\n").contains("250-STARTTLS\r\n"));
-    assert_eq!(c.send(b"STARTTLS\r\nMAIL FROM:<a@b.org>\r\n"), "220 2.0.0 Ready to start TLS\r\n");
+    assert_eq!(
+        c.send(b"STARTTLS\r\nMAIL FROM:<a@b.org>\r\n"),
+        "220 2.0.0 Ready to start TLS\r\n"
+    );
     assert!(c.starttls);
     c.session.tls_established();
     // The pipelined MAIL was dropped and the client must EHLO again.
-    assert_eq!(c.send(b"MAIL FROM:<a@b.org>\r\n"), "503 5.5.1 Send EHLO or HELO first\r\n");
+    assert_eq!(
+        c.send(b"MAIL FROM:<a@b.org>\r\n"),
+        "503 5.5.1 Send EHLO or HELO first\r\n"
+    );
     assert!(!c.send(b"EHLO c\r\n").contains("STARTTLS"));
 }
 
@@ -425,7 +477,9 @@ fn utf8_addresses_need_smtputf8() {
     assert!(c
         .send("MAIL FROM:<jösé@example.org> SMTPUTF8\r\n".as_bytes())
         .starts_with("250 "));
-    assert!(c.send("RCPT TO:<ünï@example.org>\r\n".as_bytes()).starts_with("250 "));
+    assert!(c
+        .send("RCPT TO:<ünï@example.org>\r\n".as_bytes())
+        .starts_with("250 "));
 }
 
 #[test]
@@ -448,7 +502,11 @@ fn any_split_of_a_transcript_gives_the_same_replies() {
         let mut out = c.send(&transcript[..cut]);
         out.push_str(&c.send(&transcript[cut..]));
         // Queue ids differ per run; compare the replies without them.
-        let strip = |s: &str| s.lines().map(|l| l.split(" as ").next().unwrap().to_string()).collect::<Vec<_>>();
+        let strip = |s: &str| {
+            s.lines()
+                .map(|l| l.split(" as ").next().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(strip(&out), strip(&expected), "cut at {cut}");
         assert_eq!(c.queued.len(), 2);
     }

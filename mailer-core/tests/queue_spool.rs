@@ -40,7 +40,10 @@ fn a_stored_message_survives_a_restart_byte_exact() {
     let body = b"Received: x\r\nSubject: \xe9t\xe9\r\n\r\n.leading dot\r\n".to_vec();
     let m = incoming(&body);
     let env = Envelope::from_incoming(&m);
-    Spool::open(dir.path()).unwrap().store(&env, &m.message).unwrap();
+    Spool::open(dir.path())
+        .unwrap()
+        .store(&env, &m.message)
+        .unwrap();
 
     // A new process opens the same directory.
     let spool = Spool::open(dir.path()).unwrap();
@@ -55,7 +58,9 @@ fn files_are_private_to_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&dir.path().join("queue")).unwrap();
     let m = incoming(b"x\r\n");
-    spool.store(&Envelope::from_incoming(&m), &m.message).unwrap();
+    spool
+        .store(&Envelope::from_incoming(&m), &m.message)
+        .unwrap();
     let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.path().join("queue")), 0o700);
     assert_eq!(mode(&spool.message_path(m.id)), 0o600);
@@ -71,7 +76,10 @@ fn a_write_interrupted_before_the_rename_is_invisible_and_cleaned() {
     fs::write(dir.path().join(format!("tmp/{id}.env.1")), b"{\"version\"").unwrap();
     let report = spool.load(true).unwrap();
     assert!(report.envelopes.is_empty());
-    assert!(fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+    assert!(fs::read_dir(dir.path().join("tmp"))
+        .unwrap()
+        .next()
+        .is_none());
 }
 
 #[test]
@@ -92,7 +100,9 @@ fn a_corrupt_envelope_is_reported_and_its_message_kept() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let m = incoming(b"x\r\n");
-    spool.store(&Envelope::from_incoming(&m), &m.message).unwrap();
+    spool
+        .store(&Envelope::from_incoming(&m), &m.message)
+        .unwrap();
     fs::write(dir.path().join(format!("q/{}.env", m.id)), b"not json").unwrap();
     let report = spool.load(true).unwrap();
     assert!(report.envelopes.is_empty());
@@ -127,7 +137,9 @@ fn concurrent_stores_all_land() {
             std::thread::spawn(move || {
                 for _ in 0..10 {
                     let m = incoming(b"x\r\n");
-                    spool.store(&Envelope::from_incoming(&m), &m.message).unwrap();
+                    spool
+                        .store(&Envelope::from_incoming(&m), &m.message)
+                        .unwrap();
                 }
             })
         })

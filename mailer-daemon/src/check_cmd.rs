@@ -59,7 +59,10 @@ pub fn main(config_path: Option<&std::path::Path>, args: Args) -> ExitCode {
             CheckDefaults::default()
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("mailer check: {e}");
@@ -74,7 +77,9 @@ fn defaults_from(config: &mailer_core::config::Config) -> CheckDefaults {
     use mailer_core::config::{Action, MailFromRewrite};
     let mut d = CheckDefaults::default();
     for action in config.actions.values() {
-        let Action::Relay(relay) = action else { continue };
+        let Action::Relay(relay) = action else {
+            continue;
+        };
         if d.domain.is_none() {
             d.domain = match &relay.mail_from {
                 Some(MailFromRewrite::Domain(domain)) => Some(domain.clone()),

@@ -9,6 +9,6 @@ use crate::engine::Engine;
 
 /// Serves the control socket until shutdown.
 pub async fn serve(path: PathBuf, engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
-    let _ = (path, engine);
+    let _ = (path, engine.scheduler(), engine.spool());
     let _ = shutdown.changed().await;
 }

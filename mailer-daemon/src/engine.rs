@@ -10,21 +10,21 @@ use mailer_core::address::Address;
 use mailer_core::config::{
     Action, Config, LocalAction, MailboxKind, OnMisalignment, RelayAction, RelaySecurity,
 };
-use mailer_core::delivery::relay::{Credentials, Member, Pool, RelaySettings, Resolve, Security};
-use mailer_core::policy::align::{check_alignment, Alignment};
-use mailer_core::policy::rewrite::rewrite_sender;
-use mailer_core::tables::secrets::Secrets;
-use std::sync::Mutex;
-use std::time::Instant;
 use mailer_core::delivery::maildir::{deliver_maildir, MaildirOptions};
 use mailer_core::delivery::mbox::{deliver_mbox, expand_path, MboxOptions};
+use mailer_core::delivery::relay::{Credentials, Member, Pool, RelaySettings, Resolve, Security};
 use mailer_core::delivery::{EnhancedStatus, Failure, Outcome};
 use mailer_core::intake::Incoming;
+use mailer_core::policy::align::{check_alignment, Alignment};
+use mailer_core::policy::rewrite::rewrite_sender;
 use mailer_core::policy::Router;
 use mailer_core::queue::scheduler::{Attempt, Deliverer, Job, Scheduler, Timing};
 use mailer_core::queue::{Envelope, QueueId, Recipient, Spool};
 use mailer_core::tables::aliases::{AliasOptions, AliasTarget, Aliases};
+use mailer_core::tables::secrets::Secrets;
 use mailer_core::tables::users::lookup_user;
+use std::sync::Mutex;
+use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::metrics::Metrics;
@@ -38,13 +38,21 @@ pub struct Engine {
 
 impl Engine {
     /// Opens the queue, loads what it holds and starts delivering.
-    pub async fn start(config: &Config, shutdown: watch::Receiver<bool>) -> Result<Arc<Engine>, String> {
+    pub async fn start(
+        config: &Config,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Engine>, String> {
         let spool = Spool::open(&config.queue_dir)
             .map_err(|e| format!("cannot open the queue {}: {e}", config.queue_dir.display()))?;
         let spool = Arc::new(spool);
         let metrics = Arc::new(Metrics::default());
         let delivery = Arc::new(Delivery::new(config, metrics.clone())?);
-        let router = Arc::new(delivery.router.clone().with_local_check(delivery.local_check()));
+        let router = Arc::new(
+            delivery
+                .router
+                .clone()
+                .with_local_check(delivery.local_check()),
+        );
         let scheduler = Scheduler::new(
             spool.clone(),
             delivery,
@@ -259,7 +267,10 @@ impl Delivery {
             .collect();
         Arc::new(move |action: &str, rcpt: &Address| {
             let aliases = tables.get(action)?;
-            if aliases.as_ref().is_some_and(|a| a.contains(rcpt.local_part())) {
+            if aliases
+                .as_ref()
+                .is_some_and(|a| a.contains(rcpt.local_part()))
+            {
                 return Some(true);
             }
             match lookup_user(&rcpt.user()) {
@@ -292,15 +303,19 @@ impl Delivery {
             let mut result = Outcome::Delivered { reply: None };
             for target in users {
                 let outcome = match target {
-                    AliasTarget::User(user) => self.to_mailbox(local, &user, rcpt, env, &job.message),
+                    AliasTarget::User(user) => {
+                        self.to_mailbox(local, &user, rcpt, env, &job.message)
+                    }
                     AliasTarget::Address(address) => {
                         forwards.push((pos, address));
                         continue;
                     }
-                    AliasTarget::Command(_) | AliasTarget::File(_) => Outcome::Failed(Failure::permanent(
-                        EnhancedStatus(5, 3, 0),
-                        "command and file alias targets are not delivered by this server",
-                    )),
+                    AliasTarget::Command(_) | AliasTarget::File(_) => {
+                        Outcome::Failed(Failure::permanent(
+                            EnhancedStatus(5, 3, 0),
+                            "command and file alias targets are not delivered by this server",
+                        ))
+                    }
                 };
                 // The worst outcome wins: a temporary failure retries the whole recipient.
                 if let Outcome::Failed(f) = &outcome {
@@ -318,7 +333,14 @@ impl Delivery {
         Attempt { outcomes, forwards }
     }
 
-    fn to_mailbox(&self, local: &Local, user: &str, rcpt: &Address, env: &Envelope, message: &[u8]) -> Outcome {
+    fn to_mailbox(
+        &self,
+        local: &Local,
+        user: &str,
+        rcpt: &Address,
+        env: &Envelope,
+        message: &[u8],
+    ) -> Outcome {
         let account = match lookup_user(user) {
             Ok(Some(u)) => u,
             Ok(None) => {
@@ -357,7 +379,13 @@ impl Delivery {
                 owner,
                 ..MboxOptions::default()
             };
-            deliver_mbox(&path, env.sender.as_ref(), SystemTime::now(), message, &opts)
+            deliver_mbox(
+                &path,
+                env.sender.as_ref(),
+                SystemTime::now(),
+                message,
+                &opts,
+            )
         };
         match result {
             Ok(()) => Outcome::Delivered {
@@ -372,9 +400,17 @@ impl Delivery {
     async fn deliver_relay(&self, relay: &Relay, job: &Job) -> Vec<Outcome> {
         let env = &job.envelope;
         let sender = rewrite_sender(env.sender.as_ref(), relay.action.mail_from.as_ref());
-        let all = |f: Failure| job.recipients.iter().map(|_| Outcome::Failed(f.clone())).collect();
+        let all = |f: Failure| {
+            job.recipients
+                .iter()
+                .map(|_| Outcome::Failed(f.clone()))
+                .collect()
+        };
         match check_alignment(&job.message, sender.as_ref(), relay.action.alignment) {
-            Alignment::Misaligned { header_domain, envelope_domain } => {
+            Alignment::Misaligned {
+                header_domain,
+                envelope_domain,
+            } => {
                 self.metrics.misaligned.inc();
                 if relay.action.on_misalignment == OnMisalignment::Reject {
                     return all(Failure::permanent(
@@ -387,7 +423,9 @@ impl Delivery {
                 }
                 self.log_misalignment(relay, env, &header_domain, &envelope_domain);
             }
-            Alignment::NoHeaderFrom(e) if relay.action.on_misalignment == OnMisalignment::Reject => {
+            Alignment::NoHeaderFrom(e)
+                if relay.action.on_misalignment == OnMisalignment::Reject =>
+            {
                 return all(Failure::permanent(
                     EnhancedStatus(5, 6, 0),
                     format!("cannot check DMARC alignment: {e}"),
@@ -400,7 +438,10 @@ impl Delivery {
             .iter()
             .map(|&i| env.recipients[i].address.clone())
             .collect();
-        relay.pool.deliver(sender.as_ref(), &recipients, &job.message).await
+        relay
+            .pool
+            .deliver(sender.as_ref(), &recipients, &job.message)
+            .await
     }
 
     fn log_misalignment(&self, relay: &Relay, env: &Envelope, header: &str, envelope: &str) {
@@ -444,7 +485,10 @@ fn relay_settings(config: &Config, relay: &RelayAction) -> Result<RelaySettings,
             .get(table)
             .ok_or_else(|| format!("table {table} is not defined"))?;
         let secrets = Secrets::load(path).map_err(|errs| {
-            errs.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
         })?;
         let label = relay
             .relays
@@ -519,7 +563,9 @@ impl Deliverer for Delivery {
             .unwrap_or_default()
             .as_secs();
         let (label, status, detail) = match outcome {
-            Outcome::Delivered { reply } => ("delivered", "sent", reply.clone().unwrap_or_default()),
+            Outcome::Delivered { reply } => {
+                ("delivered", "sent", reply.clone().unwrap_or_default())
+            }
             Outcome::Failed(f) if f.permanent => ("bounced", "bounced", f.reason.clone()),
             Outcome::Failed(f) => ("deferred", "deferred", f.reason.clone()),
         };

@@ -25,7 +25,11 @@ use mailer_core::config::Config;
 pub const DEFAULT_CONFIG: &str = "/etc/mailer/mailer.toml";
 
 #[derive(Parser)]
-#[command(name = "mailer", version, about = "A small, durable outbound mail relay")]
+#[command(
+    name = "mailer",
+    version,
+    about = "A small, durable outbound mail relay"
+)]
 struct Cli {
     /// Configuration file [default: /etc/mailer/mailer.toml].
     #[arg(long, global = true, env = "MAILER_CONFIG", value_name = "FILE")]
@@ -66,7 +70,10 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     // Invoked as `sendmail` (a symlink): behave as sendmail(8) with its own arguments.
     let argv0 = std::env::args_os().next().unwrap_or_default();
-    if Path::new(&argv0).file_name().is_some_and(|n| n == "sendmail") {
+    if Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == "sendmail")
+    {
         return sendmail::main_as_sendmail();
     }
     let cli = Cli::parse();

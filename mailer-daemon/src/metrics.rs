@@ -28,13 +28,21 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("mailer_sessions", "SMTP sessions accepted", self.sessions.clone());
+        registry.register(
+            "mailer_sessions",
+            "SMTP sessions accepted",
+            self.sessions.clone(),
+        );
         registry.register(
             "mailer_messages_accepted",
             "Messages accepted into the queue",
             self.accepted.clone(),
         );
-        registry.register("mailer_bytes_in", "Octets of messages accepted", self.bytes_in.clone());
+        registry.register(
+            "mailer_bytes_in",
+            "Octets of messages accepted",
+            self.bytes_in.clone(),
+        );
         registry.register(
             "mailer_messages_rejected",
             "Commands or messages refused, by reason",
@@ -66,6 +74,8 @@ pub async fn serve(
     engine: std::sync::Arc<crate::engine::Engine>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let _ = (address, engine);
+    let mut registry = Registry::default();
+    engine.metrics_handle().register(&mut registry);
+    let _ = address;
     let _ = shutdown.changed().await;
 }

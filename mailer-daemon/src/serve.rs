@@ -37,7 +37,10 @@ pub fn main(config_path: Option<&std::path::Path>, args: Args) -> ExitCode {
 
 fn run(config: Config, log_format: logging::Format) -> ExitCode {
     logging::init(&config.log.level, log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("mailer: cannot start the runtime: {e}");
@@ -102,10 +105,13 @@ async fn serve(config: Config) -> Result<(), String> {
         engine.clone(),
         shutdown.clone(),
     ));
-    let metrics = match &config.metrics {
-        Some(m) => Some(tokio::spawn(crate::metrics::serve(m.address, engine.clone(), shutdown.clone()))),
-        None => None,
-    };
+    let metrics = config.metrics.as_ref().map(|m| {
+        tokio::spawn(crate::metrics::serve(
+            m.address,
+            engine.clone(),
+            shutdown.clone(),
+        ))
+    });
 
     wait_for_signal().await;
     tracing::info!("stopping: no new sessions; finishing those in flight");

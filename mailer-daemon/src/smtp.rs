@@ -26,11 +26,7 @@ pub struct Intake {
 }
 
 /// Accepts until shutdown; each connection runs in its own task.
-pub async fn listen(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    intake: Arc<Intake>,
-) {
+pub async fn listen(listener: TcpListener, tls: Option<TlsAcceptor>, intake: Arc<Intake>) {
     let mut shutdown = intake.shutdown.clone();
     loop {
         let (stream, peer) = tokio::select! {

@@ -186,7 +186,10 @@ mod tests {
 
     #[test]
     fn ends_only_on_crlf_dot_crlf() {
-        let (end, out, verdict) = read(b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n", BareNewlines::Reject);
+        let (end, out, verdict) = read(
+            b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n",
+            BareNewlines::Reject,
+        );
         assert_eq!(end, Some(24));
         assert_eq!(out, b"Subject: x\r\n\r\nhello\r\n");
         assert_eq!(verdict, Ok(()));

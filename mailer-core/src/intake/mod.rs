@@ -11,6 +11,5 @@ pub mod session;
 pub use data::BareNewlines;
 pub use reply::Reply;
 pub use session::{
-    AcceptedRecipient, Event, Incoming, Peer, QueueRefused, RecipientPolicy, Session,
-    SessionConfig,
+    AcceptedRecipient, Event, Incoming, Peer, QueueRefused, RecipientPolicy, Session, SessionConfig,
 };

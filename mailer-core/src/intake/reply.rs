@@ -81,7 +81,12 @@ pub mod replies {
         Reply::status(555, 5, 4, format!("Unsupported parameter {param}"))
     }
     pub fn too_big(limit: u64) -> Reply {
-        Reply::status(552, 3, 4, format!("Message size exceeds the limit of {limit} octets"))
+        Reply::status(
+            552,
+            3,
+            4,
+            format!("Message size exceeds the limit of {limit} octets"),
+        )
     }
     pub fn too_many_recipients() -> Reply {
         Reply::status(452, 5, 3, "Too many recipients")
@@ -107,7 +112,12 @@ pub mod replies {
         )
     }
     pub fn message_line_too_long(limit: usize) -> Reply {
-        Reply::status(554, 6, 0, format!("Message has a line longer than {limit} octets"))
+        Reply::status(
+            554,
+            6,
+            0,
+            format!("Message has a line longer than {limit} octets"),
+        )
     }
     pub fn queue_failed() -> Reply {
         Reply::status(451, 3, 0, "Local error in processing, try again later")
@@ -125,7 +135,10 @@ mod tests {
             status: None,
             lines: vec!["mx.example".into(), "PIPELINING".into(), "SIZE 10".into()],
         };
-        assert_eq!(r.to_bytes(), b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
+        assert_eq!(
+            r.to_bytes(),
+            b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
+        );
     }
 
     #[test]

@@ -62,8 +62,12 @@ impl Peer {
 
 /// Decides at RCPT time which action handles a recipient, or refuses it with a reply.
 pub trait RecipientPolicy: Send + Sync {
-    fn route(&self, peer: &Peer, sender: Option<&Address>, recipient: &Address)
-        -> Result<String, Reply>;
+    fn route(
+        &self,
+        peer: &Peer,
+        sender: Option<&Address>,
+        recipient: &Address,
+    ) -> Result<String, Reply>;
 }
 
 /// A recipient accepted at RCPT with the action that will handle it.
@@ -127,7 +131,10 @@ enum Phase {
     /// Inside DATA.
     Data(DataReader),
     /// Inside a BDAT chunk: `remaining` octets still to read.
-    Bdat { remaining: usize, last: bool },
+    Bdat {
+        remaining: usize,
+        last: bool,
+    },
     /// A message is with the queue; input waits.
     Queueing,
     /// STARTTLS accepted; the edge upgrades the connection.
@@ -421,9 +428,10 @@ impl Session {
             | Request::Etrn { .. }
             | Request::Atrn { .. }
             | Request::Burl { .. }
-            | Request::Lhlo { .. } => {
-                self.reject("command", Reply::status(502, 5, 1, "Command not implemented"))
-            }
+            | Request::Lhlo { .. } => self.reject(
+                "command",
+                Reply::status(502, 5, 1, "Command not implemented"),
+            ),
         }
         false
     }
@@ -493,15 +501,17 @@ impl Session {
         if self.tx.is_some() {
             return self.reject("sequence", replies::bad_sequence("Nested MAIL command"));
         }
-        let supported = smtp_proto::MAIL_BODY_7BIT
-            | smtp_proto::MAIL_BODY_8BITMIME
-            | smtp_proto::MAIL_SMTPUTF8;
+        let supported =
+            smtp_proto::MAIL_BODY_7BIT | smtp_proto::MAIL_BODY_8BITMIME | smtp_proto::MAIL_SMTPUTF8;
         if let Some(param) = unsupported_mail_parameter(&from, supported, self.extended()) {
             return self.reject("parameter", replies::unknown_parameter(param));
         }
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
         if from.size > self.config.max_message_size {
-            return self.reject("size", replies::too_big(self.config.max_message_size as u64));
+            return self.reject(
+                "size",
+                replies::too_big(self.config.max_message_size as u64),
+            );
         }
         let sender = if from.address.is_empty() {
             None
@@ -605,9 +615,10 @@ impl Session {
             Err(e) => {
                 self.tx = None;
                 let (reason, reply) = match e {
-                    DataError::TooBig => {
-                        ("size", replies::too_big(self.config.max_message_size as u64))
-                    }
+                    DataError::TooBig => (
+                        "size",
+                        replies::too_big(self.config.max_message_size as u64),
+                    ),
                     DataError::LineTooLong => (
                         "line_too_long",
                         replies::message_line_too_long(self.config.max_line_length),
@@ -641,11 +652,18 @@ impl Session {
     /// A BDAT chunk has been read completely (RFC 3030: one reply per chunk).
     fn end_of_chunk(&mut self, last: bool) {
         let Some(tx) = self.tx.as_mut() else {
-            return self.reject("sequence", replies::bad_sequence("Need MAIL and RCPT before BDAT"));
+            return self.reject(
+                "sequence",
+                replies::bad_sequence("Need MAIL and RCPT before BDAT"),
+            );
         };
         if let Some(reply) = tx.failed.take() {
             self.tx = None;
-            let reason = if reply.code == 552 { "size" } else { "sequence" };
+            let reason = if reply.code == 552 {
+                "size"
+            } else {
+                "sequence"
+            };
             return self.reject(reason, reply);
         }
         if !last {
@@ -672,7 +690,10 @@ impl Session {
     }
 
     fn hand_to_queue(&mut self) {
-        let tx = self.tx.take().expect("a complete message has a transaction");
+        let tx = self
+            .tx
+            .take()
+            .expect("a complete message has a transaction");
         let incoming = Incoming {
             id: tx.id.expect("a complete message has an id"),
             sender: tx.sender,
@@ -690,7 +711,10 @@ impl Session {
 
     fn starttls(&mut self) -> bool {
         if !self.config.starttls {
-            self.reject("command", Reply::status(502, 5, 1, "STARTTLS not available"));
+            self.reject(
+                "command",
+                Reply::status(502, 5, 1, "STARTTLS not available"),
+            );
             return false;
         }
         if self.tls {
@@ -698,7 +722,10 @@ impl Session {
             return false;
         }
         if self.tx.is_some() {
-            self.reject("sequence", replies::bad_sequence("STARTTLS inside a transaction"));
+            self.reject(
+                "sequence",
+                replies::bad_sequence("STARTTLS inside a transaction"),
+            );
             return false;
         }
         self.reply(Reply::status(220, 0, 0, "Ready to start TLS"));
@@ -796,13 +823,20 @@ fn received_header(
     let helo: String = helo
         .chars()
         .take(255)
-        .map(|c| if c.is_control() || c == '(' || c == ')' { '?' } else { c })
+        .map(|c| {
+            if c.is_control() || c == '(' || c == ')' {
+                '?'
+            } else {
+                c
+            }
+        })
         .collect();
     let from = match peer.addr {
         Some(a) => format!("{helo} ([{}])", a.ip()),
         None => format!("{helo} (local)"),
     };
-    let mut h = format!("Received: from {from}\r\n\tby {hostname} (mailer) with {protocol} id {id}");
+    let mut h =
+        format!("Received: from {from}\r\n\tby {hostname} (mailer) with {protocol} id {id}");
     if let [only] = recipients {
         h.push_str(&format!("\r\n\tfor <{}>", only.address));
     }

@@ -36,7 +36,9 @@ impl Router {
     }
 
     pub fn is_local_domain(&self, domain: &str) -> bool {
-        self.local_domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
     /// The action for `recipient` from a client that is (`local`) or is not on this host.
@@ -51,9 +53,9 @@ impl Router {
                 let to = match &rule.recipients {
                     ForSpec::Any => true,
                     ForSpec::Local => self.is_local_domain(recipient.domain()),
-                    ForSpec::Domains(ds) => {
-                        ds.iter().any(|d| d.eq_ignore_ascii_case(recipient.domain()))
-                    }
+                    ForSpec::Domains(ds) => ds
+                        .iter()
+                        .any(|d| d.eq_ignore_ascii_case(recipient.domain())),
                 };
                 from && to
             })
@@ -62,13 +64,23 @@ impl Router {
 }
 
 impl RecipientPolicy for Router {
-    fn route(&self, peer: &Peer, _sender: Option<&Address>, rcpt: &Address) -> Result<String, Reply> {
+    fn route(
+        &self,
+        peer: &Peer,
+        _sender: Option<&Address>,
+        rcpt: &Address,
+    ) -> Result<String, Reply> {
         let action = self
             .action_for(peer.is_local(), rcpt)
             .ok_or_else(replies::relay_denied)?;
         if let Some(check) = &self.local_check {
             if check(action, rcpt) == Some(false) {
-                return Err(Reply::status(550, 1, 1, format!("No such user here: {rcpt}")));
+                return Err(Reply::status(
+                    550,
+                    1,
+                    1,
+                    format!("No such user here: {rcpt}"),
+                ));
             }
         }
         Ok(action.to_string())

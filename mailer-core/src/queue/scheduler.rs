@@ -84,7 +84,12 @@ pub struct Scheduler<D> {
 const PARALLEL_MESSAGES: usize = 64;
 
 impl<D: Deliverer> Scheduler<D> {
-    pub fn new(spool: Arc<Spool>, deliverer: Arc<D>, timing: Timing, hostname: String) -> Arc<Self> {
+    pub fn new(
+        spool: Arc<Spool>,
+        deliverer: Arc<D>,
+        timing: Timing,
+        hostname: String,
+    ) -> Arc<Self> {
         Arc::new(Scheduler {
             spool,
             deliverer,
@@ -202,11 +207,8 @@ impl<D: Deliverer> Scheduler<D> {
 
     /// Waits until no delivery is in flight, at most `grace`.
     pub async fn drain(&self, grace: Duration) -> bool {
-        let _ = tokio::time::timeout(
-            grace,
-            self.slots.acquire_many(PARALLEL_MESSAGES as u32),
-        )
-        .await;
+        let _ =
+            tokio::time::timeout(grace, self.slots.acquire_many(PARALLEL_MESSAGES as u32)).await;
         self.in_flight() == 0
     }
 
@@ -318,8 +320,13 @@ impl<D: Deliverer> Scheduler<D> {
                 }
             }
             for (pos, address) in attempt.forwards {
-                let Some(&from) = indices.get(pos) else { continue };
-                let original = env.recipients[from].original.clone().unwrap_or_else(|| env.recipients[from].address.clone());
+                let Some(&from) = indices.get(pos) else {
+                    continue;
+                };
+                let original = env.recipients[from]
+                    .original
+                    .clone()
+                    .unwrap_or_else(|| env.recipients[from].address.clone());
                 if env.recipients.iter().any(|r| r.address == address) {
                     continue;
                 }
@@ -333,7 +340,9 @@ impl<D: Deliverer> Scheduler<D> {
                         last_error: None,
                         original: Some(original),
                     }),
-                    None => tracing::warn!(queue_id = %id, to = %address, "alias target matches no rule; dropped"),
+                    None => {
+                        tracing::warn!(queue_id = %id, to = %address, "alias target matches no rule; dropped")
+                    }
                 }
             }
             // Durable before the next group: a delivered recipient is never sent again.
@@ -341,11 +350,15 @@ impl<D: Deliverer> Scheduler<D> {
         }
 
         if !failed.is_empty() {
-            self.bounce(&env, &message, &failed, DsnKind::Failure, now).await;
+            self.bounce(&env, &message, &failed, DsnKind::Failure, now)
+                .await;
             self.persist(&env).await?;
         }
 
-        let pending = env.recipients.iter().any(|r| r.state == RecipientState::Pending);
+        let pending = env
+            .recipients
+            .iter()
+            .any(|r| r.state == RecipientState::Pending);
         if pending
             && !env.warned
             && !self.timing.warn_after.is_zero()
@@ -357,12 +370,16 @@ impl<D: Deliverer> Scheduler<D> {
                 .enumerate()
                 .filter(|(_, r)| r.state == RecipientState::Pending)
                 .map(|(i, r)| {
-                    let reason = r.last_error.clone().unwrap_or_else(|| "not yet delivered".into());
+                    let reason = r
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "not yet delivered".into());
                     (i, Failure::temporary(EnhancedStatus(4, 4, 1), reason))
                 })
                 .collect();
             let until = from_unix_seconds(expires);
-            self.bounce(&env, &message, &delayed, DsnKind::Delay { until }, now).await;
+            self.bounce(&env, &message, &delayed, DsnKind::Delay { until }, now)
+                .await;
             env.warned = true;
             self.persist(&env).await?;
         }
@@ -473,7 +490,9 @@ impl<D: Deliverer> Scheduler<D> {
                 tracing::info!(queue_id = %id, about = %env.id, to = %sender, "bounce queued");
                 self.enqueue(bounce);
             }
-            Ok(Err(e)) => tracing::error!(queue_id = %env.id, error = %e, "cannot queue the bounce"),
+            Ok(Err(e)) => {
+                tracing::error!(queue_id = %env.id, error = %e, "cannot queue the bounce")
+            }
             Err(e) => tracing::error!(queue_id = %env.id, error = %e, "cannot queue the bounce"),
         }
     }

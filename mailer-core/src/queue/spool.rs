@@ -328,9 +328,14 @@ impl Spool {
                 report.removed_incomplete += 1;
                 continue;
             }
-            match fs::read(&path).map_err(|e| e.to_string()).and_then(|b| decode(&b)) {
+            match fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| decode(&b))
+            {
                 Ok(env) if env.id == id => report.envelopes.push(env),
-                Ok(_) => report.corrupt.push((path, "envelope id does not match its file name".into())),
+                Ok(_) => report
+                    .corrupt
+                    .push((path, "envelope id does not match its file name".into())),
                 Err(e) => report.corrupt.push((path, e)),
             }
         }

@@ -69,7 +69,11 @@ impl Daemon {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(self.addr()).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("mailer exited with {status} at start:\n{}", self.log());
             }
             assert!(
@@ -85,7 +89,9 @@ impl Daemon {
     /// Everything the daemon has logged, all runs.
     pub fn log(&self) -> String {
         (1..=self.runs)
-            .map(|i| fs::read_to_string(self.dir.join(format!("daemon-{i}.log"))).unwrap_or_default())
+            .map(|i| {
+                fs::read_to_string(self.dir.join(format!("daemon-{i}.log"))).unwrap_or_default()
+            })
             .collect::<Vec<_>>()
             .join("\n--- restart ---\n")
     }
@@ -109,7 +115,10 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 let _ = c.kill();
-                panic!("mailer did not exit within {within:?} of SIGTERM:\n{}", self.log());
+                panic!(
+                    "mailer did not exit within {within:?} of SIGTERM:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
