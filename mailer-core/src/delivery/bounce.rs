@@ -95,7 +95,7 @@ pub fn build_dsn(input: &DsnInput) -> Vec<u8> {
         ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
         BodyPart::Multipart(vec![
             MimePart::new("text/plain", human_text(input, &original)),
-            // Written verbatim: RFC 3464 §6 registers the type with 7bit encoding so it stays
+            // Written verbatim: RFC 3464 §2.1 registers the type with 7bit encoding so it stays
             // readable without a MIME reader; the fields are 7-bit by construction.
             MimePart {
                 headers: vec![
