@@ -95,8 +95,8 @@ pub fn build_dsn(input: &DsnInput) -> Vec<u8> {
         ContentType::new("multipart/report").attribute("report-type", "delivery-status"),
         BodyPart::Multipart(vec![
             MimePart::new("text/plain", human_text(input, &original)),
-            // Written verbatim: delivery-status fields are 7-bit by construction and must not
-            // be base64-encoded (RFC 3464 §2.1 keeps them readable to plain MTAs).
+            // Written verbatim: RFC 3464 §2.1 registers the type with 7bit encoding so it stays
+            // readable without a MIME reader; the fields are 7-bit by construction.
             MimePart {
                 headers: vec![
                     (
