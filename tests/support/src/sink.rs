@@ -81,7 +81,12 @@ pub struct Sink {
 
 impl Sink {
     pub async fn start(options: SinkOptions) -> Sink {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Sink::start_on(0, options).await
+    }
+
+    /// Starts on a chosen loopback port (0: any), e.g. to bring back a server that was down.
+    pub async fn start_on(port: u16, options: SinkOptions) -> Sink {
+        let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind a loopback port");
         let addr = listener.local_addr().expect("bound socket has an address");

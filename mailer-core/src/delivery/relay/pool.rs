@@ -130,7 +130,7 @@ impl Pool {
         }
         let (endpoints, mut errors) = self.endpoints().await;
         let now = Instant::now();
-        let (mut healthy, broken): (Vec<Endpoint>, Vec<Endpoint>) =
+        let (mut healthy, mut broken): (Vec<Endpoint>, Vec<Endpoint>) =
             endpoints.into_iter().partition(|ep| {
                 self.with_state(ep, |s| {
                     s.breaker_open_until.is_none_or(|until| until <= now)
@@ -139,6 +139,12 @@ impl Pool {
         if !healthy.is_empty() {
             let start = self.next.fetch_add(1, Ordering::Relaxed) % healthy.len();
             healthy.rotate_left(start);
+        } else {
+            // Every address failed recently. The breaker exists to prefer an alternative, not
+            // to stop retries: probe them anyway, the one failing longest ago first, so mail
+            // flows again as soon as one is back.
+            broken.sort_by_key(|ep| self.with_state(ep, |s| s.breaker_open_until));
+            healthy = std::mem::take(&mut broken);
         }
 
         for endpoint in &healthy {
