@@ -32,7 +32,11 @@ impl World {
         let ca = TestCa::new();
         let ca_file = ca.write_pem_file(dir.path());
         let secrets = dir.path().join("secrets");
-        fs::write(&secrets, format!("# relay credentials\npapmx {USER}:{PASSWORD}\n")).unwrap();
+        fs::write(
+            &secrets,
+            format!("# relay credentials\npapmx {USER}:{PASSWORD}\n"),
+        )
+        .unwrap();
         fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
         World {
             dir,
@@ -150,7 +154,11 @@ fn notification(n: usize) -> Vec<u8> {
 
 /// The message as the upstream got it, without our Received header.
 fn without_received(data: &[u8]) -> &[u8] {
-    assert!(data.starts_with(b"Received: from "), "{}", String::from_utf8_lossy(data));
+    assert!(
+        data.starts_with(b"Received: from "),
+        "{}",
+        String::from_utf8_lossy(data)
+    );
     let mut i = data.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
     while data[i] == b'\t' {
         i += data[i..].windows(2).position(|w| w == b"\r\n").unwrap() + 2;
@@ -185,13 +193,22 @@ async fn relays_100_messages_byte_exact_rewritten_over_verified_tls_with_auth() 
     let upstream = world.upstream(|_| {}).await;
     let daemon = world.daemon(&[upstream.port()], "");
     for n in 0..100 {
-        send(daemon.port, "notifications@mastodon.local", &["pim@example.org"], notification(n)).await;
+        send(
+            daemon.port,
+            "notifications@mastodon.local",
+            &["pim@example.org"],
+            notification(n),
+        )
+        .await;
     }
     let got = upstream.wait_for(100, WAIT).await;
     assert_eq!(got.len(), 100, "{}", daemon.log());
     let mut by_id: HashMap<String, &Received> = HashMap::new();
     for r in &got {
-        assert_eq!(r.mail_from, "notifications@ublog.tech", "envelope sender rewritten");
+        assert_eq!(
+            r.mail_from, "notifications@ublog.tech",
+            "envelope sender rewritten"
+        );
         assert_eq!(r.rcpt_to, ["pim@example.org"]);
         assert!(r.tls, "delivered over TLS");
         assert_eq!(r.auth_user.as_deref(), Some(USER));
@@ -201,9 +218,14 @@ async fn relays_100_messages_byte_exact_rewritten_over_verified_tls_with_auth() 
         let r = by_id[&format!("<note-{n}@mastodon.local>")];
         let mut expected = notification(n);
         expected.extend_from_slice(b"\r\n");
-        assert_eq!(without_received(&r.data), expected.as_slice(), "message {n} byte-exact");
+        assert_eq!(
+            without_received(&r.data),
+            expected.as_slice(),
+            "message {n} byte-exact"
+        );
         // The header From is the author's: never rewritten.
-        assert!(String::from_utf8_lossy(&r.data).contains("\r\nFrom: Mastodon <notifications@mastodon.local>\r\n"));
+        assert!(String::from_utf8_lossy(&r.data)
+            .contains("\r\nFrom: Mastodon <notifications@mastodon.local>\r\n"));
     }
     assert!(eventually(Duration::from_secs(10), || daemon
         .queued_envelopes(&world.queue_dir())
@@ -221,14 +243,24 @@ async fn pool_skips_a_dead_member_and_a_421_member_and_delivers_each_message_onc
     let daemon = world.daemon(&[dead, busy.port(), good.port()], "");
     let started = Instant::now();
     for n in 0..20 {
-        send(daemon.port, "app@mastodon.local", &["pim@example.org"], notification(n)).await;
+        send(
+            daemon.port,
+            "app@mastodon.local",
+            &["pim@example.org"],
+            notification(n),
+        )
+        .await;
     }
     let got = good.wait_for(20, WAIT).await;
     assert_eq!(got.len(), 20, "{}", daemon.log());
     let ids: std::collections::HashSet<String> = got.iter().map(message_id).collect();
     assert_eq!(ids.len(), 20, "each message exactly once");
     // The 421 member is remembered as failing: it is not tried for every message.
-    assert!(busy.connections() <= 2, "421 member tried {} times", busy.connections());
+    assert!(
+        busy.connections() <= 2,
+        "421 member tried {} times",
+        busy.connections()
+    );
     assert!(busy.messages().is_empty());
     assert!(started.elapsed() < Duration::from_secs(20));
 }
@@ -240,7 +272,15 @@ async fn mail_waits_out_an_outage_of_every_upstream_and_says_why() {
     let daemon = world.daemon(&[port], "");
     let mut ids = Vec::new();
     for n in 0..5 {
-        ids.push(send(daemon.port, "app@mastodon.local", &["pim@example.org"], notification(n)).await);
+        ids.push(
+            send(
+                daemon.port,
+                "app@mastodon.local",
+                &["pim@example.org"],
+                notification(n),
+            )
+            .await,
+        );
     }
     let queue = world.queue_dir();
     let reason = eventually(WAIT, || last_error(&queue, &ids[0]))
@@ -271,8 +311,12 @@ async fn one_rejected_recipient_of_three_bounces_alone_with_the_upstream_reply()
     let upstream = world
         .upstream(|o| {
             o.rcpt_reply = Some(Arc::new(|rcpt: &str| {
-                (rcpt == "gone@example.org")
-                    .then(|| (550, "5.1.1 <gone@example.org>: Recipient address rejected".to_string()))
+                (rcpt == "gone@example.org").then(|| {
+                    (
+                        550,
+                        "5.1.1 <gone@example.org>: Recipient address rejected".to_string(),
+                    )
+                })
             }))
         })
         .await;
@@ -287,17 +331,32 @@ async fn one_rejected_recipient_of_three_bounces_alone_with_the_upstream_reply()
     // The message for the two others, then the DSN to the original sender.
     let got = upstream.wait_for(2, WAIT).await;
     assert_eq!(got.len(), 2, "{}", daemon.log());
-    let message = got.iter().find(|r| !r.mail_from.is_empty()).expect("the message");
+    let message = got
+        .iter()
+        .find(|r| !r.mail_from.is_empty())
+        .expect("the message");
     assert_eq!(message.rcpt_to, ["a@example.org", "b@example.org"]);
-    let dsn = got.iter().find(|r| r.mail_from.is_empty()).expect("a DSN with the null sender");
-    assert_eq!(dsn.rcpt_to, ["alice@mastodon.local"], "to the pre-rewrite sender");
+    let dsn = got
+        .iter()
+        .find(|r| r.mail_from.is_empty())
+        .expect("a DSN with the null sender");
+    assert_eq!(
+        dsn.rcpt_to,
+        ["alice@mastodon.local"],
+        "to the pre-rewrite sender"
+    );
     // Unfold header-style continuation lines before matching.
     let text = String::from_utf8_lossy(&dsn.data).replace("\r\n ", " ");
-    assert!(text.contains("Final-Recipient: rfc822; gone@example.org"), "{text}");
+    assert!(
+        text.contains("Final-Recipient: rfc822; gone@example.org"),
+        "{text}"
+    );
     assert!(text.contains("Action: failed"), "{text}");
     assert!(text.contains("Status: 5.1.1"), "{text}");
     assert!(
-        text.contains("Diagnostic-Code: smtp; 550 5.1.1 <gone@example.org>: Recipient address rejected"),
+        text.contains(
+            "Diagnostic-Code: smtp; 550 5.1.1 <gone@example.org>: Recipient address rejected"
+        ),
         "{text}"
     );
     assert!(!text.contains("Final-Recipient: rfc822; a@example.org"));
@@ -306,24 +365,47 @@ async fn one_rejected_recipient_of_three_bounces_alone_with_the_upstream_reply()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_certificate_for_the_wrong_name_sends_nothing_and_says_why() {
     let world = World::new();
-    let upstream = world.upstream(|o| o.tls = Some(world.ca.issue(&["other.example"]))).await;
+    let upstream = world
+        .upstream(|o| o.tls = Some(world.ca.issue(&["other.example"])))
+        .await;
     let daemon = world.daemon(&[upstream.port()], "");
-    let id = send(daemon.port, "app@mastodon.local", &["pim@example.org"], notification(1)).await;
+    let id = send(
+        daemon.port,
+        "app@mastodon.local",
+        &["pim@example.org"],
+        notification(1),
+    )
+    .await;
     let reason = eventually(WAIT, || last_error(&world.queue_dir(), &id))
         .unwrap_or_else(|| panic!("no last_error\n{}", daemon.log()));
     assert!(reason.contains("name mismatch"), "{reason}");
-    assert_eq!(upstream.auth_attempts(), 0, "no AUTH over an unverified connection");
+    assert_eq!(
+        upstream.auth_attempts(),
+        0,
+        "no AUTH over an unverified connection"
+    );
     assert!(upstream.messages().is_empty());
-    assert!(envelope_json(&world.queue_dir(), &id).is_some(), "still queued");
+    assert!(
+        envelope_json(&world.queue_dir(), &id).is_some(),
+        "still queued"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_certificate_from_an_unknown_ca_sends_nothing_and_says_why() {
     let world = World::new();
     let stranger = TestCa::new();
-    let upstream = world.upstream(|o| o.tls = Some(stranger.issue(&["127.0.0.1"]))).await;
+    let upstream = world
+        .upstream(|o| o.tls = Some(stranger.issue(&["127.0.0.1"])))
+        .await;
     let daemon = world.daemon(&[upstream.port()], "");
-    let id = send(daemon.port, "app@mastodon.local", &["pim@example.org"], notification(1)).await;
+    let id = send(
+        daemon.port,
+        "app@mastodon.local",
+        &["pim@example.org"],
+        notification(1),
+    )
+    .await;
     let reason = eventually(WAIT, || last_error(&world.queue_dir(), &id))
         .unwrap_or_else(|| panic!("no last_error\n{}", daemon.log()));
     assert!(reason.contains("unknown issuer"), "{reason}");
@@ -345,7 +427,16 @@ async fn kill_9_during_delivery_loses_nothing_and_repeats_no_recorded_delivery()
     let mut daemon = world.daemon(&[upstream.port()], "");
     let mut ids = Vec::new();
     for n in 0..200 {
-        ids.push((n, send(daemon.port, "app@mastodon.local", &["pim@example.org"], notification(n)).await));
+        ids.push((
+            n,
+            send(
+                daemon.port,
+                "app@mastodon.local",
+                &["pim@example.org"],
+                notification(n),
+            )
+            .await,
+        ));
     }
     eventually(WAIT, || (upstream.messages().len() >= 20).then_some(()));
     daemon.kill9();
@@ -355,7 +446,10 @@ async fn kill_9_during_delivery_loses_nothing_and_repeats_no_recorded_delivery()
         .iter()
         .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
         .collect();
-    assert!(!remaining.is_empty(), "the kill came too late to test anything");
+    assert!(
+        !remaining.is_empty(),
+        "the kill came too late to test anything"
+    );
     daemon.restart();
 
     let distinct = || {
@@ -366,7 +460,9 @@ async fn kill_9_during_delivery_loses_nothing_and_repeats_no_recorded_delivery()
             .collect::<std::collections::HashSet<_>>()
             .len()
     };
-    eventually(Duration::from_secs(60), || (distinct() == 200).then_some(()));
+    eventually(Duration::from_secs(60), || {
+        (distinct() == 200).then_some(())
+    });
     // Room for a repeated delivery to show up, if there were one.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let got = upstream.messages();
@@ -375,10 +471,16 @@ async fn kill_9_during_delivery_loses_nothing_and_repeats_no_recorded_delivery()
         *count.entry(message_id(r)).or_default() += 1;
     }
     for (n, id) in &ids {
-        let seen = count.get(&format!("<note-{n}@mastodon.local>")).copied().unwrap_or(0);
+        let seen = count
+            .get(&format!("<note-{n}@mastodon.local>"))
+            .copied()
+            .unwrap_or(0);
         assert!(seen >= 1, "message {n} ({id}) lost\n{}", daemon.log());
         if !remaining.contains(id) {
-            assert_eq!(seen, 1, "message {n} ({id}) was recorded delivered, then sent again");
+            assert_eq!(
+                seen, 1,
+                "message {n} ({id}) was recorded delivered, then sent again"
+            );
         }
     }
 }
@@ -389,7 +491,13 @@ async fn a_misaligned_header_from_is_bounced_not_relayed_when_rejecting() {
     let upstream = world.upstream(|_| {}).await;
     let daemon = world.daemon(&[upstream.port()], "on_misalignment = \"reject\"");
     let message = b"From: someone@evil.example\r\nSubject: spoof\r\n\r\nbody".to_vec();
-    send(daemon.port, "app@mastodon.local", &["pim@example.org"], message).await;
+    send(
+        daemon.port,
+        "app@mastodon.local",
+        &["pim@example.org"],
+        message,
+    )
+    .await;
     let got = upstream.wait_for(1, WAIT).await;
     assert_eq!(got.len(), 1, "{}", daemon.log());
     let dsn = &got[0];
@@ -399,5 +507,81 @@ async fn a_misaligned_header_from_is_bounced_not_relayed_when_rejecting() {
     assert!(text.contains("evil.example"), "{text}");
     assert!(text.contains("Status: 5.7.1"), "{text}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(upstream.messages().len(), 1, "the message itself was not relayed");
+    assert_eq!(
+        upstream.messages().len(),
+        1,
+        "the message itself was not relayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sender_is_warned_once_then_told_of_expiry() {
+    let world = World::new();
+    let dead = free_port();
+    let port = free_port();
+    let config = format!(
+        r#"
+hostname = "mx.ublog.tech"
+local_domains = ["localhost"]
+queue_dir = "{dir}/queue"
+
+[[listen]]
+address = "127.0.0.1:{port}"
+
+[actions.local_mail]
+mbox = "{dir}/mail/%u"
+
+[actions.outbound]
+relay = "smtp+tls://127.0.0.1:{dead}"
+
+[queue]
+retry_min = "1s"
+retry_max = "1s"
+warn_after = "2s"
+lifetime = "5s"
+
+[[match]]
+from = "local"
+for = "local"
+action = "local_mail"
+
+[[match]]
+from = "local"
+for = "any"
+action = "outbound"
+"#,
+        dir = world.path().display(),
+    );
+    let daemon = Daemon::start(Path::new(BIN), world.path(), port, &config);
+    let id = send(
+        port,
+        "root@localhost",
+        &["pim@example.org"],
+        notification(7),
+    )
+    .await;
+    let mbox = world.path().join("mail/root");
+    let both = eventually(Duration::from_secs(30), || {
+        let text = fs::read_to_string(&mbox).ok()?;
+        (text.contains("Action: failed")).then_some(text)
+    })
+    .unwrap_or_else(|| panic!("no expiry DSN\n{}", daemon.log()));
+    assert_eq!(
+        both.matches("Action: delayed").count(),
+        1,
+        "warned once\n{both}"
+    );
+    assert_eq!(both.matches("Action: failed").count(), 1, "{both}");
+    assert!(both.contains("Final-Recipient: rfc822; pim@example.org"));
+    assert!(both.contains("Will-Retry-Until: "), "{both}");
+    assert!(
+        eventually(Duration::from_secs(5), || envelope_json(
+            &world.queue_dir(),
+            &id
+        )
+        .is_none()
+        .then_some(()))
+        .is_some(),
+        "the expired message leaves the queue"
+    );
 }

@@ -318,6 +318,11 @@ impl Delivery {
                     }
                 };
                 // The worst outcome wins: a temporary failure retries the whole recipient.
+                if matches!(result, Outcome::Delivered { reply: None })
+                    && matches!(outcome, Outcome::Delivered { .. })
+                {
+                    result = outcome.clone();
+                }
                 if let Outcome::Failed(f) = &outcome {
                     let worse = match &result {
                         Outcome::Delivered { .. } => true,
