@@ -12,7 +12,7 @@ use mailer_core::config::{
 };
 use mailer_core::delivery::maildir::{deliver_maildir, MaildirOptions};
 use mailer_core::delivery::mbox::{deliver_mbox, expand_path, MboxOptions};
-use mailer_core::delivery::relay::{Credentials, Member, Pool, RelaySettings, Resolve, Security};
+use mailer_core::delivery::relay::{Member, Pool, RelaySettings, Resolve, Security};
 use mailer_core::delivery::{EnhancedStatus, Failure, Outcome};
 use mailer_core::intake::Incoming;
 use mailer_core::policy::align::{check_alignment, Alignment};
@@ -503,10 +503,7 @@ fn relay_settings(config: &Config, relay: &RelayAction) -> Result<RelaySettings,
         let creds = secrets
             .get(&label)
             .ok_or_else(|| format!("{}: no secret labelled {label}", path.display()))?;
-        settings.credentials = Some(Credentials {
-            user: creds.user.clone(),
-            password: creds.password.clone(),
-        });
+        settings.credentials = Some(creds.clone());
     }
     if let Some(ca) = &relay.ca_file {
         use rustls::pki_types::pem::PemObject;

@@ -10,7 +10,6 @@ pub mod pool;
 pub mod protocol;
 pub mod tls;
 
-use std::fmt;
 use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
@@ -38,21 +37,8 @@ pub struct Member {
     pub security: Security,
 }
 
-/// AUTH credentials. `Debug` hides the password.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
-    pub user: String,
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("user", &self.user)
-            .field("password", &"<hidden>")
-            .finish()
-    }
-}
+/// AUTH credentials, as the secrets table holds them. `Debug` hides the password.
+pub use crate::tables::secrets::Credentials;
 
 /// Everything the relay needs, filled from the configuration.
 #[derive(Clone, Debug)]
