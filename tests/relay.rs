@@ -232,6 +232,39 @@ async fn relays_100_messages_byte_exact_rewritten_over_verified_tls_with_auth() 
         .is_empty()
         .then_some(()))
     .is_some());
+    let log = daemon.log();
+    assert!(!log.contains(PASSWORD), "credentials never reach the log");
+    // The header From (mastodon.local) does not align with ublog.tech: relayed anyway
+    // (on_misalignment = "warn"), and said once, not a hundred times.
+    assert_eq!(log.matches("does not align").count(), 1, "{log}");
+}
+
+#[test]
+fn a_secrets_file_readable_by_others_is_refused() {
+    let world = World::new();
+    fs::set_permissions(&world.secrets, fs::Permissions::from_mode(0o644)).unwrap();
+    let dir = world.path();
+    let text = format!(
+        "queue_dir = \"{d}/queue\"\n[tables]\nsecrets = \"{s}\"\n[actions.outbound]\nrelay = \"smtp+tls://papmx@127.0.0.1:2\"\nauth = \"secrets\"\n[[match]]\nfrom = \"local\"\nfor = \"any\"\naction = \"outbound\"\n",
+        d = dir.display(),
+        s = world.secrets.display()
+    );
+    let path = dir.join("mailer.toml");
+    fs::write(&path, text).unwrap();
+    for args in [&["config", "check"][..], &["serve"][..]] {
+        let out = std::process::Command::new(BIN)
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} must refuse");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("readable by others (mode 0644)"),
+            "{args:?}: {err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
