@@ -97,7 +97,14 @@ impl Default for Limits {
     }
 }
 
-pub use crate::intake::BareNewlines;
+/// What to do with a bare CR or LF in the content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BareNewlines {
+    /// Reject the message after the data phase (`550 5.6.0`).
+    Reject,
+    /// Turn each bare CR or LF into CRLF.
+    Normalize,
+}
 
 /// One listening socket.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,7 +183,18 @@ pub enum MailFromRewrite {
     Address(Address),
 }
 
-pub use crate::policy::align::AlignmentMode;
+/// DMARC `aspf` / `adkim` alignment mode (RFC 7489 §3.1.1, §6.3).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AlignmentMode {
+    /// The two domains are equal (ignoring case).
+    Strict,
+    /// The two domains share an organizational domain; DMARC's default.
+    #[default]
+    Relaxed,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnMisalignment {

@@ -9,14 +9,7 @@
 //! between calls. Content beyond the size limit is counted but not kept, so memory stays
 //! bounded by the limit whatever the client sends.
 
-/// What to do with a bare CR or LF in the content.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BareNewlines {
-    /// Reject the message after the data phase (`550 5.6.0`).
-    Reject,
-    /// Turn each bare CR or LF into CRLF.
-    Normalize,
-}
+pub use crate::config::BareNewlines;
 
 /// Why the content is unacceptable; decided once the end of data has been seen, so the
 /// stream stays in sync whatever the content was.

@@ -9,7 +9,6 @@ use std::borrow::Cow;
 use std::fmt;
 
 use mail_parser::{HeaderName, HeaderValue, MessageParser};
-use serde::{Deserialize, Serialize};
 
 use crate::address::Address;
 
@@ -17,16 +16,7 @@ use crate::address::Address;
 /// reported as [`FromError::HeaderSectionTooLarge`] rather than parsed.
 pub const MAX_HEADER_SECTION: usize = 1024 * 1024;
 
-/// DMARC `aspf` / `adkim` alignment mode (RFC 7489 §3.1.1, §6.3).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AlignmentMode {
-    /// The two domains are equal (ignoring case).
-    Strict,
-    /// The two domains share an organizational domain; DMARC's default.
-    #[default]
-    Relaxed,
-}
+pub use crate::config::AlignmentMode;
 
 /// Why the author domain of a message cannot be determined. RFC 7489 §6.6.1 treats all of
 /// these as a message DMARC cannot evaluate, so none is guessed around.
