@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -216,6 +216,17 @@ fn assert_separator(line: &str, sender: &str) {
     assert_eq!(date.len(), 24, "asctime is 24 characters: {line:?}");
 }
 
+/// The uid of a local account.
+fn uid_of(user: &str) -> u32 {
+    let name = std::ffi::CString::new(user).unwrap();
+    // SAFETY: getpwnam returns a pointer into static storage or null; read at once.
+    unsafe {
+        let pw = libc::getpwnam(name.as_ptr());
+        assert!(!pw.is_null(), "{user} has a passwd entry");
+        (*pw).pw_uid
+    }
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -268,11 +279,20 @@ fn root_alias_reaches_a_local_mbox_and_the_upstream_relay() {
         "{mbox}"
     );
     assert!(!s.mbox(OTHER_LOCAL_USER).exists());
-    let mode = fs::metadata(s.mbox(LOCAL_USER))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o600, "the mbox is private to its owner");
+    let meta = fs::metadata(s.mbox(LOCAL_USER)).unwrap();
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o600,
+        "the mbox is private to its owner"
+    );
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        assert_eq!(
+            meta.uid(),
+            uid_of(LOCAL_USER),
+            "a daemon running as root chowns the mbox"
+        );
+    }
 
     // The remote copy, over verified TLS with AUTH, to the alias's remote target only.
     let relayed = s.relayed(1);
@@ -491,4 +511,41 @@ fn unknown_local_recipient_is_refused_at_rcpt_with_550_5_1_1() {
         let text = fs::read_to_string(&env).unwrap();
         assert!(!text.contains("no-such-user"), "{text}");
     }
+}
+
+#[test]
+fn sendmail_bs_relays_an_smtp_session_on_stdin_to_the_daemon() {
+    let s = Setup::start();
+    let session = format!(
+        "EHLO script.test\r\n\
+         MAIL FROM:<script@mx.test>\r\n\
+         RCPT TO:<{OTHER_LOCAL_USER}@mx.test>\r\n\
+         DATA\r\n\
+         Subject: over -bs\r\n\r\nspoken SMTP\r\n.\r\n\
+         QUIT\r\n"
+    );
+    let (out, _) = run_with_stdin(
+        sendmail(&s.daemon.config, &["-bs"]),
+        session.as_bytes(),
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let replies = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(replies.starts_with("220 "), "{replies}");
+    let codes: Vec<&str> = replies
+        .lines()
+        .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+        .map(|l| &l[..3])
+        .collect();
+    assert_eq!(
+        codes,
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "{replies}"
+    );
+    let mbox = s.wait_for_mbox(OTHER_LOCAL_USER, 1);
+    assert_separator(mbox.lines().next().unwrap(), "script@mx.test");
+    assert!(
+        mbox.ends_with("\nSubject: over -bs\n\nspoken SMTP\n\n"),
+        "{mbox}"
+    );
 }
