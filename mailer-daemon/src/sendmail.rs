@@ -326,7 +326,11 @@ pub struct Submission {
 /// Completes the message (CRLF line endings, Date, Message-ID, From; Bcc removed with `-t`)
 /// and gathers its envelope.
 pub fn prepare(input: &[u8], options: &Options, context: &Context) -> Result<Submission, Failure> {
-    let text = to_crlf(strip_unix_from(input));
+    let mut text = to_crlf(strip_unix_from(input));
+    // A last line without its end would run into the fields added after it.
+    if !text.is_empty() && !text.ends_with(b"\r\n") {
+        text.extend_from_slice(b"\r\n");
+    }
     let (fields, body) = split_header(&text);
 
     let sender = match &options.sender {
@@ -427,9 +431,6 @@ pub fn prepare(input: &[u8], options: &Options, context: &Context) -> Result<Sub
     // Also separates a body that followed the header without an empty line.
     data.extend_from_slice(b"\r\n");
     data.extend_from_slice(body);
-    if !data.ends_with(b"\r\n") {
-        data.extend_from_slice(b"\r\n");
-    }
     Ok(Submission {
         sender,
         recipients,
@@ -491,21 +492,19 @@ pub fn to_crlf(input: &[u8]) -> Vec<u8> {
 /// One header field as written, continuation lines and final CRLF included.
 struct Field<'a> {
     raw: &'a [u8],
+    /// Where its name ends.
+    colon: usize,
 }
 
 impl Field<'_> {
     fn name(&self) -> &str {
-        let colon = self.raw.iter().position(|&b| b == b':').unwrap_or(0);
-        // The name was checked to be printable ASCII when the field was recognised.
-        std::str::from_utf8(&self.raw[..colon])
-            .unwrap_or("")
-            .trim_end()
+        // Checked to be printable ASCII by `field_name_end`.
+        std::str::from_utf8(&self.raw[..self.colon]).unwrap_or("")
     }
 
     /// The value with its line breaks removed (RFC 5322 §2.2.3 unfolding).
     fn unfolded_value(&self) -> String {
-        let colon = self.raw.iter().position(|&b| b == b':').unwrap_or(0);
-        let value: Vec<u8> = self.raw[colon + 1..]
+        let value: Vec<u8> = self.raw[self.colon + 1..]
             .iter()
             .copied()
             .filter(|&b| b != b'\r' && b != b'\n')
@@ -519,7 +518,7 @@ impl Field<'_> {
 /// rest is body, as when a script pipes plain text).
 fn split_header(text: &[u8]) -> (Vec<Field<'_>>, &[u8]) {
     // Byte ranges of the fields, grown by their continuation lines.
-    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut ranges: Vec<(usize, usize, usize)> = Vec::new();
     let mut pos = 0;
     let body_start = loop {
         if pos >= text.len() {
@@ -534,30 +533,29 @@ fn split_header(text: &[u8]) -> (Vec<Field<'_>>, &[u8]) {
             break end;
         }
         let continuation = matches!(line.first(), Some(b' ' | b'\t'));
-        match ranges.last_mut() {
-            Some(last) if continuation => last.1 = end,
-            _ if is_field_start(line) => ranges.push((pos, end)),
+        match (ranges.last_mut(), field_name_end(line)) {
+            (Some(last), _) if continuation => last.1 = end,
+            (_, Some(colon)) => ranges.push((pos, end, colon)),
             _ => break pos,
         }
         pos = end;
     };
     let fields = ranges
         .into_iter()
-        .map(|(start, end)| Field {
+        .map(|(start, end, colon)| Field {
             raw: &text[start..end],
+            colon,
         })
         .collect();
     (fields, &text[body_start..])
 }
 
-/// `name:` with a name of printable ASCII other than the colon (RFC 5322 §2.2).
-fn is_field_start(line: &[u8]) -> bool {
-    match line.iter().position(|&b| b == b':') {
-        Some(0) | None => false,
-        Some(colon) => line[..colon]
-            .iter()
-            .all(|&b| (33..=126).contains(&b) && b != b':'),
-    }
+/// Where the name of a field starting on `line` ends: `name:` with a name of printable
+/// ASCII other than the colon (RFC 5322 §2.2).
+fn field_name_end(line: &[u8]) -> Option<usize> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let valid = colon > 0 && line[..colon].iter().all(|&b| (33..=126).contains(&b));
+    valid.then_some(colon)
 }
 
 /// The addresses of an RFC 5322 address list: display names, comments, quoted strings and
@@ -1159,6 +1157,18 @@ mod tests {
         let text = String::from_utf8(s.data).unwrap();
         assert!(text.starts_with("From: "), "{text}");
         assert!(text.ends_with(">\r\n\r\njust text\r\n"), "{text}");
+    }
+
+    #[test]
+    fn a_header_without_final_newline_is_completed_on_its_own_line() {
+        let o = parse_args(&args(&["root"])).unwrap();
+        let s = prepare(b"Subject: no newline", &o, &context()).unwrap();
+        let text = String::from_utf8(s.data).unwrap();
+        assert!(
+            text.starts_with("Subject: no newline\r\nFrom: cron@box.test\r\n"),
+            "{text}"
+        );
+        assert!(text.ends_with(">\r\n\r\n"), "{text}");
     }
 
     #[test]
