@@ -225,7 +225,9 @@ fn unusable_dkim_keys(config: &Config) -> Vec<String> {
         };
         for (i, key) in relay.dkim.iter().enumerate() {
             if let Err(e) = mailer_core::delivery::dkim::read_key(&key.key) {
-                let (line, col) = config.positions.get(&format!("actions.{name}.dkim[{i}].key"));
+                let (line, col) = config
+                    .positions
+                    .get(&format!("actions.{name}.dkim[{i}].key"));
                 out.push(
                     mailer_core::config::Diagnostic::new(&config.source, line, col, e.to_string())
                         .to_string(),

@@ -123,8 +123,8 @@ impl PrivateKey {
 
     fn rsa(key: RsaKey<Sha256>) -> Result<PrivateKey, String> {
         let pkcs1 = key.public_key();
-        let bits = crate::check::dkim::rsa_bits(&pkcs1)
-            .ok_or("the RSA public key does not parse")?;
+        let bits =
+            crate::check::dkim::rsa_bits(&pkcs1).ok_or("the RSA public key does not parse")?;
         Ok(PrivateKey {
             public_key: rsa_spki(&pkcs1),
             kind: KeyKind::Rsa { bits },
@@ -252,7 +252,11 @@ pub struct DkimSigner {
 impl fmt::Debug for DkimSigner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list()
-            .entries(self.entries.iter().map(|e| key_name(&e.selector, &e.domain)))
+            .entries(
+                self.entries
+                    .iter()
+                    .map(|e| key_name(&e.selector, &e.domain)),
+            )
             .finish()
     }
 }
@@ -481,7 +485,13 @@ pub fn generate_key(algorithm: KeyAlgorithm) -> Result<(String, PrivateKey), Str
 
 fn openssl_rsa2048() -> Result<String, String> {
     let output = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+        ])
         .stdin(std::process::Stdio::null())
         .output()
         .map_err(|e| {
@@ -568,7 +578,9 @@ Message-ID: <abc@ublog.tech>\r\n\
 You have a new follower.\r\n";
 
     fn ed25519() -> PrivateKey {
-        generate_key(KeyAlgorithm::Ed25519).expect("ring generates Ed25519").1
+        generate_key(KeyAlgorithm::Ed25519)
+            .expect("ring generates Ed25519")
+            .1
     }
 
     fn signer(domain: &str, key: PrivateKey) -> DkimSigner {
@@ -608,15 +620,30 @@ You have a new follower.\r\n";
     #[test]
     fn subdomain_from_aligns_but_another_domain_needs_sign_unaligned() {
         let sub = b"From: a@news.ublog.tech\r\n\r\nx\r\n";
-        assert_eq!(signer("ublog.tech", ed25519()).sign(sub, false).signed_by.len(), 1);
+        assert_eq!(
+            signer("ublog.tech", ed25519())
+                .sign(sub, false)
+                .signed_by
+                .len(),
+            1
+        );
         let other = b"From: a@example.org\r\n\r\nx\r\n";
         let s = signer("ublog.tech", ed25519()).sign(other, false);
         assert!(s.fields.is_empty());
         assert_eq!(s.unaligned, vec!["s1._domainkey.ublog.tech"]);
         assert_eq!(s.header_from.as_deref(), Some("example.org"));
-        assert_eq!(signer("ublog.tech", ed25519()).sign(other, true).signed_by.len(), 1);
+        assert_eq!(
+            signer("ublog.tech", ed25519())
+                .sign(other, true)
+                .signed_by
+                .len(),
+            1
+        );
         let no_from = b"Subject: x\r\n\r\nx\r\n";
-        assert!(signer("ublog.tech", ed25519()).sign(no_from, false).fields.is_empty());
+        assert!(signer("ublog.tech", ed25519())
+            .sign(no_from, false)
+            .fields
+            .is_empty());
     }
 
     #[test]
@@ -628,7 +655,9 @@ You have a new follower.\r\n";
         assert_eq!(&key.public_key()[..4], &[0x30, 0x82, 0x01, 0x22]);
         assert_eq!(crate::check::dkim::rsa_bits(key.public_key()), Some(2048));
         let record = DkimRecord::new("sel", "ublog.tech", &key);
-        assert!(record.text.starts_with("v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A"));
+        assert!(record
+            .text
+            .starts_with("v=DKIM1; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A"));
         let line = record.zone_line();
         assert!(line.starts_with("sel._domainkey.ublog.tech. IN TXT \"v=DKIM1; k=rsa; p="));
         let joined: String = line
@@ -672,7 +701,10 @@ U3k7nixMgYGlGyWzK/q72NwUI5G99GFL6g==
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o600);
         assert!(load_key(&path).is_ok());
-        assert!(write_key_file(&path, &pem).is_err(), "an existing key is never replaced");
+        assert!(
+            write_key_file(&path, &pem).is_err(),
+            "an existing key is never replaced"
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
         assert!(load_key(&path).is_ok());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
