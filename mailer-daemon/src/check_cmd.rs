@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use mailer_core::check::dkim::ExpectedKey;
 use mailer_core::check::{run_checks, CheckInput};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
@@ -96,6 +97,14 @@ fn defaults_from(config: &mailer_core::config::Config) -> CheckDefaults {
             if !d.dkim_selectors.contains(&key.selector) {
                 d.dkim_selectors.push(key.selector.clone());
             }
+            d.dkim_keys.push(ExpectedKey {
+                domain: key.domain.clone(),
+                selector: key.selector.clone(),
+                path: key.key.display().to_string(),
+                public_key: mailer_core::delivery::dkim::read_key(&key.key)
+                    .map(|k| k.public_key().to_vec())
+                    .map_err(|e| e.reason),
+            });
         }
     }
     d
@@ -110,6 +119,8 @@ pub struct CheckDefaults {
     pub relays: Vec<String>,
     /// The DKIM selector, when DKIM signing is configured.
     pub dkim_selectors: Vec<String>,
+    /// The configured DKIM keys, whose published records must match them.
+    pub dkim_keys: Vec<ExpectedKey>,
 }
 
 /// `IP` or `IP:PORT` (`[v6]:PORT` for IPv6 with a port); port 53 by default.
@@ -139,6 +150,7 @@ fn input(args: Args, defaults: CheckDefaults) -> Result<(CheckInput, bool), Stri
     } else {
         args.dkim_selectors
     };
+    input.dkim_keys = defaults.dkim_keys;
     input.nameservers = args
         .nameservers
         .iter()

@@ -10,6 +10,7 @@ use mailer_core::address::Address;
 use mailer_core::config::{
     Action, Config, LocalAction, MailboxKind, OnMisalignment, RelayAction, RelaySecurity,
 };
+use mailer_core::delivery::dkim::DkimSigning;
 use mailer_core::delivery::maildir::{deliver_maildir, MaildirOptions};
 use mailer_core::delivery::mbox::{deliver_mbox, expand_path, MboxOptions};
 use mailer_core::delivery::relay::{Member, Pool, RelaySettings, Resolve, Security};
@@ -34,6 +35,8 @@ pub struct Engine {
     scheduler: Arc<Scheduler<Delivery>>,
     router: Arc<Router>,
     metrics: Arc<Metrics>,
+    /// The relay actions' DKIM keys; replaced on reload.
+    dkim: std::sync::RwLock<Arc<DkimSigning>>,
 }
 
 impl Engine {
@@ -46,6 +49,7 @@ impl Engine {
             .map_err(|e| format!("cannot open the queue {}: {e}", config.queue_dir.display()))?;
         let spool = Arc::new(spool);
         let metrics = Arc::new(Metrics::default());
+        let dkim = load_dkim(config)?;
         let delivery = Arc::new(Delivery::new(config, metrics.clone())?);
         let router = Arc::new(
             delivery
@@ -83,7 +87,14 @@ impl Engine {
             scheduler,
             router,
             metrics,
+            dkim: std::sync::RwLock::new(Arc::new(dkim)),
         }))
+    }
+
+    /// Signs from now on with these keys (after a reload).
+    #[allow(dead_code, reason = "called by the configuration reload")]
+    pub fn set_dkim(&self, signing: DkimSigning) {
+        *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signing);
     }
 
     pub fn router(&self) -> Arc<Router> {
@@ -110,6 +121,7 @@ impl Engine {
 
     /// Makes a received message durable and schedules it. Ok means it may be acknowledged.
     pub async fn accept(&self, incoming: Incoming) -> io::Result<QueueId> {
+        let incoming = self.dkim_sign(incoming).await?;
         let envelope = Envelope::from_incoming(&incoming);
         let spool = self.spool.clone();
         let stored = envelope.clone();
@@ -131,10 +143,56 @@ impl Engine {
         Ok(id)
     }
 
+    /// Puts DKIM signatures in front of a message (and of our Received header) when a recipient
+    /// goes to a relay action with keys: once, before it is stored, so every attempt relays
+    /// the same bytes.
+    async fn dkim_sign(&self, mut incoming: Incoming) -> io::Result<Incoming> {
+        let dkim = self.dkim.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if !dkim.signs_for(incoming.recipients.iter().map(|r| r.action.as_str())) {
+            return Ok(incoming);
+        }
+        // Hashing a large body takes a while: off the runtime's threads.
+        tokio::task::spawn_blocking(move || {
+            let actions = incoming.recipients.iter().map(|r| r.action.as_str());
+            let signed = dkim.sign(actions, &incoming.message);
+            for error in &signed.errors {
+                tracing::error!(queue_id = %incoming.id, %error, "DKIM signing failed");
+            }
+            if !signed.unaligned.is_empty() {
+                tracing::info!(
+                    queue_id = %incoming.id,
+                    header_from = signed.header_from.as_deref().unwrap_or("(none)"),
+                    keys = %signed.unaligned.join(" "),
+                    "not DKIM-signed: header From does not align with the key's domain (sign_unaligned = false)"
+                );
+            }
+            if !signed.signed_by.is_empty() {
+                tracing::debug!(queue_id = %incoming.id, keys = %signed.signed_by.join(" "), "DKIM-signed");
+                let mut message = signed.fields;
+                message.extend_from_slice(&incoming.message);
+                incoming.message = message;
+            }
+            incoming
+        })
+        .await
+        .map_err(io::Error::other)
+    }
+
     /// Waits for deliveries in flight, at most `grace`.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.scheduler.drain(grace).await
     }
+}
+
+/// The relay actions' DKIM keys, every failure on its own line.
+pub fn load_dkim(config: &Config) -> Result<DkimSigning, String> {
+    DkimSigning::from_config(config).map_err(|errors| {
+        errors
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
 }
 
 pub fn display_sender(sender: Option<&Address>) -> String {
@@ -143,7 +201,11 @@ pub fn display_sender(sender: Option<&Address>) -> String {
 
 /// Everything `mailer config check` and `mailer serve` verify beyond the syntax.
 pub fn check_files(config: &Config) -> Vec<String> {
-    let mut problems: Vec<String> = config.check_files().iter().map(|d| d.to_string()).collect();
+    let file_problems = config.check_files();
+    let mut problems: Vec<String> = file_problems.iter().map(|d| d.to_string()).collect();
+    if file_problems.is_empty() {
+        problems.extend(unusable_dkim_keys(config));
+    }
     for action in config.actions.values() {
         if let Action::Local(local) = action {
             if let Some(Err(errors)) = load_aliases(config, local) {
@@ -152,6 +214,28 @@ pub fn check_files(config: &Config) -> Vec<String> {
         }
     }
     problems
+}
+
+/// DKIM key files that are present and private enough but hold no RSA or Ed25519 key.
+fn unusable_dkim_keys(config: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, action) in &config.actions {
+        let Action::Relay(relay) = action else {
+            continue;
+        };
+        for (i, key) in relay.dkim.iter().enumerate() {
+            if let Err(e) = mailer_core::delivery::dkim::read_key(&key.key) {
+                let (line, col) = config
+                    .positions
+                    .get(&format!("actions.{name}.dkim[{i}].key"));
+                out.push(
+                    mailer_core::config::Diagnostic::new(&config.source, line, col, e.to_string())
+                        .to_string(),
+                );
+            }
+        }
+    }
+    out
 }
 
 fn load_aliases(config: &Config, action: &LocalAction) -> Option<Result<Aliases, Vec<String>>> {

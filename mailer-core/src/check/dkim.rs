@@ -1,5 +1,6 @@
 //! DKIM key records (RFC 6376 §3.6.1): `SEL._domainkey.DOMAIN` exists, has `p=`, is not revoked,
-//! and its key type and size are sane (RFC 8301: RSA of at least 1024 bits, 2048 advised).
+//! and its key type and size are sane (RFC 8301: RSA of at least 1024 bits, 2048 advised); when
+//! the private key in use is known, the published key is its public half.
 
 use std::fmt;
 
@@ -125,13 +126,51 @@ fn der_element(data: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
     Some((data.get(header..end)?, data.get(end..)?))
 }
 
+/// The public half of a private key the relay signs with, to compare with what DNS publishes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedKey {
+    /// Lower-cased signing domain (`d=`).
+    pub domain: String,
+    pub selector: String,
+    /// The key file, for messages.
+    pub path: String,
+    /// The `p=` octets of the key (SubjectPublicKeyInfo or RSAPublicKey for RSA, 32 octets for
+    /// Ed25519), or why the key file could not be read.
+    pub public_key: Result<Vec<u8>, String>,
+}
+
+/// Whether two `p=` values are the same key. RSA keys compare by their RSAPublicKey, so a
+/// record publishing the bare RSAPublicKey matches one publishing it wrapped in a
+/// SubjectPublicKeyInfo.
+pub fn same_public_key(published: &[u8], expected: &[u8]) -> bool {
+    let bare = |der: &'_ [u8]| -> Vec<u8> { rsa_public_key(der).unwrap_or(der).to_vec() };
+    bare(published) == bare(expected)
+}
+
+/// The RSAPublicKey element inside a SubjectPublicKeyInfo, or the input if it is one already.
+fn rsa_public_key(der: &[u8]) -> Option<&[u8]> {
+    let (seq, _) = der_element(der, 0x30)?;
+    if *seq.first()? != 0x30 {
+        return Some(der);
+    }
+    let (_, rest) = der_element(seq, 0x30)?;
+    let (bits, _) = der_element(rest, 0x03)?;
+    let inner = bits.get(1..)?;
+    der_element(inner, 0x30).map(|_| inner)
+}
+
 pub(crate) struct Outcome {
     pub checks: Vec<Check>,
     /// Selectors whose key is published and usable.
     pub usable_selectors: Vec<String>,
 }
 
-pub(crate) async fn check(dns: &Dns, domain: &str, selectors: &[String]) -> Outcome {
+pub(crate) async fn check(
+    dns: &Dns,
+    domain: &str,
+    selectors: &[String],
+    expected: &[ExpectedKey],
+) -> Outcome {
     let area = Area::Dkim;
     let mut out = Outcome {
         checks: Vec::new(),
@@ -186,7 +225,19 @@ pub(crate) async fn check(dns: &Dns, domain: &str, selectors: &[String]) -> Outc
             .hint(format!(
                 "sign with a selector whose key is published, or republish the key at {name}"
             )),
-            Ok(k) => key_size_check(&name, sel, &k),
+            Ok(k) => {
+                let size = key_size_check(&name, sel, &k);
+                let in_use = expected
+                    .iter()
+                    .find(|e| e.domain.eq_ignore_ascii_case(domain) && e.selector == *sel);
+                match in_use {
+                    Some(e) if size.status != Status::Fail => {
+                        out.checks.push(size);
+                        key_match_check(&name, &k, e)
+                    }
+                    _ => size,
+                }
+            }
         };
         if check.status != Status::Fail {
             out.usable_selectors.push(sel.clone());
@@ -194,6 +245,44 @@ pub(crate) async fn check(dns: &Dns, domain: &str, selectors: &[String]) -> Outc
         out.checks.push(check);
     }
     out
+}
+
+/// Compares the published key with the private key the relay signs with.
+fn key_match_check(name: &str, published: &KeyRecord, expected: &ExpectedKey) -> Check {
+    let area = Area::Dkim;
+    let republish = format!(
+        "publish the output of `mailer dkim record --key {}` at {name}",
+        expected.path
+    );
+    match &expected.public_key {
+        Err(why) => Check::new(
+            area,
+            "dkim.key-match",
+            Status::Warn,
+            format!(
+                "cannot read the private key {} of {name} ({why}); the published key was not compared with it",
+                expected.path
+            ),
+        )
+        .hint("run mailer check as a user that can read the DKIM key"),
+        Ok(key) if same_public_key(&published.public_key, key) => Check::new(
+            area,
+            "dkim.key-match",
+            Status::Pass,
+            format!("{name}: the published key is that of {}", expected.path),
+        ),
+        Ok(_) => Check::new(
+            area,
+            "dkim.key-match",
+            Status::Fail,
+            format!(
+                "{name}: the published key is not that of {}, the key signing the mail: \
+                 receivers will fail its DKIM signatures",
+                expected.path
+            ),
+        )
+        .hint(republish),
+    }
 }
 
 fn key_size_check(name: &str, sel: &str, k: &KeyRecord) -> Check {
@@ -258,6 +347,27 @@ mod tests {
         assert!(parse("v=DKIM1; k=rsa; p=").unwrap().public_key.is_empty());
         assert_eq!(parse("v=DKIM1; k=rsa").unwrap_err().tag, "p");
         assert_eq!(parse("v=DKIM1; k=dsa; p=AAAA").unwrap_err().tag, "k");
+    }
+
+    #[test]
+    fn rsa_keys_match_bare_or_wrapped_and_differ_by_modulus() {
+        // RSAPublicKey { INTEGER 0x00c1, INTEGER 3 } and its SubjectPublicKeyInfo.
+        let bare = [0x30, 0x07, 0x02, 0x02, 0x00, 0xc1, 0x02, 0x01, 0x03];
+        let mut spki = vec![0x30, 0x1b];
+        spki.extend([
+            0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05,
+            0x00,
+        ]);
+        spki.extend([0x03, 0x0a, 0x00]);
+        spki.extend(bare);
+        assert!(same_public_key(&spki, &bare));
+        assert!(same_public_key(&bare, &spki));
+        assert!(same_public_key(&spki, &spki));
+        let mut other = bare;
+        other[5] = 0xc3;
+        assert!(!same_public_key(&spki, &other));
+        assert!(same_public_key(&[7; 32], &[7; 32]));
+        assert!(!same_public_key(&[7; 32], &[8; 32]));
     }
 
     #[test]

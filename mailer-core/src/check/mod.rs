@@ -32,6 +32,9 @@ pub struct CheckInput {
     pub relays: Vec<String>,
     /// DKIM selectors that sign mail of `domain`.
     pub dkim_selectors: Vec<String>,
+    /// The keys the relay signs with; a checked selector of `domain` found here must publish
+    /// this key. Empty: published keys are judged on their own.
+    pub dkim_keys: Vec<dkim::ExpectedKey>,
     /// Name servers replacing the system's for every lookup; empty means the system resolvers.
     pub nameservers: Vec<SocketAddr>,
     /// Roots trusted for the MTA-STS policy fetch in addition to webpki and system roots.
@@ -50,6 +53,7 @@ impl CheckInput {
             domain: domain.into(),
             relays: Vec::new(),
             dkim_selectors: Vec::new(),
+            dkim_keys: Vec::new(),
             nameservers: Vec::new(),
             extra_roots: Vec::new(),
             timeout: Duration::from_secs(5),
@@ -284,7 +288,7 @@ pub async fn run_checks(input: &CheckInput) -> Result<Report, CheckError> {
     checks.extend(spf.checks);
     let dmarc = dmarc::check(&dns, &domain, apex_txt.as_deref()).await;
     checks.extend(dmarc.checks.iter().cloned());
-    let dkim = dkim::check(&dns, &domain, &input.dkim_selectors).await;
+    let dkim = dkim::check(&dns, &domain, &input.dkim_selectors, &input.dkim_keys).await;
     checks.extend(dkim.checks.iter().cloned());
     checks.extend(
         alignment(

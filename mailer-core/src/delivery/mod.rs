@@ -5,6 +5,7 @@
 //! retry, so the queue never has to interpret transport-specific errors.
 
 pub mod bounce;
+pub mod dkim;
 pub mod maildir;
 pub mod mbox;
 pub mod relay;

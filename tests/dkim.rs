@@ -1,0 +1,552 @@
+//! End to end: mail relayed by the real daemon through a STARTTLS + AUTH upstream arrives
+//! DKIM-signed with keys made by `mailer dkim keygen`, and mail-auth verifies the signatures
+//! against the records keygen printed, served by a loopback DNS server.
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use lettre::address::Envelope;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use mail_auth::hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts,
+};
+use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
+use mailer_testkit::certs::TestCa;
+use mailer_testkit::daemon::{free_port, Daemon};
+use mailer_testkit::dns::DnsServer;
+use mailer_testkit::sink::{Received, Sink, SinkOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mailer");
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Every signed header field present, one of them folded, and a body whose trailing spaces and
+/// empty lines relaxed canonicalization treats specially.
+const MESSAGE: &[u8] = b"From: Mastodon <notifications@ublog.tech>\r\n\
+To: pim@example.org\r\n\
+Cc: other@example.net\r\n\
+Subject: New follower:\r\n\
+ someone followed you\r\n\
+Date: Tue, 25 Nov 2025 13:00:00 +0000\r\n\
+Message-ID: <abc@ublog.tech>\r\n\
+Reply-To: no-reply@ublog.tech\r\n\
+In-Reply-To: <parent@ublog.tech>\r\n\
+References: <root@ublog.tech> <parent@ublog.tech>\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+X-Mailer: Mastodon\r\n\
+\r\n\
+You have a new follower.  \r\n\
+.A line with a leading dot\r\n\
+\r\n\
+\r\n";
+
+/// Runs `mailer dkim keygen` for `selector._domainkey.ublog.tech`; returns the key path and the
+/// record's name and text as its printed zone line says.
+fn keygen(dir: &Path, selector: &str, algorithm: &str) -> (PathBuf, String, String) {
+    let key = dir.join(format!("{selector}.key"));
+    let out = Command::new(BIN)
+        .args([
+            "dkim",
+            "keygen",
+            "--selector",
+            selector,
+            "--domain",
+            "ublog.tech",
+        ])
+        .args(["--algorithm", algorithm, "--out"])
+        .arg(&key)
+        .output()
+        .expect("run mailer dkim keygen");
+    assert!(
+        out.status.success(),
+        "keygen failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8(out.stdout).expect("the record is text");
+    let (name, text) = parse_zone_line(&line);
+    (key, name, text)
+}
+
+/// `NAME. IN TXT "a" "b"` → (`NAME`, `ab`): the strings joined, as a resolver joins them.
+fn parse_zone_line(line: &str) -> (String, String) {
+    let (name, rest) = line
+        .trim_end()
+        .split_once(". IN TXT ")
+        .unwrap_or_else(|| panic!("not a zone line: {line:?}"));
+    let strings: Vec<&str> = rest.split('"').collect();
+    assert!(strings.len() >= 3, "no quoted string in {line:?}");
+    for (i, s) in strings.iter().enumerate() {
+        if i % 2 == 0 {
+            assert!(s.trim().is_empty(), "text outside quotes in {line:?}");
+        } else {
+            assert!(s.len() <= 255, "a TXT string longer than 255 octets");
+        }
+    }
+    let text = strings.iter().skip(1).step_by(2).copied().collect();
+    (name.to_string(), text)
+}
+
+/// An upstream like the production smarthost: STARTTLS required, then AUTH.
+struct Upstream {
+    sink: Sink,
+    ca_file: PathBuf,
+    secrets: PathBuf,
+}
+
+async fn upstream(dir: &Path) -> Upstream {
+    let ca = TestCa::new();
+    let sink = Sink::start(SinkOptions {
+        tls: Some(ca.issue(&["127.0.0.1"])),
+        require_tls: true,
+        auth: Some(("relay-user".into(), "relay secret".into())),
+        ..SinkOptions::default()
+    })
+    .await;
+    let secrets = dir.join("secrets");
+    fs::write(&secrets, "upstream relay-user:relay secret\n").expect("write secrets");
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).expect("chmod secrets");
+    Upstream {
+        sink,
+        ca_file: ca.write_pem_file(dir),
+        secrets,
+    }
+}
+
+/// The daemon's configuration: `actions` relay through the upstream; `matches` route to them.
+fn config(port: u16, dir: &Path, up: &Upstream, actions: &[(&str, &str)], matches: &str) -> String {
+    let mut text = format!(
+        r#"
+hostname = "mx.test"
+queue_dir = "{dir}/queue"
+control_socket = "{dir}/control.sock"
+
+[[listen]]
+address = "127.0.0.1:{port}"
+
+[tables]
+secrets = "{secrets}"
+
+[queue]
+retry_min = "1s"
+retry_max = "2s"
+"#,
+        dir = dir.display(),
+        secrets = up.secrets.display(),
+    );
+    for (name, extra) in actions {
+        text.push_str(&format!(
+            r#"
+[actions.{name}]
+relay = "smtp+tls://upstream@127.0.0.1:{sink}"
+auth = "secrets"
+ca_file = "{ca}"
+{extra}
+"#,
+            sink = up.sink.port(),
+            ca = up.ca_file.display(),
+        ));
+    }
+    text.push_str(matches);
+    text
+}
+
+const MATCH_ALL: &str = "\n[[match]]\nfrom = \"local\"\nfor = \"any\"\naction = \"outbound\"\n";
+
+fn dkim_line(keys: &[(&str, &Path)]) -> String {
+    let entries: Vec<String> = keys
+        .iter()
+        .map(|(selector, key)| {
+            format!(
+                r#"{{ domain = "ublog.tech", selector = "{selector}", key = "{}" }}"#,
+                key.display()
+            )
+        })
+        .collect();
+    format!("dkim = [{}]", entries.join(", "))
+}
+
+async fn send(port: u16, to: &str, message: &[u8]) {
+    let client = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(port)
+        .timeout(Some(Duration::from_secs(10)))
+        .build();
+    let envelope = Envelope::new(
+        Some("notifications@ublog.tech".parse().expect("test address")),
+        vec![to.parse().expect("test address")],
+    )
+    .expect("test envelope");
+    // The client writes CRLF before the final dot itself.
+    let response = client
+        .send_raw(&envelope, &message[..message.len() - 2])
+        .await
+        .expect("the daemon accepts the message");
+    assert_eq!(response.code().to_string(), "250");
+}
+
+async fn relayed(up: &Upstream, n: usize, daemon: &Daemon) -> Vec<Received> {
+    let got = up.sink.wait_for(n, WAIT).await;
+    assert_eq!(
+        got.len(),
+        n,
+        "relayed messages; daemon log:\n{}",
+        daemon.log()
+    );
+    got
+}
+
+fn authenticator(dns: SocketAddr) -> MessageAuthenticator {
+    let mut udp = ConnectionConfig::udp();
+    udp.port = dns.port();
+    let mut tcp = ConnectionConfig::tcp();
+    tcp.port = dns.port();
+    let server = NameServerConfig::new(dns.ip(), true, vec![udp, tcp]);
+    MessageAuthenticator::new(
+        ResolverConfig::from_parts(None, vec![], vec![server]),
+        ResolverOpts::default(),
+    )
+    .expect("a resolver for the test DNS server")
+}
+
+/// The header fields of `data` before `rest` starts, unfolded, as (name, value) pairs.
+fn fields_before(data: &[u8], rest: &[u8]) -> Vec<(String, String)> {
+    let head = String::from_utf8(data[..data.len() - rest.len()].to_vec()).expect("ASCII fields");
+    let mut fields: Vec<(String, String)> = Vec::new();
+    for line in head.split("\r\n").filter(|l| !l.is_empty()) {
+        if line.starts_with([' ', '\t']) {
+            fields.last_mut().expect("a continuation follows a field").1 += line;
+        } else {
+            let (name, value) = line.split_once(':').expect("a field has a colon");
+            fields.push((name.to_string(), value.to_string()));
+        }
+    }
+    fields
+}
+
+fn tag(value: &str, name: &str) -> String {
+    value
+        .split(';')
+        .map(|t| t.split_whitespace().collect::<String>())
+        .find_map(|t| t.strip_prefix(&format!("{name}=")).map(str::to_string))
+        .unwrap_or_else(|| panic!("no {name}= in {value}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_mail_is_signed_with_rsa_and_ed25519_keys_from_keygen_and_both_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rsa_key, rsa_name, rsa_text) = keygen(dir.path(), "rsa2026", "rsa2048");
+    let (ed_key, ed_name, ed_text) = keygen(dir.path(), "ed2026", "ed25519");
+    assert_eq!(rsa_name, "rsa2026._domainkey.ublog.tech");
+    assert!(rsa_text.starts_with("v=DKIM1; k=rsa; p="), "{rsa_text}");
+    assert!(ed_text.starts_with("v=DKIM1; k=ed25519; p="), "{ed_text}");
+    let dns = DnsServer::start(&[
+        (rsa_name.as_str(), "TXT", rsa_text.as_str()),
+        (ed_name.as_str(), "TXT", ed_text.as_str()),
+    ])
+    .await;
+    let up = upstream(dir.path()).await;
+    let port = free_port();
+    let dkim = dkim_line(&[("rsa2026", &rsa_key), ("ed2026", &ed_key)]);
+    let cfg = config(port, dir.path(), &up, &[("outbound", &dkim)], MATCH_ALL);
+    let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &cfg);
+
+    send(port, "pim@example.org", MESSAGE).await;
+    let got = relayed(&up, 1, &daemon).await;
+    let m = &got[0];
+    assert!(m.tls);
+    assert_eq!(m.auth_user.as_deref(), Some("relay-user"));
+
+    // Body and every original header field arrive byte for byte; only our fields precede them.
+    assert!(
+        m.data.ends_with(MESSAGE),
+        "the message changed in transit:\n{}",
+        String::from_utf8_lossy(&m.data)
+    );
+    let added = fields_before(&m.data, MESSAGE);
+    let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["DKIM-Signature", "DKIM-Signature", "Received"]);
+    for (_, value) in &added[..2] {
+        assert_eq!(tag(value, "c"), "relaxed/relaxed");
+        assert_eq!(tag(value, "d"), "ublog.tech");
+        let h: Vec<String> = tag(value, "h")
+            .split(':')
+            .map(str::to_ascii_lowercase)
+            .collect();
+        let mut sorted = h.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [
+                "cc",
+                "content-type",
+                "date",
+                "from",
+                "from",
+                "in-reply-to",
+                "message-id",
+                "mime-version",
+                "references",
+                "reply-to",
+                "subject",
+                "to"
+            ],
+            "the usual fields signed, From oversigned, X-Mailer not"
+        );
+    }
+    let algorithms: Vec<(String, String)> = added[..2]
+        .iter()
+        .map(|(_, v)| (tag(v, "s"), tag(v, "a")))
+        .collect();
+    assert!(algorithms.contains(&("rsa2026".into(), "rsa-sha256".into())));
+    assert!(algorithms.contains(&("ed2026".into(), "ed25519-sha256".into())));
+
+    let auth = authenticator(dns.addr());
+    let parsed = AuthenticatedMessage::parse(&m.data).expect("mail-auth parses the message");
+    let outputs = auth.verify_dkim(&parsed).await;
+    assert_eq!(outputs.len(), 2);
+    for output in &outputs {
+        let selector = output.signature().map(|s| s.s.clone()).unwrap_or_default();
+        assert_eq!(
+            output.result(),
+            &DkimResult::Pass,
+            "signature of selector {selector}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unaligned_from_is_signed_only_by_an_action_with_sign_unaligned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, name, text) = keygen(dir.path(), "ed2026", "ed25519");
+    let dns = DnsServer::start(&[(name.as_str(), "TXT", text.as_str())]).await;
+    let up = upstream(dir.path()).await;
+    let port = free_port();
+    let dkim = dkim_line(&[("ed2026", &key)]);
+    let lenient = format!("{dkim}\nsign_unaligned = true");
+    let matches = "
+[[match]]
+from = \"local\"
+for = [\"lenient.example\"]
+action = \"lenient\"
+
+[[match]]
+from = \"local\"
+for = \"any\"
+action = \"outbound\"
+";
+    let cfg = config(
+        port,
+        dir.path(),
+        &up,
+        &[("outbound", &dkim), ("lenient", &lenient)],
+        matches,
+    );
+    let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &cfg);
+    let foreign =
+        b"From: someone@other.example\r\nTo: pim@example.org\r\nSubject: hi\r\n\r\nHello.\r\n";
+
+    send(port, "pim@example.org", foreign).await;
+    let got = relayed(&up, 1, &daemon).await;
+    let added = fields_before(&got[0].data, foreign);
+    let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["Received"],
+        "an unaligned From is not signed by default"
+    );
+    assert!(
+        daemon.log().contains("not DKIM-signed"),
+        "the skip is logged:\n{}",
+        daemon.log()
+    );
+
+    send(port, "pim@lenient.example", foreign).await;
+    let got = relayed(&up, 2, &daemon).await;
+    let added = fields_before(&got[1].data, foreign);
+    let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["DKIM-Signature", "Received"]);
+    let parsed = AuthenticatedMessage::parse(&got[1].data).expect("parses");
+    let outputs = authenticator(dns.addr()).verify_dkim(&parsed).await;
+    assert_eq!(outputs.len(), 1);
+    assert_eq!(outputs[0].result(), &DkimResult::Pass);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn world_readable_key_is_refused_by_config_check_and_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _, _) = keygen(dir.path(), "ed2026", "ed25519");
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+    let up = upstream(dir.path()).await;
+    let port = free_port();
+    let dkim = dkim_line(&[("ed2026", &key)]);
+    let config_path = dir.path().join("mailer.toml");
+    fs::write(
+        &config_path,
+        config(port, dir.path(), &up, &[("outbound", &dkim)], MATCH_ALL),
+    )
+    .unwrap();
+    let problem = format!(
+        "DKIM key {}: mode 0644 is too open (0640 at most); chmod 600 it",
+        key.display()
+    );
+
+    let check = Command::new(BIN)
+        .arg("--config")
+        .arg(&config_path)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        stderr.contains(&problem) && stderr.contains("mailer.toml:"),
+        "{stderr}"
+    );
+
+    let mut serve = Command::new(BIN)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("serve")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = serve.kill();
+            panic!("serve kept running with a world-readable DKIM key");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut serve.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains(&problem), "{stderr}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing listens"
+    );
+
+    // 0640 is enough.
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o640)).unwrap();
+    let check = Command::new(BIN)
+        .arg("--config")
+        .arg(&config_path)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn keygen_writes_a_private_key_and_record_prints_the_same_txt_again() {
+    let dir = tempfile::tempdir().unwrap();
+    for algorithm in ["rsa2048", "ed25519"] {
+        let selector = format!("s-{algorithm}");
+        let (key, name, text) = keygen(dir.path(), &selector, algorithm);
+        let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o600);
+        assert!(fs::read_to_string(&key)
+            .unwrap()
+            .starts_with("-----BEGIN PRIVATE KEY-----\n"));
+
+        let again = Command::new(BIN)
+            .args(["dkim", "record", "--key"])
+            .arg(&key)
+            .args(["--selector", &selector, "--domain", "ublog.tech"])
+            .output()
+            .unwrap();
+        assert!(again.status.success());
+        let line = String::from_utf8(again.stdout).unwrap();
+        assert_eq!(parse_zone_line(&line), (name.clone(), text.clone()));
+
+        // An existing key is never overwritten.
+        let before = fs::read(&key).unwrap();
+        let out = Command::new(BIN)
+            .args([
+                "dkim",
+                "keygen",
+                "--selector",
+                &selector,
+                "--domain",
+                "ublog.tech",
+            ])
+            .args(["--algorithm", algorithm, "--out"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert_eq!(fs::read(&key).unwrap(), before);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mailer_check_fails_a_published_key_that_is_not_the_configured_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, name, text) = keygen(dir.path(), "ed2026", "ed25519");
+    let (_, other_name, other_text) = keygen(dir.path(), "old", "ed25519");
+    assert_ne!(text, other_text);
+    let up = upstream(dir.path()).await;
+    let port = free_port();
+    let dkim = dkim_line(&[("ed2026", &key)]);
+    let config_path = dir.path().join("mailer.toml");
+    let cfg = config(port, dir.path(), &up, &[("outbound", &dkim)], MATCH_ALL).replace(
+        "auth = \"secrets\"",
+        "auth = \"secrets\"\nmail_from = \"@ublog.tech\"",
+    );
+    fs::write(&config_path, cfg).unwrap();
+
+    for (published, expected) in [(&text, "pass"), (&other_text, "fail")] {
+        let dns = DnsServer::start(&[
+            ("ublog.tech", "TXT", "v=spf1 ip4:127.0.0.1 -all"),
+            (name.as_str(), "TXT", published.as_str()),
+            (other_name.as_str(), "TXT", other_text.as_str()),
+        ])
+        .await;
+        let out = tokio::task::spawn_blocking({
+            let config_path = config_path.clone();
+            let ns = dns.addr().to_string();
+            move || {
+                Command::new(BIN)
+                    .arg("--config")
+                    .arg(&config_path)
+                    .args(["check", "--json", "--timeout", "2", "--nameserver", &ns])
+                    .output()
+                    .unwrap()
+            }
+        })
+        .await
+        .unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON report ({e}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let check = report["checks"]
+            .as_array()
+            .expect("a list of checks")
+            .iter()
+            .find(|c| c["id"] == "dkim.key-match")
+            .unwrap_or_else(|| panic!("no dkim.key-match in {report:#}"));
+        assert_eq!(check["status"], expected, "{check:#}");
+        assert!(
+            check["message"]
+                .as_str()
+                .unwrap()
+                .contains(&key.display().to_string()),
+            "{check:#}"
+        );
+    }
+}
