@@ -119,7 +119,10 @@ async fn handle(
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
     let response = if uid != 0 && uid != own_uid {
-        tracing::warn!(uid, "control socket: refused a client of a uid not permitted");
+        tracing::warn!(
+            uid,
+            "control socket: refused a client of a uid not permitted"
+        );
         failure(format!(
             "permission denied: uid {uid} may not use the control socket (only root and uid {own_uid})"
         ))
@@ -179,13 +182,16 @@ async fn run(
 ) -> Result<Value, Value> {
     let scheduler = engine.scheduler();
     let io_failure = |e: io::Error| failure(format!("cannot update the queue: {e}"));
-    let in_flight =
-        |id: &str| failure(format!("{id}: no such message, or it is being delivered right now"));
+    let in_flight = |id: &str| {
+        failure(format!(
+            "{id}: no such message, or it is being delivered right now"
+        ))
+    };
     let optional = |id: &Option<String>| id.as_deref().map(parse_id).transpose();
     match request {
         Request::List => {
-            let list = serde_json::to_value(scheduler.snapshot())
-                .map_err(|e| failure(e.to_string()))?;
+            let list =
+                serde_json::to_value(scheduler.snapshot()).map_err(|e| failure(e.to_string()))?;
             Ok(success(list))
         }
         Request::Show { id } => {
@@ -212,7 +218,11 @@ async fn run(
             if qid.is_some() && n == 0 {
                 return Err(in_flight(id.as_deref().unwrap_or_default()));
             }
-            tracing::info!(queue_id = id.as_deref().unwrap_or("all"), messages = n, "flush");
+            tracing::info!(
+                queue_id = id.as_deref().unwrap_or("all"),
+                messages = n,
+                "flush"
+            );
             Ok(success(json!({ "messages": n })))
         }
         Request::Hold { id } => set_held(engine, id, true),

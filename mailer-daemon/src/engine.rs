@@ -147,7 +147,11 @@ impl Engine {
                 _ = tokio::time::sleep(ALIAS_POLL) => {}
                 _ = shutdown.changed() => return,
             }
-            let (config, seen) = self.tables.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let (config, seen) = self
+                .tables
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             let now = alias_files(&config);
             if now == seen {
                 continue;
@@ -669,7 +673,8 @@ impl Delivery {
             .find(|h| failure.reason.contains(h))
             .or_else(|| relay.action.relays.first().map(|u| u.host.as_str()))
             .unwrap_or("unknown");
-        self.metrics.relay_failure(host, classify_relay_failure(failure));
+        self.metrics
+            .relay_failure(host, classify_relay_failure(failure));
     }
 
     /// Where an action's mail goes, for log lines: relay hosts, or `mailbox`.
@@ -774,7 +779,9 @@ impl Deliverer for Dispatch {
             Outcome::Failed(f) if f.permanent && f.status == EnhancedStatus(4, 4, 7) => {
                 ("expired", f.status.to_string(), f.reason.clone())
             }
-            Outcome::Failed(f) if f.permanent => ("bounced", f.status.to_string(), f.reason.clone()),
+            Outcome::Failed(f) if f.permanent => {
+                ("bounced", f.status.to_string(), f.reason.clone())
+            }
             Outcome::Failed(f) => ("deferred", f.status.to_string(), f.reason.clone()),
         };
         self.metrics.delivery(&recipient.action, event);

@@ -264,7 +264,8 @@ fn refresh(engine: &Engine) {
     let queue = engine.scheduler().snapshot();
     let now = mailer_core::time::unix_seconds(SystemTime::now());
     m.queue_messages.set(queue.len() as i64);
-    m.queue_held.set(queue.iter().filter(|e| e.held).count() as i64);
+    m.queue_held
+        .set(queue.iter().filter(|e| e.held).count() as i64);
     let oldest = queue.iter().map(|e| e.arrived).min();
     m.queue_oldest_age
         .set(oldest.map_or(0, |t| now.saturating_sub(t).max(0)));

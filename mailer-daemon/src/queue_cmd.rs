@@ -141,9 +141,8 @@ fn call(socket: &Path, request: &Request) -> Result<Value, CallError> {
             socket.display()
         )),
     })?;
-    let broken = |e: io::Error| {
-        CallError::Failed(format!("control socket {}: {e}", socket.display()))
-    };
+    let broken =
+        |e: io::Error| CallError::Failed(format!("control socket {}: {e}", socket.display()));
     stream
         .set_read_timeout(Some(CALL_TIMEOUT))
         .map_err(broken)?;
@@ -155,9 +154,8 @@ fn call(socket: &Path, request: &Request) -> Result<Value, CallError> {
     BufReader::new(&stream)
         .read_line(&mut response)
         .map_err(broken)?;
-    let value: Value = serde_json::from_str(&response).map_err(|e| {
-        CallError::Failed(format!("malformed answer from the daemon: {e}"))
-    })?;
+    let value: Value = serde_json::from_str(&response)
+        .map_err(|e| CallError::Failed(format!("malformed answer from the daemon: {e}")))?;
     if value["ok"] == json!(true) {
         Ok(value["result"].clone())
     } else {
@@ -193,7 +191,8 @@ fn list(config: &Config, as_json: bool) -> ExitCode {
         },
         Err(CallError::Down(why)) => {
             eprintln!("mailer queue list: {why}; reading the queue directory");
-            let report = match spool(config).and_then(|s| s.load(false).map_err(|e| e.to_string())) {
+            let report = match spool(config).and_then(|s| s.load(false).map_err(|e| e.to_string()))
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("mailer queue list: {e}");
@@ -277,7 +276,10 @@ fn render_table(envelopes: &[Envelope], now: i64) -> String {
         return out;
     }
     for env in envelopes {
-        let sender = env.sender.as_ref().map_or_else(|| "<>".into(), |a| a.to_string());
+        let sender = env
+            .sender
+            .as_ref()
+            .map_or_else(|| "<>".into(), |a| a.to_string());
         out.push_str(&format!(
             "{}  {:>5}  {:>8}  {}{}\n",
             env.id,
@@ -319,7 +321,10 @@ fn render_table(envelopes: &[Envelope], now: i64) -> String {
 }
 
 fn show(config: &Config, id: &str) -> ExitCode {
-    let shown = match call(&config.control_socket, &Request::Show { id: id.to_string() }) {
+    let shown = match call(
+        &config.control_socket,
+        &Request::Show { id: id.to_string() },
+    ) {
         Ok(v) => match serde_json::from_value::<Shown>(v) {
             Ok(s) => s,
             Err(e) => {
@@ -383,7 +388,10 @@ mod tests {
 
     #[test]
     fn header_section_stops_at_the_empty_line() {
-        assert_eq!(header_section(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"), "A: 1\r\nB: 2\r\n");
+        assert_eq!(
+            header_section(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"),
+            "A: 1\r\nB: 2\r\n"
+        );
         assert_eq!(header_section(b"A: 1\r\n"), "A: 1\r\n");
     }
 }

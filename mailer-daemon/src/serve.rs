@@ -177,7 +177,10 @@ impl Listeners {
         });
         for listen in &config.listen {
             let tls = acceptors.remove(&listen.address);
-            let (socket, old) = match (fresh.remove(&listen.address), self.bound.remove(&listen.address)) {
+            let (socket, old) = match (
+                fresh.remove(&listen.address),
+                self.bound.remove(&listen.address),
+            ) {
                 (Some(s), _) => (s, None),
                 (None, Some(b)) => (b.socket, Some(b.task)),
                 (None, None) => continue,
@@ -253,10 +256,7 @@ struct MetricsServer {
     task: JoinHandle<()>,
 }
 
-async fn start_metrics(
-    address: SocketAddr,
-    engine: &Arc<Engine>,
-) -> Result<MetricsServer, String> {
+async fn start_metrics(address: SocketAddr, engine: &Arc<Engine>) -> Result<MetricsServer, String> {
     let listener = TcpListener::bind(address)
         .await
         .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
@@ -279,6 +279,8 @@ async fn serve(
     if !problems.is_empty() {
         return Err(format!("invalid configuration:\n{}", problems.join("\n")));
     }
+    // Handlers first: a SIGHUP right after READY must reload, not kill.
+    let mut signals = Signals::new();
     let (shutdown_tx, shutdown) = watch::channel(false);
     let engine = Engine::start(&config, shutdown.clone()).await?;
 
@@ -316,7 +318,6 @@ async fn serve(
 
     let mut running = config;
     notify::send(&format!("READY=1\nSTATUS={}", status(&running)));
-    let mut signals = Signals::new();
     loop {
         let reply = tokio::select! {
             signal = signals.next() => match signal {
@@ -325,15 +326,26 @@ async fn serve(
             },
             request = reload_rx.recv() => request,
         };
-        notify::send(&format!("RELOADING=1\nMONOTONIC_USEC={}", notify::monotonic_usec()));
+        notify::send(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            notify::monotonic_usec()
+        ));
         let result = reload(&source, &mut running, &engine, &mut listeners, &mut metrics).await;
         match &result {
             Ok(summary) => {
-                engine.metrics().reloads.get_or_create(&outcome("applied")).inc();
+                engine
+                    .metrics()
+                    .reloads
+                    .get_or_create(&outcome("applied"))
+                    .inc();
                 tracing::info!("configuration reloaded: {summary}");
             }
             Err(e) => {
-                engine.metrics().reloads.get_or_create(&outcome("refused")).inc();
+                engine
+                    .metrics()
+                    .reloads
+                    .get_or_create(&outcome("refused"))
+                    .inc();
                 tracing::error!("reload refused, running configuration kept: {e}");
             }
         }
@@ -389,7 +401,11 @@ fn outcome(outcome: &str) -> crate::metrics::Outcome {
 
 /// One line for `systemctl status`.
 fn status(config: &Config) -> String {
-    let addresses: Vec<String> = config.listen.iter().map(|l| l.address.to_string()).collect();
+    let addresses: Vec<String> = config
+        .listen
+        .iter()
+        .map(|l| l.address.to_string())
+        .collect();
     format!("accepting mail on {}", addresses.join(", "))
 }
 
@@ -426,9 +442,7 @@ async fn reload(
         None => {}
     }
     if config.control_socket != running.control_socket {
-        tracing::warn!(
-            "control_socket changed; the new path takes effect at the next start"
-        );
+        tracing::warn!("control_socket changed; the new path takes effect at the next start");
     }
     if config.limits.max_connections != running.limits.max_connections {
         tracing::warn!("limits.max_connections changed; it takes effect at the next start");

@@ -146,7 +146,10 @@ impl<D: Deliverer> Scheduler<D> {
 
     /// The retry and expiry settings in effect.
     pub fn timing(&self) -> Timing {
-        self.timing.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.timing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the retry and expiry settings (on reload); applies from the next attempt.
