@@ -715,3 +715,69 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "{stderr}");
 }
+
+#[test]
+fn an_edited_alias_file_applies_without_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let aliases = dir.path().join("aliases");
+    fs::write(&aliases, "postmaster: root\n").unwrap();
+    let config = format!(
+        r#"
+hostname = "mx.test"
+queue_dir = "{dir}/queue"
+control_socket = "{dir}/control.sock"
+
+[[listen]]
+address = "127.0.0.1:{port}"
+
+[tables]
+aliases = "{dir}/aliases"
+
+[actions.local_mail]
+mbox = "{dir}/mail/%u"
+alias = "aliases"
+
+[[match]]
+from = "local"
+for = "local"
+action = "local_mail"
+"#,
+        dir = dir.path().display(),
+    );
+    let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &config);
+    let client = SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(port)
+        .timeout(Some(Duration::from_secs(10)))
+        .build();
+    let to_team = Envelope::new(
+        Some("a@localhost".parse().unwrap()),
+        vec!["team@localhost".parse().unwrap()],
+    )
+    .unwrap();
+    let err = client
+        .send_raw(&to_team, b"Subject: before\r\n\r\nx\r\n")
+        .unwrap_err();
+    assert!(err.to_string().contains("550"), "{err}");
+
+    fs::write(&aliases, "postmaster: root\nteam: root\n").unwrap();
+    // A later modification time than the first write, whatever the file system's granularity.
+    let later = std::time::SystemTime::now() + Duration::from_secs(5);
+    fs::File::options()
+        .write(true)
+        .open(&aliases)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    eventually(WAIT, || {
+        client
+            .send_raw(&to_team, b"Subject: after\r\n\r\nx\r\n")
+            .ok()
+    })
+    .unwrap_or_else(|| panic!("the new alias never applied:\n{}", daemon.log()));
+    let mbox = dir.path().join("mail/root");
+    let text = eventually(WAIT, || fs::read_to_string(&mbox).ok())
+        .unwrap_or_else(|| panic!("nothing delivered:\n{}", daemon.log()));
+    assert!(text.contains("Subject: after"), "{text}");
+    assert!(daemon.log().contains("aliases reloaded"));
+}

@@ -35,9 +35,12 @@ pub struct Engine {
     dispatch: Arc<Dispatch>,
     router: RwLock<Arc<Router>>,
     /// The configuration in effect, and the alias files' modification times it was read at.
-    tables: Mutex<(Arc<Config>, Vec<(PathBuf, Option<SystemTime>)>)>,
+    tables: Mutex<(Arc<Config>, Vec<FileStamp>)>,
     metrics: Arc<Metrics>,
 }
+
+/// A file and its modification time when last read (`None`: could not be read).
+type FileStamp = (PathBuf, Option<SystemTime>);
 
 /// The queue's timing from the `[queue]` section.
 fn timing(config: &Config) -> Timing {
@@ -50,7 +53,7 @@ fn timing(config: &Config) -> Timing {
 }
 
 /// The alias files a configuration reads, with their modification times now.
-fn alias_files(config: &Config) -> Vec<(PathBuf, Option<SystemTime>)> {
+fn alias_files(config: &Config) -> Vec<FileStamp> {
     let mut files: Vec<PathBuf> = config
         .actions
         .values()
@@ -454,7 +457,7 @@ impl Delivery {
                 ))
             }
         };
-        let owner = (unsafe { libc::geteuid() } == 0).then_some((account.uid, account.gid));
+        let owner = can_chown().then_some((account.uid, account.gid));
         let (pattern, maildir) = match &local.action.mailbox {
             MailboxKind::Mbox(p) => (p, false),
             MailboxKind::Maildir(p) => (p, true),
@@ -612,6 +615,27 @@ fn relay_settings(config: &Config, relay: &RelayAction) -> Result<RelaySettings,
     settings.max_connections_per_member = relay.max_connections;
     settings.max_connections_total = relay.max_connections_total;
     Ok(settings)
+}
+
+/// Whether mailboxes can be given to their users: as root, or with CAP_CHOWN (the systemd
+/// unit runs as an unprivileged user with that capability).
+fn can_chown() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        const CAP_CHOWN: u64 = 1 << 0;
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .is_some_and(|caps| caps & CAP_CHOWN != 0)
+    })
 }
 
 /// A relative mailbox pattern (the embedded default) is taken from the working directory.
