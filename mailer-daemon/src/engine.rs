@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use mailer_core::address::Address;
@@ -28,16 +28,56 @@ use std::sync::Mutex;
 use std::time::Instant;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RelayFailure};
 
 pub struct Engine {
     spool: Arc<Spool>,
-    scheduler: Arc<Scheduler<Delivery>>,
-    router: Arc<Router>,
+    scheduler: Arc<Scheduler<Dispatch>>,
+    dispatch: Arc<Dispatch>,
+    router: RwLock<Arc<Router>>,
+    /// The configuration in effect, and the alias files' modification times it was read at.
+    tables: Mutex<(Arc<Config>, Vec<FileStamp>)>,
     metrics: Arc<Metrics>,
     /// The relay actions' DKIM keys; replaced on reload.
     dkim: std::sync::RwLock<Arc<DkimSigning>>,
 }
+
+/// A file and its modification time when last read (`None`: could not be read).
+type FileStamp = (PathBuf, Option<SystemTime>);
+
+/// The queue's timing from the `[queue]` section.
+fn timing(config: &Config) -> Timing {
+    Timing {
+        retry_min: config.queue.retry_min,
+        retry_max: config.queue.retry_max,
+        lifetime: config.queue.lifetime,
+        warn_after: config.queue.warn_after,
+    }
+}
+
+/// The alias files a configuration reads, with their modification times now.
+fn alias_files(config: &Config) -> Vec<FileStamp> {
+    let mut files: Vec<PathBuf> = config
+        .actions
+        .values()
+        .filter_map(|a| match a {
+            Action::Local(l) => l.alias.as_ref().and_then(|t| config.tables.get(t)).cloned(),
+            Action::Relay(_) => None,
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+        .into_iter()
+        .map(|p| {
+            let mtime = std::fs::metadata(&p).and_then(|m| m.modified()).ok();
+            (p, mtime)
+        })
+        .collect()
+}
+
+/// How often alias files are checked for changes.
+const ALIAS_POLL: Duration = Duration::from_secs(2);
 
 impl Engine {
     /// Opens the queue, loads what it holds and starts delivering.
@@ -48,24 +88,18 @@ impl Engine {
         let spool = Spool::open(&config.queue_dir)
             .map_err(|e| format!("cannot open the queue {}: {e}", config.queue_dir.display()))?;
         let spool = Arc::new(spool);
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new());
         let dkim = load_dkim(config)?;
         let delivery = Arc::new(Delivery::new(config, metrics.clone())?);
-        let router = Arc::new(
-            delivery
-                .router
-                .clone()
-                .with_local_check(delivery.local_check()),
-        );
+        let dispatch = Arc::new(Dispatch {
+            current: RwLock::new(delivery),
+            metrics: metrics.clone(),
+        });
+        let router = Arc::new(Router::new(config).with_local_check(dispatch.local_check()));
         let scheduler = Scheduler::new(
             spool.clone(),
-            delivery,
-            Timing {
-                retry_min: config.queue.retry_min,
-                retry_max: config.queue.retry_max,
-                lifetime: config.queue.lifetime,
-                warn_after: config.queue.warn_after,
-            },
+            dispatch.clone(),
+            timing(config),
             config.hostname.clone(),
         );
         let loader = spool.clone();
@@ -81,37 +115,105 @@ impl Engine {
             scheduler.enqueue(env);
         }
         tracing::info!(messages = loaded, queue = %config.queue_dir.display(), "queue loaded");
-        tokio::spawn(scheduler.clone().run(shutdown));
-        Ok(Arc::new(Engine {
+        tokio::spawn(scheduler.clone().run(shutdown.clone()));
+        let engine = Arc::new(Engine {
             spool,
             scheduler,
-            router,
+            dispatch,
+            router: RwLock::new(router),
+            tables: Mutex::new((Arc::new(config.clone()), alias_files(config))),
             metrics,
             dkim: std::sync::RwLock::new(Arc::new(dkim)),
-        }))
+        });
+        tokio::spawn(engine.clone().watch_aliases(shutdown));
+        Ok(engine)
     }
 
-    /// Signs from now on with these keys (after a reload).
-    #[allow(dead_code, reason = "called by the configuration reload")]
-    pub fn set_dkim(&self, signing: DkimSigning) {
-        *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signing);
+    /// Applies a new configuration: routing, actions, aliases, secrets and queue timing.
+    /// Messages in the queue and attempts under way are untouched; an attempt under way
+    /// finishes with the state it started with. On error nothing changes.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
+        let problems = check_files(config);
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        let delivery = Arc::new(Delivery::new(config, self.metrics.clone())?);
+        let dkim = load_dkim(config)?;
+        self.dispatch.replace(delivery);
+        *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dkim);
+        let router = Arc::new(Router::new(config).with_local_check(self.dispatch.local_check()));
+        *self.router.write().unwrap_or_else(|p| p.into_inner()) = router;
+        self.scheduler.set_timing(timing(config));
+        *self.tables.lock().unwrap_or_else(|p| p.into_inner()) =
+            (Arc::new(config.clone()), alias_files(config));
+        Ok(())
     }
 
+    /// Re-reads the alias tables (with the rest of the delivery state) whenever an alias
+    /// file's modification time changes, so `newaliases`-style edits need no reload.
+    async fn watch_aliases(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ALIAS_POLL) => {}
+                _ = shutdown.changed() => return,
+            }
+            let (config, seen) = self
+                .tables
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let now = alias_files(&config);
+            if now == seen {
+                continue;
+            }
+            let changed: Vec<String> = now
+                .iter()
+                .filter(|f| !seen.contains(f))
+                .map(|(p, _)| p.display().to_string())
+                .collect();
+            match Delivery::new(&config, self.metrics.clone()) {
+                Ok(delivery) => {
+                    self.dispatch.replace(Arc::new(delivery));
+                    tracing::info!(files = %changed.join(", "), "aliases reloaded");
+                }
+                Err(e) => tracing::error!(
+                    files = %changed.join(", "),
+                    error = %e.replace('\n', "; "),
+                    "aliases changed but cannot be read; keeping the previous table"
+                ),
+            }
+            // Remember the new times either way: a broken file is reported once per change.
+            let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+            if Arc::ptr_eq(&tables.0, &config) {
+                tables.1 = now;
+            }
+        }
+    }
+
+    /// Relay member states of every relay action, for metrics.
+    pub fn relay_status(&self) -> Vec<mailer_core::delivery::relay::MemberStatus> {
+        let delivery = self.dispatch.current();
+        delivery
+            .relays
+            .values()
+            .flat_map(|r| r.pool.status())
+            .collect()
+    }
+
+    /// The match rules in effect (a new listener task takes the current ones).
     pub fn router(&self) -> Arc<Router> {
-        self.router.clone()
+        self.router
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
-    /// The shared metrics, for the exporter.
-    pub fn metrics_handle(&self) -> Arc<Metrics> {
-        self.metrics.clone()
-    }
-
     /// The queue in memory: inspection and control (hold, release, flush, remove).
-    pub fn scheduler(&self) -> &Arc<Scheduler<Delivery>> {
+    pub fn scheduler(&self) -> &Arc<Scheduler<Dispatch>> {
         &self.scheduler
     }
 
@@ -343,25 +445,20 @@ impl Delivery {
     }
 
     /// Whether a local recipient exists: an alias of the action's table, or a system user.
-    fn local_check(&self) -> Arc<mailer_core::policy::router::LocalCheck> {
-        let tables: HashMap<String, Option<Arc<Aliases>>> = self
-            .locals
-            .iter()
-            .map(|(name, l)| (name.clone(), l.aliases.clone()))
-            .collect();
-        Arc::new(move |action: &str, rcpt: &Address| {
-            let aliases = tables.get(action)?;
-            if aliases
-                .as_ref()
-                .is_some_and(|a| a.contains(rcpt.local_part()))
-            {
-                return Some(true);
-            }
-            match lookup_user(&rcpt.user()) {
-                Ok(found) => Some(found.is_some()),
-                Err(_) => None,
-            }
-        })
+    /// `None`: cannot be told now.
+    fn local_exists(&self, action: &str, rcpt: &Address) -> Option<bool> {
+        let local = self.locals.get(action)?;
+        if local
+            .aliases
+            .as_ref()
+            .is_some_and(|a| a.contains(rcpt.local_part()))
+        {
+            return Some(true);
+        }
+        match lookup_user(&rcpt.user()) {
+            Ok(found) => Some(found.is_some()),
+            Err(_) => None,
+        }
     }
 
     fn deliver_local(&self, local: &Local, job: &Job) -> Attempt {
@@ -445,7 +542,7 @@ impl Delivery {
                 ))
             }
         };
-        let owner = (unsafe { libc::geteuid() } == 0).then_some((account.uid, account.gid));
+        let owner = can_chown().then_some((account.uid, account.gid));
         let (pattern, maildir) = match &local.action.mailbox {
             MailboxKind::Mbox(p) => (p, false),
             MailboxKind::Maildir(p) => (p, true),
@@ -602,6 +699,27 @@ fn relay_settings(config: &Config, relay: &RelayAction) -> Result<RelaySettings,
     Ok(settings)
 }
 
+/// Whether mailboxes can be given to their users: as root, or with CAP_CHOWN (the systemd
+/// unit runs as an unprivileged user with that capability).
+fn can_chown() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        const CAP_CHOWN: u64 = 1 << 0;
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))
+                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            })
+            .is_some_and(|caps| caps & CAP_CHOWN != 0)
+    })
+}
+
 /// A relative mailbox pattern (the embedded default) is taken from the working directory.
 fn absolute_pattern(kind: &MailboxKind) -> MailboxKind {
     let fix = |p: &String| -> String {
@@ -617,14 +735,16 @@ fn absolute_pattern(kind: &MailboxKind) -> MailboxKind {
     }
 }
 
-impl Deliverer for Delivery {
-    async fn deliver(&self, job: Job) -> Attempt {
+impl Delivery {
+    async fn deliver(&self, job: &Job) -> Attempt {
         if let Some(local) = self.locals.get(&job.action) {
             // Mailbox writes block (locks, fsync): keep them off the runtime's threads.
-            return tokio::task::block_in_place(|| self.deliver_local(local, &job));
+            return tokio::task::block_in_place(|| self.deliver_local(local, job));
         }
         if let Some(relay) = self.relays.get(&job.action) {
-            return Attempt::of(self.deliver_relay(relay, &job).await);
+            let outcomes = self.deliver_relay(relay, job).await;
+            self.count_relay_failure(relay, &outcomes);
+            return Attempt::of(outcomes);
         }
         let outcomes = job
             .recipients
@@ -639,37 +759,148 @@ impl Deliverer for Delivery {
         Attempt::of(outcomes)
     }
 
+    /// Counts a relay attempt that failed (once per attempt, by its first failure).
+    fn count_relay_failure(&self, relay: &Relay, outcomes: &[Outcome]) {
+        let Some(failure) = outcomes.iter().find_map(|o| match o {
+            Outcome::Failed(f) => Some(f),
+            Outcome::Delivered { .. } => None,
+        }) else {
+            return;
+        };
+        // A misalignment refusal is ours, not the relay's.
+        if failure.status == EnhancedStatus(5, 7, 1) && failure.remote_reply.is_none() {
+            return;
+        }
+        let host = relay
+            .action
+            .relays
+            .iter()
+            .map(|u| u.host.as_str())
+            .find(|h| failure.reason.contains(h))
+            .or_else(|| relay.action.relays.first().map(|u| u.host.as_str()))
+            .unwrap_or("unknown");
+        self.metrics
+            .relay_failure(host, classify_relay_failure(failure));
+    }
+
+    /// Where an action's mail goes, for log lines: relay hosts, or `mailbox`.
+    fn via(&self, action: &str) -> String {
+        match self.relays.get(action) {
+            Some(relay) => relay
+                .action
+                .relays
+                .iter()
+                .map(|u| u.host.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            None if self.locals.contains_key(action) => "mailbox".to_string(),
+            None => "none".to_string(),
+        }
+    }
+}
+
+/// The kind of a relay failure, from what the relay client reported. The pool folds
+/// session-setup failures into one temporary failure, so its reason text is what is left.
+fn classify_relay_failure(f: &Failure) -> RelayFailure {
+    if f.reason.contains(": AUTH") {
+        return RelayFailure::Auth;
+    }
+    if let Some(reply) = &f.remote_reply {
+        return if reply.starts_with('5') {
+            RelayFailure::Permanent
+        } else {
+            RelayFailure::Temporary
+        };
+    }
+    let lower = f.reason.to_ascii_lowercase();
+    if lower.contains("tls") || lower.contains("certificate") {
+        RelayFailure::Tls
+    } else {
+        RelayFailure::Connect
+    }
+}
+
+/// The delivery state in effect. Replaced whole on reload: an attempt under way keeps the
+/// state it started with, the next one takes the new.
+pub struct Dispatch {
+    current: RwLock<Arc<Delivery>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Dispatch {
+    fn current(&self) -> Arc<Delivery> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn replace(&self, delivery: Arc<Delivery>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = delivery;
+    }
+
+    /// The RCPT-time check of local recipients, against the aliases in effect at that moment.
+    fn local_check(self: &Arc<Self>) -> Arc<mailer_core::policy::router::LocalCheck> {
+        let dispatch = Arc::downgrade(self);
+        Arc::new(move |action: &str, rcpt: &Address| {
+            dispatch.upgrade()?.current().local_exists(action, rcpt)
+        })
+    }
+}
+
+impl Deliverer for Dispatch {
+    async fn deliver(&self, job: Job) -> Attempt {
+        let delivery = self.current();
+        let attempt = delivery.deliver(&job).await;
+        if attempt
+            .outcomes
+            .iter()
+            .any(|o| matches!(o, Outcome::Delivered { .. }))
+        {
+            self.metrics.bytes_out.inc_by(job.message.len() as u64);
+        }
+        attempt
+    }
+
     fn route(&self, recipient: &Address) -> Option<String> {
-        self.router.action_for(true, recipient).map(str::to_string)
+        self.current()
+            .router
+            .action_for(true, recipient)
+            .map(str::to_string)
     }
 
     fn observe(&self, env: &Envelope, recipient: &Recipient, outcome: &Outcome) {
         let delay = SystemTime::now()
             .duration_since(env.arrived_at())
-            .unwrap_or_default()
-            .as_secs();
-        let (label, status, detail) = match outcome {
+            .unwrap_or_default();
+        let (event, status, detail) = match outcome {
             Outcome::Delivered { reply } => {
-                ("delivered", "sent", reply.clone().unwrap_or_default())
+                self.metrics.delivery_duration.observe(delay.as_secs_f64());
+                (
+                    "delivered",
+                    "2.0.0".to_string(),
+                    reply.clone().unwrap_or_default(),
+                )
             }
-            Outcome::Failed(f) if f.permanent => ("bounced", "bounced", f.reason.clone()),
-            Outcome::Failed(f) => ("deferred", "deferred", f.reason.clone()),
+            Outcome::Failed(f) if f.permanent && f.status == EnhancedStatus(4, 4, 7) => {
+                ("expired", f.status.to_string(), f.reason.clone())
+            }
+            Outcome::Failed(f) if f.permanent => {
+                ("bounced", f.status.to_string(), f.reason.clone())
+            }
+            Outcome::Failed(f) => ("deferred", f.status.to_string(), f.reason.clone()),
         };
-        self.metrics
-            .deliveries
-            .get_or_create(&crate::metrics::ActionOutcome {
-                action: recipient.action.clone(),
-                outcome: label.to_string(),
-            })
-            .inc();
+        self.metrics.delivery(&recipient.action, event);
+        let via = self.current().via(&recipient.action);
         tracing::info!(
             queue_id = %env.id,
             to = %recipient.address,
             action = %recipient.action,
-            status,
-            delay,
+            relay = %via,
+            status = %status,
+            delay = format_args!("{}s", delay.as_secs()),
             detail = %detail,
-            "delivery"
+            "{event}"
         );
     }
 }

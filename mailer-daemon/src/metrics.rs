@@ -1,9 +1,22 @@
-//! Prometheus metrics of the daemon.
+//! Prometheus metrics of the daemon and the HTTP endpoint that exposes them.
+//!
+//! Counters are updated where the fact happens; gauges that describe state (the queue, relay
+//! connections and circuit breakers) are computed from the engine at each scrape.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::engine::Engine;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -16,43 +29,193 @@ pub struct ActionOutcome {
     pub outcome: String,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Host {
+    pub host: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HostKind {
+    pub host: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Check {
+    pub check: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildInfo {
+    pub version: String,
+}
+
+/// Why a relay attempt failed, as `mailer_relay_failures_total{kind}` tells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayFailure {
+    Connect,
+    Tls,
+    Auth,
+    Temporary,
+    Permanent,
+}
+
+impl RelayFailure {
+    pub fn label(self) -> &'static str {
+        match self {
+            RelayFailure::Connect => "connect",
+            RelayFailure::Tls => "tls",
+            RelayFailure::Auth => "auth",
+            RelayFailure::Temporary => "4xx",
+            RelayFailure::Permanent => "5xx",
+        }
+    }
+}
+
+/// Every metric of the daemon, registered once in [`Metrics::new`].
 pub struct Metrics {
     pub sessions: Counter,
     pub accepted: Counter,
     pub bytes_in: Counter,
+    pub bytes_out: Counter,
     pub rejected: Family<Reason, Counter>,
     pub deliveries: Family<ActionOutcome, Counter>,
     pub misaligned: Counter,
+    pub relay_failures: Family<HostKind, Counter>,
+    pub relay_connections: Family<Host, Gauge>,
+    pub relay_breaker_open: Family<Host, Gauge>,
+    pub delivery_duration: Histogram,
+    pub queue_messages: Gauge,
+    pub queue_held: Gauge,
+    pub queue_oldest_age: Gauge,
+    pub check_status: Family<Check, Gauge>,
+    pub reloads: Family<Outcome, Counter>,
+    registry: Mutex<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
 }
 
 impl Metrics {
-    pub fn register(&self, registry: &mut Registry) {
-        registry.register(
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            sessions: Counter::default(),
+            accepted: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            rejected: Family::default(),
+            deliveries: Family::default(),
+            misaligned: Counter::default(),
+            relay_failures: Family::default(),
+            relay_connections: Family::default(),
+            relay_breaker_open: Family::default(),
+            // 1 s … 3 days: local mail takes milliseconds, a relay outage days.
+            delivery_duration: Histogram::new(exponential_buckets(1.0, 4.0, 10)),
+            queue_messages: Gauge::default(),
+            queue_held: Gauge::default(),
+            queue_oldest_age: Gauge::default(),
+            check_status: Family::default(),
+            reloads: Family::default(),
+            registry: Mutex::new(Registry::default()),
+        };
+        let mut r = Registry::default();
+        r.register(
             "mailer_sessions",
             "SMTP sessions accepted",
-            self.sessions.clone(),
+            m.sessions.clone(),
         );
-        registry.register(
+        r.register(
             "mailer_messages_accepted",
             "Messages accepted into the queue",
-            self.accepted.clone(),
+            m.accepted.clone(),
         );
-        registry.register(
+        r.register(
+            "mailer_messages_rejected",
+            "Connections, commands or messages refused, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "mailer_deliveries",
+            "Recipient delivery results by action and outcome (delivered, deferred, bounced, expired)",
+            m.deliveries.clone(),
+        );
+        r.register(
             "mailer_bytes_in",
             "Octets of messages accepted",
-            self.bytes_in.clone(),
+            m.bytes_in.clone(),
         );
-        registry.register(
-            "mailer_messages_rejected",
-            "Commands or messages refused, by reason",
-            self.rejected.clone(),
+        r.register(
+            "mailer_bytes_out",
+            "Octets of messages handed to the next hop or a mailbox",
+            m.bytes_out.clone(),
         );
-        registry.register(
-            "mailer_deliveries",
-            "Delivery attempts by action and outcome",
-            self.deliveries.clone(),
+        r.register(
+            "mailer_misalignments",
+            "Relayed messages whose header From does not align with the envelope sender",
+            m.misaligned.clone(),
         );
+        r.register(
+            "mailer_relay_failures",
+            "Relay attempts that failed, by relay host and kind (connect, tls, auth, 4xx, 5xx)",
+            m.relay_failures.clone(),
+        );
+        r.register(
+            "mailer_relay_connections",
+            "Relay sessions open now (busy or idle), by relay host",
+            m.relay_connections.clone(),
+        );
+        r.register(
+            "mailer_relay_circuit_open",
+            "Addresses of a relay host skipped by the circuit breaker now",
+            m.relay_breaker_open.clone(),
+        );
+        r.register(
+            "mailer_delivery_duration_seconds",
+            "Time from arrival to delivery, per delivered recipient",
+            m.delivery_duration.clone(),
+        );
+        r.register(
+            "mailer_queue_messages",
+            "Messages in the queue",
+            m.queue_messages.clone(),
+        );
+        r.register(
+            "mailer_queue_held_messages",
+            "Messages on hold",
+            m.queue_held.clone(),
+        );
+        r.register(
+            "mailer_queue_oldest_age_seconds",
+            "Age of the oldest message in the queue (0 when empty)",
+            m.queue_oldest_age.clone(),
+        );
+        r.register(
+            "mailer_check_status",
+            "Deliverability check result per check: 0 ok, 1 warning, 2 failure",
+            m.check_status.clone(),
+        );
+        r.register(
+            "mailer_config_reloads",
+            "Configuration reloads by outcome (applied, refused)",
+            m.reloads.clone(),
+        );
+        let build = Family::<BuildInfo, Gauge>::default();
+        build
+            .get_or_create(&BuildInfo {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        r.register("mailer_build_info", "Version of the running daemon", build);
+        *m.registry.lock().unwrap_or_else(|p| p.into_inner()) = r;
+        m
     }
 
     pub fn session(&self) {
@@ -66,16 +229,134 @@ impl Metrics {
             })
             .inc();
     }
+
+    pub fn delivery(&self, action: &str, outcome: &str) {
+        self.deliveries
+            .get_or_create(&ActionOutcome {
+                action: action.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn relay_failure(&self, host: &str, kind: RelayFailure) {
+        self.relay_failures
+            .get_or_create(&HostKind {
+                host: host.to_string(),
+                kind: kind.label().to_string(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
 }
 
-/// Serves `/metrics` (Prometheus text format) until shutdown.
-pub async fn serve(
-    address: std::net::SocketAddr,
-    engine: std::sync::Arc<crate::engine::Engine>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut registry = Registry::default();
-    engine.metrics_handle().register(&mut registry);
-    let _ = address;
-    let _ = shutdown.changed().await;
+/// Refreshes the gauges that describe the engine's state now.
+fn refresh(engine: &Engine) {
+    let m = engine.metrics();
+    let queue = engine.scheduler().snapshot();
+    let now = mailer_core::time::unix_seconds(SystemTime::now());
+    m.queue_messages.set(queue.len() as i64);
+    m.queue_held
+        .set(queue.iter().filter(|e| e.held).count() as i64);
+    let oldest = queue.iter().map(|e| e.arrived).min();
+    m.queue_oldest_age
+        .set(oldest.map_or(0, |t| now.saturating_sub(t).max(0)));
+    m.relay_connections.clear();
+    m.relay_breaker_open.clear();
+    for status in engine.relay_status() {
+        let host = Host { host: status.host };
+        m.relay_connections
+            .get_or_create(&host)
+            .inc_by(status.open_connections as i64);
+        m.relay_breaker_open
+            .get_or_create(&host)
+            .inc_by(status.breaker_open_until.is_some() as i64);
+    }
+}
+
+/// Serves `GET /metrics` until shutdown: a minimal HTTP/1.1 responder, one request per
+/// connection, enough for Prometheus and curl.
+pub async fn serve(listener: TcpListener, engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            if let Err(e) = respond(stream, &engine).await {
+                tracing::debug!(error = %e, "metrics request failed");
+            }
+        });
+    }
+}
+
+/// Largest request head read; a scrape request is a few hundred octets.
+const MAX_REQUEST: usize = 8192;
+
+async fn respond(mut stream: TcpStream, engine: &Engine) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_REQUEST {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    if tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .is_err()
+    {
+        return Ok(());
+    }
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => {
+            refresh(engine);
+            (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                engine.metrics().encode(),
+            )
+        }
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "method not allowed\n".to_string(),
+        ),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        response.extend_from_slice(body.as_bytes());
+    }
+    stream.write_all(&response).await?;
+    stream.shutdown().await
 }

@@ -1,17 +1,397 @@
 //! `mailer queue …` and `mailer reload`: clients of the control socket.
+//!
+//! `list` and `show` read the queue directory when the daemon is not running; the commands
+//! that change the queue need the daemon (it owns the queue while it runs) and say so.
 
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use mailer_core::config::Config;
+use mailer_core::queue::{Envelope, QueueId, RecipientState, Spool};
+use mailer_core::time::{unix_seconds, Civil};
+use serde_json::{json, Value};
+
+use crate::control::{header_section, Request, Shown};
 
 #[derive(clap::Args)]
-pub struct Args {}
-
-pub fn main(_config: Option<&Path>, _args: Args) -> ExitCode {
-    eprintln!("mailer queue: not available yet");
-    ExitCode::from(2)
+pub struct Args {
+    #[command(subcommand)]
+    command: QueueCommand,
 }
 
-pub fn reload(_config: Option<&Path>) -> ExitCode {
-    eprintln!("mailer reload: not available yet");
-    ExitCode::from(2)
+#[derive(clap::Subcommand)]
+enum QueueCommand {
+    /// List queued messages with each recipient's state.
+    List {
+        /// Print a JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message: its envelope and headers.
+    Show { id: String },
+    /// Retry now: one message, or every message.
+    Flush { id: Option<String> },
+    /// Keep messages from being delivered until released.
+    Hold {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every message in the queue.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Let held messages be delivered again.
+    Release {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every message in the queue.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete a message without delivering it and without telling the sender.
+    Remove { id: String },
+    /// Fail a message now: its sender gets a delivery status notification.
+    Bounce { id: String },
+}
+
+/// Exit status when the daemon cannot be reached or refuses.
+const EXIT_FAILED: u8 = 1;
+
+pub fn main(config_path: Option<&Path>, args: Args) -> ExitCode {
+    let config = match crate::load_config(config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let request = match args.command {
+        QueueCommand::List { json } => return list(&config, json),
+        QueueCommand::Show { id } => return show(&config, &id),
+        QueueCommand::Flush { id } => Request::Flush { id },
+        QueueCommand::Hold { id, .. } => Request::Hold { id },
+        QueueCommand::Release { id, .. } => Request::Release { id },
+        QueueCommand::Remove { id } => Request::Remove { id },
+        QueueCommand::Bounce { id } => Request::Bounce { id },
+    };
+    let verb = match &request {
+        Request::Flush { .. } => "flushed",
+        Request::Hold { .. } => "held",
+        Request::Release { .. } => "released",
+        Request::Remove { .. } => "removed",
+        _ => "bounced",
+    };
+    match call(&config.control_socket, &request) {
+        Ok(result) => {
+            let n = result["messages"].as_u64().unwrap_or(0);
+            println!("{verb}: {n} message{}", if n == 1 { "" } else { "s" });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailer queue: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+pub fn reload(config_path: Option<&Path>) -> ExitCode {
+    let config = match crate::load_config(config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match call(&config.control_socket, &Request::Reload) {
+        Ok(summary) => {
+            println!("reloaded: {}", summary.as_str().unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mailer reload: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+/// Why a call failed.
+enum CallError {
+    /// Nothing answers on the socket.
+    Down(String),
+    /// The daemon answered with an error, or the exchange broke.
+    Failed(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Down(e) | CallError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Answers within this time or the call fails (a reload reads files; a bounce writes one).
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One request, one response over the control socket.
+fn call(socket: &Path, request: &Request) -> Result<Value, CallError> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => CallError::Down(format!(
+            "the daemon is not running (no answer on the control socket {}: {e})",
+            socket.display()
+        )),
+        _ => CallError::Failed(format!(
+            "cannot connect to the control socket {}: {e}",
+            socket.display()
+        )),
+    })?;
+    let broken =
+        |e: io::Error| CallError::Failed(format!("control socket {}: {e}", socket.display()));
+    stream
+        .set_read_timeout(Some(CALL_TIMEOUT))
+        .map_err(broken)?;
+    let mut line = serde_json::to_vec(request).map_err(|e| CallError::Failed(e.to_string()))?;
+    line.push(b'\n');
+    // A refused peer is answered before it writes; its write may then fail: read anyway.
+    let _ = stream.write_all(&line);
+    let mut response = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut response)
+        .map_err(broken)?;
+    let value: Value = serde_json::from_str(&response)
+        .map_err(|e| CallError::Failed(format!("malformed answer from the daemon: {e}")))?;
+    if value["ok"] == json!(true) {
+        Ok(value["result"].clone())
+    } else {
+        Err(CallError::Failed(
+            value["error"]
+                .as_str()
+                .unwrap_or("the daemon refused the request")
+                .to_string(),
+        ))
+    }
+}
+
+/// Opens the queue directory for reading, without creating it.
+fn spool(config: &Config) -> Result<Spool, String> {
+    if !config.queue_dir.join("q").is_dir() {
+        return Err(format!(
+            "no queue at {} (never started?)",
+            config.queue_dir.display()
+        ));
+    }
+    Spool::open(&config.queue_dir)
+        .map_err(|e| format!("cannot open the queue {}: {e}", config.queue_dir.display()))
+}
+
+fn list(config: &Config, as_json: bool) -> ExitCode {
+    let envelopes: Vec<Envelope> = match call(&config.control_socket, &Request::List) {
+        Ok(v) => match serde_json::from_value(v) {
+            Ok(list) => list,
+            Err(e) => {
+                eprintln!("mailer queue list: malformed answer from the daemon: {e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        },
+        Err(CallError::Down(why)) => {
+            eprintln!("mailer queue list: {why}; reading the queue directory");
+            let report = match spool(config).and_then(|s| s.load(false).map_err(|e| e.to_string()))
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("mailer queue list: {e}");
+                    return ExitCode::from(EXIT_FAILED);
+                }
+            };
+            for (path, reason) in &report.corrupt {
+                eprintln!("{}: unreadable envelope: {reason}", path.display());
+            }
+            report.envelopes
+        }
+        Err(e) => {
+            eprintln!("mailer queue list: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let now = unix_seconds(SystemTime::now());
+    if as_json {
+        let array: Vec<Value> = envelopes.iter().map(entry_json).collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&array).unwrap_or_else(|_| "[]".into())
+        );
+    } else {
+        print!("{}", render_table(&envelopes, now));
+    }
+    ExitCode::SUCCESS
+}
+
+/// RFC 3339 UTC, e.g. `2025-01-31T12:00:05Z`.
+fn rfc3339(secs: i64) -> String {
+    let c = Civil::from_unix(secs);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    )
+}
+
+/// The documented JSON form of one queued message.
+fn entry_json(env: &Envelope) -> Value {
+    json!({
+        "id": env.id.to_string(),
+        "arrived": rfc3339(env.arrived),
+        "size": env.size,
+        "sender": env.sender.as_ref().map_or_else(String::new, |a| a.to_string()),
+        "held": env.held,
+        "recipients": env.recipients.iter().map(|r| json!({
+            "address": r.address.to_string(),
+            "action": r.action,
+            "state": state_name(r.state),
+            "attempts": r.attempts,
+            "next_attempt": (r.state == RecipientState::Pending).then(|| rfc3339(r.next_attempt)),
+            "last_error": r.last_error,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn state_name(state: RecipientState) -> &'static str {
+    match state {
+        RecipientState::Pending => "pending",
+        RecipientState::Delivered => "delivered",
+        RecipientState::Failed => "failed",
+    }
+}
+
+/// A span of seconds as a short age: `45s`, `12m`, `3h`, `2d`.
+fn short_duration(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn render_table(envelopes: &[Envelope], now: i64) -> String {
+    let mut out = String::new();
+    if envelopes.is_empty() {
+        out.push_str("queue is empty\n");
+        return out;
+    }
+    for env in envelopes {
+        let sender = env
+            .sender
+            .as_ref()
+            .map_or_else(|| "<>".into(), |a| a.to_string());
+        out.push_str(&format!(
+            "{}  {:>5}  {:>8}  {}{}\n",
+            env.id,
+            short_duration(now - env.arrived),
+            env.size,
+            sender,
+            if env.held { "  (held)" } else { "" }
+        ));
+        for r in &env.recipients {
+            let next = if r.state == RecipientState::Pending {
+                let wait = r.next_attempt - now;
+                if wait > 0 {
+                    format!("  next in {}", short_duration(wait))
+                } else {
+                    "  next now".to_string()
+                }
+            } else {
+                String::new()
+            };
+            out.push_str(&format!(
+                "    {}  {}  {}  attempts {}{}\n",
+                r.address,
+                r.action,
+                state_name(r.state),
+                r.attempts,
+                next
+            ));
+            if let Some(e) = &r.last_error {
+                out.push_str(&format!("      last error: {e}\n"));
+            }
+        }
+    }
+    out.push_str(&format!(
+        "{} message{}\n",
+        envelopes.len(),
+        if envelopes.len() == 1 { "" } else { "s" }
+    ));
+    out
+}
+
+fn show(config: &Config, id: &str) -> ExitCode {
+    let shown = match call(
+        &config.control_socket,
+        &Request::Show { id: id.to_string() },
+    ) {
+        Ok(v) => match serde_json::from_value::<Shown>(v) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("mailer queue show: malformed answer from the daemon: {e}");
+                return ExitCode::from(EXIT_FAILED);
+            }
+        },
+        Err(CallError::Down(why)) => {
+            eprintln!("mailer queue show: {why}; reading the queue directory");
+            match show_offline(config, id) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("mailer queue show: {e}");
+                    return ExitCode::from(EXIT_FAILED);
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("mailer queue show: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let envelope = serde_json::to_string_pretty(&entry_json(&shown.envelope)).unwrap_or_default();
+    println!("{envelope}\n");
+    print!("{}", shown.headers.replace("\r\n", "\n"));
+    ExitCode::SUCCESS
+}
+
+fn show_offline(config: &Config, id: &str) -> Result<Shown, String> {
+    let qid = QueueId::parse(id).ok_or_else(|| format!("not a queue id: {id:?}"))?;
+    let spool = spool(config)?;
+    let envelope = spool
+        .read_envelope(qid)
+        .map_err(|e| format!("{id}: no such message ({e})"))?;
+    let message = spool
+        .read_message(qid)
+        .map_err(|e| format!("{id}: cannot read the message: {e}"))?;
+    Ok(Shown {
+        envelope,
+        headers: header_section(&message),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_formats_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(short_duration(45), "45s");
+        assert_eq!(short_duration(720), "12m");
+        assert_eq!(short_duration(3 * 3600), "3h");
+        assert_eq!(short_duration(5 * 86_400), "5d");
+    }
+
+    #[test]
+    fn header_section_stops_at_the_empty_line() {
+        assert_eq!(
+            header_section(b"A: 1\r\nB: 2\r\n\r\nbody\r\n"),
+            "A: 1\r\nB: 2\r\n"
+        );
+        assert_eq!(header_section(b"A: 1\r\n"), "A: 1\r\n");
+    }
 }

@@ -73,7 +73,8 @@ struct State {
 pub struct Scheduler<D> {
     spool: Arc<Spool>,
     deliverer: Arc<D>,
-    timing: Timing,
+    /// Swapped on reload; read once per attempt.
+    timing: std::sync::RwLock<Timing>,
     hostname: String,
     state: Mutex<State>,
     wake: Notify,
@@ -93,7 +94,7 @@ impl<D: Deliverer> Scheduler<D> {
         Arc::new(Scheduler {
             spool,
             deliverer,
-            timing,
+            timing: std::sync::RwLock::new(timing),
             hostname,
             state: Mutex::new(State {
                 messages: BTreeMap::new(),
@@ -141,6 +142,99 @@ impl<D: Deliverer> Scheduler<D> {
         drop(state);
         self.wake.notify_one();
         Ok(true)
+    }
+
+    /// The retry and expiry settings in effect.
+    pub fn timing(&self) -> Timing {
+        self.timing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the retry and expiry settings (on reload); applies from the next attempt.
+    pub fn set_timing(&self, timing: Timing) {
+        *self.timing.write().unwrap_or_else(|p| p.into_inner()) = timing;
+        self.wake.notify_one();
+    }
+
+    /// One queued message, if present.
+    pub fn get(&self, id: QueueId) -> Option<Envelope> {
+        self.lock().messages.get(&id).cloned()
+    }
+
+    /// Holds (`held = true`) or releases messages: one, or every message when `id` is `None`.
+    /// Returns how many changed; a message in flight is skipped (its attempt is under way).
+    pub fn set_held(&self, id: Option<QueueId>, held: bool) -> io::Result<usize> {
+        let ids: Vec<QueueId> = match id {
+            Some(id) => vec![id],
+            None => self.lock().messages.keys().copied().collect(),
+        };
+        let mut n = 0;
+        for id in ids {
+            let mut changed = false;
+            if self.modify(id, |env| {
+                changed = env.held != held;
+                env.held = held;
+            })? && changed
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Fails every pending recipient of a message now, with a DSN to its sender, as if its
+    /// lifetime had ended. Returns false if no such message, or if it is in flight.
+    pub async fn bounce_now(&self, id: QueueId, reason: &str) -> io::Result<bool> {
+        let env = {
+            let mut state = self.lock();
+            if state.in_flight.contains(&id) {
+                return Ok(false);
+            }
+            let Some(env) = state.messages.get(&id).cloned() else {
+                return Ok(false);
+            };
+            state.in_flight.insert(id);
+            env
+        };
+        let result = self.bounce_claimed(env, reason).await;
+        self.lock().in_flight.remove(&id);
+        self.wake.notify_one();
+        result.map(|()| true)
+    }
+
+    async fn bounce_claimed(&self, mut env: Envelope, reason: &str) -> io::Result<()> {
+        let id = env.id;
+        let spool = self.spool.clone();
+        let message = tokio::task::spawn_blocking(move || spool.read_message(id))
+            .await
+            .map_err(io::Error::other)??;
+        let now = SystemTime::now();
+        let mut failed = Vec::new();
+        for i in 0..env.recipients.len() {
+            if env.recipients[i].state != RecipientState::Pending {
+                continue;
+            }
+            let failure = Failure::permanent(EnhancedStatus(5, 0, 0), reason);
+            self.deliverer
+                .observe(&env, &env.recipients[i], &Outcome::Failed(failure.clone()));
+            let r = &mut env.recipients[i];
+            r.state = RecipientState::Failed;
+            r.last_error = Some(reason.to_string());
+            failed.push((i, failure));
+        }
+        if !failed.is_empty() {
+            self.bounce(&env, &message, &failed, DsnKind::Failure, now)
+                .await;
+        }
+        self.persist(&env).await?;
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.remove(id))
+            .await
+            .map_err(io::Error::other)??;
+        self.lock().messages.remove(&id);
+        Ok(())
     }
 
     /// Makes every pending recipient due now (all messages, or one).
@@ -262,7 +356,8 @@ impl<D: Deliverer> Scheduler<D> {
         };
         let now = SystemTime::now();
         let now_s = unix_seconds(now);
-        let expires = env.arrived + self.timing.lifetime.as_secs() as i64;
+        let timing = self.timing();
+        let expires = env.arrived + timing.lifetime.as_secs() as i64;
         let mut failed: Vec<(usize, Failure)> = Vec::new();
 
         // Recipients past the queue lifetime fail now, with their last error.
@@ -276,6 +371,10 @@ impl<D: Deliverer> Scheduler<D> {
                 failed.push((i, Failure::permanent(EnhancedStatus(4, 4, 7), reason)));
                 r.state = RecipientState::Failed;
             }
+        }
+        for (i, f) in &failed {
+            self.deliverer
+                .observe(&env, &env.recipients[*i], &Outcome::Failed(f.clone()));
         }
 
         let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -315,7 +414,7 @@ impl<D: Deliverer> Scheduler<D> {
                     }
                     Outcome::Failed(f) => {
                         r.last_error = Some(f.reason.clone());
-                        r.next_attempt = self.next_attempt(now_s, r.attempts, expires);
+                        r.next_attempt = next_attempt(&timing, now_s, r.attempts, expires);
                     }
                 }
             }
@@ -361,8 +460,8 @@ impl<D: Deliverer> Scheduler<D> {
             .any(|r| r.state == RecipientState::Pending);
         if pending
             && !env.warned
-            && !self.timing.warn_after.is_zero()
-            && now_s >= env.arrived + self.timing.warn_after.as_secs() as i64
+            && !timing.warn_after.is_zero()
+            && now_s >= env.arrived + timing.warn_after.as_secs() as i64
         {
             let delayed: Vec<(usize, Failure)> = env
                 .recipients
@@ -402,16 +501,6 @@ impl<D: Deliverer> Scheduler<D> {
         tokio::task::spawn_blocking(move || spool.update(&env))
             .await
             .map_err(io::Error::other)?
-    }
-
-    /// Jittered exponential backoff between retry_min and retry_max, never past expiry.
-    fn next_attempt(&self, now: i64, attempts: u32, expires: i64) -> i64 {
-        let min = self.timing.retry_min.as_secs_f64().max(1.0);
-        let max = self.timing.retry_max.as_secs_f64().max(min);
-        let base = (min * 2f64.powi(attempts.saturating_sub(1).min(30) as i32)).min(max);
-        // ±20 % so that messages deferred together do not retry in lockstep.
-        let delay = (base * (0.8 + 0.4 * fastrand::f64())).clamp(min.min(max), max);
-        (now + delay.round() as i64).min(expires.max(now + 1))
     }
 
     /// Sends a DSN about `recipients` to the original sender; never for a bounce.
@@ -496,4 +585,14 @@ impl<D: Deliverer> Scheduler<D> {
             Err(e) => tracing::error!(queue_id = %env.id, error = %e, "cannot queue the bounce"),
         }
     }
+}
+
+/// Jittered exponential backoff between retry_min and retry_max, never past expiry.
+fn next_attempt(timing: &Timing, now: i64, attempts: u32, expires: i64) -> i64 {
+    let min = timing.retry_min.as_secs_f64().max(1.0);
+    let max = timing.retry_max.as_secs_f64().max(min);
+    let base = (min * 2f64.powi(attempts.saturating_sub(1).min(30) as i32)).min(max);
+    // ±20 % so that messages deferred together do not retry in lockstep.
+    let delay = (base * (0.8 + 0.4 * fastrand::f64())).clamp(min.min(max), max);
+    (now + delay.round() as i64).min(expires.max(now + 1))
 }
