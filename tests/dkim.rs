@@ -130,6 +130,10 @@ address = "127.0.0.1:{port}"
 [tables]
 secrets = "{secrets}"
 
+# The deliverability watch would ask the system resolver: not in tests.
+[check]
+interval = "0"
+
 [queue]
 retry_min = "1s"
 retry_max = "2s"

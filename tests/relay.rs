@@ -91,6 +91,10 @@ connect_timeout = "5s"
 command_timeout = "10s"
 {extra_action}
 
+# The deliverability watch would ask the system resolver: not in tests.
+[check]
+interval = "0"
+
 [queue]
 retry_min = "1s"
 retry_max = "2s"
@@ -566,6 +570,10 @@ mbox = "{dir}/mail/%u"
 
 [actions.outbound]
 relay = "smtp+tls://127.0.0.1:{dead}"
+
+# The deliverability watch would ask the system resolver: not in tests.
+[check]
+interval = "0"
 
 [queue]
 retry_min = "1s"

@@ -73,41 +73,17 @@ pub fn main(config_path: Option<&std::path::Path>, args: Args) -> ExitCode {
     runtime.block_on(run(args, defaults))
 }
 
-/// The relay action's rewrite domain, hosts and DKIM selectors.
+/// The relay action's rewrite domain, hosts and DKIM selectors and keys.
 fn defaults_from(config: &mailer_core::config::Config) -> CheckDefaults {
-    use mailer_core::config::{Action, MailFromRewrite};
-    let mut d = CheckDefaults::default();
-    for action in config.actions.values() {
-        let Action::Relay(relay) = action else {
-            continue;
-        };
-        if d.domain.is_none() {
-            d.domain = match &relay.mail_from {
-                Some(MailFromRewrite::Domain(domain)) => Some(domain.clone()),
-                Some(MailFromRewrite::Address(a)) => Some(a.domain().to_string()),
-                None => None,
-            };
-        }
-        for url in &relay.relays {
-            if !d.relays.contains(&url.host) {
-                d.relays.push(url.host.clone());
-            }
-        }
-        for key in &relay.dkim {
-            if !d.dkim_selectors.contains(&key.selector) {
-                d.dkim_selectors.push(key.selector.clone());
-            }
-            d.dkim_keys.push(ExpectedKey {
-                domain: key.domain.clone(),
-                selector: key.selector.clone(),
-                path: key.key.display().to_string(),
-                public_key: mailer_core::delivery::dkim::read_key(&key.key)
-                    .map(|k| k.public_key().to_vec())
-                    .map_err(|e| e.reason),
-            });
-        }
+    match CheckInput::from_config(config) {
+        Some(input) => CheckDefaults {
+            domain: Some(input.domain),
+            relays: input.relays,
+            dkim_selectors: input.dkim_selectors,
+            dkim_keys: input.dkim_keys,
+        },
+        None => CheckDefaults::default(),
     }
-    d
 }
 
 /// What the configuration says, filled in by the caller.

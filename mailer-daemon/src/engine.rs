@@ -212,6 +212,10 @@ impl Engine {
         &self.metrics
     }
 
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// The queue in memory: inspection and control (hold, release, flush, remove).
     pub fn scheduler(&self) -> &Arc<Scheduler<Dispatch>> {
         &self.scheduler

@@ -14,6 +14,7 @@ mod queue_cmd;
 mod sendmail;
 mod serve;
 mod smtp;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -218,6 +218,21 @@ impl Metrics {
         m
     }
 
+    /// The latest result of a deliverability check: 0 pass or info, 1 warning, 2 failure.
+    pub fn check_status(&self, id: &str, status: mailer_core::check::Status) {
+        use mailer_core::check::Status;
+        let level = match status {
+            Status::Pass | Status::Info => 0,
+            Status::Warn => 1,
+            Status::Fail => 2,
+        };
+        self.check_status
+            .get_or_create(&Check {
+                check: id.to_string(),
+            })
+            .set(level);
+    }
+
     pub fn session(&self) {
         self.sessions.inc();
     }

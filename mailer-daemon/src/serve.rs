@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::control::ReloadRequest;
+use mailer_core::check::CheckInput;
+
 use crate::engine::Engine;
 use crate::logging;
 use crate::smtp::{self, Intake};
@@ -315,6 +317,21 @@ async fn serve(
         Some(m) => Some(start_metrics(m.address, &engine).await?),
         None => None,
     };
+
+    match (config.check.interval, CheckInput::from_config(&config)) {
+        (Some(interval), Some(input)) => {
+            tokio::spawn(crate::watch::run(
+                input,
+                interval,
+                engine.metrics_handle(),
+                shutdown.clone(),
+            ));
+        }
+        (Some(_), None) => {
+            tracing::debug!("no relay action rewrites the sender: no deliverability watch")
+        }
+        (None, _) => {}
+    }
 
     let mut running = config;
     notify::send(&format!("READY=1\nSTATUS={}", status(&running)));

@@ -60,6 +60,47 @@ impl CheckInput {
             mta_sts_port: 443,
         }
     }
+
+    /// What the configuration says about the mail it relays: the rewrite domain of the first
+    /// relay action that has one (`None` if none has), every relay host, the DKIM selectors
+    /// and keys, and `[check] nameservers`.
+    pub fn from_config(config: &crate::config::Config) -> Option<CheckInput> {
+        use crate::config::{Action, MailFromRewrite};
+        let relays = || {
+            config.actions.values().filter_map(|a| match a {
+                Action::Relay(r) => Some(r),
+                Action::Local(_) => None,
+            })
+        };
+        let domain = relays().find_map(|r| match &r.mail_from {
+            Some(MailFromRewrite::Domain(d)) => Some(d.clone()),
+            Some(MailFromRewrite::Address(a)) => Some(a.domain().to_string()),
+            None => None,
+        })?;
+        let mut input = CheckInput::new(domain);
+        input.nameservers = config.check.nameservers.clone();
+        for relay in relays() {
+            for url in &relay.relays {
+                if !input.relays.contains(&url.host) {
+                    input.relays.push(url.host.clone());
+                }
+            }
+            for key in &relay.dkim {
+                if !input.dkim_selectors.contains(&key.selector) {
+                    input.dkim_selectors.push(key.selector.clone());
+                }
+                input.dkim_keys.push(dkim::ExpectedKey {
+                    domain: key.domain.clone(),
+                    selector: key.selector.clone(),
+                    path: key.key.display().to_string(),
+                    public_key: crate::delivery::dkim::read_key(&key.key)
+                        .map(|k| k.public_key().to_vec())
+                        .map_err(|e| e.reason),
+                });
+            }
+        }
+        Some(input)
+    }
 }
 
 /// The outcome of one check. Ordered from best to worst.

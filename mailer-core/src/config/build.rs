@@ -935,8 +935,19 @@ impl<'a> Builder<'a> {
         };
         let default = d.interval.unwrap_or_default();
         let interval = self.duration(&raw.interval, "interval", default);
+        let nameservers = raw
+            .nameservers
+            .iter()
+            .flatten()
+            .filter_map(|ns| match ns.get_ref().parse::<std::net::IpAddr>() {
+                // A bare address means the DNS port.
+                Ok(ip) => Some(SocketAddr::new(ip, 53)),
+                Err(_) => self.socket_address(ns, "nameservers"),
+            })
+            .collect();
         CheckSettings {
             interval: (!interval.is_zero()).then_some(interval),
+            nameservers,
         }
     }
 

@@ -272,12 +272,15 @@ pub struct MetricsSettings {
 pub struct CheckSettings {
     /// `None`: off.
     pub interval: Option<Duration>,
+    /// Name servers for the checks instead of the system's (`[check] nameservers`).
+    pub nameservers: Vec<SocketAddr>,
 }
 
 impl Default for CheckSettings {
     fn default() -> CheckSettings {
         CheckSettings {
             interval: Some(Duration::from_secs(6 * 3600)),
+            nameservers: Vec::new(),
         }
     }
 }

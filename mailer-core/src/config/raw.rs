@@ -86,6 +86,7 @@ pub(crate) struct RawMetrics {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawCheck {
     pub interval: Option<S<Scalar>>,
+    pub nameservers: Option<Vec<S<String>>>,
 }
 
 #[derive(Deserialize)]

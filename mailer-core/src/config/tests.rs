@@ -119,7 +119,8 @@ fn shipped_ublog_config_translates_smtpd_conf() {
     assert_eq!(
         c.check,
         CheckSettings {
-            interval: Some(secs(6 * 3600))
+            interval: Some(secs(6 * 3600)),
+            nameservers: vec![],
         }
     );
     assert_eq!(c.log.level, "info");
@@ -792,5 +793,23 @@ fn load_reads_the_file_and_names_it() {
             "{}: cannot read: No such file or directory (os error 2)",
             missing.display()
         )
+    );
+}
+
+#[test]
+fn check_nameservers_take_an_address_with_or_without_port() {
+    let c = parse("[check]\nnameservers = [\"127.0.0.1\", \"[::1]:5353\"]\n");
+    assert_eq!(
+        c.check.nameservers,
+        vec![
+            "127.0.0.1:53".parse::<std::net::SocketAddr>().unwrap(),
+            "[::1]:5353".parse().unwrap()
+        ]
+    );
+    let e = errors("[check]\nnameservers = [\"ns.example\"]\n");
+    assert_eq!(e.len(), 1);
+    assert!(
+        e[0].contains(":2:16: nameservers: invalid address `ns.example`"),
+        "{e:?}"
     );
 }
