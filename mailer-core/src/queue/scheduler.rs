@@ -349,42 +349,18 @@ impl<D: Deliverer> Scheduler<D> {
     async fn attempt_message(&self, mut env: Envelope) -> io::Result<()> {
         let id = env.id;
         let spool = self.spool.clone();
-        let message = match tokio::task::spawn_blocking(move || spool.read_message(id)).await {
-            Ok(Ok(m)) => Arc::new(m),
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(io::Error::other(e)),
-        };
+        let message = Arc::new(blocking(move || spool.read_message(id)).await?);
         let now = SystemTime::now();
         let now_s = unix_seconds(now);
         let timing = self.timing();
         let expires = env.arrived + timing.lifetime.as_secs() as i64;
-        let mut failed: Vec<(usize, Failure)> = Vec::new();
 
-        // Recipients past the queue lifetime fail now, with their last error.
-        for (i, r) in env.recipients.iter_mut().enumerate() {
-            if r.state == RecipientState::Pending && now_s >= expires && r.attempts > 0 {
-                let reason = format!(
-                    "gave up after {} attempts: {}",
-                    r.attempts,
-                    r.last_error.as_deref().unwrap_or("no delivery possible")
-                );
-                failed.push((i, Failure::permanent(EnhancedStatus(4, 4, 7), reason)));
-                r.state = RecipientState::Failed;
-            }
-        }
+        let mut failed = expire(&mut env, now_s, expires);
         for (i, f) in &failed {
             self.deliverer
                 .observe(&env, &env.recipients[*i], &Outcome::Failed(f.clone()));
         }
-
-        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, r) in env.recipients.iter().enumerate() {
-            if r.state == RecipientState::Pending && r.next_attempt <= now_s {
-                groups.entry(r.action.clone()).or_default().push(i);
-            }
-        }
-
-        for (action, indices) in groups {
+        for (action, indices) in due_groups(&env, now_s) {
             let job = Job {
                 envelope: Arc::new(env.clone()),
                 action,
@@ -393,54 +369,18 @@ impl<D: Deliverer> Scheduler<D> {
             };
             let attempt = self.deliverer.deliver(job).await;
             for (pos, &i) in indices.iter().enumerate() {
-                let outcome = attempt.outcomes.get(pos).cloned().unwrap_or_else(|| {
-                    Outcome::Failed(Failure::temporary(
-                        EnhancedStatus(4, 3, 0),
-                        "delivery gave no result",
-                    ))
-                });
-                self.deliverer.observe(&env, &env.recipients[i], &outcome);
-                let r = &mut env.recipients[i];
-                r.attempts += 1;
-                match outcome {
-                    Outcome::Delivered { .. } => {
-                        r.state = RecipientState::Delivered;
-                        r.last_error = None;
-                    }
-                    Outcome::Failed(f) if f.permanent => {
-                        r.state = RecipientState::Failed;
-                        r.last_error = Some(f.reason.clone());
-                        failed.push((i, f));
-                    }
-                    Outcome::Failed(f) => {
-                        r.last_error = Some(f.reason.clone());
-                        r.next_attempt = next_attempt(&timing, now_s, r.attempts, expires);
-                    }
+                if let Some(outcome) = attempt.outcomes.get(pos) {
+                    self.deliverer.observe(&env, &env.recipients[i], outcome);
                 }
             }
+            failed.extend(record(&mut env, &indices, &attempt.outcomes, |attempts| {
+                next_attempt(&timing, now_s, attempts, expires)
+            }));
             for (pos, address) in attempt.forwards {
-                let Some(&from) = indices.get(pos) else {
-                    continue;
-                };
-                let original = env.recipients[from]
-                    .original
-                    .clone()
-                    .unwrap_or_else(|| env.recipients[from].address.clone());
-                if env.recipients.iter().any(|r| r.address == address) {
-                    continue;
-                }
-                match self.deliverer.route(&address) {
-                    Some(action) => env.recipients.push(Recipient {
-                        address,
-                        action,
-                        state: RecipientState::Pending,
-                        attempts: 0,
-                        next_attempt: now_s,
-                        last_error: None,
-                        original: Some(original),
-                    }),
-                    None => {
-                        tracing::warn!(queue_id = %id, to = %address, "alias target matches no rule; dropped")
+                if let Some(&from) = indices.get(pos) {
+                    let action = self.deliverer.route(&address);
+                    if !add_forward(&mut env, from, address.clone(), action, now_s) {
+                        tracing::warn!(queue_id = %id, to = %address, "alias target matches no rule; dropped");
                     }
                 }
             }
@@ -453,29 +393,7 @@ impl<D: Deliverer> Scheduler<D> {
                 .await;
             self.persist(&env).await?;
         }
-
-        let pending = env
-            .recipients
-            .iter()
-            .any(|r| r.state == RecipientState::Pending);
-        if pending
-            && !env.warned
-            && !timing.warn_after.is_zero()
-            && now_s >= env.arrived + timing.warn_after.as_secs() as i64
-        {
-            let delayed: Vec<(usize, Failure)> = env
-                .recipients
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| r.state == RecipientState::Pending)
-                .map(|(i, r)| {
-                    let reason = r
-                        .last_error
-                        .clone()
-                        .unwrap_or_else(|| "not yet delivered".into());
-                    (i, Failure::temporary(EnhancedStatus(4, 4, 1), reason))
-                })
-                .collect();
+        if let Some(delayed) = delay_notice_due(&env, &timing, now_s) {
             let until = from_unix_seconds(expires);
             self.bounce(&env, &message, &delayed, DsnKind::Delay { until }, now)
                 .await;
@@ -485,9 +403,7 @@ impl<D: Deliverer> Scheduler<D> {
 
         if env.is_done() {
             let spool = self.spool.clone();
-            tokio::task::spawn_blocking(move || spool.remove(id))
-                .await
-                .map_err(io::Error::other)??;
+            blocking(move || spool.remove(id)).await?;
             self.lock().messages.remove(&id);
         } else {
             self.lock().messages.insert(id, env);
@@ -595,4 +511,293 @@ fn next_attempt(timing: &Timing, now: i64, attempts: u32, expires: i64) -> i64 {
     // ±20 % so that messages deferred together do not retry in lockstep.
     let delay = (base * (0.8 + 0.4 * fastrand::f64())).clamp(min.min(max), max);
     (now + delay.round() as i64).min(expires.max(now + 1))
+}
+
+/// Runs a spool operation on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Fails the pending recipients of a message past its lifetime (those tried at least once),
+/// with their last error as the reason.
+fn expire(env: &mut Envelope, now: i64, expires: i64) -> Vec<(usize, Failure)> {
+    if now < expires {
+        return Vec::new();
+    }
+    let mut failed = Vec::new();
+    for (i, r) in env.recipients.iter_mut().enumerate() {
+        if r.state == RecipientState::Pending && r.attempts > 0 {
+            let reason = format!(
+                "gave up after {} attempts: {}",
+                r.attempts,
+                r.last_error.as_deref().unwrap_or("no delivery possible")
+            );
+            failed.push((i, Failure::permanent(EnhancedStatus(4, 4, 7), reason)));
+            r.state = RecipientState::Failed;
+        }
+    }
+    failed
+}
+
+/// The pending recipients due now, grouped by the action that delivers them.
+fn due_groups(env: &Envelope, now: i64) -> BTreeMap<String, Vec<usize>> {
+    let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, r) in env.recipients.iter().enumerate() {
+        if r.state == RecipientState::Pending && r.next_attempt <= now {
+            groups.entry(r.action.clone()).or_default().push(i);
+        }
+    }
+    groups
+}
+
+/// Records one attempt's outcomes on the recipients at `indices`; returns the permanent
+/// failures. `retry_at(attempts)` schedules a temporary failure.
+fn record(
+    env: &mut Envelope,
+    indices: &[usize],
+    outcomes: &[Outcome],
+    retry_at: impl Fn(u32) -> i64,
+) -> Vec<(usize, Failure)> {
+    let mut failed = Vec::new();
+    for (pos, &i) in indices.iter().enumerate() {
+        let r = &mut env.recipients[i];
+        r.attempts += 1;
+        match outcomes.get(pos) {
+            Some(Outcome::Delivered { .. }) => {
+                r.state = RecipientState::Delivered;
+                r.last_error = None;
+            }
+            Some(Outcome::Failed(f)) if f.permanent => {
+                r.state = RecipientState::Failed;
+                r.last_error = Some(f.reason.clone());
+                failed.push((i, f.clone()));
+            }
+            Some(Outcome::Failed(f)) => {
+                r.last_error = Some(f.reason.clone());
+                r.next_attempt = retry_at(r.attempts);
+            }
+            None => {
+                r.last_error = Some("delivery gave no result".into());
+                r.next_attempt = retry_at(r.attempts);
+            }
+        }
+    }
+    failed
+}
+
+/// Adds an alias target of recipient `from` as a new recipient (unless already there).
+/// Returns false when no action routes it.
+fn add_forward(
+    env: &mut Envelope,
+    from: usize,
+    address: Address,
+    action: Option<String>,
+    now: i64,
+) -> bool {
+    if env.recipients.iter().any(|r| r.address == address) {
+        return true;
+    }
+    let Some(action) = action else {
+        return false;
+    };
+    let source = &env.recipients[from];
+    let original = source
+        .original
+        .clone()
+        .unwrap_or_else(|| source.address.clone());
+    env.recipients.push(Recipient {
+        address,
+        action,
+        state: RecipientState::Pending,
+        attempts: 0,
+        next_attempt: now,
+        last_error: None,
+        original: Some(original),
+    });
+    true
+}
+
+/// The recipients to name in a delay notice, if one is due: once per message, after
+/// `warn_after`, while some recipient is still pending.
+fn delay_notice_due(env: &Envelope, timing: &Timing, now: i64) -> Option<Vec<(usize, Failure)>> {
+    if env.warned
+        || timing.warn_after.is_zero()
+        || now < env.arrived + timing.warn_after.as_secs() as i64
+    {
+        return None;
+    }
+    let delayed: Vec<(usize, Failure)> = env
+        .recipients
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.state == RecipientState::Pending)
+        .map(|(i, r)| {
+            let reason = r
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "not yet delivered".into());
+            (i, Failure::temporary(EnhancedStatus(4, 4, 1), reason))
+        })
+        .collect();
+    (!delayed.is_empty()).then_some(delayed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(recipients: &[(&str, &str)]) -> Envelope {
+        Envelope {
+            version: 1,
+            id: QueueId::generate(from_unix_seconds(1_000)),
+            arrived: 1_000,
+            sender: Some(Address::parse("app@ublog.tech").unwrap()),
+            recipients: recipients
+                .iter()
+                .map(|(a, action)| Recipient {
+                    address: Address::parse(a).unwrap(),
+                    action: action.to_string(),
+                    state: RecipientState::Pending,
+                    attempts: 0,
+                    next_attempt: 1_000,
+                    last_error: None,
+                    original: None,
+                })
+                .collect(),
+            size: 1,
+            smtputf8: false,
+            eightbit: false,
+            helo: "h".into(),
+            peer: "local".into(),
+            held: false,
+            warned: false,
+        }
+    }
+
+    fn timing() -> Timing {
+        Timing {
+            retry_min: Duration::from_secs(300),
+            retry_max: Duration::from_secs(3600),
+            lifetime: Duration::from_secs(4 * 86_400),
+            warn_after: Duration::from_secs(4 * 3600),
+        }
+    }
+
+    #[test]
+    fn each_recipient_keeps_its_own_outcome() {
+        let mut env = envelope(&[("a@x.org", "out"), ("b@x.org", "out"), ("c@x.org", "out")]);
+        let outcomes = [
+            Outcome::Delivered { reply: None },
+            Outcome::Failed(Failure::permanent(EnhancedStatus(5, 1, 1), "no such user")),
+            Outcome::Failed(Failure::temporary(EnhancedStatus(4, 2, 0), "mailbox busy")),
+        ];
+        let failed = record(&mut env, &[0, 1, 2], &outcomes, |_| 9_999);
+        let states: Vec<_> = env.recipients.iter().map(|r| r.state).collect();
+        assert_eq!(
+            states,
+            [
+                RecipientState::Delivered,
+                RecipientState::Failed,
+                RecipientState::Pending
+            ]
+        );
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, 1);
+        assert_eq!(env.recipients[2].next_attempt, 9_999);
+        assert_eq!(
+            env.recipients[2].last_error.as_deref(),
+            Some("mailbox busy")
+        );
+        assert!(env.recipients.iter().all(|r| r.attempts == 1));
+    }
+
+    #[test]
+    fn groups_hold_only_due_pending_recipients_by_action() {
+        let mut env = envelope(&[
+            ("a@x.org", "out"),
+            ("root@localhost", "local"),
+            ("b@x.org", "out"),
+        ]);
+        env.recipients[2].next_attempt = 2_000;
+        let groups = due_groups(&env, 1_500);
+        assert_eq!(groups["out"], [0]);
+        assert_eq!(groups["local"], [1]);
+    }
+
+    #[test]
+    fn expiry_fails_tried_pending_recipients_with_their_last_error() {
+        let mut env = envelope(&[("a@x.org", "out"), ("b@x.org", "out")]);
+        env.recipients[0].attempts = 3;
+        env.recipients[0].last_error = Some("connection refused".into());
+        assert!(expire(&mut env, 1_999, 2_000).is_empty());
+        let failed = expire(&mut env, 2_000, 2_000);
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].1.status, EnhancedStatus(4, 4, 7));
+        assert_eq!(
+            failed[0].1.reason,
+            "gave up after 3 attempts: connection refused"
+        );
+        assert_eq!(env.recipients[1].state, RecipientState::Pending);
+    }
+
+    #[test]
+    fn backoff_grows_from_retry_min_to_retry_max_and_stops_at_expiry() {
+        let t = timing();
+        for _ in 0..50 {
+            let first = next_attempt(&t, 0, 1, i64::MAX);
+            assert!((240..=360).contains(&first), "{first}");
+            let later = next_attempt(&t, 0, 20, i64::MAX);
+            assert!((2880..=3600).contains(&later), "{later}");
+            assert_eq!(next_attempt(&t, 0, 1, 100), 100);
+        }
+    }
+
+    #[test]
+    fn a_delay_notice_is_due_once_after_warn_after() {
+        let t = timing();
+        let mut env = envelope(&[("a@x.org", "out")]);
+        assert!(delay_notice_due(&env, &t, 1_000 + 4 * 3600 - 1).is_none());
+        assert_eq!(
+            delay_notice_due(&env, &t, 1_000 + 4 * 3600).map(|d| d.len()),
+            Some(1)
+        );
+        env.warned = true;
+        assert!(delay_notice_due(&env, &t, 1_000 + 5 * 3600).is_none());
+    }
+
+    #[test]
+    fn forwards_remember_the_original_recipient_once() {
+        let mut env = envelope(&[("root@localhost", "local")]);
+        let pim = Address::parse("pim@example.org").unwrap();
+        assert!(add_forward(
+            &mut env,
+            0,
+            pim.clone(),
+            Some("out".into()),
+            1_000
+        ));
+        assert!(add_forward(
+            &mut env,
+            0,
+            pim.clone(),
+            Some("out".into()),
+            1_000
+        ));
+        assert_eq!(env.recipients.len(), 2);
+        assert_eq!(
+            env.recipients[1].original.as_ref().unwrap().to_string(),
+            "root@localhost"
+        );
+        assert!(!add_forward(
+            &mut env,
+            0,
+            Address::parse("x@y.org").unwrap(),
+            None,
+            1_000
+        ));
+    }
 }
