@@ -161,3 +161,28 @@ fn config_check_reports_errors_with_their_position() {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+#[test]
+fn config_check_reports_alias_file_errors_with_their_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let aliases = dir.path().join("aliases");
+    fs::write(&aliases, "# system aliases\nroot: pim\nbroken line without colon\n").unwrap();
+    let path = dir.path().join("mailer.toml");
+    fs::write(
+        &path,
+        format!(
+            "queue_dir = \"{d}/q\"\n[tables]\naliases = \"{a}\"\n[actions.local_mail]\nmbox = \"{d}/mail/%u\"\nalias = \"aliases\"\n[[match]]\nfrom = \"local\"\nfor = \"local\"\naction = \"local_mail\"\n",
+            d = dir.path().display(),
+            a = aliases.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:3: ", aliases.display())), "{err}");
+}
