@@ -166,7 +166,11 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 fn config_check_reports_alias_file_errors_with_their_line() {
     let dir = tempfile::tempdir().unwrap();
     let aliases = dir.path().join("aliases");
-    fs::write(&aliases, "# system aliases\nroot: pim\nbroken line without colon\n").unwrap();
+    fs::write(
+        &aliases,
+        "# system aliases\nroot: pim\nbroken line without colon\n",
+    )
+    .unwrap();
     let path = dir.path().join("mailer.toml");
     fs::write(
         &path,

@@ -7,25 +7,16 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use mailer_core::address::Address;
-use mailer_core::config::{
-    Action, Config, LocalAction, MailboxKind, OnMisalignment, RelayAction, RelaySecurity,
-};
+use mailer_core::config::{Action, Config};
 use mailer_core::delivery::dkim::DkimSigning;
-use mailer_core::delivery::maildir::{deliver_maildir, MaildirOptions};
-use mailer_core::delivery::mbox::{deliver_mbox, expand_path, MboxOptions};
-use mailer_core::delivery::relay::{Member, Pool, RelaySettings, Resolve, Security};
+use mailer_core::delivery::local::LocalDelivery;
+use mailer_core::delivery::relay::{RelayDelivery, Resolve};
 use mailer_core::delivery::{EnhancedStatus, Failure, Outcome};
 use mailer_core::intake::Incoming;
-use mailer_core::policy::align::{check_alignment, Alignment};
-use mailer_core::policy::rewrite::rewrite_sender;
 use mailer_core::policy::Router;
 use mailer_core::queue::scheduler::{Attempt, Deliverer, Job, Scheduler, Timing};
 use mailer_core::queue::{Envelope, QueueId, Recipient, Spool};
-use mailer_core::tables::aliases::{AliasOptions, AliasTarget, Aliases};
-use mailer_core::tables::secrets::Secrets;
-use mailer_core::tables::users::lookup_user;
 use std::sync::Mutex;
-use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::metrics::{Metrics, RelayFailure};
@@ -196,7 +187,7 @@ impl Engine {
         delivery
             .relays
             .values()
-            .flat_map(|r| r.pool.status())
+            .flat_map(|r| r.pool().status())
             .collect()
     }
 
@@ -307,51 +298,7 @@ pub fn display_sender(sender: Option<&Address>) -> String {
 
 /// Everything `mailer config check` and `mailer serve` verify beyond the syntax.
 pub fn check_files(config: &Config) -> Vec<String> {
-    let file_problems = config.check_files();
-    let mut problems: Vec<String> = file_problems.iter().map(|d| d.to_string()).collect();
-    if file_problems.is_empty() {
-        problems.extend(unusable_dkim_keys(config));
-    }
-    for action in config.actions.values() {
-        if let Action::Local(local) = action {
-            if let Some(Err(errors)) = load_aliases(config, local) {
-                problems.extend(errors);
-            }
-        }
-    }
-    problems
-}
-
-/// DKIM key files that are present and private enough but hold no RSA or Ed25519 key.
-fn unusable_dkim_keys(config: &Config) -> Vec<String> {
-    let mut out = Vec::new();
-    for (name, action) in &config.actions {
-        let Action::Relay(relay) = action else {
-            continue;
-        };
-        for (i, key) in relay.dkim.iter().enumerate() {
-            if let Err(e) = mailer_core::delivery::dkim::read_key(&key.key) {
-                let (line, col) = config
-                    .positions
-                    .get(&format!("actions.{name}.dkim[{i}].key"));
-                out.push(
-                    mailer_core::config::Diagnostic::new(&config.source, line, col, e.to_string())
-                        .to_string(),
-                );
-            }
-        }
-    }
-    out
-}
-
-fn load_aliases(config: &Config, action: &LocalAction) -> Option<Result<Aliases, Vec<String>>> {
-    let table = action.alias.as_ref()?;
-    let path = config.tables.get(table)?;
-    let opts = AliasOptions {
-        allow_commands: action.allow_commands,
-        allow_files: action.allow_files,
-    };
-    Some(Aliases::load(path, opts).map_err(|errs| errs.iter().map(|e| e.to_string()).collect()))
+    mailer_core::delivery::preflight(config)
 }
 
 /// A STARTTLS acceptor for a listener.
@@ -373,37 +320,16 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A local action ready to deliver.
-struct Local {
-    action: LocalAction,
-    aliases: Option<Arc<Aliases>>,
-}
-
-/// A relay action ready to deliver.
-struct Relay {
-    action: RelayAction,
-    pool: Pool,
-    /// Header From domains already reported as misaligned, with when (log rate limit).
-    misaligned: Mutex<HashMap<String, Instant>>,
-}
-
-/// How often a misaligned header From domain is logged.
-const MISALIGNMENT_LOG_INTERVAL: Duration = Duration::from_secs(3600);
-
 /// The ways out of the queue, by action name.
 pub struct Delivery {
-    hostname: String,
-    local_domains: Vec<String>,
     router: Router,
-    locals: HashMap<String, Local>,
-    relays: HashMap<String, Relay>,
+    locals: HashMap<String, LocalDelivery>,
+    relays: HashMap<String, RelayDelivery>,
     metrics: Arc<Metrics>,
 }
 
 impl Delivery {
     fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Delivery, String> {
-        let mut locals = HashMap::new();
-        let mut relays = HashMap::new();
         let resolver: Arc<dyn Resolve> = match hickory_resolver::TokioResolver::builder_tokio() {
             Ok(b) => match b.build() {
                 Ok(r) => Arc::new(r),
@@ -411,36 +337,23 @@ impl Delivery {
             },
             Err(e) => return Err(format!("cannot read the system DNS configuration: {e}")),
         };
+        let mut locals = HashMap::new();
+        let mut relays = HashMap::new();
         for (name, action) in &config.actions {
             match action {
                 Action::Local(local) => {
-                    let aliases = match load_aliases(config, local) {
-                        Some(Ok(a)) => Some(Arc::new(a)),
-                        Some(Err(errors)) => return Err(errors.join("\n")),
-                        None => None,
-                    };
-                    let mut action = local.clone();
-                    action.mailbox = absolute_pattern(&action.mailbox);
-                    locals.insert(name.clone(), Local { action, aliases });
+                    let delivery =
+                        LocalDelivery::new(config, local).map_err(|errors| errors.join("\n"))?;
+                    locals.insert(name.clone(), delivery);
                 }
                 Action::Relay(relay) => {
-                    let settings = relay_settings(config, relay)?;
-                    let pool = Pool::new(settings, resolver.clone())
+                    let delivery = RelayDelivery::new(config, relay, resolver.clone())
                         .map_err(|e| format!("action {name}: {e}"))?;
-                    relays.insert(
-                        name.clone(),
-                        Relay {
-                            action: relay.clone(),
-                            pool,
-                            misaligned: Mutex::new(HashMap::new()),
-                        },
-                    );
+                    relays.insert(name.clone(), delivery);
                 }
             }
         }
         Ok(Delivery {
-            hostname: config.hostname.clone(),
-            local_domains: config.local_domains.clone(),
             router: Router::new(config),
             locals,
             relays,
@@ -448,307 +361,42 @@ impl Delivery {
         })
     }
 
-    /// Whether a local recipient exists: an alias of the action's table, or a system user.
-    /// `None`: cannot be told now.
+    /// Whether a local recipient exists. `None`: not a local action, or cannot be told now.
     fn local_exists(&self, action: &str, rcpt: &Address) -> Option<bool> {
-        let local = self.locals.get(action)?;
-        if local
-            .aliases
-            .as_ref()
-            .is_some_and(|a| a.contains(rcpt.local_part()))
-        {
-            return Some(true);
-        }
-        match lookup_user(&rcpt.user()) {
-            Ok(found) => Some(found.is_some()),
-            Err(_) => None,
-        }
+        self.locals.get(action)?.exists(rcpt)
     }
 
-    fn deliver_local(&self, local: &Local, job: &Job) -> Attempt {
-        let env = &job.envelope;
-        let mut outcomes = Vec::with_capacity(job.recipients.len());
-        let mut forwards = Vec::new();
-        for (pos, &i) in job.recipients.iter().enumerate() {
-            let rcpt = &env.recipients[i].address;
-            let users = match &local.aliases {
-                Some(aliases) => match aliases.expand(rcpt.local_part(), &self.local_domains) {
-                    Ok(Some(targets)) => targets,
-                    Ok(None) => vec![AliasTarget::User(rcpt.user())],
-                    Err(e) => {
-                        outcomes.push(Outcome::Failed(Failure::permanent(
-                            EnhancedStatus(5, 4, 6),
-                            format!("alias expansion failed: {e}"),
-                        )));
-                        continue;
-                    }
-                },
-                None => vec![AliasTarget::User(rcpt.user())],
-            };
-            let mut result = Outcome::Delivered { reply: None };
-            for target in users {
-                let outcome = match target {
-                    AliasTarget::User(user) => {
-                        self.to_mailbox(local, &user, rcpt, env, &job.message)
-                    }
-                    AliasTarget::Address(address) => {
-                        forwards.push((pos, address));
-                        continue;
-                    }
-                    AliasTarget::Command(_) | AliasTarget::File(_) => {
-                        Outcome::Failed(Failure::permanent(
-                            EnhancedStatus(5, 3, 0),
-                            "command and file alias targets are not delivered by this server",
-                        ))
-                    }
-                };
-                // The worst outcome wins: a temporary failure retries the whole recipient.
-                if matches!(result, Outcome::Delivered { reply: None })
-                    && matches!(outcome, Outcome::Delivered { .. })
-                {
-                    result = outcome.clone();
-                }
-                if let Outcome::Failed(f) = &outcome {
-                    let worse = match &result {
-                        Outcome::Delivered { .. } => true,
-                        Outcome::Failed(prev) => prev.permanent && !f.permanent,
-                    };
-                    if worse {
-                        result = outcome;
-                    }
-                }
-            }
-            outcomes.push(result);
-        }
-        Attempt { outcomes, forwards }
-    }
-
-    fn to_mailbox(
-        &self,
-        local: &Local,
-        user: &str,
-        rcpt: &Address,
-        env: &Envelope,
-        message: &[u8],
-    ) -> Outcome {
-        let account = match lookup_user(user) {
-            Ok(Some(u)) => u,
-            Ok(None) => {
-                return Outcome::Failed(Failure::permanent(
-                    EnhancedStatus(5, 1, 1),
-                    format!("no such local user: {user}"),
-                ))
-            }
-            Err(e) => {
-                return Outcome::Failed(Failure::temporary(
-                    EnhancedStatus(4, 3, 0),
-                    format!("cannot look up user {user}: {e}"),
-                ))
-            }
-        };
-        let owner = can_chown().then_some((account.uid, account.gid));
-        let (pattern, maildir) = match &local.action.mailbox {
-            MailboxKind::Mbox(p) => (p, false),
-            MailboxKind::Maildir(p) => (p, true),
-        };
-        let path = match expand_path(pattern, user, rcpt.domain(), Some(&account.home)) {
-            Ok(p) => p,
-            Err(e) => {
-                return Outcome::Failed(Failure::temporary(
-                    EnhancedStatus(4, 3, 5),
-                    format!("mailbox path {pattern}: {e}"),
-                ))
-            }
-        };
-        let result = if maildir {
-            let mut opts = MaildirOptions::new(self.hostname.clone());
-            opts.owner = owner;
-            deliver_maildir(&path, message, &opts).map(|_| ())
-        } else {
-            let opts = MboxOptions {
-                owner,
-                ..MboxOptions::default()
-            };
-            deliver_mbox(
-                &path,
-                env.sender.as_ref(),
-                SystemTime::now(),
-                message,
-                &opts,
-            )
-        };
-        match result {
-            Ok(()) => Outcome::Delivered {
-                reply: Some(path.display().to_string()),
-            },
-            Err(f) => Outcome::Failed(f),
-        }
-    }
-}
-
-impl Delivery {
-    async fn deliver_relay(&self, relay: &Relay, job: &Job) -> Vec<Outcome> {
-        let env = &job.envelope;
-        let sender = rewrite_sender(env.sender.as_ref(), relay.action.mail_from.as_ref());
-        let all = |f: Failure| {
-            job.recipients
-                .iter()
-                .map(|_| Outcome::Failed(f.clone()))
-                .collect()
-        };
-        match check_alignment(&job.message, sender.as_ref(), relay.action.alignment) {
-            Alignment::Misaligned {
-                header_domain,
-                envelope_domain,
-            } => {
-                self.metrics.misaligned.inc();
-                if relay.action.on_misalignment == OnMisalignment::Reject {
-                    return all(Failure::permanent(
-                        EnhancedStatus(5, 7, 1),
-                        format!(
-                            "header From domain {header_domain} does not align with the envelope \
-                             sender domain {envelope_domain}; DMARC would fail, so the message was not relayed"
-                        ),
-                    ));
-                }
-                self.log_misalignment(relay, env, &header_domain, &envelope_domain);
-            }
-            Alignment::NoHeaderFrom(e)
-                if relay.action.on_misalignment == OnMisalignment::Reject =>
-            {
-                return all(Failure::permanent(
-                    EnhancedStatus(5, 6, 0),
-                    format!("cannot check DMARC alignment: {e}"),
-                ));
-            }
-            _ => {}
-        }
-        let recipients: Vec<Address> = job
-            .recipients
-            .iter()
-            .map(|&i| env.recipients[i].address.clone())
-            .collect();
-        relay
-            .pool
-            .deliver(sender.as_ref(), &recipients, &job.message)
-            .await
-    }
-
-    fn log_misalignment(&self, relay: &Relay, env: &Envelope, header: &str, envelope: &str) {
-        let mut seen = relay.misaligned.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        if seen
-            .get(header)
-            .is_some_and(|t| now.duration_since(*t) < MISALIGNMENT_LOG_INTERVAL)
-        {
-            return;
-        }
-        seen.insert(header.to_string(), now);
-        tracing::warn!(
-            queue_id = %env.id,
-            header_from = header,
-            envelope_from = envelope,
-            "header From does not align with the envelope sender; DMARC will fail (logged once an hour per domain)"
-        );
-    }
-}
-
-/// The relay client's settings for a relay action.
-fn relay_settings(config: &Config, relay: &RelayAction) -> Result<RelaySettings, String> {
-    let members = relay
-        .relays
-        .iter()
-        .map(|url| Member {
-            host: url.host.clone(),
-            port: url.port,
-            security: match url.security {
-                RelaySecurity::StartTls => Security::StartTls,
-                RelaySecurity::Implicit => Security::Implicit,
-                RelaySecurity::Plain => Security::Plain,
-            },
-        })
-        .collect();
-    let mut settings = RelaySettings::new(config.hostname.clone(), members);
-    if let Some(table) = &relay.auth {
-        let path = config
-            .tables
-            .get(table)
-            .ok_or_else(|| format!("table {table} is not defined"))?;
-        let secrets = Secrets::load(path).map_err(|errs| {
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
-        let label = relay
-            .relays
-            .iter()
-            .find_map(|u| u.label.clone())
-            .ok_or_else(|| format!("table {table} is used but no relay URL names a label"))?;
-        let creds = secrets
-            .get(&label)
-            .ok_or_else(|| format!("{}: no secret labelled {label}", path.display()))?;
-        settings.credentials = Some(creds.clone());
-    }
-    if let Some(ca) = &relay.ca_file {
-        use rustls::pki_types::pem::PemObject;
-        settings.extra_roots = rustls::pki_types::CertificateDer::pem_file_iter(ca)
-            .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| format!("{}: {e}", ca.display()))?;
-    }
-    settings.connect_timeout = relay.connect_timeout;
-    settings.command_timeout = relay.command_timeout;
-    settings.max_connections_per_member = relay.max_connections;
-    settings.max_connections_total = relay.max_connections_total;
-    Ok(settings)
-}
-
-/// Whether mailboxes can be given to their users: as root, or with CAP_CHOWN (the systemd
-/// unit runs as an unprivileged user with that capability).
-fn can_chown() -> bool {
-    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *CAN.get_or_init(|| {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        const CAP_CHOWN: u64 = 1 << 0;
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("CapEff:"))
-                    .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-            })
-            .is_some_and(|caps| caps & CAP_CHOWN != 0)
-    })
-}
-
-/// A relative mailbox pattern (the embedded default) is taken from the working directory.
-fn absolute_pattern(kind: &MailboxKind) -> MailboxKind {
-    let fix = |p: &String| -> String {
-        if p.starts_with('/') || p.starts_with('~') {
-            return p.clone();
-        }
-        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-        cwd.join(p).display().to_string()
-    };
-    match kind {
-        MailboxKind::Mbox(p) => MailboxKind::Mbox(fix(p)),
-        MailboxKind::Maildir(p) => MailboxKind::Maildir(fix(p)),
-    }
-}
-
-impl Delivery {
     async fn deliver(&self, job: &Job) -> Attempt {
+        let env = &job.envelope;
         if let Some(local) = self.locals.get(&job.action) {
+            let recipients: Vec<&Address> = job
+                .recipients
+                .iter()
+                .map(|&i| &env.recipients[i].address)
+                .collect();
             // Mailbox writes block (locks, fsync): keep them off the runtime's threads.
-            return tokio::task::block_in_place(|| self.deliver_local(local, job));
+            let result = tokio::task::block_in_place(|| {
+                local.deliver(env.sender.as_ref(), &recipients, &job.message)
+            });
+            return Attempt {
+                outcomes: result.outcomes,
+                forwards: result.forwards,
+            };
         }
         if let Some(relay) = self.relays.get(&job.action) {
-            let outcomes = self.deliver_relay(relay, job).await;
-            self.count_relay_failure(relay, &outcomes);
-            return Attempt::of(outcomes);
+            let recipients: Vec<Address> = job
+                .recipients
+                .iter()
+                .map(|&i| env.recipients[i].address.clone())
+                .collect();
+            let result = relay
+                .deliver(&env.id, env.sender.as_ref(), &recipients, &job.message)
+                .await;
+            if result.misaligned {
+                self.metrics.misaligned.inc();
+            }
+            self.count_relay_failure(relay, &result.outcomes);
+            return Attempt::of(result.outcomes);
         }
         let outcomes = job
             .recipients
@@ -764,7 +412,7 @@ impl Delivery {
     }
 
     /// Counts a relay attempt that failed (once per attempt, by its first failure).
-    fn count_relay_failure(&self, relay: &Relay, outcomes: &[Outcome]) {
+    fn count_relay_failure(&self, relay: &RelayDelivery, outcomes: &[Outcome]) {
         let Some(failure) = outcomes.iter().find_map(|o| match o {
             Outcome::Failed(f) => Some(f),
             Outcome::Delivered { .. } => None,
@@ -776,12 +424,9 @@ impl Delivery {
             return;
         }
         let host = relay
-            .action
-            .relays
-            .iter()
-            .map(|u| u.host.as_str())
+            .hosts()
             .find(|h| failure.reason.contains(h))
-            .or_else(|| relay.action.relays.first().map(|u| u.host.as_str()))
+            .or_else(|| relay.hosts().next())
             .unwrap_or("unknown");
         self.metrics
             .relay_failure(host, classify_relay_failure(failure));
@@ -790,13 +435,7 @@ impl Delivery {
     /// Where an action's mail goes, for log lines: relay hosts, or `mailbox`.
     fn via(&self, action: &str) -> String {
         match self.relays.get(action) {
-            Some(relay) => relay
-                .action
-                .relays
-                .iter()
-                .map(|u| u.host.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
+            Some(relay) => relay.hosts().collect::<Vec<_>>().join(","),
             None if self.locals.contains_key(action) => "mailbox".to_string(),
             None => "none".to_string(),
         }

@@ -6,6 +6,7 @@
 
 pub mod bounce;
 pub mod dkim;
+pub mod local;
 pub mod maildir;
 pub mod mbox;
 pub mod relay;
@@ -96,4 +97,37 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.reason)
     }
+}
+
+/// Everything delivery needs from files, checked before the daemon starts or reloads and by
+/// `mailer config check`: the configuration's own file checks, then alias tables and DKIM keys,
+/// each problem as `FILE:LINE[:COL]: reason`.
+pub fn preflight(config: &crate::config::Config) -> Vec<String> {
+    use crate::config::{Action, Diagnostic};
+    let file_problems = config.check_files();
+    let mut problems: Vec<String> = file_problems.iter().map(|d| d.to_string()).collect();
+    for (name, action) in &config.actions {
+        match action {
+            Action::Local(local) => {
+                if let Some(Err(errors)) = local::load_aliases(config, local) {
+                    problems.extend(errors);
+                }
+            }
+            // Key files that exist and are private enough but hold no usable key.
+            Action::Relay(relay) if file_problems.is_empty() => {
+                for (i, key) in relay.dkim.iter().enumerate() {
+                    if let Err(e) = dkim::read_key(&key.key) {
+                        let (line, col) = config
+                            .positions
+                            .get(&format!("actions.{name}.dkim[{i}].key"));
+                        problems.push(
+                            Diagnostic::new(&config.source, line, col, e.to_string()).to_string(),
+                        );
+                    }
+                }
+            }
+            Action::Relay(_) => {}
+        }
+    }
+    problems
 }

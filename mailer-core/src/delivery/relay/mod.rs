@@ -5,6 +5,7 @@
 //! [`protocol`] holds every protocol decision as pure functions; [`client`] moves the bytes;
 //! [`tls`] builds the verifier and words its errors; [`pool`] chooses addresses.
 
+pub mod action;
 pub mod client;
 pub mod pool;
 pub mod protocol;
@@ -14,6 +15,7 @@ use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 
+pub use action::{RelayDelivery, RelayResult};
 pub use pool::{MemberStatus, Pool, Resolve, StaticResolver};
 
 /// How the connection to a member is secured.

@@ -1,0 +1,185 @@
+//! A relay action: the envelope rewrite, the DMARC alignment check, then the pool.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{Member, Pool, RelaySettings, Resolve, Security};
+use crate::address::Address;
+use crate::config::{Config, OnMisalignment, RelayAction, RelaySecurity};
+use crate::delivery::{EnhancedStatus, Failure, Outcome};
+use crate::policy::align::{check_alignment, Alignment};
+use crate::policy::rewrite::rewrite_sender;
+use crate::tables::secrets::Secrets;
+
+/// How often a misaligned header From domain is logged.
+const MISALIGNMENT_LOG_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// What one relay delivery produced.
+#[derive(Debug)]
+pub struct RelayResult {
+    /// One outcome per recipient, in order.
+    pub outcomes: Vec<Outcome>,
+    /// The header From did not align with the rewritten envelope sender.
+    pub misaligned: bool,
+}
+
+/// A relay action ready to deliver.
+pub struct RelayDelivery {
+    action: RelayAction,
+    pool: Pool,
+    /// Header From domains reported as misaligned, and when (the log is rate-limited).
+    misaligned: Mutex<HashMap<String, Instant>>,
+}
+
+impl RelayDelivery {
+    pub fn new(
+        config: &Config,
+        action: &RelayAction,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<RelayDelivery, String> {
+        let pool = Pool::new(settings(config, action)?, resolver).map_err(|e| e.to_string())?;
+        Ok(RelayDelivery {
+            action: action.clone(),
+            pool,
+            misaligned: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The configured relay hosts.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        self.action.relays.iter().map(|u| u.host.as_str())
+    }
+
+    /// Relays one message for `recipients`; `queue_id` names it in log lines.
+    pub async fn deliver(
+        &self,
+        queue_id: &(dyn Display + Sync),
+        sender: Option<&Address>,
+        recipients: &[Address],
+        message: &[u8],
+    ) -> RelayResult {
+        let sender = rewrite_sender(sender, self.action.mail_from.as_ref());
+        let reject = self.action.on_misalignment == OnMisalignment::Reject;
+        let all = |f: Failure, misaligned| RelayResult {
+            outcomes: recipients
+                .iter()
+                .map(|_| Outcome::Failed(f.clone()))
+                .collect(),
+            misaligned,
+        };
+        let mut misaligned = false;
+        match check_alignment(message, sender.as_ref(), self.action.alignment) {
+            Alignment::Misaligned {
+                header_domain,
+                envelope_domain,
+            } => {
+                if reject {
+                    return all(
+                        Failure::permanent(
+                            EnhancedStatus(5, 7, 1),
+                            format!(
+                                "header From domain {header_domain} does not align with the envelope \
+                                 sender domain {envelope_domain}; DMARC would fail, so the message was not relayed"
+                            ),
+                        ),
+                        true,
+                    );
+                }
+                misaligned = true;
+                self.log_misalignment(queue_id, &header_domain, &envelope_domain);
+            }
+            Alignment::NoHeaderFrom(e) if reject => {
+                return all(
+                    Failure::permanent(
+                        EnhancedStatus(5, 6, 0),
+                        format!("cannot check DMARC alignment: {e}"),
+                    ),
+                    false,
+                );
+            }
+            _ => {}
+        }
+        RelayResult {
+            outcomes: self
+                .pool
+                .deliver(sender.as_ref(), recipients, message)
+                .await,
+            misaligned,
+        }
+    }
+
+    /// A misconfigured application must not flood the journal: once an hour per domain.
+    fn log_misalignment(&self, queue_id: &(dyn Display + Sync), header: &str, envelope: &str) {
+        let mut seen = self.misaligned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if seen
+            .get(header)
+            .is_some_and(|t| now.duration_since(*t) < MISALIGNMENT_LOG_INTERVAL)
+        {
+            return;
+        }
+        seen.insert(header.to_string(), now);
+        tracing::warn!(
+            queue_id = %queue_id,
+            header_from = header,
+            envelope_from = envelope,
+            "header From does not align with the envelope sender; DMARC will fail (logged once an hour per domain)"
+        );
+    }
+}
+
+/// The relay client's settings for a relay action: members, credentials, trust anchors.
+fn settings(config: &Config, relay: &RelayAction) -> Result<RelaySettings, String> {
+    let members = relay
+        .relays
+        .iter()
+        .map(|url| Member {
+            host: url.host.clone(),
+            port: url.port,
+            security: match url.security {
+                RelaySecurity::StartTls => Security::StartTls,
+                RelaySecurity::Implicit => Security::Implicit,
+                RelaySecurity::Plain => Security::Plain,
+            },
+        })
+        .collect();
+    let mut settings = RelaySettings::new(config.hostname.clone(), members);
+    if let Some(table) = &relay.auth {
+        let path = config
+            .tables
+            .get(table)
+            .ok_or_else(|| format!("table {table} is not defined"))?;
+        let secrets = Secrets::load(path).map_err(|errs| {
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+        let label = relay
+            .relays
+            .iter()
+            .find_map(|u| u.label.clone())
+            .ok_or_else(|| format!("table {table} is used but no relay URL names a label"))?;
+        let creds = secrets
+            .get(&label)
+            .ok_or_else(|| format!("{}: no secret labelled {label}", path.display()))?;
+        settings.credentials = Some(creds.clone());
+    }
+    if let Some(ca) = &relay.ca_file {
+        use rustls_pki_types::pem::PemObject;
+        settings.extra_roots = rustls_pki_types::CertificateDer::pem_file_iter(ca)
+            .and_then(|it| it.collect::<Result<_, _>>())
+            .map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    settings.connect_timeout = relay.connect_timeout;
+    settings.command_timeout = relay.command_timeout;
+    settings.max_connections_per_member = relay.max_connections;
+    settings.max_connections_total = relay.max_connections_total;
+    Ok(settings)
+}
