@@ -26,8 +26,9 @@ pub const EX_TEMPFAIL: u8 = 75;
 pub const EX_CONFIG: u8 = 78;
 
 /// The synopsis shown after a usage error: the options [`parse_args`] understands.
-pub const USAGE: &str = "usage: sendmail [-t] [-i|-oi] [-f sender] [-F name] [-bm|-bs] [-C config] \
-                         [-oX...] [--] [recipient ...]";
+pub const USAGE: &str =
+    "usage: sendmail [-t] [-i|-oi] [-f sender] [-F name] [-bm|-bs] [-C config] [-oX...] \
+     [--] [recipient ...]";
 
 /// Why the submission did not (entirely) succeed: a sysexits code and what to tell the user.
 #[derive(Debug, PartialEq, Eq)]
@@ -834,6 +835,42 @@ mod tests {
             assert!(word.len() <= 75, "{word}");
             assert!(word.starts_with("=?UTF-8?Q?") && word.ends_with("?="));
         }
+    }
+
+    #[test]
+    fn address_lists_yield_addr_specs_and_name_what_is_unterminated() {
+        assert_eq!(
+            parse_address_list("<@relay.test:u@x.test>, \"a, b\" <c@x.test>, d (e, f)").unwrap(),
+            ["u@x.test", "c@x.test", "d"]
+        );
+        assert_eq!(parse_address_list(" ,; ").unwrap(), Vec::<String>::new());
+        for (text, reason) in [
+            ("\"open <a@x.test>", "unterminated quoted string"),
+            ("a@x.test (open", "unterminated comment"),
+            ("<a@x.test", "unterminated <address>"),
+        ] {
+            assert_eq!(parse_address_list(text).unwrap_err(), reason, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_crlf_lone_dot_also_ends_the_message_and_a_dot_in_text_does_not() {
+        let input = b"a\r\n.\r\nafter\r\n";
+        assert_eq!(read_message(&input[..], false).unwrap(), b"a\r\n");
+        let input = b"a\n..\n. \n.";
+        assert_eq!(read_message(&input[..], false).unwrap(), input);
+    }
+
+    #[test]
+    fn message_id_carries_time_to_the_nanosecond_pid_and_host() {
+        let o = parse_args(&args(&["root"])).unwrap();
+        let mut c = context();
+        c.now += Duration::from_nanos(5);
+        let text = String::from_utf8(prepare(b"x\n", &o, &c).unwrap().data).unwrap();
+        assert!(
+            text.contains("\r\nMessage-ID: <1700000000.000000005.42@box.test>\r\n"),
+            "{text}"
+        );
     }
 
     #[test]
