@@ -888,18 +888,5 @@ fn canonical_lines(
     if mode == BareNewlines::Reject {
         return Err(DataError::BareNewline);
     }
-    let mut out = Vec::with_capacity(content.len() + 64);
-    let mut i = 0;
-    while i < content.len() {
-        match content[i] {
-            b'\r' if content.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Ok(out)
+    Ok(super::submission::to_crlf(&content))
 }
