@@ -298,7 +298,10 @@ async fn wait_delivered(sinks: &[Sink], n: usize, deadline: Instant) -> Option<I
 
 fn locate_mailer(args: &Args, root: &Path) -> Result<PathBuf, String> {
     if let Some(p) = &args.mailer {
-        return Ok(p.clone());
+        // The daemon runs in its own directory: a relative path must not depend on it.
+        return p
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", p.display()));
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("mailer-bench: cargo build --release -p mailer-daemon");
