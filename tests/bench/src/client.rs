@@ -73,8 +73,7 @@ impl Client {
                 .await?;
             let token = {
                 use base64::Engine;
-                base64::engine::general_purpose::STANDARD
-                    .encode(format!("\0{user}\0{password}"))
+                base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
             };
             c.command(&format!("AUTH PLAIN {token}\r\n"), 235, "AUTH")
                 .await?;

@@ -80,9 +80,9 @@ struct Scenario {
 
 impl Scenario {
     fn label(&self) -> String {
-        let size = if self.size % (1024 * 1024) == 0 {
+        let size = if self.size.is_multiple_of(1024 * 1024) {
             format!("{}MiB", self.size / (1024 * 1024))
-        } else if self.size % 1024 == 0 {
+        } else if self.size.is_multiple_of(1024) {
             format!("{}KiB", self.size / 1024)
         } else {
             format!("{}B", self.size)
@@ -176,7 +176,8 @@ impl Template {
             if n % 40 == 7 {
                 plain.push(b'.');
             }
-            let line = format!("{n:08} the quick brown fox jumps over the lazy dog 0123456789 abcdefghij");
+            let line =
+                format!("{n:08} the quick brown fox jumps over the lazy dog 0123456789 abcdefghij");
             plain.extend_from_slice(line.as_bytes());
             plain.extend_from_slice(b"\r\n");
             n += 1;
@@ -306,7 +307,14 @@ fn locate_mailer(args: &Args, root: &Path) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("mailer-bench: cargo build --release -p mailer-daemon");
     let status = Command::new(&cargo)
-        .args(["build", "--release", "-p", "mailer-daemon", "--bin", "mailer"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "mailer-daemon",
+            "--bin",
+            "mailer",
+        ])
         .current_dir(root)
         .status()
         .map_err(|e| format!("cannot run {cargo}: {e}"))?;
@@ -485,7 +493,10 @@ fn verify(
 fn find_seq(data: &[u8]) -> Option<usize> {
     const KEY: &[u8] = b"\r\nX-Bench-Seq: ";
     let at = data.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
-    std::str::from_utf8(data.get(at..at + 8)?).ok()?.parse().ok()
+    std::str::from_utf8(data.get(at..at + 8)?)
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn client_tls(ca: &TestCa) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -550,7 +561,10 @@ async fn run_scenario(
     .await;
     let ceiling_time = start.elapsed();
     if !errors.is_empty() || sent.len() != scenario.messages {
-        return Err(format!("the sink ceiling run failed: {}", errors.join("; ")));
+        return Err(format!(
+            "the sink ceiling run failed: {}",
+            errors.join("; ")
+        ));
     }
     let ceiling = scenario.messages as f64 / ceiling_time.as_secs_f64();
     for s in &sinks {
@@ -561,8 +575,11 @@ async fn run_scenario(
     let port = free_port()?;
     fs::write(dir.path().join("ca.pem"), ca.cert_pem()).map_err(|e| e.to_string())?;
     let secrets = dir.path().join("secrets");
-    fs::write(&secrets, format!("{SINK_USER} {SINK_USER}:{SINK_PASSWORD}\n"))
-        .map_err(|e| e.to_string())?;
+    fs::write(
+        &secrets,
+        format!("{SINK_USER} {SINK_USER}:{SINK_PASSWORD}\n"),
+    )
+    .map_err(|e| e.to_string())?;
     fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
     fs::write(
         dir.path().join("mailer.toml"),

@@ -108,7 +108,7 @@ pub struct Pool {
 
 /// A session to use for the next message: an idle one, or room to open one.
 enum Acquired {
-    Idle(Session),
+    Idle(Box<Session>),
     Fresh(OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
@@ -149,6 +149,9 @@ impl Pool {
         if !healthy.is_empty() {
             let start = self.next.fetch_add(1, Ordering::Relaxed) % healthy.len();
             healthy.rotate_left(start);
+            // An idle session first: a new one costs a TLS handshake and AUTH, and under the
+            // total limit it would evict another address's idle session.
+            healthy.sort_by_key(|ep| self.with_state(ep, |s| s.idle.is_empty()));
         }
 
         for endpoint in &healthy {
@@ -234,7 +237,7 @@ impl Pool {
                 Acquired::Idle(mut session) => {
                     match session.conn.send(sender, recipients, body, true).await {
                         Ok(outcomes) => {
-                            self.keep(endpoint, session).await;
+                            self.keep(endpoint, *session).await;
                             return Ok(outcomes);
                         }
                         Err(interrupted) if interrupted.body_sent => {
@@ -299,7 +302,7 @@ impl Pool {
             tokio::pin!(parked);
             parked.as_mut().enable();
             if let Some(session) = self.with_state(endpoint, |s| s.idle.pop()) {
-                return Acquired::Idle(session);
+                return Acquired::Idle(Box::new(session));
             }
             tokio::select! {
                 permit = per_address.clone().acquire_owned() => {
@@ -440,9 +443,16 @@ mod tests {
                 .await
                 .expect("every delivery finishes: none waits forever for a permit")
                 .unwrap();
-            assert!(matches!(outcomes[..], [Outcome::Delivered { .. }]), "{outcomes:?}");
+            assert!(
+                matches!(outcomes[..], [Outcome::Delivered { .. }]),
+                "{outcomes:?}"
+            );
         }
         assert_eq!(sink.count(), 6);
-        assert_eq!(sink.connections(), 1, "one session carried all six messages");
+        assert_eq!(
+            sink.connections(),
+            1,
+            "one session carried all six messages"
+        );
     }
 }
