@@ -81,8 +81,10 @@ pub struct Scheduler<D> {
     slots: Arc<Semaphore>,
 }
 
-/// How many messages are delivered at once.
-const PARALLEL_MESSAGES: usize = 64;
+/// How many messages are delivered at once. Each holds its body in memory while it waits
+/// for a relay connection, so this stays near the relay's connection limits: more would
+/// only queue inside the pool and cost memory (a 1 MiB message each).
+const PARALLEL_MESSAGES: usize = 20;
 
 impl<D: Deliverer> Scheduler<D> {
     pub fn new(

@@ -12,8 +12,12 @@
 //! write that never completed, so it was never acknowledged and is removed. Envelope updates
 //! are whole-file replacements by rename, so an envelope is always either the old or the new.
 //!
-//! Concurrent writers share the directory fsync: one sync covers every rename done before it
-//! started ([`DirSync`]), so sessions do not queue up behind one another's syncs.
+//! Each file is fsynced by the session that wrote it (concurrent fsyncs share the
+//! filesystem's journal commits); the renames into `q/` are made durable by a group commit
+//! ([`DirSync`]): one fsync of `q/` covers every rename completed before it started, so
+//! sessions do not queue up behind one another's. No `syncfs(2)`: it would flush every
+//! other program's dirty data on the filesystem (the database of the application this
+//! relay serves, typically) on the path of every message.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -148,7 +152,7 @@ impl DirSync {
         }
     }
 
-    /// Makes the caller's earlier renames in the directory durable.
+    /// Makes the caller's earlier writes durable, sharing the sync with concurrent callers.
     fn sync(&self) -> io::Result<()> {
         let mine = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());

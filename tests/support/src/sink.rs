@@ -60,6 +60,8 @@ pub struct Received {
     pub data: Vec<u8>,
     pub tls: bool,
     pub auth_user: Option<String>,
+    /// When the end of data was read, before the reply (for delivery latencies).
+    pub arrived: std::time::Instant,
 }
 
 struct Shared {
@@ -138,17 +140,40 @@ impl Sink {
             .clone()
     }
 
+    /// Messages accepted so far (cheap: nothing is copied).
+    pub fn count(&self) -> usize {
+        self.shared
+            .messages
+            .lock()
+            .expect("sink lock is never poisoned")
+            .len()
+    }
+
+    /// Hands over the messages accepted so far and forgets them.
+    pub fn take_messages(&self) -> Vec<Received> {
+        std::mem::take(
+            &mut *self
+                .shared
+                .messages
+                .lock()
+                .expect("sink lock is never poisoned"),
+        )
+    }
+
     /// Waits until `n` messages arrived or `timeout` passed; returns what arrived.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        self.wait_for_count(n, timeout).await;
+        self.messages()
+    }
+
+    /// Waits until `n` messages arrived or `timeout` passed; returns how many arrived.
+    pub async fn wait_for_count(&self, n: usize, timeout: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let arrived = self.shared.arrived.notified();
-            let messages = self.messages();
-            if messages.len() >= n {
-                return messages;
-            }
-            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return self.messages();
+            let count = self.count();
+            if count >= n || tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return self.count();
             }
         }
     }
@@ -211,6 +236,64 @@ async fn read_line(
         None => read.await?,
     };
     Ok(n > 0)
+}
+
+/// Reads message data up to `<CRLF>.<CRLF>`, dot-stuffing removed; `None` if the client left.
+/// Works on whole buffers rather than line by line, so the sink keeps up with a fast client.
+async fn read_data(
+    conn: &mut Conn,
+    partial: &mut Vec<u8>,
+    idle_timeout: Option<Duration>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    conn.flush().await?;
+    partial.clear();
+    let mut data = Vec::new();
+    // Appends one line; true when it is the final dot.
+    fn add(line: &[u8], data: &mut Vec<u8>) -> bool {
+        if line == b".\r\n" {
+            return true;
+        }
+        data.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+        false
+    }
+    loop {
+        let fill = conn.fill_buf();
+        let buf = match idle_timeout {
+            Some(limit) => match tokio::time::timeout(limit, fill).await {
+                Ok(r) => r?,
+                Err(_) => return Ok(None),
+            },
+            None => fill.await?,
+        };
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let mut pos = 0;
+        let mut done = false;
+        while let Some(lf) = buf[pos..].iter().position(|&b| b == b'\n') {
+            let end = pos + lf + 1;
+            done = if partial.is_empty() {
+                add(&buf[pos..end], &mut data)
+            } else {
+                partial.extend_from_slice(&buf[pos..end]);
+                let done = add(partial, &mut data);
+                partial.clear();
+                done
+            };
+            pos = end;
+            if done {
+                break;
+            }
+        }
+        if !done {
+            partial.extend_from_slice(&buf[pos..]);
+            pos = buf.len();
+        }
+        conn.consume(pos);
+        if done {
+            return Ok(Some(data));
+        }
+    }
 }
 
 async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
@@ -396,27 +479,17 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                     continue;
                 };
                 reply(&mut conn, 354, "end data with <CR><LF>.<CR><LF>").await?;
-                let mut data = Vec::new();
-                loop {
-                    if !read_line(&mut conn, &mut line, options.idle_timeout).await? {
-                        return Ok(());
-                    }
-                    if line == b".\r\n" {
-                        break;
-                    }
-                    let unstuffed = if line.first() == Some(&b'.') {
-                        &line[1..]
-                    } else {
-                        &line[..]
-                    };
-                    data.extend_from_slice(unstuffed);
-                }
+                let Some(data) = read_data(&mut conn, &mut line, options.idle_timeout).await?
+                else {
+                    return Ok(());
+                };
                 let received = Received {
                     mail_from,
                     rcpt_to: std::mem::take(&mut tx.rcpt_to),
                     data,
                     tls,
                     auth_user: auth_user.clone(),
+                    arrived: std::time::Instant::now(),
                 };
                 tx = Transaction::default();
                 let refusal = if options

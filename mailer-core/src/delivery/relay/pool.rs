@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rustls::ClientConfig;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::client::{Connection, Endpoint};
 use super::{tls, RelaySettings};
@@ -101,6 +101,15 @@ pub struct Pool {
     total: Arc<Semaphore>,
     next: AtomicUsize,
     addresses: Mutex<HashMap<Endpoint, AddressState>>,
+    /// Signalled whenever a session is parked idle: an idle session holds its permits, so a
+    /// task waiting for a permit must also wake to reuse (or evict) it.
+    parked: Notify,
+}
+
+/// A session to use for the next message: an idle one, or room to open one.
+enum Acquired {
+    Idle(Box<Session>),
+    Fresh(OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
 impl Pool {
@@ -115,6 +124,7 @@ impl Pool {
             total,
             next: AtomicUsize::new(0),
             addresses: Mutex::new(HashMap::new()),
+            parked: Notify::new(),
         })
     }
 
@@ -139,6 +149,9 @@ impl Pool {
         if !healthy.is_empty() {
             let start = self.next.fetch_add(1, Ordering::Relaxed) % healthy.len();
             healthy.rotate_left(start);
+            // An idle session first: a new one costs a TLS handshake and AUTH, and under the
+            // total limit it would evict another address's idle session.
+            healthy.sort_by_key(|ep| self.with_state(ep, |s| s.idle.is_empty()));
         } else {
             // Every address failed recently. The breaker exists to prefer an alternative, not
             // to stop retries: probe them anyway, the one failing longest ago first, so mail
@@ -224,22 +237,25 @@ impl Pool {
         body: &[u8],
     ) -> Result<Vec<Outcome>, Failure> {
         // An idle session the server has since closed fails before the body: try the next.
-        while let Some(mut session) = self.with_state(endpoint, |s| s.idle.pop()) {
-            match session.conn.send(sender, recipients, body, true).await {
-                Ok(outcomes) => {
-                    self.keep(endpoint, session).await;
-                    return Ok(outcomes);
-                }
-                Err(interrupted) if interrupted.body_sent => {
-                    return Ok(all_failed(recipients, interrupted.failure))
-                }
-                Err(interrupted) => {
-                    tracing::debug!(server = %endpoint.label(), reason = %interrupted.failure, "idle relay session was stale");
+        let (total, member) = loop {
+            match self.acquire(endpoint).await {
+                Acquired::Fresh(total, member) => break (total, member),
+                Acquired::Idle(mut session) => {
+                    match session.conn.send(sender, recipients, body, true).await {
+                        Ok(outcomes) => {
+                            self.keep(endpoint, *session).await;
+                            return Ok(outcomes);
+                        }
+                        Err(interrupted) if interrupted.body_sent => {
+                            return Ok(all_failed(recipients, interrupted.failure))
+                        }
+                        Err(interrupted) => {
+                            tracing::debug!(server = %endpoint.label(), reason = %interrupted.failure, "idle relay session was stale");
+                        }
+                    }
                 }
             }
-        }
-
-        let (total, member) = self.permits(endpoint).await;
+        };
         let conn = match Connection::open(endpoint, &self.settings, self.tls.clone()).await {
             Ok(conn) => conn,
             Err(failure) => {
@@ -278,19 +294,35 @@ impl Pool {
             return;
         }
         self.with_state(endpoint, |s| s.idle.push(session));
+        self.parked.notify_waiters();
     }
 
-    /// Waits for room under both limits. Idle sessions hold permits; when the total is used
-    /// up, an idle session elsewhere is closed to make room instead of waiting for it forever.
-    async fn permits(&self, endpoint: &Endpoint) -> (OwnedSemaphorePermit, OwnedSemaphorePermit) {
+    /// An idle session of `endpoint`, or room under both limits to open one. Idle sessions
+    /// hold permits: while waiting, a session parked for this address is taken, and when the
+    /// total is used up an idle session elsewhere is closed to make room instead of waiting
+    /// for it forever.
+    async fn acquire(&self, endpoint: &Endpoint) -> Acquired {
         let per_address = self.with_state(endpoint, |s| s.per_address.clone());
-        let member = per_address
-            .acquire_owned()
-            .await
-            .expect("pool semaphores are never closed");
+        let member = loop {
+            let parked = self.parked.notified();
+            tokio::pin!(parked);
+            parked.as_mut().enable();
+            if let Some(session) = self.with_state(endpoint, |s| s.idle.pop()) {
+                return Acquired::Idle(Box::new(session));
+            }
+            tokio::select! {
+                permit = per_address.clone().acquire_owned() => {
+                    break permit.expect("pool semaphores are never closed");
+                }
+                _ = &mut parked => {}
+            }
+        };
         loop {
+            let parked = self.parked.notified();
+            tokio::pin!(parked);
+            parked.as_mut().enable();
             if let Ok(total) = self.total.clone().try_acquire_owned() {
-                return (total, member);
+                return Acquired::Fresh(total, member);
             }
             let evicted = {
                 let mut addresses = self
@@ -299,17 +331,15 @@ impl Pool {
                     .expect("pool state lock is never poisoned");
                 addresses.values_mut().find_map(|s| s.idle.pop())
             };
-            match evicted {
-                Some(session) => drop(session),
-                None => {
-                    let total = self
-                        .total
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("pool semaphores are never closed");
-                    return (total, member);
+            if let Some(session) = evicted {
+                drop(session);
+                continue;
+            }
+            tokio::select! {
+                total = self.total.clone().acquire_owned() => {
+                    return Acquired::Fresh(total.expect("pool semaphores are never closed"), member);
                 }
+                _ = &mut parked => {}
             }
         }
     }
@@ -369,4 +399,66 @@ fn all_failed(recipients: &[Address], failure: Failure) -> Vec<Outcome> {
         .iter()
         .map(|_| Outcome::Failed(failure.clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use mailer_testkit::certs::TestCa;
+    use mailer_testkit::sink::{Sink, SinkOptions};
+
+    use super::*;
+    use crate::delivery::relay::{Member, Security};
+
+    /// Idle sessions hold their permits: a delivery waiting for a permit must take over a
+    /// session parked after another delivery instead of waiting for a permit forever.
+    #[tokio::test]
+    async fn deliveries_waiting_for_a_permit_reuse_a_parked_session() {
+        let ca = TestCa::new();
+        let sink = Sink::start(SinkOptions {
+            tls: Some(ca.issue(&["127.0.0.1"])),
+            require_tls: true,
+            ..SinkOptions::default()
+        })
+        .await;
+        let mut settings = RelaySettings::new(
+            "client.test",
+            vec![Member {
+                host: "127.0.0.1".into(),
+                port: sink.port(),
+                security: Security::StartTls,
+            }],
+        );
+        settings.extra_roots = vec![ca.cert_der()];
+        settings.max_connections_per_member = 1;
+        settings.max_connections_total = 1;
+        let pool = Arc::new(Pool::new(settings, StaticResolver::default()).unwrap());
+        let rcpt = [Address::parse("bob@example.org").unwrap()];
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let pool = pool.clone();
+            let rcpt = rcpt.clone();
+            tasks.push(tokio::spawn(async move {
+                pool.deliver(None, &rcpt, format!("message {i}\r\n").as_bytes())
+                    .await
+            }));
+        }
+        for task in tasks {
+            let outcomes = tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("every delivery finishes: none waits forever for a permit")
+                .unwrap();
+            assert!(
+                matches!(outcomes[..], [Outcome::Delivered { .. }]),
+                "{outcomes:?}"
+            );
+        }
+        assert_eq!(sink.count(), 6);
+        assert_eq!(
+            sink.connections(),
+            1,
+            "one session carried all six messages"
+        );
+    }
 }

@@ -1,0 +1,791 @@
+//! `mailer-bench`: the whole path on loopback, measured.
+//!
+//! For each scenario it starts upstream sinks that require STARTTLS and AUTH (certificates
+//! made at run time), measures their ceiling by sending the load straight to them, then starts
+//! the release `mailer` daemon relaying to that pool with its fsync-before-250 queue on disk,
+//! sends the same load through it, and reports throughput, latencies, the daemon's peak RSS
+//! and CPU time, and whether every message arrived exactly once with its sender rewritten.
+
+mod client;
+mod proc_stats;
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use mailer_testkit::certs::TestCa;
+use mailer_testkit::sink::{Received, Sink, SinkOptions};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use client::{Client, Setup};
+
+/// Benchmark the mailer daemon end to end on loopback.
+#[derive(Parser)]
+struct Args {
+    /// Messages per run (with --size and --sessions: one custom scenario instead of the two
+    /// default ones, 2000 x 4K over 20 sessions and 200 x 1M over 10).
+    #[arg(long)]
+    messages: Option<usize>,
+    /// Message size, e.g. 4K or 1M.
+    #[arg(long, value_parser = parse_size)]
+    size: Option<usize>,
+    /// Concurrent SMTP sessions.
+    #[arg(long)]
+    sessions: Option<usize>,
+    /// Upstream sink ports in the relay pool.
+    #[arg(long, default_value_t = 4)]
+    sinks: usize,
+    /// The `mailer` binary; by default `cargo build --release -p mailer-daemon` is run and
+    /// target/release/mailer used.
+    #[arg(long)]
+    mailer: Option<PathBuf>,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "target/mailer-bench.json")]
+    json: PathBuf,
+    /// Directory for the queue (on the disk to measure; default: a temp dir under target/).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Upper bound on each phase (sending, delivering) in seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// The daemon's log level (production default: info).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let (num, mul) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1024),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    num.parse::<usize>()
+        .map(|n| n * mul)
+        .map_err(|e| format!("size {s:?}: {e}"))
+}
+
+#[derive(Clone, Copy, Serialize)]
+struct Scenario {
+    messages: usize,
+    size: usize,
+    sessions: usize,
+}
+
+impl Scenario {
+    fn label(&self) -> String {
+        let size = if self.size.is_multiple_of(1024 * 1024) {
+            format!("{}MiB", self.size / (1024 * 1024))
+        } else if self.size.is_multiple_of(1024) {
+            format!("{}KiB", self.size / 1024)
+        } else {
+            format!("{}B", self.size)
+        };
+        format!("{}x{size}/{}", self.messages, self.sessions)
+    }
+}
+
+/// Latency summary in milliseconds.
+#[derive(Serialize, Default, Clone, Copy)]
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<Duration>) -> Latency {
+        if samples.is_empty() {
+            return Latency::default();
+        }
+        samples.sort();
+        let at = |q: f64| {
+            let i = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1;
+            samples[i].as_secs_f64() * 1e3
+        };
+        Latency {
+            p50_ms: at(0.50),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Checks {
+    delivered: usize,
+    lost: usize,
+    duplicated: usize,
+    sender_not_rewritten: usize,
+    content_altered: usize,
+    send_errors: Vec<String>,
+}
+
+impl Checks {
+    fn ok(&self) -> bool {
+        self.lost == 0
+            && self.duplicated == 0
+            && self.sender_not_rewritten == 0
+            && self.content_altered == 0
+            && self.send_errors.is_empty()
+    }
+}
+
+#[derive(Serialize)]
+struct Outcome {
+    scenario: Scenario,
+    sink_ceiling_msgs_per_s: f64,
+    accepted_msgs_per_s: f64,
+    end_to_end_msgs_per_s: f64,
+    end_to_end_share_of_ceiling: f64,
+    acceptance: Latency,
+    queue_to_delivered: Latency,
+    daemon_peak_rss_mib: f64,
+    daemon_cpu_s: f64,
+    bench_process_cpu_s: f64,
+    checks: Checks,
+}
+
+/// The header From, the envelope sender given to the daemon, and the sender it must relay.
+const HEADER_FROM: &str = "notifications@ublog.tech";
+const SENDER: &str = "mastodon@localhost";
+const REWRITTEN: &str = "mastodon@ublog.tech";
+const SINK_USER: &str = "bench";
+const SINK_PASSWORD: &str = "bench-secret";
+
+/// One message body shared by every message of a run; each message differs in its header.
+struct Template {
+    /// The body as the sink must receive it (CRLF lines, some starting with a dot).
+    plain: Vec<u8>,
+    /// The same, dot-stuffed for the wire.
+    wire: Vec<u8>,
+}
+
+impl Template {
+    fn new(size: usize) -> Template {
+        let mut plain = Vec::with_capacity(size + 100);
+        let mut n = 0usize;
+        // 78-octet lines like base64 or quoted-printable text; every 40th starts with a dot.
+        while plain.len() + header(0, 0).len() < size {
+            if n % 40 == 7 {
+                plain.push(b'.');
+            }
+            let line =
+                format!("{n:08} the quick brown fox jumps over the lazy dog 0123456789 abcdefghij");
+            plain.extend_from_slice(line.as_bytes());
+            plain.extend_from_slice(b"\r\n");
+            n += 1;
+        }
+        let mut wire = Vec::with_capacity(plain.len() + plain.len() / 1000 + 8);
+        for line in plain.split_inclusive(|&b| b == b'\n') {
+            if line.first() == Some(&b'.') {
+                wire.push(b'.');
+            }
+            wire.extend_from_slice(line);
+        }
+        Template { plain, wire }
+    }
+}
+
+fn header(run: usize, seq: usize) -> String {
+    format!(
+        "From: Mastodon <{HEADER_FROM}>\r\nTo: user{r}@example.org\r\nSubject: New follower {seq}\r\n\
+         Message-ID: <bench-{run}-{seq}@ublog.tech>\r\nX-Bench-Seq: {seq:08}\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
+        r = seq % 100
+    )
+}
+
+fn recipient(seq: usize) -> String {
+    format!("user{}@example.org", seq % 100)
+}
+
+/// What one message's sending produced.
+struct Sent {
+    seq: usize,
+    /// End of data to 250.
+    latency: Duration,
+    /// When the 250 was read.
+    accepted_at: Instant,
+}
+
+/// Sends `scenario.messages` messages over `scenario.sessions` sessions to `targets` (session
+/// i goes to target i mod len). Bounded by the message count and by `deadline`.
+async fn load(
+    scenario: Scenario,
+    targets: &[SocketAddr],
+    setup: &Setup,
+    sender: &str,
+    template: &Arc<Template>,
+    run: usize,
+    deadline: Instant,
+) -> (Vec<Sent>, Vec<String>) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..scenario.sessions {
+        let addr = targets[i % targets.len()];
+        let setup = setup.clone();
+        let next = next.clone();
+        let template = template.clone();
+        let sender = sender.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let result = tokio::time::timeout_at(deadline, async {
+                let mut client = Client::connect(addr, &setup).await?;
+                let mut wire = Vec::with_capacity(template.wire.len() + 512);
+                loop {
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    if seq >= scenario.messages {
+                        break;
+                    }
+                    wire.clear();
+                    wire.extend_from_slice(header(run, seq).as_bytes());
+                    wire.extend_from_slice(&template.wire);
+                    let latency = client.send(&sender, &recipient(seq), &wire).await?;
+                    sent.push(Sent {
+                        seq,
+                        latency,
+                        accepted_at: Instant::now(),
+                    });
+                }
+                client.quit().await;
+                Ok::<(), std::io::Error>(())
+            })
+            .await;
+            let error = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("session {i}: {e}")),
+                Err(_) => Some(format!("session {i}: phase time limit reached")),
+            };
+            (sent, error)
+        }));
+    }
+    let mut all = Vec::with_capacity(scenario.messages);
+    let mut errors = Vec::new();
+    for t in tasks {
+        match t.await {
+            Ok((sent, error)) => {
+                all.extend(sent);
+                errors.extend(error);
+            }
+            Err(e) => errors.push(format!("session task failed: {e}")),
+        }
+    }
+    (all, errors)
+}
+
+fn total(sinks: &[Sink]) -> usize {
+    sinks.iter().map(Sink::count).sum()
+}
+
+/// Waits until the sinks together hold `n` messages or `deadline` passes; returns when.
+async fn wait_delivered(sinks: &[Sink], n: usize, deadline: Instant) -> Option<Instant> {
+    loop {
+        if total(sinks) >= n {
+            return Some(Instant::now());
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn locate_mailer(args: &Args, root: &Path) -> Result<PathBuf, String> {
+    if let Some(p) = &args.mailer {
+        // The daemon runs in its own directory: a relative path must not depend on it.
+        return p
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", p.display()));
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    eprintln!("mailer-bench: cargo build --release -p mailer-daemon");
+    let status = Command::new(&cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "mailer-daemon",
+            "--bin",
+            "mailer",
+        ])
+        .current_dir(root)
+        .status()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo build --release -p mailer-daemon: {status}"));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Ok(target.join("release").join("mailer"))
+}
+
+fn daemon_config(dir: &Path, port: u16, sinks: &[Sink], log_level: &str) -> String {
+    let relays: Vec<String> = sinks
+        .iter()
+        .map(|s| format!("\"smtp+tls://{SINK_USER}@127.0.0.1:{}\"", s.port()))
+        .collect();
+    format!(
+        r#"hostname = "mx.bench.test"
+local_domains = ["mx.bench.test"]
+queue_dir = "{dir}/queue"
+control_socket = "{dir}/control.sock"
+
+[[listen]]
+address = "127.0.0.1:{port}"
+
+[tables]
+secrets = "{dir}/secrets"
+
+[actions.outbound]
+relay = [{relays}]
+auth = "secrets"
+mail_from = "@ublog.tech"
+ca_file = "{dir}/ca.pem"
+
+[log]
+level = "{log_level}"
+
+[[match]]
+from = "local"
+for = "any"
+action = "outbound"
+"#,
+        dir = dir.display(),
+        relays = relays.join(", "),
+    )
+}
+
+struct DaemonProcess {
+    child: Child,
+}
+
+impl DaemonProcess {
+    fn start(bin: &Path, dir: &Path, port: u16) -> Result<DaemonProcess, String> {
+        let log = fs::File::create(dir.join("daemon.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(bin)
+            .arg("--config")
+            .arg(dir.join("mailer.toml"))
+            .arg("serve")
+            .current_dir(dir)
+            .env_remove("MAILER_LOG")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let mut d = DaemonProcess { child };
+        let start = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                let log = fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+                return Err(format!("mailer exited with {status} at start:\n{log}"));
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                d.stop();
+                return Err("mailer did not listen within 20 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(d)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within 10 s.
+    fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free loopback port: {e}"))
+}
+
+/// Checks what the sinks received against what was sent; returns the checks and the
+/// queue-to-delivered latencies.
+fn verify(
+    received: Vec<Received>,
+    sent: &[Sent],
+    scenario: Scenario,
+    template: &Template,
+    run: usize,
+    sender: &str,
+) -> (Checks, Vec<Duration>) {
+    let mut accepted_at = vec![None; scenario.messages];
+    for s in sent {
+        accepted_at[s.seq] = Some(s.accepted_at);
+    }
+    let mut seen = vec![0usize; scenario.messages];
+    let mut checks = Checks {
+        delivered: received.len(),
+        lost: 0,
+        duplicated: 0,
+        sender_not_rewritten: 0,
+        content_altered: 0,
+        send_errors: Vec::new(),
+    };
+    let mut delays = Vec::with_capacity(received.len());
+    for r in &received {
+        if r.mail_from != sender {
+            checks.sender_not_rewritten += 1;
+        }
+        let Some(seq) = find_seq(&r.data).filter(|&s| s < scenario.messages) else {
+            checks.content_altered += 1;
+            continue;
+        };
+        seen[seq] += 1;
+        let head = header(run, seq);
+        // The daemon prepends its Received header; everything after it is ours, unchanged.
+        let ours = head.len() + template.plain.len();
+        let intact = r.data.len() >= ours
+            && r.data[r.data.len() - template.plain.len()..] == template.plain[..]
+            && r.data[r.data.len() - ours..r.data.len() - template.plain.len()] == *head.as_bytes();
+        if !intact {
+            checks.content_altered += 1;
+        }
+        if let Some(at) = accepted_at[seq] {
+            delays.push(r.arrived.saturating_duration_since(at.into_std()));
+        }
+    }
+    for (seq, &n) in seen.iter().enumerate() {
+        if n == 0 && accepted_at[seq].is_some() {
+            checks.lost += 1;
+        }
+        if n > 1 {
+            checks.duplicated += n - 1;
+        }
+    }
+    (checks, delays)
+}
+
+fn find_seq(data: &[u8]) -> Option<usize> {
+    const KEY: &[u8] = b"\r\nX-Bench-Seq: ";
+    let at = data.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    std::str::from_utf8(data.get(at..at + 8)?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn client_tls(ca: &TestCa) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der()).map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+async fn run_scenario(
+    scenario: Scenario,
+    run: usize,
+    args: &Args,
+    mailer: &Path,
+    base: &Path,
+) -> Result<Outcome, String> {
+    let phase = Duration::from_secs(args.timeout);
+    let dir = tempfile::Builder::new()
+        .prefix("mailer-bench-")
+        .tempdir_in(base)
+        .map_err(|e| format!("temp dir in {}: {e}", base.display()))?;
+    let ca = TestCa::new();
+    let leaf = ca.issue(&["127.0.0.1"]);
+    let mut sinks = Vec::new();
+    for _ in 0..args.sinks.max(1) {
+        sinks.push(
+            Sink::start(SinkOptions {
+                tls: Some(leaf.clone()),
+                require_tls: true,
+                auth: Some((SINK_USER.into(), SINK_PASSWORD.into())),
+                ..SinkOptions::default()
+            })
+            .await,
+        );
+    }
+    let sink_addrs: Vec<SocketAddr> = sinks.iter().map(Sink::addr).collect();
+    let template = Arc::new(Template::new(scenario.size));
+    let bench_cpu_start = proc_stats::cpu_time(std::process::id());
+
+    // 1. The ceiling: the same load straight to the sinks over STARTTLS + AUTH.
+    let setup = Setup::TlsAuth {
+        tls: client_tls(&ca)?,
+        user: SINK_USER.into(),
+        password: SINK_PASSWORD.into(),
+    };
+    let start = Instant::now();
+    let (sent, errors) = load(
+        scenario,
+        &sink_addrs,
+        &setup,
+        REWRITTEN,
+        &template,
+        run,
+        start + phase,
+    )
+    .await;
+    let ceiling_time = start.elapsed();
+    if !errors.is_empty() || sent.len() != scenario.messages {
+        return Err(format!(
+            "the sink ceiling run failed: {}",
+            errors.join("; ")
+        ));
+    }
+    let ceiling = scenario.messages as f64 / ceiling_time.as_secs_f64();
+    for s in &sinks {
+        drop(s.take_messages());
+    }
+
+    // 2. The daemon, relaying to the pool.
+    let port = free_port()?;
+    fs::write(dir.path().join("ca.pem"), ca.cert_pem()).map_err(|e| e.to_string())?;
+    let secrets = dir.path().join("secrets");
+    fs::write(
+        &secrets,
+        format!("{SINK_USER} {SINK_USER}:{SINK_PASSWORD}\n"),
+    )
+    .map_err(|e| e.to_string())?;
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    fs::write(
+        dir.path().join("mailer.toml"),
+        daemon_config(dir.path(), port, &sinks, &args.log_level),
+    )
+    .map_err(|e| e.to_string())?;
+    let mut daemon = DaemonProcess::start(mailer, dir.path(), port)?;
+    let pid = daemon.pid();
+    let cpu_before = proc_stats::cpu_time(pid).unwrap_or_default();
+
+    let daemon_addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let start = Instant::now();
+    let deadline = start + phase;
+    let targets = [daemon_addr];
+    let ((sent, errors), delivered_at) = tokio::join!(
+        load(
+            scenario,
+            &targets,
+            &Setup::Plain,
+            SENDER,
+            &template,
+            run,
+            deadline
+        ),
+        wait_delivered(&sinks, scenario.messages, deadline + phase)
+    );
+    let accepted_time = sent
+        .iter()
+        .map(|s| s.accepted_at)
+        .max()
+        .map_or(Duration::ZERO, |t| t - start);
+    let cpu = proc_stats::cpu_time(pid).unwrap_or_default() - cpu_before;
+    let rss = proc_stats::peak_rss(pid).unwrap_or(0);
+    daemon.stop();
+    let bench_cpu = proc_stats::cpu_time(std::process::id())
+        .zip(bench_cpu_start)
+        .map_or(Duration::ZERO, |(a, b)| a - b);
+
+    let received: Vec<Received> = sinks.iter().flat_map(|s| s.take_messages()).collect();
+    let (mut checks, delays) = verify(received, &sent, scenario, &template, run, REWRITTEN);
+    checks.send_errors = errors;
+    if sent.len() < scenario.messages {
+        checks.lost += scenario.messages - sent.len();
+    }
+    let e2e = match delivered_at {
+        Some(t) => scenario.messages as f64 / (t - start).as_secs_f64(),
+        None => 0.0,
+    };
+    let outcome = Outcome {
+        scenario,
+        sink_ceiling_msgs_per_s: ceiling,
+        accepted_msgs_per_s: sent.len() as f64 / accepted_time.as_secs_f64().max(1e-9),
+        end_to_end_msgs_per_s: e2e,
+        end_to_end_share_of_ceiling: e2e / ceiling,
+        acceptance: Latency::of(sent.iter().map(|s| s.latency).collect()),
+        queue_to_delivered: Latency::of(delays),
+        daemon_peak_rss_mib: rss as f64 / (1024.0 * 1024.0),
+        daemon_cpu_s: cpu.as_secs_f64(),
+        bench_process_cpu_s: bench_cpu.as_secs_f64(),
+        checks,
+    };
+    if !outcome.checks.ok() {
+        let log = fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        eprintln!(
+            "mailer-bench: daemon log tail:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(outcome)
+}
+
+fn print(o: &Outcome) {
+    let s = &o.scenario;
+    println!("== {} (messages x size / sessions)", s.label());
+    println!(
+        "  sink ceiling (STARTTLS+AUTH, direct): {:8.0} msgs/s",
+        o.sink_ceiling_msgs_per_s
+    );
+    println!(
+        "  accepted by mailer:                   {:8.0} msgs/s",
+        o.accepted_msgs_per_s
+    );
+    println!(
+        "  end to end (until the sink holds all): {:7.0} msgs/s = {:.0}% of the sink ceiling",
+        o.end_to_end_msgs_per_s,
+        o.end_to_end_share_of_ceiling * 100.0
+    );
+    println!(
+        "  acceptance latency (DATA end -> 250): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        o.acceptance.p50_ms, o.acceptance.p99_ms, o.acceptance.max_ms
+    );
+    println!(
+        "  queue -> delivered latency:          p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        o.queue_to_delivered.p50_ms, o.queue_to_delivered.p99_ms, o.queue_to_delivered.max_ms
+    );
+    println!(
+        "  daemon: peak RSS {:.1} MiB, CPU {:.2} s (bench process with sinks: {:.2} s)",
+        o.daemon_peak_rss_mib, o.daemon_cpu_s, o.bench_process_cpu_s
+    );
+    let c = &o.checks;
+    println!(
+        "  checks: delivered {}, lost {}, duplicated {}, sender not rewritten {}, content altered {}{}",
+        c.delivered,
+        c.lost,
+        c.duplicated,
+        c.sender_not_rewritten,
+        c.content_altered,
+        if c.ok() { " -> OK" } else { " -> FAILED" }
+    );
+    for e in c.send_errors.iter().take(5) {
+        println!("  error: {e}");
+    }
+}
+
+fn summary(o: &Outcome) -> String {
+    format!(
+        "{}: accepted {:.0}/s, e2e {:.0}/s ({:.0}% of sink {:.0}/s), accept p99 {:.1} ms, RSS {:.1} MiB, CPU {:.1} s, {}",
+        o.scenario.label(),
+        o.accepted_msgs_per_s,
+        o.end_to_end_msgs_per_s,
+        o.end_to_end_share_of_ceiling * 100.0,
+        o.sink_ceiling_msgs_per_s,
+        o.acceptance.p99_ms,
+        o.daemon_peak_rss_mib,
+        o.daemon_cpu_s,
+        if o.checks.ok() { "ok" } else { "FAILED" }
+    )
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let root = root.canonicalize().unwrap_or(root);
+    let scenarios = match (args.messages, args.size, args.sessions) {
+        (None, None, None) => vec![
+            Scenario {
+                messages: 2000,
+                size: 4 * 1024,
+                sessions: 20,
+            },
+            Scenario {
+                messages: 200,
+                size: 1024 * 1024,
+                sessions: 10,
+            },
+        ],
+        (m, size, s) => vec![Scenario {
+            messages: m.unwrap_or(2000).max(1),
+            size: size.unwrap_or(4 * 1024),
+            sessions: s.unwrap_or(20).max(1),
+        }],
+    };
+    let mailer = match locate_mailer(&args, &root) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("mailer-bench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let base = args
+        .work_dir
+        .clone()
+        .unwrap_or_else(|| root.join("target").join("bench-work"));
+    if let Err(e) = fs::create_dir_all(&base) {
+        eprintln!("mailer-bench: {}: {e}", base.display());
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailer-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut outcomes = Vec::new();
+    for (run, scenario) in scenarios.into_iter().enumerate() {
+        match runtime.block_on(run_scenario(scenario, run, &args, &mailer, &base)) {
+            Ok(o) => {
+                print(&o);
+                outcomes.push(o);
+            }
+            Err(e) => {
+                eprintln!("mailer-bench: {}: {e}", scenario.label());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let json = args.json.clone();
+    let json = if json.is_relative() {
+        root.join(json)
+    } else {
+        json
+    };
+    let written = serde_json::to_vec_pretty(&outcomes)
+        .map_err(|e| e.to_string())
+        .and_then(|b| fs::write(&json, b).map_err(|e| e.to_string()));
+    let line: Vec<String> = outcomes.iter().map(summary).collect();
+    println!("mailer-bench: {}", line.join(" | "));
+    match written {
+        Ok(()) => println!("mailer-bench: results in {}", json.display()),
+        Err(e) => eprintln!("mailer-bench: cannot write {}: {e}", json.display()),
+    }
+    if outcomes.iter().all(|o| o.checks.ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
