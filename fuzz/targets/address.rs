@@ -26,7 +26,10 @@ pub fn run(data: &[u8]) {
             Address::from_parts(address.local_part(), address.domain()),
             Ok(address.clone())
         );
-        assert!(utf8 || !address.is_utf8(), "UTF-8 accepted without SMTPUTF8");
+        assert!(
+            utf8 || !address.is_utf8(),
+            "UTF-8 accepted without SMTPUTF8"
+        );
         assert!(address.local_part().len() <= MAX_LOCAL_PART);
         assert!(address.domain().len() <= MAX_DOMAIN);
         assert_eq!(address.domain(), address.domain().to_ascii_lowercase());

@@ -51,7 +51,10 @@ pub fn run(data: &[u8]) {
                 continue;
             }
             let at = aliases.line_of(name).expect("a contained alias has a line");
-            assert!(at >= 1 && at <= lines, "alias {name:?} on line {at} of {lines}");
+            assert!(
+                at >= 1 && at <= lines,
+                "alias {name:?} on line {at} of {lines}"
+            );
             let Ok(Some(targets)) = aliases.expand(name, &local_domains) else {
                 continue;
             };

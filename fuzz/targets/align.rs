@@ -18,7 +18,11 @@ pub fn run(data: &[u8]) {
     let strict = check_alignment(data, Some(&other), AlignmentMode::Strict);
     let relaxed = check_alignment(data, Some(&other), AlignmentMode::Relaxed);
     if strict == Alignment::Aligned {
-        assert_eq!(relaxed, Alignment::Aligned, "strict alignment but not relaxed");
+        assert_eq!(
+            relaxed,
+            Alignment::Aligned,
+            "strict alignment but not relaxed"
+        );
     }
     match header_from_domain(data) {
         Ok(domain) => {

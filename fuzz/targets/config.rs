@@ -20,7 +20,11 @@ pub fn run(data: &[u8]) {
     };
     let source = Path::new("fuzz.toml");
     let parsed = Config::parse(text, source);
-    assert_eq!(parsed, Config::parse(text, source), "parsing is not deterministic");
+    assert_eq!(
+        parsed,
+        Config::parse(text, source),
+        "parsing is not deterministic"
+    );
     let config = match parsed {
         Ok(c) => c,
         Err(diagnostics) => {

@@ -69,5 +69,8 @@ pub fn run(data: &[u8]) {
         Some("notifications@ublog.tech")
     );
     let parts = parsed.parts.len();
-    assert!(parts >= 4, "multipart/report with {parts} parts (root + 3 expected)");
+    assert!(
+        parts >= 4,
+        "multipart/report with {parts} parts (root + 3 expected)"
+    );
 }

@@ -5,8 +5,8 @@
 //! broken; "no panic" alone is never the whole check.
 
 pub mod address;
-pub mod align;
 pub mod aliases;
+pub mod align;
 pub mod config;
 pub mod data;
 pub mod dmarc;
@@ -19,8 +19,11 @@ pub mod session;
 pub mod spf;
 pub mod tlsrpt;
 
+/// A target body: panics when the input breaks an invariant.
+pub type Target = fn(&[u8]);
+
 /// Every target by the name of its corpus directory and binary.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("session", session::run),
     ("data", data::run),
     ("address", address::run),

@@ -44,7 +44,10 @@ fn replies(pieces: &[&[u8]]) -> Vec<Result<Reply, String>> {
 
 fn check_reply(reply: &Reply) {
     let verbatim = reply.verbatim();
-    assert!(!verbatim.contains(['\r', '\n']), "verbatim {verbatim:?} spans lines");
+    assert!(
+        !verbatim.contains(['\r', '\n']),
+        "verbatim {verbatim:?} spans lines"
+    );
     let kinds = [
         reply.is_positive(),
         reply.is_intermediate(),
@@ -52,7 +55,12 @@ fn check_reply(reply: &Reply) {
         reply.is_permanent_failure(),
     ];
     if (200..600).contains(&reply.code) {
-        assert_eq!(kinds.iter().filter(|k| **k).count(), 1, "code {}", reply.code);
+        assert_eq!(
+            kinds.iter().filter(|k| **k).count(),
+            1,
+            "code {}",
+            reply.code
+        );
     }
     if (400..600).contains(&reply.code) {
         let status = reply.dsn_status();
@@ -75,12 +83,19 @@ pub fn run(data: &[u8]) {
     let whole = replies(&[input]);
     let split = replies(&chunks(input, *seed));
     // A malformed stream may be noticed at a different reply when split; until then, equal.
-    let agree = whole.iter().zip(&split).take_while(|(a, b)| a.is_ok() && b.is_ok());
+    let agree = whole
+        .iter()
+        .zip(&split)
+        .take_while(|(a, b)| a.is_ok() && b.is_ok());
     for (a, b) in agree {
         assert_eq!(a, b, "the split changed a reply");
     }
     if whole.iter().all(Result::is_ok) && split.iter().all(Result::is_ok) {
-        assert_eq!(whole.len(), split.len(), "the split changed the number of replies");
+        assert_eq!(
+            whole.len(),
+            split.len(),
+            "the split changed the number of replies"
+        );
     }
     for reply in whole.iter().flatten() {
         check_reply(reply);
@@ -90,14 +105,23 @@ pub fn run(data: &[u8]) {
     let body: Vec<u8> = input
         .split(|&b| b == b'\n')
         .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .map(|l| l.iter().copied().filter(|&b| b != b'\r').collect::<Vec<u8>>())
+        .map(|l| {
+            l.iter()
+                .copied()
+                .filter(|&b| b != b'\r')
+                .collect::<Vec<u8>>()
+        })
         .collect::<Vec<_>>()
         .join(&b"\r\n"[..]);
     let wire: Vec<u8> = dot_stuffed(&body).concat();
     let mut reader = DataReader::new(usize::MAX / 2, usize::MAX / 2, BareNewlines::Reject);
     let mut got = Vec::new();
     let end = reader.feed(&wire, &mut got);
-    assert_eq!(end, Some(wire.len()), "the data did not end exactly at the end");
+    assert_eq!(
+        end,
+        Some(wire.len()),
+        "the data did not end exactly at the end"
+    );
     assert_eq!(reader.finish(), Ok(()));
     let mut expected = body.clone();
     if !expected.is_empty() && !expected.ends_with(b"\r\n") {

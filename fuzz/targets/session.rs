@@ -54,8 +54,23 @@ impl Replies {
                 assert!(
                     matches!(
                         code,
-                        211 | 214 | 221 | 250 | 252 | 354 | 421 | 451 | 452 | 500 | 501 | 502 | 503 | 550 | 552
-                            | 553 | 554 | 555
+                        211 | 214
+                            | 221
+                            | 250
+                            | 252
+                            | 354
+                            | 421
+                            | 451
+                            | 452
+                            | 500
+                            | 501
+                            | 502
+                            | 503
+                            | 550
+                            | 552
+                            | 553
+                            | 554
+                            | 555
                     ) || code == 220,
                     "unexpected reply code {code}: {lines:?}"
                 );
@@ -132,7 +147,7 @@ pub fn run(data: &[u8]) {
                     Event::Message(incoming) => {
                         check_incoming(&incoming, &session_config, config, router);
                         let id = QueueId::generate(now);
-                        let answer = if rng.next() % 8 == 0 {
+                        let answer = if rng.next().is_multiple_of(8) {
                             Err(QueueRefused)
                         } else {
                             Ok(id)
@@ -153,7 +168,8 @@ pub fn run(data: &[u8]) {
             replies.check(&output);
         }
         let held = memory::live() - baseline;
-        let bound = 3 * (session_config.max_message_size + HEADER_ROOM) + 3 * piece.len() + 64 * 1024;
+        let bound =
+            3 * (session_config.max_message_size + HEADER_ROOM) + 3 * piece.len() + 64 * 1024;
         assert!(
             held <= bound as isize,
             "session holds {held} bytes, more than {bound}"
@@ -188,14 +204,20 @@ fn check_incoming(
         "queued message has a bare CR or LF: {:?}",
         String::from_utf8_lossy(message)
     );
-    assert!(message.starts_with(b"Received: from "), "no Received header first");
+    assert!(
+        message.starts_with(b"Received: from "),
+        "no Received header first"
+    );
     assert!(
         message.len() <= limits.max_message_size + HEADER_ROOM,
         "queued message of {} octets over the limit {}",
         message.len(),
         limits.max_message_size
     );
-    assert!(!incoming.recipients.is_empty(), "message without recipients");
+    assert!(
+        !incoming.recipients.is_empty(),
+        "message without recipients"
+    );
     assert!(
         incoming.recipients.len() <= limits.max_recipients,
         "{} recipients over the limit {}",
@@ -204,7 +226,9 @@ fn check_incoming(
     );
     for (i, r) in incoming.recipients.iter().enumerate() {
         assert!(
-            !incoming.recipients[..i].iter().any(|o| o.address == r.address),
+            !incoming.recipients[..i]
+                .iter()
+                .any(|o| o.address == r.address),
             "duplicate recipient {}",
             r.address
         );

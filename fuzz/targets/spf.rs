@@ -57,8 +57,12 @@ fn write(record: &SpfRecord) -> String {
                         out.push_str("mx");
                         write_domain_cidr(&mut out, domain, *cidr4, *cidr6);
                     }
-                    Mechanism::Ip4 { addr, prefix } => out.push_str(&format!("ip4:{addr}/{prefix}")),
-                    Mechanism::Ip6 { addr, prefix } => out.push_str(&format!("ip6:{addr}/{prefix}")),
+                    Mechanism::Ip4 { addr, prefix } => {
+                        out.push_str(&format!("ip4:{addr}/{prefix}"))
+                    }
+                    Mechanism::Ip6 { addr, prefix } => {
+                        out.push_str(&format!("ip6:{addr}/{prefix}"))
+                    }
                 }
             }
             Term::Redirect(d) => out.push_str(&format!("redirect={d}")),
@@ -78,7 +82,10 @@ pub fn run(data: &[u8]) {
     };
     assert!(is_spf(text));
     let count = |f: fn(&Term) -> bool| record.terms.iter().filter(|t| f(t)).count();
-    assert!(count(|t| matches!(t, Term::Redirect(_))) <= 1, "two redirects");
+    assert!(
+        count(|t| matches!(t, Term::Redirect(_))) <= 1,
+        "two redirects"
+    );
     assert!(count(|t| matches!(t, Term::Exp(_))) <= 1, "two exp");
     for term in &record.terms {
         if let Term::Mechanism(_, m) = term {

@@ -21,5 +21,9 @@ pub fn run(data: &[u8]) {
         );
     }
     let written = format!("v=TLSRPTv1; rua={}", record.rua.join(","));
-    assert_eq!(parse(&written), Ok(record), "{written:?} parses differently");
+    assert_eq!(
+        parse(&written),
+        Ok(record),
+        "{written:?} parses differently"
+    );
 }

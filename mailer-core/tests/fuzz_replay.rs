@@ -41,8 +41,9 @@ fn replay(target: &str) {
 
 #[test]
 fn every_target_has_a_corpus_and_a_binary() {
-    let bins = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/Cargo.toml"))
-        .expect("fuzz/Cargo.toml is readable");
+    let bins =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/Cargo.toml"))
+            .expect("fuzz/Cargo.toml is readable");
     assert!(targets::TARGETS.len() >= 10);
     for (name, _) in targets::TARGETS {
         assert!(corpus_dir(name).is_dir(), "no corpus for {name}");
