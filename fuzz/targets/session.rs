@@ -119,6 +119,9 @@ pub fn run(data: &[u8]) {
     let mut rng = Rng::new(u64::from(*seed) << 8 | u64::from(*flags));
     let mut now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
 
+    let pieces = chunks(input, *seed);
+    let shutdown_at = (flags & 128 != 0).then(|| rng.next() as usize % (pieces.len() + 1));
+    // Measured from here: only what the session allocates (and the little this loop keeps).
     let baseline = memory::live();
     let mut session = Session::new(
         session_config.clone(),
@@ -133,8 +136,6 @@ pub fn run(data: &[u8]) {
     };
     replies.check(&session.take_output());
 
-    let pieces = chunks(input, *seed);
-    let shutdown_at = (flags & 128 != 0).then(|| rng.next() as usize % (pieces.len() + 1));
     for (i, piece) in pieces.iter().enumerate() {
         if shutdown_at == Some(i) {
             session.begin_shutdown();
