@@ -101,6 +101,8 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = vec![0u8; 64 * 1024];
     let mut shutdown = intake.shutdown.clone();
     let mut stopping = *shutdown.borrow();
+    let mut deadline = tokio::time::Instant::now() + intake.idle_timeout;
+    let mut was_in_data = false;
     if stopping {
         session.begin_shutdown();
     }
@@ -129,20 +131,29 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 Event::Rejected(reason) => intake.engine.metrics().rejected(reason),
             }
         }
+        let mut progressed = false;
         if session.has_output() {
             stream.write_all(&session.take_output()).await?;
             stream.flush().await?;
+            progressed = true;
         }
         if session.is_closed() {
             return Ok(None);
         }
-        let limit = if session.in_data() {
-            intake.data_timeout
-        } else {
-            intake.idle_timeout
-        };
+        // The clock runs from the last reply (or the start of DATA), not from the last read:
+        // a client trickling one byte at a time must not hold the session forever.
+        let in_data = session.in_data();
+        if progressed || in_data != was_in_data {
+            let limit = if in_data {
+                intake.data_timeout
+            } else {
+                intake.idle_timeout
+            };
+            deadline = tokio::time::Instant::now() + limit;
+        }
+        was_in_data = in_data;
         tokio::select! {
-            r = tokio::time::timeout(limit, stream.read(&mut buf)) => match r {
+            r = tokio::time::timeout_at(deadline, stream.read(&mut buf)) => match r {
                 Ok(Ok(0)) => session.end_of_input(),
                 Ok(Ok(n)) => session.receive(&buf[..n], SystemTime::now()),
                 Ok(Err(e)) => return Err(e),

@@ -77,7 +77,7 @@ pub fn parse(record: &str) -> Result<DmarcRecord, DmarcError> {
     for (i, part) in parts.iter().enumerate() {
         let part = part.trim_matches([' ', '\t']);
         if part.is_empty() {
-            if i + 1 == parts.len() || i > 0 {
+            if i > 0 {
                 continue; // a trailing or doubled ';' is tolerated
             }
             return Err(err("", "empty record".into()));
@@ -536,5 +536,18 @@ mod tests {
     fn unknown_tags_are_kept() {
         let r = parse("v=DMARC1;p=none;foo=bar").unwrap();
         assert_eq!(r.unknown, vec!["foo"]);
+    }
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    #[test]
+    fn empty_record_is_not_dmarc() {
+        // Found by the dmarc fuzz target: "" parsed as a record with default tags.
+        assert!(parse("").is_err());
+        assert!(parse("  ").is_err());
+        assert!(parse("v=DMARC1; p=none;").is_ok());
     }
 }

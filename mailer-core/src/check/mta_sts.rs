@@ -49,6 +49,10 @@ pub fn parse_txt(record: &str) -> Result<StsTxt, TxtError> {
     for (i, part) in record.split(';').enumerate() {
         let part = part.trim_matches([' ', '\t']);
         if part.is_empty() {
+            // An empty first field would let the version check be skipped.
+            if i == 0 {
+                return Err(err(part, "the record must start with v=STSv1"));
+            }
             continue;
         }
         let (name, value) = part
@@ -669,6 +673,22 @@ mod tests {
                 .unwrap_err()
                 .field,
             "id"
+        );
+    }
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    #[test]
+    fn txt_record_with_a_leading_semicolon_is_not_sts() {
+        // Found by the mta_sts fuzz target: the version check was skipped.
+        assert!(parse_txt(";S=1vTvS0; id=914vT4").is_err());
+        assert!(parse_txt("; v=STSv1; id=1").is_err());
+        assert_eq!(
+            parse_txt("v=STSv1; id=1;").map(|t| t.id),
+            Ok("1".to_string())
         );
     }
 }

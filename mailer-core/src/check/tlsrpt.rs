@@ -37,6 +37,10 @@ pub fn parse(record: &str) -> Result<TlsRptRecord, TlsRptError> {
     for (i, part) in record.split(';').enumerate() {
         let part = part.trim_matches([' ', '\t']);
         if part.is_empty() {
+            // An empty first field would let the version check be skipped.
+            if i == 0 {
+                return Err(err(part, "the record must start with v=TLSRPTv1"));
+            }
             continue;
         }
         let (name, value) = part
@@ -143,5 +147,17 @@ mod tests {
         assert_eq!(parse("v=TLSRPTv1;").unwrap_err().field, "rua");
         assert_eq!(parse("v=TLSRPTv1; rua=ftp://x").unwrap_err().field, "rua");
         assert!(parse("v=TLSRPTv2; rua=mailto:a@b.c").is_err());
+    }
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    #[test]
+    fn record_with_a_leading_semicolon_is_not_tlsrpt() {
+        // Found by the tlsrpt fuzz target: the version check was skipped.
+        assert!(parse("; rua=mailto:tlsrpt@ublog.lt2").is_err());
+        assert!(parse("").is_err());
     }
 }

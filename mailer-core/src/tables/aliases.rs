@@ -594,7 +594,8 @@ fn parse_target(piece: &str, opts: AliasOptions) -> Result<Target, String> {
                 if inner.starts_with('|') || inner.starts_with('/') {
                     return parse_target(&inner, opts);
                 }
-                if inner.is_empty() {
+                // Blank counts as empty: names are trimmed later, which left an empty user.
+                if inner.trim().is_empty() {
                     return Err("empty quoted target".to_string());
                 }
                 return Ok(Target::Name(inner.to_lowercase()));
@@ -646,4 +647,27 @@ fn check_local(name: &str) -> Result<String, String> {
     Address::from_parts(name, "localhost")
         .map_err(|e| format!("invalid local name `{name}`: {e}"))?;
     Ok(normalize_local(name))
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    #[test]
+    fn a_quoted_blank_target_is_an_error_not_an_empty_user() {
+        // Found by the aliases fuzz target: `"\x0c"` expanded to the user "".
+        let errors = Aliases::parse_with_loader(
+            "urooxkm:, \"\x0c\x0c\"\n",
+            Path::new("aliases"),
+            AliasOptions::default(),
+            &mut |_| Err(io::Error::from(io::ErrorKind::NotFound)),
+        )
+        .unwrap_err();
+        assert_eq!(errors[0].line, 1);
+        assert!(
+            errors[0].message.contains("empty quoted target"),
+            "{}",
+            errors[0]
+        );
+    }
 }

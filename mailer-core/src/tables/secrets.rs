@@ -42,7 +42,8 @@ impl Secrets {
         let mut errors = Vec::new();
         for (index, raw_line) in text.lines().enumerate() {
             let number = index + 1;
-            let line = raw_line.strip_suffix('\r').unwrap_or(raw_line);
+            // All trailing CRs: a file converted to CRLF twice must not put a CR in a password.
+            let line = raw_line.trim_end_matches('\r');
             let content = line.trim_start_matches([' ', '\t']);
             if content.is_empty() || content.starts_with('#') {
                 continue;
@@ -287,5 +288,18 @@ mod tests {
         assert!(errors[0]
             .to_string()
             .starts_with(&format!("{}: cannot read: ", path.display())));
+    }
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    #[test]
+    fn trailing_carriage_returns_are_not_part_of_the_password() {
+        // Found by the secrets fuzz target: "p\r\r\n" kept a CR in the password, so the
+        // table could not be written back and AUTH would fail.
+        let s = Secrets::parse("papmx user:p\r\r\r\n", Path::new("secrets")).unwrap();
+        assert_eq!(s.get("papmx").map(|c| c.password.as_str()), Some("p"));
     }
 }

@@ -52,7 +52,12 @@ impl Reply {
         }
         for line in self.text.lines() {
             out.push(' ');
-            out.push_str(line.trim_end());
+            // A bare CR inside a line would survive `lines()` into logs and DSNs.
+            out.extend(
+                line.trim_end()
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c }),
+            );
         }
         out
     }
@@ -492,5 +497,21 @@ mod tests {
                 assert_eq!(f.status, EnhancedStatus(4, 3, 2));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    use super::*;
+
+    #[test]
+    fn verbatim_reply_never_holds_a_bare_cr() {
+        // Found by the relay_reply fuzz target: `221 8\r-8BITMIME` kept its CR.
+        let reply = Reply {
+            code: 221,
+            status: None,
+            text: "8\r-8BITMIME\nnext".into(),
+        };
+        assert_eq!(reply.verbatim(), "221 8 -8BITMIME next");
     }
 }
