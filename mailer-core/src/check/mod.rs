@@ -11,6 +11,7 @@ pub mod dmarc;
 mod dns;
 pub mod mta_sts;
 pub mod spf;
+pub mod tags;
 pub mod tlsrpt;
 
 use std::fmt;

@@ -22,17 +22,8 @@ pub struct StsTxt {
     pub id: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TxtError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl fmt::Display for TxtError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.field, self.reason)
-    }
-}
+/// Why a `_mta-sts` TXT record is invalid.
+pub type TxtError = super::tags::FieldError;
 
 /// Whether a TXT record claims to be MTA-STS.
 pub fn is_sts_txt(txt: &str) -> bool {
@@ -41,55 +32,19 @@ pub fn is_sts_txt(txt: &str) -> bool {
 
 /// Parses `v=STSv1; id=ID;` (RFC 8461 §3.1; `id` is 1–32 letters and digits).
 pub fn parse_txt(record: &str) -> Result<StsTxt, TxtError> {
-    let err = |field: &str, reason: &str| TxtError {
-        field: field.into(),
-        reason: reason.into(),
-    };
-    let mut id = None;
-    for (i, part) in record.split(';').enumerate() {
-        let part = part.trim_matches([' ', '\t']);
-        if part.is_empty() {
-            // An empty first field would let the version check be skipped.
-            if i == 0 {
-                return Err(err(part, "the record must start with v=STSv1"));
-            }
-            continue;
-        }
-        let (name, value) = part
-            .split_once('=')
-            .ok_or_else(|| err(part, "expected name=value"))?;
-        match (i, name) {
-            (0, "v") if value == "STSv1" => {}
-            (0, _) => return Err(err(part, "the record must start with v=STSv1")),
-            (_, "id") => {
-                if id.is_some() {
-                    return Err(err("id", "appears more than once"));
-                }
-                if value.is_empty()
-                    || value.len() > 32
-                    || !value.chars().all(|c| c.is_ascii_alphanumeric())
-                {
-                    return Err(err(
-                        "id",
-                        &format!("{value:?} is not 1-32 letters and digits"),
-                    ));
-                }
-                id = Some(value.to_string());
-            }
-            (_, ext) => {
-                if ext.is_empty()
-                    || !ext
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-                {
-                    return Err(err(ext, "not a field name"));
-                }
-            }
-        }
+    use super::tags::{error, fields};
+    let fields = fields(record, "STSv1")?;
+    let (_, id) = fields
+        .iter()
+        .find(|(name, _)| *name == "id")
+        .ok_or_else(|| error("id", "missing"))?;
+    if id.is_empty() || id.len() > 32 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(error(
+            "id",
+            &format!("{id:?} is not 1-32 letters and digits"),
+        ));
     }
-    Ok(StsTxt {
-        id: id.ok_or_else(|| err("id", "missing"))?,
-    })
+    Ok(StsTxt { id: id.to_string() })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,7 +1,5 @@
 //! TLS-RPT (RFC 8460 §3): `_smtp._tls.DOMAIN` with `v=TLSRPTv1` and `rua` of mailto:/https: URIs.
 
-use std::fmt;
-
 use super::dns::Dns;
 use super::{dns_error, Area, Check, Status};
 
@@ -10,17 +8,8 @@ pub struct TlsRptRecord {
     pub rua: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsRptError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl fmt::Display for TlsRptError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}: {}", self.field, self.reason)
-    }
-}
+/// Why a `_smtp._tls` TXT record is invalid.
+pub type TlsRptError = super::tags::FieldError;
 
 /// Whether a TXT record claims to be TLS-RPT.
 pub fn is_tlsrpt(txt: &str) -> bool {
@@ -29,63 +18,30 @@ pub fn is_tlsrpt(txt: &str) -> bool {
 
 /// Parses `v=TLSRPTv1; rua=URI[,URI]*` (extension fields allowed, `;`-separated, optional WSP).
 pub fn parse(record: &str) -> Result<TlsRptRecord, TlsRptError> {
-    let err = |field: &str, reason: &str| TlsRptError {
-        field: field.into(),
-        reason: reason.into(),
-    };
-    let mut rua = None;
-    for (i, part) in record.split(';').enumerate() {
-        let part = part.trim_matches([' ', '\t']);
-        if part.is_empty() {
-            // An empty first field would let the version check be skipped.
-            if i == 0 {
-                return Err(err(part, "the record must start with v=TLSRPTv1"));
-            }
-            continue;
+    use super::tags::{error, fields};
+    let fields = fields(record, "TLSRPTv1")?;
+    let (_, value) = fields
+        .iter()
+        .find(|(name, _)| *name == "rua")
+        .ok_or_else(|| error("rua", "missing"))?;
+    let mut rua = Vec::new();
+    for uri in value.split(',') {
+        let uri = uri.trim_matches([' ', '\t']);
+        let ok = match uri.strip_prefix("mailto:") {
+            Some(addr) => addr
+                .rsplit_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && super::spf::is_domain_name(d)),
+            None => uri.strip_prefix("https://").is_some_and(|r| !r.is_empty()),
+        };
+        if !ok {
+            return Err(error(
+                "rua",
+                &format!("{uri:?} is not a mailto: or https: URI"),
+            ));
         }
-        let (name, value) = part
-            .split_once('=')
-            .ok_or_else(|| err(part, "expected name=value"))?;
-        match (i, name) {
-            (0, "v") if value == "TLSRPTv1" => {}
-            (0, _) => return Err(err(part, "the record must start with v=TLSRPTv1")),
-            (_, "v") => return Err(err("v", "v must come first, once")),
-            (_, "rua") => {
-                if rua.is_some() {
-                    return Err(err("rua", "appears more than once"));
-                }
-                let mut uris = Vec::new();
-                for uri in value.split(',') {
-                    let uri = uri.trim_matches([' ', '\t']);
-                    let ok = match uri.strip_prefix("mailto:") {
-                        Some(addr) => addr
-                            .rsplit_once('@')
-                            .is_some_and(|(l, d)| !l.is_empty() && super::spf::is_domain_name(d)),
-                        None => uri.strip_prefix("https://").is_some_and(|r| !r.is_empty()),
-                    };
-                    if !ok {
-                        return Err(err(
-                            "rua",
-                            &format!("{uri:?} is not a mailto: or https: URI"),
-                        ));
-                    }
-                    uris.push(uri.to_string());
-                }
-                rua = Some(uris);
-            }
-            (_, ext) => {
-                let valid = ext
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-                if ext.is_empty() || !valid {
-                    return Err(err(ext, "not a field name"));
-                }
-            }
-        }
+        rua.push(uri.to_string());
     }
-    Ok(TlsRptRecord {
-        rua: rua.ok_or_else(|| err("rua", "missing"))?,
-    })
+    Ok(TlsRptRecord { rua })
 }
 
 pub(crate) async fn check(dns: &Dns, domain: &str) -> Vec<Check> {
