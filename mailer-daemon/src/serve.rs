@@ -78,6 +78,7 @@ pub fn main(config_path: Option<&Path>, args: Args) -> ExitCode {
 
 fn run(config: Config, source: Source, log_format: logging::Format) -> ExitCode {
     logging::init(&config.log.level, log_format);
+    keep_large_buffers_out_of_the_heap();
     // Before any other thread exists: this clears the LISTEN_* variables.
     let inherited = activation::inherited();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -591,5 +592,17 @@ mod activation {
             }
         }
         found
+    }
+}
+
+/// Message bodies (up to `max_message_size`) are allocated and freed all the time. glibc
+/// raises its mmap threshold after each large free, after which such buffers come from the
+/// heap arenas and stay with the process; a fixed threshold keeps them mmapped, so memory
+/// goes back to the system as soon as a message is on disk or delivered.
+fn keep_large_buffers_out_of_the_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts allocator parameters; called before other threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
     }
 }

@@ -71,6 +71,19 @@ impl DataReader {
     pub fn feed(&mut self, input: &[u8], out: &mut Vec<u8>) -> Option<usize> {
         let mut i = 0;
         while i < input.len() {
+            if self.state == State::Text {
+                // Most octets are ordinary text: take the run up to the next CR or LF at once.
+                let run = memchr::memchr2(b'\r', b'\n', &input[i..]).unwrap_or(input.len() - i);
+                if run > 0 {
+                    self.line_len += run;
+                    if self.line_len > self.max_line {
+                        self.fail(DataError::LineTooLong);
+                    }
+                    self.push(&input[i..i + run], out);
+                    i += run;
+                    continue;
+                }
+            }
             let b = input[i];
             i += 1;
             match self.state {
@@ -88,6 +101,9 @@ impl DataReader {
                 },
                 State::DotCr => {
                     if b == b'\n' {
+                        if self.error.is_some() {
+                            out.clear();
+                        }
                         return Some(i);
                     }
                     // `.` CR without LF: a bare CR in a line that held a stuffed dot.
@@ -149,11 +165,16 @@ impl DataReader {
         self.line_len = 0;
     }
 
+    /// Keeps content while the message is acceptable; once it is not, keeps nothing (it will
+    /// be refused whole), which also bounds memory whatever follows.
     fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         self.seen += bytes.len();
         if self.seen > self.max_size {
             self.fail(DataError::TooBig);
-        } else if self.error.is_none() {
+        }
+        if self.error.is_some() {
+            out.clear();
+        } else {
             out.extend_from_slice(bytes);
         }
     }

@@ -315,6 +315,10 @@ impl Session {
                         .tx
                         .as_mut()
                         .expect("a DATA phase always has a transaction");
+                    // Grow by what arrived, not by doubling: a 1 MiB message must not hold
+                    // 2 MiB for the whole session (large reallocations are remapped, not copied).
+                    let room = (self.input.len() - pos).min(self.config.max_message_size);
+                    tx.message.reserve_exact(room);
                     match reader.feed(&self.input[pos..], &mut tx.message) {
                         Some(n) => {
                             pos += n;
