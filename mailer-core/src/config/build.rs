@@ -655,6 +655,19 @@ impl<'a> Builder<'a> {
             self.remember(format!("actions.{name}.alias"), &v.span());
             self.table_ref(v, tables)
         });
+        // Pipe and file targets are refused in alias tables; the switches that would allow
+        // them exist so an smtpd/sendmail habit gets a clear answer rather than a bounce.
+        for (key, value) in [
+            ("allow_commands", &a.allow_commands),
+            ("allow_files", &a.allow_files),
+        ] {
+            if let Some(v) = value.as_ref().filter(|v| *v.get_ref()) {
+                self.sink.at(
+                    &v.span(),
+                    format!("`{key}` is not supported: aliases cannot run commands or append to files here"),
+                );
+            }
+        }
         Some(LocalAction {
             mailbox,
             alias,

@@ -254,8 +254,8 @@ secrets = "/etc/mail/secrets"
 [actions.local_mail]
 maildir = "~/Maildir"
 alias = "aliases"
-allow_commands = true
-allow_files = true
+allow_commands = false
+allow_files = false
 
 [actions.outbound]
 relay = ["smtp+tls://a@r1.example:587", "smtps://b@[2001:db8::25]"]
@@ -348,8 +348,8 @@ fn every_contract_key_parses_to_its_value() {
         Action::Local(LocalAction {
             mailbox: MailboxKind::Maildir("~/Maildir".into()),
             alias: Some("aliases".into()),
-            allow_commands: true,
-            allow_files: true,
+            allow_commands: false,
+            allow_files: false,
         })
     );
     assert_eq!(
@@ -812,4 +812,14 @@ fn check_nameservers_take_an_address_with_or_without_port() {
         e[0].contains(":2:16: nameservers: invalid address `ns.example`"),
         "{e:?}"
     );
+}
+
+#[test]
+fn alias_commands_and_files_are_refused_at_their_key() {
+    let e = errors("[actions.l]\nmbox = \"/var/mail/%u\"\nallow_commands = true\n[[match]]\nfrom = \"local\"\nfor = \"local\"\naction = \"l\"\n");
+    assert_eq!(
+        e,
+        ["t.toml:3:18: `allow_commands` is not supported: aliases cannot run commands or append to files here"]
+    );
+    parse("[actions.l]\nmbox = \"/var/mail/%u\"\nallow_files = false\n[[match]]\nfrom = \"local\"\nfor = \"local\"\naction = \"l\"\n");
 }
