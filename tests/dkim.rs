@@ -554,3 +554,67 @@ async fn mailer_check_fails_a_published_key_that_is_not_the_configured_one() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_switches_the_selector_on_sighup_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_key, old_name, old_text) = keygen(dir.path(), "old2026", "ed25519");
+    let (new_key, new_name, new_text) = keygen(dir.path(), "new2027", "ed25519");
+    // Both records are published before the switch, as the rotation steps say.
+    let dns = DnsServer::start(&[
+        (old_name.as_str(), "TXT", old_text.as_str()),
+        (new_name.as_str(), "TXT", new_text.as_str()),
+    ])
+    .await;
+    let up = upstream(dir.path()).await;
+    let port = free_port();
+    let config_with = |selector: &str, key: &Path| {
+        let dkim = dkim_line(&[(selector, key)]);
+        config(port, dir.path(), &up, &[("outbound", &dkim)], MATCH_ALL)
+    };
+    let daemon = Daemon::start(
+        Path::new(BIN),
+        dir.path(),
+        port,
+        &config_with("old2026", &old_key),
+    );
+    let pid = daemon.pid();
+
+    send(port, "pim@example.org", MESSAGE).await;
+    let first = relayed(&up, 1, &daemon).await;
+    daemon.write_config(&config_with("new2027", &new_key));
+    daemon.signal(libc::SIGHUP);
+    let reloaded = mailer_testkit::daemon::eventually(WAIT, || {
+        daemon
+            .log()
+            .contains("configuration reloaded")
+            .then_some(())
+    });
+    assert!(reloaded.is_some(), "{}", daemon.log());
+    send(port, "pim@example.org", MESSAGE).await;
+    let both = relayed(&up, 2, &daemon).await;
+    assert_eq!(daemon.pid(), pid, "same process");
+
+    let selector = |m: &Received| {
+        let added = fields_before(&m.data, MESSAGE);
+        let (_, v) = added
+            .iter()
+            .find(|(n, _)| n == "DKIM-Signature")
+            .expect("signed")
+            .clone();
+        tag(&v, "s")
+    };
+    assert_eq!(selector(&first[0]), "old2026");
+    let second = both
+        .iter()
+        .find(|m| selector(m) != "old2026")
+        .expect("a message signed after the reload");
+    assert_eq!(selector(second), "new2027");
+    let auth = authenticator(dns.addr());
+    let parsed = AuthenticatedMessage::parse(&second.data).unwrap();
+    assert!(auth
+        .verify_dkim(&parsed)
+        .await
+        .iter()
+        .all(|o| o.result() == &DkimResult::Pass));
+}
