@@ -16,6 +16,7 @@ use mail_auth::hickory_resolver::config::{
 };
 use mail_auth::{AuthenticatedMessage, DkimResult, MessageAuthenticator};
 use mailer_testkit::certs::TestCa;
+use mailer_testkit::config::{write_secrets, For, TestConfig};
 use mailer_testkit::daemon::{free_port, Daemon};
 use mailer_testkit::dns::DnsServer;
 use mailer_testkit::sink::{Received, Sink, SinkOptions};
@@ -107,8 +108,7 @@ async fn upstream(dir: &Path) -> Upstream {
     })
     .await;
     let secrets = dir.join("secrets");
-    fs::write(&secrets, "upstream relay-user:relay secret\n").expect("write secrets");
-    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).expect("chmod secrets");
+    write_secrets(&secrets, "upstream", "relay-user", "relay secret");
     Upstream {
         sink,
         ca_file: ca.write_pem_file(dir),
@@ -116,49 +116,20 @@ async fn upstream(dir: &Path) -> Upstream {
     }
 }
 
-/// The daemon's configuration: `actions` relay through the upstream; `matches` route to them.
-fn config(port: u16, dir: &Path, up: &Upstream, actions: &[(&str, &str)], matches: &str) -> String {
-    let mut text = format!(
-        r#"
-hostname = "mx.test"
-queue_dir = "{dir}/queue"
-control_socket = "{dir}/control.sock"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-
-[tables]
-secrets = "{secrets}"
-
-# The deliverability watch would ask the system resolver: not in tests.
-[check]
-interval = "0"
-
-[queue]
-retry_min = "1s"
-retry_max = "2s"
-"#,
-        dir = dir.display(),
-        secrets = up.secrets.display(),
-    );
+/// The daemon's configuration: `actions` (name, extra lines) relay through the upstream and
+/// everything is routed to `outbound`.
+fn config(port: u16, dir: &Path, up: &Upstream, actions: &[(&str, &str)]) -> TestConfig {
+    let mut config = TestConfig::new(dir, port)
+        .relay_to("upstream", &[up.sink.port()], &up.secrets, &up.ca_file)
+        .retry("1s", "2s");
     for (name, extra) in actions {
-        text.push_str(&format!(
-            r#"
-[actions.{name}]
-relay = "smtp+tls://upstream@127.0.0.1:{sink}"
-auth = "secrets"
-ca_file = "{ca}"
-{extra}
-"#,
-            sink = up.sink.port(),
-            ca = up.ca_file.display(),
-        ));
+        if *name != "outbound" {
+            config = config.relay_action(name);
+        }
+        config = config.action_lines(name, extra);
     }
-    text.push_str(matches);
-    text
+    config
 }
-
-const MATCH_ALL: &str = "\n[[match]]\nfrom = \"local\"\nfor = \"any\"\naction = \"outbound\"\n";
 
 fn dkim_line(keys: &[(&str, &Path)]) -> String {
     let entries: Vec<String> = keys
@@ -254,8 +225,7 @@ async fn relayed_mail_is_signed_with_rsa_and_ed25519_keys_from_keygen_and_both_v
     let up = upstream(dir.path()).await;
     let port = free_port();
     let dkim = dkim_line(&[("rsa2026", &rsa_key), ("ed2026", &ed_key)]);
-    let cfg = config(port, dir.path(), &up, &[("outbound", &dkim)], MATCH_ALL);
-    let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &cfg);
+    let daemon = config(port, dir.path(), &up, &[("outbound", &dkim)]).start(Path::new(BIN));
 
     send(port, "pim@example.org", MESSAGE).await;
     let got = relayed(&up, 1, &daemon).await;
@@ -330,25 +300,15 @@ async fn unaligned_from_is_signed_only_by_an_action_with_sign_unaligned() {
     let port = free_port();
     let dkim = dkim_line(&[("ed2026", &key)]);
     let lenient = format!("{dkim}\nsign_unaligned = true");
-    let matches = "
-[[match]]
-from = \"local\"
-for = [\"lenient.example\"]
-action = \"lenient\"
-
-[[match]]
-from = \"local\"
-for = \"any\"
-action = \"outbound\"
-";
-    let cfg = config(
+    let daemon = config(
         port,
         dir.path(),
         &up,
         &[("outbound", &dkim), ("lenient", &lenient)],
-        matches,
-    );
-    let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &cfg);
+    )
+    .route(For::domains(&["lenient.example"]), "lenient")
+    .route(For::Any, "outbound")
+    .start(Path::new(BIN));
     let foreign =
         b"From: someone@other.example\r\nTo: pim@example.org\r\nSubject: hi\r\n\r\nHello.\r\n";
 
@@ -389,7 +349,7 @@ async fn world_readable_key_is_refused_by_config_check_and_serve() {
     let config_path = dir.path().join("mailer.toml");
     fs::write(
         &config_path,
-        config(port, dir.path(), &up, &[("outbound", &dkim)], MATCH_ALL),
+        config(port, dir.path(), &up, &[("outbound", &dkim)]).render(),
     )
     .unwrap();
     let problem = format!(
@@ -505,10 +465,9 @@ async fn mailer_check_fails_a_published_key_that_is_not_the_configured_one() {
     let port = free_port();
     let dkim = dkim_line(&[("ed2026", &key)]);
     let config_path = dir.path().join("mailer.toml");
-    let cfg = config(port, dir.path(), &up, &[("outbound", &dkim)], MATCH_ALL).replace(
-        "auth = \"secrets\"",
-        "auth = \"secrets\"\nmail_from = \"@ublog.tech\"",
-    );
+    let cfg = config(port, dir.path(), &up, &[("outbound", &dkim)])
+        .mail_from("@ublog.tech")
+        .render();
     fs::write(&config_path, cfg).unwrap();
 
     for (published, expected) in [(&text, "pass"), (&other_text, "fail")] {
@@ -570,19 +529,14 @@ async fn rotation_switches_the_selector_on_sighup_without_a_restart() {
     let port = free_port();
     let config_with = |selector: &str, key: &Path| {
         let dkim = dkim_line(&[(selector, key)]);
-        config(port, dir.path(), &up, &[("outbound", &dkim)], MATCH_ALL)
+        config(port, dir.path(), &up, &[("outbound", &dkim)])
     };
-    let daemon = Daemon::start(
-        Path::new(BIN),
-        dir.path(),
-        port,
-        &config_with("old2026", &old_key),
-    );
+    let daemon = config_with("old2026", &old_key).start(Path::new(BIN));
     let pid = daemon.pid();
 
     send(port, "pim@example.org", MESSAGE).await;
     let first = relayed(&up, 1, &daemon).await;
-    daemon.write_config(&config_with("new2027", &new_key));
+    daemon.write_config(&config_with("new2027", &new_key).render());
     daemon.signal(libc::SIGHUP);
     let reloaded = mailer_testkit::daemon::eventually(WAIT, || {
         daemon

@@ -2,46 +2,24 @@
 //! socket on 127.0.0.1 and checks the exact replies and what reached the queue.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::io::Write;
+use std::net::Shutdown;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use mailer_testkit::config::TestConfig;
 use mailer_testkit::daemon::{free_port, Daemon};
+use mailer_testkit::smtp::Client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailer");
 
 /// Relays everything to a port where nothing listens, so accepted mail stays queued.
-fn config(port: u16, dir: &Path, limits: &str) -> String {
-    format!(
-        r#"
-hostname = "mx.test"
-queue_dir = "{dir}/queue"
-control_socket = "{dir}/control.sock"
-
-[limits]
-max_message_size = "100K"
-max_recipients = 100
-{limits}
-
-[[listen]]
-address = "127.0.0.1:{port}"
-
-[actions.outbound]
-relay = "smtp+tls://127.0.0.1:{dead}"
-
-[queue]
-retry_min = "1h"
-retry_max = "2h"
-
-[[match]]
-from = "local"
-for = "any"
-action = "outbound"
-"#,
-        dir = dir.display(),
-        dead = free_port(),
-    )
+fn config(port: u16, dir: &Path, limits: &str) -> TestConfig {
+    TestConfig::new(dir, port)
+        .limits("max_message_size = \"100K\"\nmax_recipients = 100")
+        .limits(limits)
+        .relay_without_auth(free_port())
+        .retry("1h", "2h")
 }
 
 struct Server {
@@ -53,12 +31,7 @@ struct Server {
 fn server(limits: &str) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = free_port();
-    let daemon = Daemon::start(
-        Path::new(BIN),
-        dir.path(),
-        port,
-        &config(port, dir.path(), limits),
-    );
+    let daemon = config(port, dir.path(), limits).start(Path::new(BIN));
     Server {
         queue: dir.path().join("queue"),
         _dir: dir,
@@ -77,77 +50,16 @@ impl Server {
     }
 
     fn connect(&self) -> Client {
-        let stream = TcpStream::connect(self.daemon.addr()).expect("connect to the daemon");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("set read timeout");
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
+        Client::connect(self.daemon.addr()).expect("connect to the daemon")
     }
 }
 
-/// A raw SMTP client: bytes out, complete replies in.
-struct Client {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).expect("write to the daemon");
-    }
-
-    /// The next complete reply as `(code, text of the last line)`; `None` at end of stream.
-    fn reply(&mut self) -> Option<(u16, String)> {
-        loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line: Vec<u8> = self.buf.drain(..end + 2).collect();
-                let line = String::from_utf8(line).expect("replies are UTF-8");
-                assert!(line.len() >= 6, "malformed reply line {line:?}");
-                let code: u16 = line[..3].parse().expect("reply code");
-                if line.as_bytes()[3] == b' ' {
-                    return Some((code, line[4..line.len() - 2].to_string()));
-                }
-                assert_eq!(line.as_bytes()[3], b'-', "malformed reply line {line:?}");
-                continue;
-            }
-            let mut chunk = [0u8; 65536];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
-                Err(e) => panic!("read from the daemon: {e}"),
-            }
-        }
-    }
-
-    fn code(&mut self) -> u16 {
-        self.reply().expect("a reply before the end of stream").0
-    }
-
-    /// Sends a command and returns the reply code.
-    fn command(&mut self, line: &str) -> u16 {
-        self.send(format!("{line}\r\n").as_bytes());
-        self.code()
-    }
-
-    /// Greeting, EHLO, MAIL, one RCPT: ready for DATA.
-    fn open_transaction(&mut self) {
-        assert_eq!(self.code(), 220);
-        assert_eq!(self.command("EHLO client.test"), 250);
-        assert_eq!(self.command("MAIL FROM:<notifications@ublog.tech>"), 250);
-        assert_eq!(self.command("RCPT TO:<alice@example.org>"), 250);
-    }
-
-    /// Ends at the end of stream, at most within `within`.
-    fn expect_closed(&mut self, within: Duration) {
-        let start = Instant::now();
-        while self.reply().is_some() {
-            assert!(start.elapsed() < within, "connection not closed");
-        }
-    }
+/// Greeting, EHLO, MAIL, one RCPT: ready for DATA.
+fn open_transaction(c: &mut Client) {
+    assert_eq!(c.code(), 220);
+    assert_eq!(c.command("EHLO client.test"), 250);
+    assert_eq!(c.command("MAIL FROM:<notifications@ublog.tech>"), 250);
+    assert_eq!(c.command("RCPT TO:<alice@example.org>"), 250);
 }
 
 /// The queue id of a `250 2.0.0 Ok: queued as ID` reply.
@@ -181,7 +93,7 @@ fn smuggling_end_of_data_variants_are_content_and_the_message_is_refused() {
         b"\r.\r\n",
     ] {
         let mut c = s.connect();
-        c.open_transaction();
+        open_transaction(&mut c);
         assert_eq!(c.command("DATA"), 354);
         let mut data = b"Subject: one\r\n\r\nfirst".to_vec();
         data.extend_from_slice(seq);
@@ -238,7 +150,7 @@ fn nul_bytes_and_undeclared_8bit_data_are_kept_byte_exact() {
     let s = server("");
     let mut c = s.connect();
     // No BODY=8BITMIME: the octets are accepted and stored unchanged, never altered.
-    c.open_transaction();
+    open_transaction(&mut c);
     assert_eq!(c.command("DATA"), 354);
     let content = b"Subject: caf\xc3\xa9\r\n\r\nNUL:\x00 high:\xff\xfe\x80 end\r\n\x00\r\n";
     c.send(content);
@@ -262,7 +174,7 @@ fn ten_thousand_recipients_get_452_past_the_limit_with_bounded_memory() {
     }
     // Replies are read while writing so neither side's buffers fill up.
     let writer = {
-        let mut stream = c.stream.try_clone().expect("clone the socket");
+        let mut stream = c.stream().try_clone().expect("clone the socket");
         std::thread::spawn(move || stream.write_all(&batch).expect("write the recipients"))
     };
     let mut codes = Vec::with_capacity(10_000);
@@ -307,15 +219,15 @@ fn a_client_sending_one_byte_per_second_is_closed_with_421() {
     let trickle = b"EHLO slow.client.test.example.org\r\n";
     let mut closed = false;
     for &b in trickle.iter().take(12) {
-        if c.stream.write_all(&[b]).is_err() {
+        if c.stream().write_all(&[b]).is_err() {
             closed = true;
             break;
         }
         std::thread::sleep(Duration::from_secs(1));
-        c.stream.set_nonblocking(true).expect("nonblocking");
+        c.stream().set_nonblocking(true).expect("nonblocking");
         let mut peek = [0u8; 1];
-        let ready = c.stream.peek(&mut peek).map(|n| n > 0).unwrap_or(false);
-        c.stream.set_nonblocking(false).expect("blocking");
+        let ready = c.stream().peek(&mut peek).map(|n| n > 0).unwrap_or(false);
+        c.stream().set_nonblocking(false).expect("blocking");
         if ready {
             closed = true;
             break;
@@ -369,7 +281,7 @@ fn connections_beyond_max_connections_get_421_and_the_others_are_unaffected() {
 fn a_message_over_max_message_size_gets_552_and_nothing_is_queued() {
     let s = server("");
     let mut c = s.connect();
-    c.open_transaction();
+    open_transaction(&mut c);
     assert_eq!(c.command("DATA"), 354);
     let mut body = b"Subject: big\r\n\r\n".to_vec();
     for _ in 0..2000 {
@@ -413,10 +325,10 @@ fn a_declared_size_over_the_limit_is_refused_at_mail_from() {
 fn a_connection_half_closed_mid_data_queues_nothing() {
     let s = server("");
     let mut c = s.connect();
-    c.open_transaction();
+    open_transaction(&mut c);
     assert_eq!(c.command("DATA"), 354);
     c.send(b"Subject: cut short\r\n\r\nThe end never comes\r\n");
-    c.stream.shutdown(Shutdown::Write).expect("half-close");
+    c.stream().shutdown(Shutdown::Write).expect("half-close");
     c.expect_closed(Duration::from_secs(10));
     // Give the daemon the chance to (wrongly) queue it.
     std::thread::sleep(Duration::from_millis(300));

@@ -7,36 +7,16 @@ use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::{SmtpTransport, Transport};
-use mailer_testkit::daemon::{free_port, Daemon};
+use mailer_testkit::config::{For, TestConfig};
+use mailer_testkit::daemon::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailer");
 
 /// Relays everything to a port where nothing listens, so accepted mail stays queued.
-fn config(port: u16, dir: &Path) -> String {
-    format!(
-        r#"
-hostname = "mx.test"
-queue_dir = "{dir}/queue"
-control_socket = "{dir}/control.sock"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-
-[actions.outbound]
-relay = "smtp+tls://127.0.0.1:{dead}"
-
-[queue]
-retry_min = "1h"
-retry_max = "2h"
-
-[[match]]
-from = "local"
-for = "any"
-action = "outbound"
-"#,
-        dir = dir.display(),
-        dead = free_port(),
-    )
+fn config(port: u16, dir: &Path) -> TestConfig {
+    TestConfig::new(dir, port)
+        .relay_without_auth(free_port())
+        .retry("1h", "2h")
 }
 
 fn client(port: u16) -> SmtpTransport {
@@ -62,7 +42,7 @@ You have a new follower.\r\n\
 fn acknowledged_mail_survives_kill_9_byte_exact() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut daemon = Daemon::start(Path::new(BIN), dir.path(), port, &config(port, dir.path()));
+    let mut daemon = config(port, dir.path()).start(Path::new(BIN));
 
     // The client always writes CRLF before the final dot, so it is given the message
     // without its last line ending.
@@ -110,7 +90,7 @@ fn acknowledged_mail_survives_kill_9_byte_exact() {
 fn sigterm_stops_the_daemon_cleanly_and_keeps_the_queue() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut daemon = Daemon::start(Path::new(BIN), dir.path(), port, &config(port, dir.path()));
+    let mut daemon = config(port, dir.path()).start(Path::new(BIN));
     client(port)
         .send_raw(
             &envelope("a@ublog.tech", "b@example.org"),
@@ -126,8 +106,9 @@ fn sigterm_stops_the_daemon_cleanly_and_keeps_the_queue() {
 fn a_non_matching_recipient_is_refused_and_nothing_is_queued() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let text = config(port, dir.path()).replace("for = \"any\"", "for = [\"example.org\"]");
-    let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &text);
+    let daemon = config(port, dir.path())
+        .route(For::domains(&["example.org"]), "outbound")
+        .start(Path::new(BIN));
     let err = client(port)
         .send_raw(
             &envelope("a@ublog.tech", "b@elsewhere.net"),
@@ -172,15 +153,10 @@ fn config_check_reports_alias_file_errors_with_their_line() {
     )
     .unwrap();
     let path = dir.path().join("mailer.toml");
-    fs::write(
-        &path,
-        format!(
-            "queue_dir = \"{d}/q\"\n[tables]\naliases = \"{a}\"\n[actions.local_mail]\nmbox = \"{d}/mail/%u\"\nalias = \"aliases\"\n[[match]]\nfrom = \"local\"\nfor = \"local\"\naction = \"local_mail\"\n",
-            d = dir.path().display(),
-            a = aliases.display()
-        ),
-    )
-    .unwrap();
+    let config = TestConfig::new(dir.path(), free_port())
+        .aliases(&aliases)
+        .local_mail(&dir.path().join("mail"));
+    fs::write(&path, config.render()).unwrap();
     let out = std::process::Command::new(BIN)
         .args(["config", "check", "--config"])
         .arg(&path)

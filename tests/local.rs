@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use lettre::address::Envelope;
 use lettre::{SmtpTransport, Transport};
 use mailer_testkit::certs::TestCa;
+use mailer_testkit::config::{write_secrets, TestConfig};
 use mailer_testkit::daemon::{eventually, free_port, Daemon};
 use mailer_testkit::sink::{Received, Sink, SinkOptions};
 
@@ -23,49 +24,17 @@ const OTHER_LOCAL_USER: &str = "nobody";
 
 /// Local mail to `<dir>/mail/%u` with aliases from `<dir>/aliases`; the rest is relayed over
 /// STARTTLS with AUTH to `relay_port`, trusted through `<dir>/ca.pem`.
-fn config(port: u16, dir: &Path, relay_port: u16) -> String {
-    format!(
-        r#"
-hostname = "mx.test"
-queue_dir = "{dir}/queue"
-control_socket = "{dir}/control.sock"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-
-[tables]
-aliases = "{dir}/aliases"
-secrets = "{dir}/secrets"
-
-[actions.local_mail]
-mbox = "{dir}/mail/%u"
-alias = "aliases"
-
-[actions.outbound]
-relay = "smtp+tls://upstream@127.0.0.1:{relay_port}"
-auth = "secrets"
-ca_file = "{dir}/ca.pem"
-
-# The deliverability watch would ask the system resolver: not in tests.
-[check]
-interval = "0"
-
-[queue]
-retry_min = "1h"
-retry_max = "2h"
-
-[[match]]
-from = "local"
-for = "local"
-action = "local_mail"
-
-[[match]]
-from = "local"
-for = "any"
-action = "outbound"
-"#,
-        dir = dir.display(),
-    )
+fn config(port: u16, dir: &Path, relay_port: u16) -> TestConfig {
+    TestConfig::new(dir, port)
+        .aliases(&dir.join("aliases"))
+        .local_mail(&dir.join("mail"))
+        .relay_to(
+            "upstream",
+            &[relay_port],
+            &dir.join("secrets"),
+            &dir.join("ca.pem"),
+        )
+        .retry("1h", "2h")
 }
 
 /// The files the configuration names: aliases, a 0600 secrets table and the test CA.
@@ -79,9 +48,7 @@ fn write_tables(dir: &Path, ca: &TestCa) {
         ),
     )
     .unwrap();
-    let secrets = dir.join("secrets");
-    fs::write(&secrets, "upstream relayuser:s3cret\n").unwrap();
-    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+    write_secrets(&dir.join("secrets"), "upstream", "relayuser", "s3cret");
     fs::write(dir.join("ca.pem"), ca.cert_pem()).unwrap();
 }
 
@@ -105,9 +72,7 @@ impl Setup {
             ..SinkOptions::default()
         }));
         write_tables(dir.path(), &ca);
-        let port = free_port();
-        let text = config(port, dir.path(), sink.port());
-        let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &text);
+        let daemon = config(free_port(), dir.path(), sink.port()).start(Path::new(BIN));
         Setup {
             dir,
             runtime,
@@ -427,7 +392,11 @@ fn sendmail_exits_75_within_10_s_when_the_daemon_is_down() {
     let ca = TestCa::new();
     write_tables(dir.path(), &ca);
     let config_path = dir.path().join("mailer.toml");
-    fs::write(&config_path, config(free_port(), dir.path(), free_port())).unwrap();
+    fs::write(
+        &config_path,
+        config(free_port(), dir.path(), free_port()).render(),
+    )
+    .unwrap();
     let (out, elapsed) = run_with_stdin(
         sendmail(&config_path, &["root"]),
         b"Subject: lost?\n\nno\n",
@@ -448,10 +417,9 @@ fn sendmail_waits_for_a_daemon_that_comes_up_within_10_s() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     write_tables(dir.path(), &ca);
-    let port = free_port();
-    let text = config(port, dir.path(), free_port());
+    let config = config(free_port(), dir.path(), free_port());
     let config_path = dir.path().join("mailer.toml");
-    fs::write(&config_path, &text).unwrap();
+    fs::write(&config_path, config.render()).unwrap();
     let mut child = sendmail(&config_path, &[OTHER_LOCAL_USER])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
@@ -464,7 +432,7 @@ fn sendmail_waits_for_a_daemon_that_comes_up_within_10_s() {
         .write_all(b"Subject: late\n\nstill delivered\n")
         .unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &text);
+    let daemon = config.start(Path::new(BIN));
     let status = eventually(Duration::from_secs(15), || child.try_wait().unwrap())
         .expect("sendmail finishes");
     assert_eq!(status.code(), Some(0), "{}", daemon.log());

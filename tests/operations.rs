@@ -19,6 +19,7 @@ use std::time::Duration;
 use lettre::address::Envelope;
 use lettre::{SmtpTransport, Transport};
 use mailer_testkit::certs::TestCa;
+use mailer_testkit::config::{write_secrets, For, TestConfig};
 use mailer_testkit::daemon::{eventually, free_port, Daemon};
 use mailer_testkit::sink::{Received, Sink, SinkOptions};
 use serde_json::Value;
@@ -41,9 +42,7 @@ impl Setup {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new();
         ca.write_pem_file(dir.path());
-        let secrets = dir.path().join("secrets");
-        fs::write(&secrets, "relay mailer:s3cret\n").unwrap();
-        fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
+        write_secrets(&dir.path().join("secrets"), "relay", "mailer", "s3cret");
         let down = Arc::new(AtomicBool::new(false));
         let flag = down.clone();
         let sink = Sink::start(SinkOptions {
@@ -66,54 +65,22 @@ impl Setup {
         }
     }
 
-    fn config(&self, retry_min: &str) -> String {
-        format!(
-            r#"
-hostname = "mx.test"
-queue_dir = "{dir}/queue"
-control_socket = "{dir}/control.sock"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-
-[tables]
-secrets = "{dir}/secrets"
-
-[actions.outbound]
-relay = "smtp+tls://relay@127.0.0.1:{sink}"
-auth = "secrets"
-ca_file = "{dir}/ca.pem"
-
-# The deliverability watch would ask the system resolver: not in tests.
-[check]
-interval = "0"
-
-[queue]
-retry_min = "{retry_min}"
-retry_max = "1h"
-
-[metrics]
-address = "127.0.0.1:{metrics}"
-
-[[match]]
-from = "local"
-for = "any"
-action = "outbound"
-"#,
-            dir = self.dir.path().display(),
-            port = self.port,
-            sink = self.sink.port(),
-            metrics = self.metrics_port,
-        )
+    /// Relays everything through the sink, retrying after `retry_min`, with metrics.
+    fn config(&self, retry_min: &str) -> TestConfig {
+        let dir = self.dir.path();
+        TestConfig::new(dir, self.port)
+            .relay_to(
+                "relay",
+                &[self.sink.port()],
+                &dir.join("secrets"),
+                &dir.join("ca.pem"),
+            )
+            .retry(retry_min, "1h")
+            .metrics(self.metrics_port)
     }
 
     fn start(&self, retry_min: &str) -> Daemon {
-        Daemon::start(
-            Path::new(BIN),
-            self.dir.path(),
-            self.port,
-            &self.config(retry_min),
-        )
+        self.config(retry_min).start(Path::new(BIN))
     }
 
     fn queue_dir(&self) -> std::path::PathBuf {
@@ -479,7 +446,7 @@ async fn metrics_count_a_scripted_run() {
 async fn sighup_refuses_a_broken_config_and_applies_a_valid_one() {
     let setup = Setup::new(SinkOptions::default()).await;
     let daemon = setup.start("1h");
-    let good = setup.config("1h");
+    let good = setup.config("1h").render();
 
     daemon.write_config(&format!("{good}\nbogus_key = 1\n"));
     daemon.signal(libc::SIGHUP);
@@ -496,13 +463,11 @@ async fn sighup_refuses_a_broken_config_and_applies_a_valid_one() {
 
     // A valid one: a second listener, and mail for example.org refused from now on.
     let second = free_port();
-    let changed = good
-        .replace(
-            "[tables]",
-            &format!("[[listen]]\naddress = \"127.0.0.1:{second}\"\n\n[tables]"),
-        )
-        .replace("for = \"any\"", "for = [\"example.net\"]");
-    daemon.write_config(&changed);
+    let changed = setup
+        .config("1h")
+        .listen_also(second)
+        .route(For::domains(&["example.net"]), "outbound");
+    daemon.write_config(&changed.render());
     daemon.signal(libc::SIGHUP);
     // The log line comes once every part is applied (the port may open a moment earlier).
     eventually(WAIT, || {
@@ -609,7 +574,7 @@ fn expect_notify(socket: &UnixDatagram, want: &str, seen: &mut Vec<String>) {
 async fn sd_notify_reports_ready_reloading_and_stopping() {
     let setup = Setup::new(SinkOptions::default()).await;
     let config = setup.dir.path().join("mailer.toml");
-    fs::write(&config, setup.config("1h")).unwrap();
+    fs::write(&config, setup.config("1h").render()).unwrap();
     let notify_path = setup.dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
     notify
@@ -652,7 +617,7 @@ async fn socket_activation_serves_on_the_socket_systemd_passed() {
     use std::os::unix::process::CommandExt;
     let setup = Setup::new(SinkOptions::default()).await;
     let config = setup.dir.path().join("mailer.toml");
-    fs::write(&config, setup.config("1h")).unwrap();
+    fs::write(&config, setup.config("1h").render()).unwrap();
     // Held open here: the daemon could not bind this address itself.
     let listener = std::net::TcpListener::bind(("127.0.0.1", setup.port)).unwrap();
     let fd = listener.as_raw_fd();
@@ -732,30 +697,10 @@ fn an_edited_alias_file_applies_without_a_reload() {
     let port = free_port();
     let aliases = dir.path().join("aliases");
     fs::write(&aliases, "postmaster: root\n").unwrap();
-    let config = format!(
-        r#"
-hostname = "mx.test"
-queue_dir = "{dir}/queue"
-control_socket = "{dir}/control.sock"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-
-[tables]
-aliases = "{dir}/aliases"
-
-[actions.local_mail]
-mbox = "{dir}/mail/%u"
-alias = "aliases"
-
-[[match]]
-from = "local"
-for = "local"
-action = "local_mail"
-"#,
-        dir = dir.path().display(),
-    );
-    let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &config);
+    let daemon = TestConfig::new(dir.path(), port)
+        .aliases(&aliases)
+        .local_mail(&dir.path().join("mail"))
+        .start(Path::new(BIN));
     let client = SmtpTransport::builder_dangerous("127.0.0.1")
         .port(port)
         .timeout(Some(Duration::from_secs(10)))

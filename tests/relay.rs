@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use lettre::address::Envelope;
 use lettre::{SmtpTransport, Transport};
 use mailer_testkit::certs::TestCa;
+use mailer_testkit::config::TestConfig;
 use mailer_testkit::daemon::{eventually, free_port, Daemon};
 use mailer_testkit::sink::{Received, Sink, SinkOptions};
 
@@ -64,54 +65,19 @@ impl World {
 
     /// A daemon relaying everything to `ports` (a pool) with the @ublog.tech rewrite.
     fn daemon(&self, ports: &[u16], extra_action: &str) -> Daemon {
-        let port = free_port();
-        let relays: Vec<String> = ports
-            .iter()
-            .map(|p| format!("\"smtp+tls://papmx@127.0.0.1:{p}\""))
-            .collect();
-        let config = format!(
-            r#"
-hostname = "mx.ublog.tech"
-local_domains = ["localhost"]
-queue_dir = "{dir}/queue"
-control_socket = "{dir}/control.sock"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-
-[tables]
-secrets = "{secrets}"
-
-[actions.outbound]
-relay = [{relays}]
-auth = "secrets"
-mail_from = "@ublog.tech"
-ca_file = "{ca}"
-connect_timeout = "5s"
-command_timeout = "10s"
-{extra_action}
-
-# The deliverability watch would ask the system resolver: not in tests.
-[check]
-interval = "0"
-
-[queue]
-retry_min = "1s"
-retry_max = "2s"
-lifetime = "2h"
-warn_after = "1h"
-
-[[match]]
-from = "local"
-for = "any"
-action = "outbound"
-"#,
-            dir = self.path().display(),
-            secrets = self.secrets.display(),
-            ca = self.ca_file.display(),
-            relays = relays.join(", "),
-        );
-        Daemon::start(Path::new(BIN), self.path(), port, &config)
+        TestConfig::new(self.path(), free_port())
+            .hostname("mx.ublog.tech")
+            .local_domains(&["localhost"])
+            .relay_to("papmx", ports, &self.secrets, &self.ca_file)
+            .mail_from("@ublog.tech")
+            .action_lines(
+                "outbound",
+                "connect_timeout = \"5s\"\ncommand_timeout = \"10s\"",
+            )
+            .action_lines("outbound", extra_action)
+            .retry("1s", "2s")
+            .warn_and_expire("1h", "2h")
+            .start(Path::new(BIN))
     }
 
     fn queue_dir(&self) -> PathBuf {
@@ -247,13 +213,10 @@ async fn relays_100_messages_byte_exact_rewritten_over_verified_tls_with_auth() 
 fn a_secrets_file_readable_by_others_is_refused() {
     let world = World::new();
     fs::set_permissions(&world.secrets, fs::Permissions::from_mode(0o644)).unwrap();
-    let dir = world.path();
-    let text = format!(
-        "queue_dir = \"{d}/queue\"\n[tables]\nsecrets = \"{s}\"\n[actions.outbound]\nrelay = \"smtp+tls://papmx@127.0.0.1:2\"\nauth = \"secrets\"\n[[match]]\nfrom = \"local\"\nfor = \"any\"\naction = \"outbound\"\n",
-        d = dir.display(),
-        s = world.secrets.display()
-    );
-    let path = dir.join("mailer.toml");
+    let text = TestConfig::new(world.path(), free_port())
+        .relay_to("papmx", &[2], &world.secrets, &world.ca_file)
+        .render();
+    let path = world.path().join("mailer.toml");
     fs::write(&path, text).unwrap();
     for args in [&["config", "check"][..], &["serve"][..]] {
         let out = std::process::Command::new(BIN)
@@ -554,46 +517,15 @@ async fn a_misaligned_header_from_is_bounced_not_relayed_when_rejecting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sender_is_warned_once_then_told_of_expiry() {
     let world = World::new();
-    let dead = free_port();
     let port = free_port();
-    let config = format!(
-        r#"
-hostname = "mx.ublog.tech"
-local_domains = ["localhost"]
-queue_dir = "{dir}/queue"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-
-[actions.local_mail]
-mbox = "{dir}/mail/%u"
-
-[actions.outbound]
-relay = "smtp+tls://127.0.0.1:{dead}"
-
-# The deliverability watch would ask the system resolver: not in tests.
-[check]
-interval = "0"
-
-[queue]
-retry_min = "1s"
-retry_max = "1s"
-warn_after = "2s"
-lifetime = "5s"
-
-[[match]]
-from = "local"
-for = "local"
-action = "local_mail"
-
-[[match]]
-from = "local"
-for = "any"
-action = "outbound"
-"#,
-        dir = world.path().display(),
-    );
-    let daemon = Daemon::start(Path::new(BIN), world.path(), port, &config);
+    let daemon = TestConfig::new(world.path(), port)
+        .hostname("mx.ublog.tech")
+        .local_domains(&["localhost"])
+        .local_mail(&world.path().join("mail"))
+        .relay_without_auth(free_port())
+        .retry("1s", "1s")
+        .warn_and_expire("2s", "5s")
+        .start(Path::new(BIN));
     let id = send(
         port,
         "root@localhost",

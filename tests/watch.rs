@@ -6,7 +6,8 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use mailer_testkit::daemon::{eventually, free_port, Daemon};
+use mailer_testkit::config::TestConfig;
+use mailer_testkit::daemon::{eventually, free_port};
 use mailer_testkit::dns::DnsServer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailer");
@@ -33,36 +34,13 @@ async fn a_pool_not_authorized_by_spf_is_logged_and_exported() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let metrics = free_port();
-    let config = format!(
-        r#"
-hostname = "mx.ublog.test"
-queue_dir = "{dir}/queue"
-control_socket = "{dir}/control.sock"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-
-[actions.outbound]
-relay = "smtp+tls://127.0.0.1:{relay}"
-mail_from = "@ublog.test"
-
-[metrics]
-address = "127.0.0.1:{metrics}"
-
-[check]
-interval = "1h"
-nameservers = ["{ns}"]
-
-[[match]]
-from = "local"
-for = "any"
-action = "outbound"
-"#,
-        dir = dir.path().display(),
-        relay = free_port(),
-        ns = dns.addr(),
-    );
-    let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &config);
+    let daemon = TestConfig::new(dir.path(), port)
+        .hostname("mx.ublog.test")
+        .relay_without_auth(free_port())
+        .mail_from("@ublog.test")
+        .metrics(metrics)
+        .watch("1h", &[dns.addr()])
+        .start(Path::new(BIN));
     let exported = eventually(Duration::from_secs(20), || {
         scrape(metrics).filter(|m| m.contains("mailer_check_status{check=\"spf.pool\"} 2"))
     });

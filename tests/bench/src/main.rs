@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use mailer_testkit::certs::TestCa;
+use mailer_testkit::config::TestConfig;
 use mailer_testkit::sink::{Received, Sink, SinkOptions};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -328,39 +329,14 @@ fn locate_mailer(args: &Args, root: &Path) -> Result<PathBuf, String> {
 }
 
 fn daemon_config(dir: &Path, port: u16, sinks: &[Sink], log_level: &str) -> String {
-    let relays: Vec<String> = sinks
-        .iter()
-        .map(|s| format!("\"smtp+tls://{SINK_USER}@127.0.0.1:{}\"", s.port()))
-        .collect();
-    format!(
-        r#"hostname = "mx.bench.test"
-local_domains = ["mx.bench.test"]
-queue_dir = "{dir}/queue"
-control_socket = "{dir}/control.sock"
-
-[[listen]]
-address = "127.0.0.1:{port}"
-
-[tables]
-secrets = "{dir}/secrets"
-
-[actions.outbound]
-relay = [{relays}]
-auth = "secrets"
-mail_from = "@ublog.tech"
-ca_file = "{dir}/ca.pem"
-
-[log]
-level = "{log_level}"
-
-[[match]]
-from = "local"
-for = "any"
-action = "outbound"
-"#,
-        dir = dir.display(),
-        relays = relays.join(", "),
-    )
+    let ports: Vec<u16> = sinks.iter().map(Sink::port).collect();
+    TestConfig::new(dir, port)
+        .hostname("mx.bench.test")
+        .local_domains(&["mx.bench.test"])
+        .relay_to(SINK_USER, &ports, &dir.join("secrets"), &dir.join("ca.pem"))
+        .mail_from("@ublog.tech")
+        .log_level(log_level)
+        .render()
 }
 
 struct DaemonProcess {

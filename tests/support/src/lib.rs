@@ -1,8 +1,11 @@
 //! Loopback test fixtures for mailer: an upstream SMTP sink, a test certificate authority, an
-//! authoritative DNS server, an HTTPS policy server and a launcher for the real daemon.
+//! authoritative DNS server, an HTTPS policy server, a launcher for the real daemon, the
+//! builder of its configuration and a raw SMTP client.
 
 pub mod certs;
+pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod https;
 pub mod sink;
+pub mod smtp;
