@@ -546,11 +546,13 @@ action = "outbound"
     }
 
     #[test]
-    fn a_watch_with_nameservers_replaces_the_off_switch() {
+    fn a_watch_with_nameservers_replaces_the_off_switch_and_extra_toml_comes_last() {
         let ns: SocketAddr = "127.0.0.1:5353".parse().expect("a socket address");
         let text = TestConfig::new(Path::new("/d"), 1)
             .watch("1h", &[ns])
+            .extra("[log]\nlevel = \"debug\"\n")
             .render();
+        assert!(text.ends_with("\n\n[log]\nlevel = \"debug\"\n"), "{text}");
         assert!(text.contains("[check]\ninterval = \"1h\"\nnameservers = [\"127.0.0.1:5353\"]\n"));
         assert!(!text.contains("interval = \"0\""));
     }
