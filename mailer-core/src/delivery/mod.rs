@@ -109,7 +109,13 @@ pub fn preflight(config: &crate::config::Config) -> Vec<String> {
     for (name, action) in &config.actions {
         match action {
             Action::Local(local) => {
-                if let Some(Err(errors)) = local::load_aliases(config, local) {
+                // A missing table was reported above, at the line that names it.
+                let exists = local
+                    .alias
+                    .as_ref()
+                    .and_then(|t| config.tables.get(t))
+                    .is_some_and(|p| p.exists());
+                if let Some(Err(errors)) = local::load_aliases(config, local).filter(|_| exists) {
                     problems.extend(errors);
                 }
             }
