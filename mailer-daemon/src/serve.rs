@@ -65,11 +65,17 @@ pub fn main(config_path: Option<&Path>, args: Args) -> ExitCode {
     let (config, source) = if args.embedded {
         (Config::embedded_default(), Source::Embedded)
     } else {
+        let path = crate::config_path(config_path);
+        if config_path.is_none() && !path.exists() {
+            eprintln!(
+                "mailer: no configuration at {}: give one with --config FILE (see config/mailer.toml), \
+                 or try the built-in one with `mailer serve --embedded`",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
         match crate::load_config(config_path) {
-            Ok(c) => (
-                c,
-                Source::File(crate::config_path(config_path).to_path_buf()),
-            ),
+            Ok(c) => (c, Source::File(path.to_path_buf())),
             Err(code) => return code,
         }
     };
