@@ -166,3 +166,68 @@ fn config_check_reports_alias_file_errors_with_their_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("{}:3: ", aliases.display())), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starttls_is_offered_with_a_certificate_and_verifies() {
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = mailer_testkit::certs::TestCa::new();
+    let (cert, key) = ca.issue(&["localhost"]).write_pem_files(dir.path());
+    let port = free_port();
+    let text = format!(
+        r#"
+hostname = "mx.test"
+queue_dir = "{dir}/queue"
+control_socket = "{dir}/control.sock"
+
+[[listen]]
+address = "127.0.0.1:{port}"
+tls_cert = "{cert}"
+tls_key = "{key}"
+
+[actions.outbound]
+relay = "smtp+tls://127.0.0.1:{dead}"
+
+[check]
+interval = "0"
+
+[queue]
+retry_min = "1h"
+retry_max = "2h"
+
+[[match]]
+from = "local"
+for = "any"
+action = "outbound"
+"#,
+        dir = dir.path().display(),
+        cert = cert.display(),
+        key = key.display(),
+        dead = free_port(),
+    );
+    let _daemon = mailer_testkit::daemon::Daemon::start(Path::new(BIN), dir.path(), port, &text);
+
+    // A client that verifies the certificate, as Mastodon's does.
+    let tls = TlsParameters::builder("localhost".into())
+        .add_root_certificate(Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
+        .build_rustls()
+        .unwrap();
+    let client = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous("127.0.0.1")
+        .port(port)
+        .tls(Tls::Required(tls))
+        .timeout(Some(Duration::from_secs(10)))
+        .build();
+    let response = client
+        .send_raw(
+            &envelope("app@ublog.tech", "pim@example.org"),
+            b"Subject: over TLS\r\n\r\nsecret",
+        )
+        .await
+        .expect("accepted over STARTTLS");
+    let id = response.message().collect::<Vec<_>>().join(" ");
+    let id = id.rsplit(' ').next().unwrap();
+    let queued = fs::read_to_string(dir.path().join(format!("queue/q/{id}.msg"))).unwrap();
+    assert!(queued.contains(&format!("with ESMTPS id {id}")), "{queued}");
+}
