@@ -27,7 +27,8 @@ pub struct Args {
     /// DKIM selector; repeatable [default: the configured selector]
     #[arg(long = "dkim-selector", value_name = "SEL")]
     pub dkim_selectors: Vec<String>,
-    /// Name server replacing the system resolvers for every lookup; repeatable
+    /// Name server replacing the system resolvers for every lookup; repeatable [default: the
+    /// configuration's `[check] nameservers`, else the system resolvers]
     #[arg(long = "nameserver", value_name = "IP[:PORT]")]
     pub nameservers: Vec<String>,
     /// PEM file of CA certificates trusted for the MTA-STS policy fetch, besides the public roots
@@ -81,6 +82,7 @@ fn defaults_from(config: &mailer_core::config::Config) -> CheckDefaults {
             relays: input.relays,
             dkim_selectors: input.dkim_selectors,
             dkim_keys: input.dkim_keys,
+            nameservers: input.nameservers,
         },
         None => CheckDefaults::default(),
     }
@@ -97,6 +99,8 @@ pub struct CheckDefaults {
     pub dkim_selectors: Vec<String>,
     /// The configured DKIM keys, whose published records must match them.
     pub dkim_keys: Vec<ExpectedKey>,
+    /// `[check] nameservers`.
+    pub nameservers: Vec<SocketAddr>,
 }
 
 /// `IP` or `IP:PORT` (`[v6]:PORT` for IPv6 with a port); port 53 by default.
@@ -132,6 +136,9 @@ fn input(args: Args, defaults: CheckDefaults) -> Result<(CheckInput, bool), Stri
         .iter()
         .map(|s| parse_nameserver(s))
         .collect::<Result<_, _>>()?;
+    if input.nameservers.is_empty() {
+        input.nameservers = defaults.nameservers;
+    }
     if let Some(path) = &args.ca_file {
         input.extra_roots = CertificateDer::pem_file_iter(path)
             .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
