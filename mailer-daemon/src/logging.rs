@@ -1,6 +1,6 @@
 //! Logs: tracing to stderr, quiet at the default level (one line per message event).
 
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter, Registry};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Format {
@@ -8,23 +8,47 @@ pub enum Format {
     Json,
 }
 
+/// The level in effect, changeable on reload unless the environment fixed it.
+pub struct Level {
+    handle: Option<reload::Handle<EnvFilter, Registry>>,
+}
+
+impl Level {
+    /// Applies the configuration's `[log] level` (after a reload).
+    pub fn set(&self, level: &str) -> Result<(), String> {
+        let Some(handle) = &self.handle else {
+            return Ok(());
+        };
+        let filter =
+            EnvFilter::try_new(level).map_err(|e| format!("[log] level {level:?}: {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }
+}
+
 /// Level from MAILER_LOG, else RUST_LOG, else the configuration's `[log] level`.
-pub fn init(config_level: &str, format: Format) {
-    let filter = std::env::var("MAILER_LOG")
+pub fn init(config_level: &str, format: Format) -> Level {
+    let from_env = std::env::var("MAILER_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .ok()
-        .and_then(|s| EnvFilter::try_new(s).ok())
+        .and_then(|s| EnvFilter::try_new(s).ok());
+    let fixed = from_env.is_some();
+    let filter = from_env
         .or_else(|| EnvFilter::try_new(config_level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     // journald stamps every line itself.
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
-    let builder = fmt()
-        .with_env_filter(filter)
+    let lines = fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false);
-    let _ = match (format, journal) {
-        (Format::Json, _) => builder.json().try_init(),
-        (Format::Text, true) => builder.without_time().with_ansi(false).try_init(),
-        (Format::Text, false) => builder.with_ansi(false).try_init(),
+        .with_target(false)
+        .with_ansi(false);
+    let lines = match (format, journal) {
+        (Format::Json, _) => lines.json().boxed(),
+        (Format::Text, true) => lines.without_time().boxed(),
+        (Format::Text, false) => lines.boxed(),
     };
+    let _ = Registry::default().with(filter).with(lines).try_init();
+    Level {
+        handle: (!fixed).then_some(handle),
+    }
 }

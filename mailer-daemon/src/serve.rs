@@ -83,7 +83,7 @@ pub fn main(config_path: Option<&Path>, args: Args) -> ExitCode {
 }
 
 fn run(config: Config, source: Source, log_format: logging::Format) -> ExitCode {
-    logging::init(&config.log.level, log_format);
+    let log_level = logging::init(&config.log.level, log_format);
     keep_large_buffers_out_of_the_heap();
     // Before any other thread exists: this clears the LISTEN_* variables.
     let inherited = activation::inherited();
@@ -97,7 +97,7 @@ fn run(config: Config, source: Source, log_format: logging::Format) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, source, inherited)) {
+    match runtime.block_on(serve(config, source, inherited, log_level)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -283,6 +283,7 @@ async fn serve(
     config: Config,
     source: Source,
     inherited: HashMap<SocketAddr, std::net::TcpListener>,
+    log_level: logging::Level,
 ) -> Result<(), String> {
     let problems = crate::engine::check_files(&config);
     if !problems.is_empty() {
@@ -362,6 +363,9 @@ async fn serve(
                     .reloads
                     .get_or_create(&outcome("applied"))
                     .inc();
+                if let Err(e) = log_level.set(&running.log.level) {
+                    tracing::warn!("log level not changed: {e}");
+                }
                 tracing::info!("configuration reloaded: {summary}");
             }
             Err(e) => {
