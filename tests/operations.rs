@@ -736,3 +736,42 @@ fn an_edited_alias_file_applies_without_a_reload() {
     assert!(text.contains("Subject: after"), "{text}");
     assert!(daemon.log().contains("aliases reloaded"));
 }
+
+#[test]
+fn a_reload_applies_the_new_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = TestConfig::new(dir.path(), port)
+        .local_domains(&["localhost"])
+        .local_mail(&dir.path().join("mail"))
+        .route(For::Local, "local_mail");
+    let quiet = config.clone().log_level("warn").render();
+    let daemon = Daemon::start_logging(Path::new(BIN), dir.path(), port, &quiet, false);
+    let first = send(port, "root@localhost", "root@localhost", "quiet");
+    daemon.write_config(&config.log_level("info").render());
+    daemon.signal(libc::SIGHUP);
+    assert!(
+        eventually(WAIT, || daemon
+            .log()
+            .contains("configuration reloaded")
+            .then_some(()))
+        .is_some(),
+        "{}",
+        daemon.log()
+    );
+    let second = send(port, "root@localhost", "root@localhost", "loud");
+    let log = eventually(WAIT, || {
+        let log = daemon.log();
+        log.contains(&format!("delivered queue_id={second}"))
+            .then_some(log)
+    })
+    .unwrap_or_else(|| panic!("{}", daemon.log()));
+    assert!(
+        !log.contains(&first),
+        "at warn level nothing was logged for {first}:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("received queue_id={second}")),
+        "{log}"
+    );
+}

@@ -22,12 +22,26 @@ pub struct Daemon {
     pub port: u16,
     child: Option<Child>,
     runs: usize,
+    /// Log at debug level whatever the configuration says (the default for tests).
+    debug_log: bool,
 }
 
 impl Daemon {
     /// Writes `config` (which must listen on `127.0.0.1:{port}`) to `dir/mailer.toml` and
     /// starts `bin serve` on it, waiting until the port accepts connections.
     pub fn start(bin: &Path, dir: &Path, port: u16, config: &str) -> Daemon {
+        Daemon::start_logging(bin, dir, port, config, true)
+    }
+
+    /// As [`Daemon::start`]; with `debug_log = false` the configuration's `[log] level`
+    /// decides what is logged.
+    pub fn start_logging(
+        bin: &Path,
+        dir: &Path,
+        port: u16,
+        config: &str,
+        debug_log: bool,
+    ) -> Daemon {
         let path = dir.join("mailer.toml");
         fs::write(&path, config).expect("write the test configuration");
         let mut d = Daemon {
@@ -37,6 +51,7 @@ impl Daemon {
             port,
             child: None,
             runs: 0,
+            debug_log,
         };
         d.spawn();
         d
@@ -54,13 +69,16 @@ impl Daemon {
         self.runs += 1;
         let log = fs::File::create(self.dir.join(format!("daemon-{}.log", self.runs)))
             .expect("create the daemon log");
-        let child = Command::new(&self.bin)
+        let mut command = Command::new(&self.bin);
+        command.env_remove("MAILER_LOG").env_remove("RUST_LOG");
+        if self.debug_log {
+            command.env("MAILER_LOG", "debug");
+        }
+        let child = command
             .arg("--config")
             .arg(&self.config)
             .arg("serve")
             .current_dir(&self.dir)
-            .env("MAILER_LOG", "debug")
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
