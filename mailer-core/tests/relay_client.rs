@@ -48,6 +48,15 @@ fn settings(ca: &TestCa, host: &str, sink: &Sink, security: Security, auth: bool
     settings
 }
 
+/// A pool of one member, `localhost`, reached with STARTTLS and AUTH.
+fn starttls_pool(ca: &TestCa, sink: &Sink) -> Pool {
+    Pool::new(
+        settings(ca, "localhost", sink, Security::StartTls, true),
+        localhost(),
+    )
+    .expect("a valid test pool")
+}
+
 fn auth_sink_options(ca: &TestCa, names: &[&str]) -> SinkOptions {
     SinkOptions {
         tls: Some(ca.issue(names)),
@@ -73,11 +82,7 @@ fn only_failure(outcomes: &[Outcome]) -> &Failure {
 async fn starttls_and_auth_plain_deliver_byte_exact_data() {
     let ca = TestCa::new();
     let sink = Sink::start(auth_sink_options(&ca, &["localhost"])).await;
-    let pool = Pool::new(
-        settings(&ca, "localhost", &sink, Security::StartTls, true),
-        localhost(),
-    )
-    .unwrap();
+    let pool = starttls_pool(&ca, &sink);
     let body =
         "Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nnaïve 8-bit ✓\r\nno final newline"
             .as_bytes();
@@ -110,11 +115,7 @@ async fn auth_login_is_used_when_only_login_is_offered() {
         ..auth_sink_options(&ca, &["localhost"])
     })
     .await;
-    let pool = Pool::new(
-        settings(&ca, "localhost", &sink, Security::StartTls, true),
-        localhost(),
-    )
-    .unwrap();
+    let pool = starttls_pool(&ca, &sink);
 
     let outcomes = pool
         .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
@@ -172,11 +173,7 @@ async fn one_rejected_recipient(no_pipelining: bool) {
         ..auth_sink_options(&ca, &["localhost"])
     })
     .await;
-    let pool = Pool::new(
-        settings(&ca, "localhost", &sink, Security::StartTls, true),
-        localhost(),
-    )
-    .unwrap();
+    let pool = starttls_pool(&ca, &sink);
     let recipients = [
         addr("ann@example.org"),
         addr("bob@example.org"),
@@ -224,11 +221,7 @@ async fn all_recipients_rejected_sends_no_data() {
         ..auth_sink_options(&ca, &["localhost"])
     })
     .await;
-    let pool = Pool::new(
-        settings(&ca, "localhost", &sink, Security::StartTls, true),
-        localhost(),
-    )
-    .unwrap();
+    let pool = starttls_pool(&ca, &sink);
 
     let outcomes = pool
         .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
@@ -258,11 +251,7 @@ async fn reply_421_to_mail_fails_every_recipient_temporarily() {
         ..auth_sink_options(&ca, &["localhost"])
     })
     .await;
-    let pool = Pool::new(
-        settings(&ca, "localhost", &sink, Security::StartTls, true),
-        localhost(),
-    )
-    .unwrap();
+    let pool = starttls_pool(&ca, &sink);
 
     let outcomes = pool
         .deliver(
@@ -292,11 +281,7 @@ async fn rejection_at_end_of_data_applies_to_every_accepted_recipient() {
         ..auth_sink_options(&ca, &["localhost"])
     })
     .await;
-    let pool = Pool::new(
-        settings(&ca, "localhost", &sink, Security::StartTls, true),
-        localhost(),
-    )
-    .unwrap();
+    let pool = starttls_pool(&ca, &sink);
 
     let outcomes = pool
         .deliver(
@@ -385,11 +370,7 @@ async fn missing_starttls_when_required_fails_without_auth() {
         ..SinkOptions::default()
     })
     .await;
-    let pool = Pool::new(
-        settings(&ca, "localhost", &sink, Security::StartTls, true),
-        localhost(),
-    )
-    .unwrap();
+    let pool = starttls_pool(&ca, &sink);
 
     let outcomes = pool
         .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
@@ -439,11 +420,7 @@ async fn rejected_credentials_are_temporary_and_not_revealed() {
         ..auth_sink_options(&ca, &["localhost"])
     })
     .await;
-    let pool = Pool::new(
-        settings(&ca, "localhost", &sink, Security::StartTls, true),
-        localhost(),
-    )
-    .unwrap();
+    let pool = starttls_pool(&ca, &sink);
 
     let outcomes = pool
         .deliver(None, &[addr("bob@example.org")], b"hi\r\n")

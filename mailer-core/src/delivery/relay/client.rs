@@ -24,6 +24,12 @@ use crate::delivery::{EnhancedStatus, Failure, Outcome};
 const NETWORK: EnhancedStatus = EnhancedStatus(4, 4, 2);
 /// No answer in time (RFC 3463 X.4.1 / X.4.7 are close; X.4.2 is the usual choice for relays).
 const TIMED_OUT: EnhancedStatus = EnhancedStatus(4, 4, 2);
+
+/// A temporary failure for a step that did not finish in time, e.g. `host[ip]:25: TLS
+/// handshake timed out`.
+fn timed_out(label: &str, what: impl std::fmt::Display) -> Failure {
+    Failure::temporary(TIMED_OUT, format!("{label}: {what}"))
+}
 /// TLS could not be established or verified (RFC 3463 X.7.5 cryptographic failure).
 const TLS_FAILED: EnhancedStatus = EnhancedStatus(4, 7, 5);
 /// Security or authentication refused.
@@ -83,18 +89,15 @@ impl Connection {
     ) -> Result<Connection, Failure> {
         let label = endpoint.label();
         let deadline = Instant::now() + settings.connect_timeout;
-        let timed_out = |what: &str| {
-            Failure::temporary(
-                TIMED_OUT,
-                format!(
-                    "{label}: {what} timed out after {:?}",
-                    settings.connect_timeout
-                ),
+        let too_slow = |what: &str| {
+            timed_out(
+                &label,
+                format_args!("{what} timed out after {:?}", settings.connect_timeout),
             )
         };
         let tcp = timeout_at(deadline, TcpStream::connect(endpoint.addr))
             .await
-            .map_err(|_| timed_out("connect"))?
+            .map_err(|_| too_slow("connect"))?
             .map_err(|e| Failure::temporary(NETWORK, format!("{label}: connect failed: {e}")))?;
         // Commands are written in whole batches; waiting for more would only add latency.
         tcp.set_nodelay(true)
@@ -108,7 +111,7 @@ impl Connection {
                 handshake(stream, &endpoint.host, &label, tls_config.clone()),
             )
             .await
-            .map_err(|_| timed_out("TLS handshake"))??;
+            .map_err(|_| too_slow("TLS handshake"))??;
             tls = true;
         }
         let mut conn = Connection {
@@ -127,7 +130,7 @@ impl Connection {
 
         let greeting = timeout_at(deadline, conn.read_reply_untimed())
             .await
-            .map_err(|_| timed_out("greeting"))??;
+            .map_err(|_| too_slow("greeting"))??;
         if !greeting.is_positive() {
             return Err(conn.forced_temporary(&greeting, "greeting"));
         }
@@ -170,12 +173,7 @@ impl Connection {
                 handshake(plain.into_inner(), &endpoint.host, &conn.label, tls_config),
             )
             .await
-            .map_err(|_| {
-                Failure::temporary(
-                    TIMED_OUT,
-                    format!("{}: TLS handshake timed out", conn.label),
-                )
-            })??;
+            .map_err(|_| timed_out(&conn.label, "TLS handshake timed out"))??;
             conn.stream = BufStream::new(upgraded);
             conn.tls = true;
             conn.receiver = ResponseReceiver::default();
@@ -498,10 +496,7 @@ impl Connection {
                 NETWORK,
                 format!("{}: write failed: {e}", self.label),
             )),
-            Err(_) => Err(Failure::temporary(
-                TIMED_OUT,
-                format!("{}: write timed out", self.label),
-            )),
+            Err(_) => Err(timed_out(&self.label, "write timed out")),
         }
     }
 
@@ -512,9 +507,9 @@ impl Connection {
         let reply = tokio::time::timeout(timeout, self.read_reply_untimed())
             .await
             .map_err(|_| {
-                Failure::temporary(
-                    TIMED_OUT,
-                    format!("{}: no reply to {what} within {timeout:?}", self.label),
+                timed_out(
+                    &self.label,
+                    format_args!("no reply to {what} within {timeout:?}"),
                 )
             })??;
         if reply.code == 421 {
