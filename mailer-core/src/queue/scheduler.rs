@@ -341,11 +341,27 @@ impl<D: Deliverer> Scheduler<D> {
         let env = self.lock().messages.get(&id).cloned();
         if let Some(env) = env {
             if let Err(e) = self.attempt_message(env).await {
-                tracing::error!(queue_id = %id, error = %e, "cannot update the queue");
+                tracing::error!(queue_id = %id, error = %e, "cannot read or update the queue");
+                self.postpone(id, &e);
             }
         }
         self.lock().in_flight.remove(&id);
         self.wake.notify_one();
+    }
+
+    /// After a spool error the message keeps its state on disk; in memory it waits one retry
+    /// interval, so a missing or unreadable file is not retried in a tight loop.
+    fn postpone(&self, id: QueueId, error: &io::Error) {
+        let retry =
+            unix_seconds(SystemTime::now()) + self.timing().retry_min.as_secs().max(1) as i64;
+        if let Some(env) = self.lock().messages.get_mut(&id) {
+            for r in &mut env.recipients {
+                if r.state == RecipientState::Pending {
+                    r.next_attempt = r.next_attempt.max(retry);
+                    r.last_error = Some(format!("queue: {error}"));
+                }
+            }
+        }
     }
 
     async fn attempt_message(&self, mut env: Envelope) -> io::Result<()> {
