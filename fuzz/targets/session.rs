@@ -78,7 +78,7 @@ impl Replies {
             if self.last == Some(354) {
                 // After "354 go ahead" only the verdict on the message may come.
                 assert!(
-                    matches!(code, 250 | 421 | 451 | 550 | 552 | 554),
+                    matches!(code, 250 | 421 | 451 | 452 | 550 | 552 | 554),
                     "reply {code} after 354 is not an end-of-data verdict"
                 );
             }
@@ -107,6 +107,10 @@ pub fn run(data: &[u8]) {
             BareNewlines::Reject
         },
         starttls: flags & 32 != 0,
+        // Small limits on some inputs, so the loop check and the error cut-off are reached;
+        // generous ones on the rest, so long sessions are explored.
+        max_hops: if flags & 8 != 0 { 3 } else { 50 },
+        max_errors: if flags & 4 != 0 { 5 } else { 1000 },
     });
     let peer_addr: SocketAddr = if flags & 64 != 0 {
         "192.0.2.7:40000".parse().expect("literal")
@@ -149,7 +153,11 @@ pub fn run(data: &[u8]) {
                         check_incoming(&incoming, &session_config, config, router);
                         let id = QueueId::generate(now);
                         let answer = if rng.next().is_multiple_of(8) {
-                            Err(QueueRefused)
+                            Err(if rng.next().is_multiple_of(2) {
+                                QueueRefused::StorageFull
+                            } else {
+                                QueueRefused::Failed
+                            })
                         } else {
                             Ok(id)
                         };
@@ -208,6 +216,16 @@ fn check_incoming(
     assert!(
         message.starts_with(b"Received: from "),
         "no Received header first"
+    );
+    let hops = message
+        .split(|&b| b == b'\n')
+        .take_while(|l| *l != b"\r" && !l.is_empty())
+        .filter(|l| l.len() >= 9 && l[..9].eq_ignore_ascii_case(b"received:"))
+        .count();
+    assert!(
+        hops <= limits.max_hops,
+        "queued with {hops} Received: fields over the limit {}",
+        limits.max_hops
     );
     assert!(
         message.len() <= limits.max_message_size + HEADER_ROOM,

@@ -36,6 +36,8 @@ fn config() -> SessionConfig {
         max_line_length: 1000,
         bare_newlines: BareNewlines::Reject,
         starttls: false,
+        max_hops: 50,
+        max_errors: 20,
     }
 }
 
@@ -48,7 +50,7 @@ struct Client {
     queued: Vec<Incoming>,
     closed: bool,
     starttls: bool,
-    refuse_queue: bool,
+    refuse_queue: Option<QueueRefused>,
 }
 
 impl Client {
@@ -62,7 +64,7 @@ impl Client {
             queued: Vec::new(),
             closed: false,
             starttls: false,
-            refuse_queue: false,
+            refuse_queue: None,
         };
         assert_eq!(c.drain(), "220 mx.ublog.tech ESMTP mailer\r\n");
         c
@@ -85,10 +87,9 @@ impl Client {
                 Event::Message(m) => {
                     let id = m.id;
                     self.queued.push(*m);
-                    let result = if self.refuse_queue {
-                        Err(QueueRefused)
-                    } else {
-                        Ok(id)
+                    let result = match self.refuse_queue {
+                        Some(refused) => Err(refused),
+                        None => Ok(id),
                     };
                     self.session.queued(result, now());
                 }
@@ -438,12 +439,140 @@ fn bdat_with_bare_lf_is_rejected() {
 #[test]
 fn queue_failure_gets_451_and_the_client_may_retry() {
     let mut c = Client::local();
-    c.refuse_queue = true;
+    c.refuse_queue = Some(QueueRefused::Failed);
     c.transaction();
     assert_eq!(
         c.send(b"x\r\n.\r\n"),
         "451 4.3.0 Local error in processing, try again later\r\n"
     );
+}
+
+#[test]
+fn a_full_queue_disk_gets_452_4_3_1_and_the_client_may_retry() {
+    let mut c = Client::local();
+    c.refuse_queue = Some(QueueRefused::StorageFull);
+    c.transaction();
+    assert_eq!(
+        c.send(b"x\r\n.\r\n"),
+        "452 4.3.1 Insufficient system storage, try again later\r\n"
+    );
+    assert!(!c.closed);
+    c.refuse_queue = None;
+    assert_eq!(
+        c.send(b"MAIL FROM:<app@ublog.tech>\r\n"),
+        "250 2.1.0 Sender ok\r\n"
+    );
+}
+
+#[test]
+fn bdat_content_starting_with_a_tab_is_still_checked_for_bare_newlines() {
+    // The content must not be taken for a continuation of our Received header.
+    for content in [&b"\tA\nB\r.\rC"[..], b"\t\r", b" x\ny"] {
+        let mut c = Client::local();
+        c.ehlo();
+        let out = c.send(
+            &[
+                format!(
+                    "MAIL FROM:<a@b.org>\r\nRCPT TO:<x@example.org>\r\nBDAT {} LAST\r\n",
+                    content.len()
+                )
+                .as_bytes(),
+                content,
+            ]
+            .concat(),
+        );
+        assert!(
+            out.ends_with("550 5.6.0 Message contains bare CR or LF; lines must end with CRLF\r\n"),
+            "{content:?}: {out}"
+        );
+        assert!(c.queued.is_empty(), "{content:?} was queued");
+    }
+}
+
+#[test]
+fn bdat_content_starting_with_a_tab_keeps_the_line_length_limit() {
+    let mut c = Client::local();
+    c.ehlo();
+    let content = format!("\t{}\r\n", "x".repeat(1200));
+    let out = c.send(
+        format!(
+            "MAIL FROM:<a@b.org>\r\nRCPT TO:<x@example.org>\r\nBDAT {} LAST\r\n{content}",
+            content.len()
+        )
+        .as_bytes(),
+    );
+    assert!(out.ends_with("554 5.6.0 Message has a line longer than 1000 octets\r\n"), "{out}");
+    assert!(c.queued.is_empty());
+}
+
+#[test]
+fn a_message_past_the_hop_limit_is_refused_as_a_mail_loop() {
+    let mut cfg = config();
+    cfg.max_hops = 5;
+    let hops = |n: usize| {
+        let mut m = String::new();
+        for i in 0..n {
+            m.push_str(&format!("Received: from h{i} by h{}; Mon, 1 Jan 2024 00:00:00 +0000\r\n", i + 1));
+        }
+        m + "Subject: loop\r\n\r\nbody\r\n.\r\n"
+    };
+    // Ours makes five: accepted.
+    let mut c = Client::with(cfg.clone(), "127.0.0.1:40000");
+    c.transaction();
+    assert!(c.send(hops(4).as_bytes()).starts_with("250 2.0.0 Ok: queued as "));
+    // Six: a loop, refused for good and never queued.
+    let mut c = Client::with(cfg.clone(), "127.0.0.1:40000");
+    c.transaction();
+    assert_eq!(
+        c.send(hops(5).as_bytes()),
+        "554 5.4.6 Too many hops (6 Received: header fields): mail loop\r\n"
+    );
+    assert!(c.queued.is_empty());
+    // A `Received:` in the body is not a hop.
+    let mut c = Client::with(cfg.clone(), "127.0.0.1:40000");
+    c.transaction();
+    let body = format!("Subject: x\r\n\r\n{}.\r\n", "Received: quoted\r\n".repeat(9));
+    assert!(c.send(body.as_bytes()).starts_with("250 "));
+    // BDAT is held to the same limit.
+    let mut c = Client::with(cfg, "127.0.0.1:40000");
+    c.ehlo();
+    let content = hops(5).replace("\r\n.\r\n", "\r\n");
+    let out = c.send(
+        format!(
+            "MAIL FROM:<a@b.org>\r\nRCPT TO:<x@example.org>\r\nBDAT {} LAST\r\n{content}",
+            content.len()
+        )
+        .as_bytes(),
+    );
+    assert!(out.ends_with("554 5.4.6 Too many hops (6 Received: header fields): mail loop\r\n"), "{out}");
+    assert!(c.queued.is_empty());
+}
+
+#[test]
+fn a_client_that_keeps_erring_is_cut_off_with_421() {
+    let mut cfg = config();
+    cfg.max_errors = 3;
+    let mut c = Client::with(cfg, "127.0.0.1:40000");
+    assert_eq!(c.send(b"BOGUS\r\n"), "500 5.5.2 Command unrecognized\r\n");
+    assert_eq!(c.send(b"RCPT TO:<x@example.org>\r\n"), "503 5.5.1 Need MAIL before RCPT\r\n");
+    assert!(!c.closed);
+    assert_eq!(
+        c.send(b"BOGUS\r\nNOOP\r\n"),
+        "500 5.5.2 Command unrecognized\r\n421 4.7.0 Too many errors, closing connection\r\n"
+    );
+    assert!(c.closed);
+}
+
+#[test]
+fn a_queued_message_starts_the_error_count_again() {
+    let mut cfg = config();
+    cfg.max_errors = 2;
+    let mut c = Client::with(cfg, "127.0.0.1:40000");
+    assert!(c.send(b"BOGUS\r\n").starts_with("500 "));
+    c.transaction();
+    assert!(c.send(b"x\r\n.\r\n").starts_with("250 "));
+    assert!(c.send(b"BOGUS\r\n").starts_with("500 "));
+    assert!(!c.closed);
 }
 
 #[test]

@@ -220,6 +220,8 @@ impl Listeners {
                 max_line_length: config.limits.max_line_length,
                 bare_newlines: config.limits.bare_newlines,
                 starttls,
+                max_hops: config.limits.max_hops,
+                max_errors: config.limits.max_errors,
             }),
             router: engine.router(),
             engine: engine.clone(),

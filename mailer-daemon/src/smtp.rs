@@ -79,12 +79,14 @@ async fn serve_connection(
     match drive(stream, &mut session, intake).await {
         Ok(Some(stream)) => {
             let Some(acceptor) = tls else { return };
-            match acceptor.accept(stream).await {
-                Ok(tls_stream) => {
+            // A client that never completes the handshake must not keep its slot.
+            match tokio::time::timeout(intake.idle_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
                     session.tls_established();
                     let _ = drive(tls_stream, &mut session, intake).await;
                 }
-                Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
         Ok(None) => {}
@@ -113,19 +115,19 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             match event {
                 Event::Message(incoming) => {
                     let result = intake.engine.accept(*incoming).await;
-                    session.queued(result.map_err(|_| QueueRefused), SystemTime::now());
+                    let result = result.map_err(|e| QueueRefused::of(&e));
+                    session.queued(result, SystemTime::now());
                 }
                 Event::StartTls => {
-                    stream.write_all(&session.take_output()).await?;
-                    stream.flush().await?;
+                    send(&mut stream, &session.take_output(), intake.idle_timeout).await?;
                     return Ok(Some(stream));
                 }
                 Event::Close => {
                     let out = session.take_output();
                     if !out.is_empty() {
-                        stream.write_all(&out).await?;
+                        send(&mut stream, &out, intake.idle_timeout).await?;
                     }
-                    let _ = stream.shutdown().await;
+                    let _ = tokio::time::timeout(intake.idle_timeout, stream.shutdown()).await;
                     return Ok(None);
                 }
                 Event::Rejected(reason) => intake.engine.metrics().rejected(reason),
@@ -133,8 +135,7 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
         }
         let mut progressed = false;
         if session.has_output() {
-            stream.write_all(&session.take_output()).await?;
-            stream.flush().await?;
+            send(&mut stream, &session.take_output(), intake.idle_timeout).await?;
             progressed = true;
         }
         if session.is_closed() {
@@ -165,4 +166,23 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+}
+
+/// Writes replies, bounded in time: a client that stops reading (its window full) must not
+/// hold the session and its slot forever.
+async fn send<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+    within: Duration,
+) -> std::io::Result<()> {
+    let write = async {
+        stream.write_all(bytes).await?;
+        stream.flush().await
+    };
+    tokio::time::timeout(within, write).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the client did not read its replies in time",
+        )
+    })?
 }

@@ -464,6 +464,8 @@ impl<'a> Builder<'a> {
             data_timeout: self.positive_duration(&raw.data_timeout, "data_timeout", d.data_timeout),
             bare_newlines,
             shutdown_grace: self.duration(&raw.shutdown_grace, "shutdown_grace", d.shutdown_grace),
+            max_hops: self.count(&raw.max_hops, "max_hops", d.max_hops),
+            max_errors: self.count(&raw.max_errors, "max_errors", d.max_errors),
         }
     }
 

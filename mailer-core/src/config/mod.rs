@@ -80,6 +80,12 @@ pub struct Limits {
     pub bare_newlines: BareNewlines,
     /// How long a SIGTERM waits for sessions and deliveries to finish.
     pub shutdown_grace: Duration,
+    /// More `Received:` fields than this (ours included) is a mail loop: 554 5.4.6
+    /// (Postfix's `hopcount_limit`).
+    pub max_hops: usize,
+    /// Refused commands before a session is closed with 421 (Postfix's
+    /// `smtpd_hard_error_limit`).
+    pub max_errors: usize,
 }
 
 impl Default for Limits {
@@ -93,6 +99,8 @@ impl Default for Limits {
             data_timeout: Duration::from_secs(10 * 60),
             bare_newlines: BareNewlines::Reject,
             shutdown_grace: Duration::from_secs(30),
+            max_hops: 50,
+            max_errors: 20,
         }
     }
 }

@@ -21,6 +21,8 @@ pub(crate) struct RawLimits {
     pub data_timeout: Option<S<Scalar>>,
     pub bare_newlines: Option<S<String>>,
     pub shutdown_grace: Option<S<Scalar>>,
+    pub max_hops: Option<S<i64>>,
+    pub max_errors: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

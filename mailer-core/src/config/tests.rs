@@ -238,6 +238,8 @@ idle_timeout = "30s"
 data_timeout = "1h"
 bare_newlines = "normalize"
 shutdown_grace = "0"
+max_hops = 30
+max_errors = 10
 
 [[listen]]
 address = "127.0.0.1:25"
@@ -331,6 +333,8 @@ fn every_contract_key_parses_to_its_value() {
             data_timeout: secs(3600),
             bare_newlines: BareNewlines::Normalize,
             shutdown_grace: Duration::ZERO,
+            max_hops: 30,
+            max_errors: 10,
         }
     );
     assert_eq!(
@@ -438,10 +442,10 @@ fn every_contract_key_parses_to_its_value() {
     );
     assert_eq!(c.warnings, []);
     // Positions of file-naming values, for check_files.
-    assert_eq!(c.positions.get("tables.secrets"), (27, 11));
-    assert_eq!(c.positions.get("listen[1].tls_key"), (23, 11));
-    assert_eq!(c.positions.get("actions.outbound.relay[1]"), (36, 41));
-    assert_eq!(c.positions.get("actions.lan.dkim[1].key"), (54, 50));
+    assert_eq!(c.positions.get("tables.secrets"), (29, 11));
+    assert_eq!(c.positions.get("listen[1].tls_key"), (25, 11));
+    assert_eq!(c.positions.get("actions.outbound.relay[1]"), (38, 41));
+    assert_eq!(c.positions.get("actions.lan.dkim[1].key"), (56, 50));
     assert_eq!(c.positions.get("nothing.here"), (0, 0));
 }
 
@@ -745,7 +749,7 @@ fn many_errors_are_collected_in_one_pass_in_file_order() {
         errors(text),
         [
             "t.toml:1:12: invalid hostname `bad host`: expected a DNS name",
-            "t.toml:4:1: unknown field `bogus`, expected one of `max_message_size`, `max_recipients`, `max_connections`, `max_line_length`, `idle_timeout`, `data_timeout`, `bare_newlines`, `shutdown_grace`",
+            "t.toml:4:1: unknown field `bogus`, expected one of `max_message_size`, `max_recipients`, `max_connections`, `max_line_length`, `idle_timeout`, `data_timeout`, `bare_newlines`, `shutdown_grace`, `max_hops`, `max_errors`",
             "t.toml:6:11: listen address: invalid address `nowhere`: expected IP:port such as \"127.0.0.1:25\" or \"[::1]:25\"",
             "t.toml:8:9: plaintext relay smtp://r.example needs `insecure = true` in action `o` (prefer smtp+tls:// or smtps://)",
             "t.toml:12:10: no action named `p` (defined: o)",

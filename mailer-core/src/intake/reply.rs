@@ -122,6 +122,20 @@ pub mod replies {
     pub fn queue_failed() -> Reply {
         Reply::status(451, 3, 0, "Local error in processing, try again later")
     }
+    pub fn queue_full() -> Reply {
+        Reply::status(452, 3, 1, "Insufficient system storage, try again later")
+    }
+    pub fn too_many_hops(received: usize) -> Reply {
+        Reply::status(
+            554,
+            4,
+            6,
+            format!("Too many hops ({received} Received: header fields): mail loop"),
+        )
+    }
+    pub fn too_many_errors() -> Reply {
+        Reply::status(421, 7, 0, "Too many errors, closing connection")
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,11 @@ pub struct SessionConfig {
     pub bare_newlines: BareNewlines,
     /// Offer STARTTLS (only when a certificate is configured).
     pub starttls: bool,
+    /// A message with more `Received:` fields than this, ours included, is refused as a loop.
+    pub max_hops: usize,
+    /// Refused commands a client may send before the session ends with 421; a queued message
+    /// starts the count again.
+    pub max_errors: usize,
 }
 
 /// The connected client.
@@ -94,9 +99,26 @@ pub struct Incoming {
     pub peer: Peer,
 }
 
-/// Why the queue could not take a message; the client is told to try again.
-#[derive(Debug)]
-pub struct QueueRefused;
+/// Why the queue could not take a message; either way the client is told to try again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueRefused {
+    /// The queue's file system is full (ENOSPC, EDQUOT): 452 4.3.1.
+    StorageFull,
+    /// Any other failure to make the message durable: 451 4.3.0.
+    Failed,
+}
+
+impl QueueRefused {
+    /// The class of a spool error, decided where the error is seen.
+    pub fn of(error: &std::io::Error) -> QueueRefused {
+        match error.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                QueueRefused::StorageFull
+            }
+            _ => QueueRefused::Failed,
+        }
+    }
+}
 
 /// What the edge must do next.
 #[derive(Debug)]
@@ -119,6 +141,9 @@ struct Transaction {
     eightbit: bool,
     /// Message being received: Received header, then content.
     message: Vec<u8>,
+    /// Octets of our Received header at the start of `message`, counted when it was built:
+    /// the client's content after it is never taken for ours.
+    header_len: usize,
     id: Option<QueueId>,
     /// BDAT chunks so far were refused: the rest is consumed and answered with an error.
     failed: Option<Reply>,
@@ -157,6 +182,8 @@ pub struct Session {
     output: Vec<u8>,
     events: VecDeque<Event>,
     draining: bool,
+    /// Refused commands since the session began or last queued a message.
+    errors: usize,
     now: SystemTime,
 }
 
@@ -187,6 +214,7 @@ impl Session {
             output: Vec::new(),
             events: VecDeque::new(),
             draining: false,
+            errors: 0,
             now,
         };
         let greeting = Reply::new(220, None, format!("{} ESMTP mailer", s.config.hostname));
@@ -248,10 +276,16 @@ impl Session {
         }
         self.phase = Phase::Command;
         match result {
-            Ok(id) => self.reply(Reply::status(250, 0, 0, format!("Ok: queued as {id}"))),
-            Err(QueueRefused) => {
+            Ok(id) => {
+                self.errors = 0;
+                self.reply(Reply::status(250, 0, 0, format!("Ok: queued as {id}")))
+            }
+            Err(refused) => {
                 self.events.push_back(Event::Rejected("queue"));
-                self.reply(replies::queue_failed());
+                self.reply(match refused {
+                    QueueRefused::StorageFull => replies::queue_full(),
+                    QueueRefused::Failed => replies::queue_failed(),
+                });
             }
         }
         self.process();
@@ -300,9 +334,16 @@ impl Session {
         reply.write_to(&mut self.output);
     }
 
+    /// Refuses a command. A client that keeps erring is cut off (Postfix's
+    /// `smtpd_hard_error_limit`): a broken or hostile client must not hold a slot forever.
     fn reject(&mut self, reason: &'static str, reply: Reply) {
         self.events.push_back(Event::Rejected(reason));
         self.reply(reply);
+        self.errors += 1;
+        if self.errors >= self.config.max_errors.max(1) && !matches!(self.phase, Phase::Closed) {
+            self.events.push_back(Event::Rejected("errors"));
+            self.close_with(replies::too_many_errors());
+        }
     }
 
     fn process(&mut self) {
@@ -531,6 +572,7 @@ impl Session {
             smtputf8,
             eightbit: from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0,
             message: Vec::new(),
+            header_len: 0,
             id: None,
             failed: None,
         });
@@ -594,6 +636,7 @@ impl Session {
             &tx.recipients,
             self.now,
         );
+        tx.header_len = tx.message.len();
         Ok(())
     }
 
@@ -615,7 +658,15 @@ impl Session {
 
     fn end_of_data(&mut self, verdict: Result<(), DataError>) {
         match verdict {
-            Ok(()) => self.hand_to_queue(),
+            Ok(()) => {
+                let tx = self.tx.as_ref().expect("a complete message has a transaction");
+                let hops = received_count(&tx.message);
+                if hops > self.config.max_hops {
+                    self.tx = None;
+                    return self.reject("loop", replies::too_many_hops(hops));
+                }
+                self.hand_to_queue()
+            }
             Err(e) => {
                 self.tx = None;
                 let (reason, reply) = match e {
@@ -674,8 +725,7 @@ impl Session {
             return self.reply(Reply::status(250, 0, 0, "Chunk received"));
         }
         // BDAT content is not dot-stuffed, but the same rules for line endings apply.
-        let header_len = received_len(&tx.message);
-        let content = tx.message.split_off(header_len);
+        let content = tx.message.split_off(tx.header_len);
         match canonical_lines(
             content,
             self.config.max_line_length,
@@ -686,7 +736,7 @@ impl Session {
                 if content.len() > self.config.max_message_size {
                     self.end_of_data(Err(DataError::TooBig));
                 } else {
-                    self.hand_to_queue();
+                    self.end_of_data(Ok(()));
                 }
             }
             Err(e) => self.end_of_data(Err(e)),
@@ -848,14 +898,20 @@ fn received_header(
     h.into_bytes()
 }
 
-/// Length of our Received header at the start of a message being built.
-fn received_len(message: &[u8]) -> usize {
-    message
-        .windows(2)
-        .enumerate()
-        .skip(1)
-        .find(|(i, w)| *w == b"\r\n" && message.get(i + 2) != Some(&b'\t'))
-        .map_or(message.len(), |(i, _)| i + 2)
+/// `Received:` fields in the header section of a CRLF-only message (RFC 5321 §6.3: a count
+/// past a threshold means the message is looping).
+fn received_count(message: &[u8]) -> usize {
+    let mut count = 0;
+    let mut rest = message;
+    while !rest.is_empty() && !rest.starts_with(b"\r\n") {
+        let end = memchr::memmem::find(rest, b"\r\n").map_or(rest.len(), |i| i + 2);
+        let line = &rest[..end];
+        if line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:") {
+            count += 1;
+        }
+        rest = &rest[end..];
+    }
+    count
 }
 
 /// Checks BDAT content for bare CR/LF and over-long lines; normalizes when configured.

@@ -292,7 +292,8 @@ impl Walk<'_> {
             match target {
                 Target::Name(name) => self.expand_name(key, name)?,
                 Target::Address(addr) if self.is_local_domain(addr.domain()) => {
-                    self.expand_name(key, addr.local_part())?
+                    let name = normalize_local(addr.local_part());
+                    self.expand_name(key, &name)?
                 }
                 Target::Address(addr) => self.push(AliasTarget::Address(addr.clone())),
                 Target::User(user) => self.push(AliasTarget::User(user.clone())),
@@ -304,16 +305,16 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// A local name found among the targets of alias `current`.
+    /// A local name found among the targets of alias `current`, already normalized: a second
+    /// normalization would unquote `"\"\""` once more, down to an empty user.
     fn expand_name(&mut self, current: &str, name: &str) -> Result<(), ExpandError> {
-        let name = normalize_local(name);
-        let next = match self.aliases.key_for(&name) {
+        let next = match self.aliases.key_for(name) {
             // `root: root, x`: a name listing itself means the user (aliases(5)).
             Some(key) if key == current => None,
             other => other,
         };
         let Some(next) = next else {
-            self.push(AliasTarget::User(strip_detail(&name).to_string()));
+            self.push(AliasTarget::User(strip_detail(name).to_string()));
             return Ok(());
         };
         if self.chain.contains(&next) {
@@ -594,11 +595,7 @@ fn parse_target(piece: &str, opts: AliasOptions) -> Result<Target, String> {
                 if inner.starts_with('|') || inner.starts_with('/') {
                     return parse_target(&inner, opts);
                 }
-                // Blank counts as empty: names are trimmed later, which left an empty user.
-                if inner.trim().is_empty() {
-                    return Err("empty quoted target".to_string());
-                }
-                return Ok(Target::Name(inner.to_lowercase()));
+                return user_name(&inner).map(Target::Name);
             }
         }
     }
@@ -630,9 +627,11 @@ fn parse_target(piece: &str, opts: AliasOptions) -> Result<Target, String> {
         return Ok(Target::User(strip_detail(&user).to_string()));
     }
     if piece.contains('@') {
-        return Address::parse(piece)
-            .map(Target::Address)
-            .map_err(|e| format!("invalid address `{piece}`: {e}"));
+        let address =
+            Address::parse(piece).map_err(|e| format!("invalid address `{piece}`: {e}"))?;
+        // In a local domain the local part is expanded as a name: it must name someone.
+        user_name(address.local_part())?;
+        return Ok(Target::Address(address));
     }
     check_local(piece).map(Target::Name)
 }
@@ -646,7 +645,18 @@ fn check_local(name: &str) -> Result<String, String> {
     }
     Address::from_parts(name, "localhost")
         .map_err(|e| format!("invalid local name `{name}`: {e}"))?;
-    Ok(normalize_local(name))
+    user_name(name)
+}
+
+/// The one way a written name becomes a table key or a user name: normalized once, and never
+/// empty (`""`, `\""` and `"  "` all name nobody).
+fn user_name(written: &str) -> Result<String, String> {
+    let name = normalize_local(written);
+    let bare = strip_detail(&name);
+    if bare.trim().is_empty() || bare.chars().all(|c| c == '"') {
+        return Err(format!("target `{written}` names no user (empty local part)"));
+    }
+    Ok(name)
 }
 
 #[cfg(test)]
@@ -665,9 +675,42 @@ mod fuzz_regressions {
         .unwrap_err();
         assert_eq!(errors[0].line, 1);
         assert!(
-            errors[0].message.contains("empty quoted target"),
+            errors[0].message.contains("names no user"),
             "{}",
             errors[0]
         );
+    }
+
+    fn parse(text: &str) -> Result<Aliases, Vec<TableError>> {
+        Aliases::parse_with_loader(
+            text,
+            Path::new("aliases"),
+            AliasOptions::default(),
+            &mut |_| Err(io::Error::from(io::ErrorKind::NotFound)),
+        )
+    }
+
+    #[test]
+    fn an_escaped_quoted_empty_name_is_an_error_not_an_empty_user() {
+        // Found by the aliases fuzz target: `\""` unquoted to the user "".
+        for text in [
+            "ticon: \\\"\"\n",
+            "a: \"\\\"\\\"\"\n",
+            "a: \"\"@localhost\n",
+        ] {
+            match parse(text) {
+                Err(errors) => assert!(
+                    errors[0].line == 1 && errors[0].message.contains("names no user"),
+                    "{text:?}: {}",
+                    errors[0]
+                ),
+                Ok(aliases) => {
+                    let targets = aliases.expand("a", &["localhost".into()]).unwrap();
+                    for t in targets.into_iter().flatten() {
+                        assert_ne!(t, AliasTarget::User(String::new()), "{text:?}");
+                    }
+                }
+            }
+        }
     }
 }
