@@ -552,3 +552,57 @@ async fn sender_is_warned_once_then_told_of_expiry() {
         "the expired message leaves the queue"
     );
 }
+
+/// Each pool member is given the credentials its own URL names, and no other: a backup
+/// host run by someone else must never learn the primary's password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_pool_member_gets_only_its_own_credentials() {
+    const BACKUP_USER: &str = "backup-user";
+    const BACKUP_PASSWORD: &str = "other s3cret";
+    let world = World::new();
+    fs::write(
+        &world.secrets,
+        format!("primary {USER}:{PASSWORD}\nbackup {BACKUP_USER}:{BACKUP_PASSWORD}\n"),
+    )
+    .unwrap();
+    // The primary is down (it greets with 421), so the backup takes the mail.
+    let primary = world.upstream(|o| o.greeting_421 = true).await;
+    let backup = world
+        .upstream(|o| {
+            o.implicit_tls = true;
+            o.auth = Some((BACKUP_USER.into(), BACKUP_PASSWORD.into()));
+        })
+        .await;
+    let port = free_port();
+    let config = TestConfig::new(world.path(), port)
+        .hostname("mx.ublog.tech")
+        .local_domains(&["localhost"])
+        .relay_to("papmx", &[primary.port()], &world.secrets, &world.ca_file)
+        .retry("1s", "2s")
+        .render()
+        .replace(
+            &format!("\"smtp+tls://papmx@127.0.0.1:{}\"", primary.port()),
+            &format!(
+                "[\"smtp+tls://primary@127.0.0.1:{}\", \"smtps://backup@127.0.0.1:{}\"]",
+                primary.port(),
+                backup.port()
+            ),
+        );
+    let daemon = Daemon::start(Path::new(BIN), world.path(), port, &config);
+    for n in 0..6 {
+        send(port, "app@ublog.tech", &["pim@example.org"], notification(n)).await;
+    }
+    let mut delivered = 0;
+    let deadline = Instant::now() + WAIT;
+    while delivered < 6 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        delivered = primary.count() + backup.count();
+    }
+    assert_eq!(delivered, 6, "{}", daemon.log());
+    assert_eq!(primary.count(), 0);
+    assert!(backup
+        .messages()
+        .iter()
+        .all(|r| r.auth_user.as_deref() == Some(BACKUP_USER)));
+    assert!(!daemon.log().contains("535"), "no member refused the credentials");
+}

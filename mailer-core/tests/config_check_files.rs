@@ -149,7 +149,7 @@ fn a_broken_secrets_line_is_reported_in_the_secrets_file() {
     assert_eq!(
         check(&s),
         [format!(
-            "{}:2:1: `backup` has no credentials: expected `label user:password`",
+            "{}:2:1: a single word, no `label user:password` (the line is not shown: it may hold a secret)",
             secrets.display()
         )]
     );

@@ -33,18 +33,16 @@ fn settings(ca: &TestCa, host: &str, sink: &Sink, security: Security, auth: bool
             host: host.to_string(),
             port: sink.port(),
             security,
+            credentials: auth.then(|| Credentials {
+                user: "alice".into(),
+                password: "correct horse".into(),
+            }),
         }],
     );
     settings.extra_roots = vec![ca.cert_der()];
     settings.connect_timeout = WAIT;
     settings.command_timeout = WAIT;
     settings.data_end_timeout = WAIT;
-    if auth {
-        settings.credentials = Some(Credentials {
-            user: "alice".into(),
-            password: "correct horse".into(),
-        });
-    }
     settings
 }
 

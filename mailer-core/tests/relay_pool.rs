@@ -24,6 +24,10 @@ fn member(at: SocketAddr, security: Security) -> Member {
         host: at.ip().to_string(),
         port: at.port(),
         security,
+        credentials: Some(Credentials {
+            user: "alice".into(),
+            password: "correct horse".into(),
+        }),
     }
 }
 
@@ -33,10 +37,6 @@ fn settings(ca: &TestCa, members: Vec<Member>) -> RelaySettings {
     settings.connect_timeout = WAIT;
     settings.command_timeout = WAIT;
     settings.data_end_timeout = WAIT;
-    settings.credentials = Some(Credentials {
-        user: "alice".into(),
-        password: "correct horse".into(),
-    });
     settings
 }
 
@@ -204,6 +204,7 @@ async fn all_members_failing_names_every_address() {
         host: "relay.invalid".into(),
         port: 25,
         security: Security::StartTls,
+        credentials: None,
     });
     let pool = Pool::new(settings(&ca, members), StaticResolver(HashMap::new())).unwrap();
     let recipients = [addr("ann@example.org"), addr("bob@example.org")];

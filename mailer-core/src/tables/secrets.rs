@@ -12,7 +12,7 @@ use std::path::Path;
 use crate::config::Diagnostic;
 
 /// A user name and password for SMTP AUTH.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Credentials {
     pub user: String,
     pub password: String,
@@ -54,10 +54,15 @@ impl Secrets {
                 .split_once([' ', '\t'])
                 .map(|(l, r)| (l, r.trim_start_matches([' ', '\t'])))
                 .unwrap_or((content, ""));
+            // Until the line has the `label user:password` shape, any word of it may be a
+            // secret (`user:password` without its label, a password alone), and messages go
+            // to the journal and to `systemctl status`: they name the position, never the text.
             if rest.is_empty() {
                 errors.push(error(
                     label_col,
-                    format!("`{label}` has no credentials: expected `label user:password`"),
+                    "a single word, no `label user:password` (the line is not shown: it may \
+                     hold a secret)"
+                        .to_string(),
                 ));
                 continue;
             }
@@ -65,10 +70,21 @@ impl Secrets {
             let Some((user, password)) = rest.split_once(':') else {
                 errors.push(error(
                     value_col,
-                    format!("credentials of `{label}` have no `:`: expected `user:password`"),
+                    "credentials have no `:`: expected `label user:password` (the line is not \
+                     shown: it may hold a secret)"
+                        .to_string(),
                 ));
                 continue;
             };
+            if label.contains(':') {
+                errors.push(error(
+                    label_col,
+                    "the label holds a `:`: expected `label user:password` (the line is not \
+                     shown: it may hold a secret)"
+                        .to_string(),
+                ));
+                continue;
+            }
             if user.is_empty() {
                 errors.push(error(value_col, format!("empty user name for `{label}`")));
                 continue;
@@ -196,12 +212,30 @@ mod tests {
         assert_eq!(
             parse("lonely\nnocolon userpass\nx :pw\ny u:\nok u:p\n").unwrap_err(),
             [
-                "secrets:1:1: `lonely` has no credentials: expected `label user:password`",
-                "secrets:2:9: credentials of `nocolon` have no `:`: expected `user:password`",
+                "secrets:1:1: a single word, no `label user:password` (the line is not shown: it may hold a secret)",
+                "secrets:2:9: credentials have no `:`: expected `label user:password` (the line is not shown: it may hold a secret)",
                 "secrets:3:3: empty user name for `x`",
                 "secrets:4:3: empty password for `y`",
             ]
         );
+    }
+
+    #[test]
+    fn a_malformed_line_is_never_echoed_in_the_error() {
+        // The shapes an admin writes by mistake: no label, no user, a password alone.
+        for text in [
+            "papmx:hunter2secret\n",
+            "hunter2secret\n",
+            "papmx hunter2secret\n",
+            "papmx:hunter2secret extrax:wordq\n",
+        ] {
+            let errors = parse(text).unwrap_err();
+            assert_eq!(errors.len(), 1, "{text:?}");
+            for secret in ["hunter2secret", "papmx", "extrax", "wordq"] {
+                assert!(!errors[0].contains(secret), "{text:?} echoed: {}", errors[0]);
+            }
+            assert!(errors[0].starts_with("secrets:1:"), "{}", errors[0]);
+        }
     }
 
     #[test]
@@ -272,7 +306,7 @@ mod tests {
         assert_eq!(
             Secrets::load(&path).unwrap_err()[0].to_string(),
             format!(
-                "{}:2:1: `broken` has no credentials: expected `label user:password`",
+                "{}:2:1: a single word, no `label user:password` (the line is not shown: it may hold a secret)",
                 path.display()
             )
         );

@@ -136,10 +136,35 @@ impl RelayDelivery {
 
 /// The relay client's settings for a relay action: members, credentials, trust anchors.
 fn settings(config: &Config, relay: &RelayAction) -> Result<RelaySettings, String> {
-    let members = relay
-        .relays
-        .iter()
-        .map(|url| Member {
+    let secrets = match &relay.auth {
+        None => None,
+        Some(table) => {
+            let path = config
+                .tables
+                .get(table)
+                .ok_or_else(|| format!("table {table} is not defined"))?;
+            let secrets = Secrets::load(path).map_err(|errs| {
+                errs.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+            Some((path, secrets))
+        }
+    };
+    let mut members = Vec::with_capacity(relay.relays.len());
+    for url in &relay.relays {
+        // Each member authenticates with the label of its own URL, or not at all.
+        let credentials = match (&secrets, &url.label) {
+            (Some((path, secrets)), Some(label)) => Some(
+                secrets
+                    .get(label)
+                    .cloned()
+                    .ok_or_else(|| format!("{}: no secret labelled {label}", path.display()))?,
+            ),
+            _ => None,
+        };
+        members.push(Member {
             host: url.host.clone(),
             port: url.port,
             security: match url.security {
@@ -147,30 +172,10 @@ fn settings(config: &Config, relay: &RelayAction) -> Result<RelaySettings, Strin
                 RelaySecurity::Implicit => Security::Implicit,
                 RelaySecurity::Plain => Security::Plain,
             },
-        })
-        .collect();
-    let mut settings = RelaySettings::new(config.hostname.clone(), members);
-    if let Some(table) = &relay.auth {
-        let path = config
-            .tables
-            .get(table)
-            .ok_or_else(|| format!("table {table} is not defined"))?;
-        let secrets = Secrets::load(path).map_err(|errs| {
-            errs.iter()
-                .map(|e| e.to_string())
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
-        let label = relay
-            .relays
-            .iter()
-            .find_map(|u| u.label.clone())
-            .ok_or_else(|| format!("table {table} is used but no relay URL names a label"))?;
-        let creds = secrets
-            .get(&label)
-            .ok_or_else(|| format!("{}: no secret labelled {label}", path.display()))?;
-        settings.credentials = Some(creds.clone());
+            credentials,
+        });
     }
+    let mut settings = RelaySettings::new(config.hostname.clone(), members);
     if let Some(ca) = &relay.ca_file {
         use rustls_pki_types::pem::PemObject;
         settings.extra_roots = rustls_pki_types::CertificateDer::pem_file_iter(ca)

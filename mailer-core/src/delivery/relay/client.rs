@@ -45,6 +45,8 @@ pub struct Endpoint {
     pub host: String,
     pub addr: SocketAddr,
     pub security: Security,
+    /// The member's own credentials (see [`super::Member::credentials`]).
+    pub credentials: Option<super::Credentials>,
 }
 
 impl Endpoint {
@@ -81,7 +83,7 @@ pub struct Connection {
 
 impl Connection {
     /// Connects, reads the greeting, says EHLO, upgrades to TLS as `endpoint.security` says
-    /// and authenticates when `settings.credentials` are set. Every failure is temporary.
+    /// and authenticates when the endpoint has credentials. Every failure is temporary.
     pub async fn open(
         endpoint: &Endpoint,
         settings: &RelaySettings,
@@ -136,7 +138,7 @@ impl Connection {
         }
 
         let fallback_allowed =
-            endpoint.security == Security::Plain && settings.credentials.is_none();
+            endpoint.security == Security::Plain && endpoint.credentials.is_none();
         conn.hello(&settings.helo_name, fallback_allowed).await?;
 
         if endpoint.security == Security::StartTls {
@@ -181,7 +183,7 @@ impl Connection {
             conn.hello(&settings.helo_name, false).await?;
         }
 
-        if let Some(credentials) = &settings.credentials {
+        if let Some(credentials) = &endpoint.credentials {
             conn.authenticate(&credentials.user, &credentials.password)
                 .await?;
         }

@@ -37,6 +37,9 @@ pub struct Member {
     pub host: String,
     pub port: u16,
     pub security: Security,
+    /// What this member is given at AUTH, from its own URL's label: a pool never hands one
+    /// host's password to another.
+    pub credentials: Option<Credentials>,
 }
 
 /// AUTH credentials, as the secrets table holds them. `Debug` hides the password.
@@ -48,7 +51,6 @@ pub struct RelaySettings {
     /// Our name in EHLO/HELO.
     pub helo_name: String,
     pub members: Vec<Member>,
-    pub credentials: Option<Credentials>,
     /// Trust anchors added to the web PKI roots (the `ca_file`).
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// TCP connect plus the greeting.
@@ -73,7 +75,6 @@ impl RelaySettings {
         RelaySettings {
             helo_name: helo_name.into(),
             members,
-            credentials: None,
             extra_roots: Vec::new(),
             connect_timeout: Duration::from_secs(120),
             command_timeout: Duration::from_secs(300),

@@ -388,6 +388,7 @@ impl Pool {
                 host: member.host.clone(),
                 addr: SocketAddr::new(ip, member.port),
                 security: member.security,
+                credentials: member.credentials.clone(),
             }));
         }
         (endpoints, errors)
@@ -428,6 +429,7 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: sink.port(),
                 security: Security::StartTls,
+                credentials: None,
             }],
         );
         settings.extra_roots = vec![ca.cert_der()];
