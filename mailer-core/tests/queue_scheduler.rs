@@ -104,3 +104,200 @@ async fn a_message_file_gone_missing_is_postponed_not_spun_on_and_its_envelope_k
         "its envelope stays for the admin"
     );
 }
+
+/// Delivers by action: `ok` delivers, `retry` defers, `gone` fails for good, `alias` expands to
+/// the address in `forward`. Remembers every job.
+#[derive(Default)]
+struct Scripted {
+    jobs: std::sync::Mutex<Vec<(Option<Address>, Vec<Address>, Vec<u8>)>>,
+    forward: Option<Address>,
+}
+
+impl Scripted {
+    fn deliveries_to(&self, to: &str) -> usize {
+        let jobs = self.jobs.lock().unwrap();
+        jobs.iter()
+            .filter(|(_, rcpts, _)| rcpts.iter().any(|r| r.to_string() == to))
+            .count()
+    }
+
+    /// Jobs whose envelope sender is null: the bounces.
+    fn bounces(&self) -> Vec<(Vec<Address>, Vec<u8>)> {
+        let jobs = self.jobs.lock().unwrap();
+        jobs.iter()
+            .filter(|(sender, _, _)| sender.is_none())
+            .map(|(_, r, m)| (r.clone(), m.clone()))
+            .collect()
+    }
+}
+
+impl Deliverer for Scripted {
+    async fn deliver(&self, job: Job) -> Attempt {
+        use mailer_core::delivery::{EnhancedStatus, Failure};
+        let rcpts: Vec<Address> = job
+            .recipients
+            .iter()
+            .map(|&i| job.envelope.recipients[i].address.clone())
+            .collect();
+        self.jobs.lock().unwrap().push((
+            job.envelope.sender.clone(),
+            rcpts,
+            job.message.to_vec(),
+        ));
+        let outcome = match job.action.as_str() {
+            "retry" => Outcome::Failed(Failure::temporary(EnhancedStatus(4, 2, 0), "busy")),
+            "gone" => Outcome::Failed(Failure::permanent(EnhancedStatus(5, 1, 1), "no such user")),
+            _ => Outcome::Delivered { reply: None },
+        };
+        let mut attempt = Attempt::of(job.recipients.iter().map(|_| outcome.clone()).collect());
+        if job.action == "alias" {
+            attempt.forwards = self.forward.iter().map(|a| (0, a.clone())).collect();
+        }
+        attempt
+    }
+    fn route(&self, to: &Address) -> Option<String> {
+        // Only this host's domain is routed (a local-only configuration).
+        (to.domain() == "ublog.tech").then(|| "ok".to_string())
+    }
+}
+
+fn message_to(recipients: &[(&str, &str)]) -> Incoming {
+    let mut m = incoming();
+    m.recipients = recipients
+        .iter()
+        .map(|(a, action)| AcceptedRecipient {
+            address: Address::parse(a).unwrap(),
+            action: action.to_string(),
+        })
+        .collect();
+    m
+}
+
+fn quick() -> Timing {
+    Timing {
+        retry_min: Duration::from_secs(1),
+        retry_max: Duration::from_secs(1),
+        lifetime: Duration::from_secs(3600),
+        warn_after: Duration::ZERO,
+    }
+}
+
+/// Runs the scheduler for `d`, then stops it.
+async fn run_for<D: Deliverer>(scheduler: &Arc<Scheduler<D>>, d: Duration) {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scheduler.clone().run(shutdown));
+    tokio::time::sleep(d).await;
+    let _ = stop.send(true);
+    let _ = running.await;
+}
+
+/// Makes every envelope write fail (as on a full disk) until the returned guard is dropped:
+/// the spool's `tmp/` becomes a plain file.
+struct BrokenTmp(std::path::PathBuf);
+
+impl BrokenTmp {
+    fn new(root: &std::path::Path) -> BrokenTmp {
+        std::fs::rename(root.join("tmp"), root.join("tmp.away")).unwrap();
+        std::fs::write(root.join("tmp"), b"not a directory").unwrap();
+        BrokenTmp(root.to_path_buf())
+    }
+}
+
+impl Drop for BrokenTmp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0.join("tmp"));
+        let _ = std::fs::rename(self.0.join("tmp.away"), self.0.join("tmp"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_envelope_write_never_sends_a_delivered_recipient_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(dir.path()).unwrap());
+    let m = message_to(&[("a@example.org", "ok"), ("b@example.org", "retry")]);
+    spool.store(&Envelope::from_incoming(&m), &m.message).unwrap();
+    let deliverer = Arc::new(Scripted::default());
+    let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), quick(), "mx.test".into());
+    scheduler.enqueue(Envelope::from_incoming(&m));
+
+    let broken = BrokenTmp::new(dir.path());
+    run_for(&scheduler, Duration::from_millis(3500)).await;
+    assert_eq!(deliverer.deliveries_to("a@example.org"), 1, "a is delivered once");
+    assert_eq!(
+        deliverer.deliveries_to("b@example.org"),
+        0,
+        "nothing more is sent while the state cannot be written"
+    );
+    let queued = scheduler.get(m.id).expect("still queued");
+    assert_eq!(queued.recipients[0].state, RecipientState::Delivered, "memory keeps it");
+    assert_eq!(
+        spool.read_envelope(m.id).unwrap().recipients[0].state,
+        RecipientState::Pending,
+        "the disk could not be told yet"
+    );
+
+    drop(broken);
+    run_for(&scheduler, Duration::from_millis(3500)).await;
+    assert_eq!(
+        spool.read_envelope(m.id).unwrap().recipients[0].state,
+        RecipientState::Delivered,
+        "written once the disk takes it"
+    );
+    assert!(deliverer.deliveries_to("b@example.org") >= 1, "b is tried");
+    assert_eq!(deliverer.deliveries_to("a@example.org"), 1, "a never again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_removal_never_sends_the_message_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(dir.path()).unwrap());
+    let m = message_to(&[("a@example.org", "ok")]);
+    spool.store(&Envelope::from_incoming(&m), &m.message).unwrap();
+    let deliverer = Arc::new(Scripted::default());
+    let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), quick(), "mx.test".into());
+    scheduler.enqueue(Envelope::from_incoming(&m));
+
+    // The envelope cannot be removed (nor replaced): an I/O error on every try.
+    let env = dir.path().join(format!("q/{}.env", m.id));
+    std::fs::remove_file(&env).unwrap();
+    std::fs::create_dir(&env).unwrap();
+    std::fs::write(env.join("x"), b"x").unwrap();
+    run_for(&scheduler, Duration::from_millis(3500)).await;
+    assert_eq!(deliverer.deliveries_to("a@example.org"), 1);
+    assert!(scheduler.get(m.id).is_some_and(|e| e.is_done()));
+
+    std::fs::remove_dir_all(&env).unwrap();
+    run_for(&scheduler, Duration::from_millis(3500)).await;
+    assert_eq!(deliverer.deliveries_to("a@example.org"), 1, "never sent again");
+    assert!(scheduler.get(m.id).is_none(), "removed once it can be");
+    assert!(!spool.message_path(m.id).exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_target_no_rule_routes_bounces_to_the_sender() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(dir.path()).unwrap());
+    let m = message_to(&[("root@localhost", "alias")]);
+    spool.store(&Envelope::from_incoming(&m), &m.message).unwrap();
+    let deliverer = Arc::new(Scripted {
+        forward: Some(Address::parse("me@example.org").unwrap()),
+        ..Scripted::default()
+    });
+    let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), quick(), "mx.test".into());
+    scheduler.enqueue(Envelope::from_incoming(&m));
+    run_for(&scheduler, Duration::from_millis(1500)).await;
+
+    let bounces = deliverer.bounces();
+    assert_eq!(bounces.len(), 1, "one DSN");
+    assert_eq!(bounces[0].0[0].to_string(), "app@ublog.tech");
+    let dsn = String::from_utf8_lossy(&bounces[0].1);
+    for part in [
+        "Final-Recipient: rfc822; me@example.org",
+        "Original-Recipient: rfc822; root@localhost",
+        "Status: 5.4.4",
+        "alias root@localhost expands to me@example.org,",
+    ] {
+        assert!(dsn.contains(part), "{part} missing in:\n{dsn}");
+    }
+    assert!(scheduler.get(m.id).is_none(), "the message is done");
+}

@@ -68,7 +68,24 @@ pub trait Deliverer: Send + Sync + 'static {
 struct State {
     messages: BTreeMap<QueueId, Envelope>,
     in_flight: HashSet<QueueId>,
+    /// Messages whose state in memory is newer than on disk (a write failed: disk full, I/O
+    /// error), with the unix second of the next write attempt. Until the write succeeds they
+    /// are not delivered: what memory says was delivered stays delivered, and nothing more
+    /// is sent that a crash could make us send again.
+    unsynced: BTreeMap<QueueId, i64>,
 }
+
+/// Why an attempt stopped early.
+enum Stop {
+    /// The message could not be read: nothing was delivered, the state is unchanged.
+    Read(io::Error),
+    /// A new state could not be written: memory holds it, the disk the previous one.
+    Write(io::Error),
+}
+
+/// How soon a failed queue write is tried again at most: soon, since deliveries of the
+/// message wait for it (never later than `retry_min`), but not in a tight loop on a full disk.
+const SYNC_RETRY_MAX: Duration = Duration::from_secs(5);
 
 pub struct Scheduler<D> {
     spool: Arc<Spool>,
@@ -101,6 +118,7 @@ impl<D: Deliverer> Scheduler<D> {
             state: Mutex::new(State {
                 messages: BTreeMap::new(),
                 in_flight: HashSet::new(),
+                unsynced: BTreeMap::new(),
             }),
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(PARALLEL_MESSAGES)),
@@ -141,6 +159,8 @@ impl<D: Deliverer> Scheduler<D> {
         f(&mut updated);
         self.spool.update(&updated)?;
         *env = updated;
+        // The whole envelope was written: a write that failed before is made good.
+        state.unsynced.remove(&id);
         drop(state);
         self.wake.notify_one();
         Ok(true)
@@ -226,16 +246,15 @@ impl<D: Deliverer> Scheduler<D> {
             r.last_error = Some(reason.to_string());
             failed.push((i, failure));
         }
+        // The bounce first: if it cannot be stored, the message stays as it was.
         if !failed.is_empty() {
             self.bounce(&env, &message, &failed, DsnKind::Failure, now)
-                .await;
+                .await?;
         }
-        self.persist(&env).await?;
-        let spool = self.spool.clone();
-        tokio::task::spawn_blocking(move || spool.remove(id))
-            .await
-            .map_err(io::Error::other)??;
-        self.lock().messages.remove(&id);
+        if let Err(e) = self.sync(&env).await {
+            self.keep_unsynced(env, &e);
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -269,6 +288,7 @@ impl<D: Deliverer> Scheduler<D> {
         }
         self.spool.remove(id)?;
         state.messages.remove(&id);
+        state.unsynced.remove(&id);
         Ok(true)
     }
 
@@ -315,15 +335,20 @@ impl<D: Deliverer> Scheduler<D> {
         let mut due = Vec::new();
         let mut next: Option<i64> = None;
         for (id, env) in &state.messages {
-            if env.held || state.in_flight.contains(id) {
+            if state.in_flight.contains(id) {
                 continue;
             }
-            let earliest = env
-                .recipients
-                .iter()
-                .filter(|r| r.state == RecipientState::Pending)
-                .map(|r| r.next_attempt)
-                .min();
+            // A failed write waits for its own retry, held or not.
+            let earliest = match state.unsynced.get(id) {
+                Some(&retry) => Some(retry),
+                None if env.held => continue,
+                None => env
+                    .recipients
+                    .iter()
+                    .filter(|r| r.state == RecipientState::Pending)
+                    .map(|r| r.next_attempt)
+                    .min(),
+            };
             match earliest {
                 Some(t) if t <= now_s => due.push(*id),
                 Some(t) => next = Some(next.map_or(t, |n: i64| n.min(t))),
@@ -338,18 +363,81 @@ impl<D: Deliverer> Scheduler<D> {
     }
 
     async fn attempt(self: Arc<Self>, id: QueueId) {
-        let env = self.lock().messages.get(&id).cloned();
-        if let Some(env) = env {
-            if let Err(e) = self.attempt_message(env).await {
-                tracing::error!(queue_id = %id, error = %e, "cannot read or update the queue");
-                self.postpone(id, &e);
-            }
+        let claimed = {
+            let state = self.lock();
+            state
+                .messages
+                .get(&id)
+                .cloned()
+                .map(|env| (env, state.unsynced.contains_key(&id)))
+        };
+        if let Some((mut env, unsynced)) = claimed {
+            self.attempt_claimed(&mut env, unsynced).await;
         }
         self.lock().in_flight.remove(&id);
         self.wake.notify_one();
     }
 
-    /// After a spool error the message keeps its state on disk; in memory it waits one retry
+    async fn attempt_claimed(&self, env: &mut Envelope, unsynced: bool) {
+        let id = env.id;
+        if unsynced {
+            // The write that failed comes first; nothing is delivered until it is made.
+            if let Err(e) = self.sync(env).await {
+                let env = env.clone();
+                return self.keep_unsynced(env, &e);
+            }
+            self.lock().unsynced.remove(&id);
+            tracing::info!(queue_id = %id, "queue state written after an earlier failure");
+            if env.is_done() {
+                return;
+            }
+        }
+        match self.attempt_message(env).await {
+            Ok(()) if env.is_done() => {}
+            Ok(()) => {
+                self.lock().messages.insert(id, env.clone());
+            }
+            Err(Stop::Read(e)) => {
+                tracing::error!(queue_id = %id, error = %e, "cannot read the queued message");
+                self.postpone(id, &e);
+            }
+            Err(Stop::Write(e)) => self.keep_unsynced(env.clone(), &e),
+        }
+    }
+
+    /// Keeps `env` as the message's state in memory after its write failed, and schedules
+    /// the write again.
+    fn keep_unsynced(&self, env: Envelope, error: &io::Error) {
+        tracing::error!(
+            queue_id = %env.id,
+            error = %error,
+            "cannot write the queue; the message's state is kept in memory and its deliveries wait for the write"
+        );
+        let wait = self.timing().retry_min.min(SYNC_RETRY_MAX).as_secs().max(1);
+        let retry = unix_seconds(SystemTime::now()) + wait as i64;
+        let mut state = self.lock();
+        state.unsynced.insert(env.id, retry);
+        state.messages.insert(env.id, env);
+    }
+
+    /// Writes the message's state: its envelope, or, once every recipient is done, its
+    /// removal from the queue. On success the message leaves memory when done.
+    async fn sync(&self, env: &Envelope) -> io::Result<()> {
+        let spool = self.spool.clone();
+        let id = env.id;
+        if env.is_done() {
+            blocking(move || spool.remove(id)).await?;
+            let mut state = self.lock();
+            state.messages.remove(&id);
+            state.unsynced.remove(&id);
+        } else {
+            let env = env.clone();
+            blocking(move || spool.update(&env)).await?;
+        }
+        Ok(())
+    }
+
+    /// After the message file could not be read (nothing was delivered) it waits one retry
     /// interval, so a missing or unreadable file is not retried in a tight loop.
     fn postpone(&self, id: QueueId, error: &io::Error) {
         let retry =
@@ -364,21 +452,29 @@ impl<D: Deliverer> Scheduler<D> {
         }
     }
 
-    async fn attempt_message(&self, mut env: Envelope) -> io::Result<()> {
+    /// Delivers the due recipients of `env`, group by group, and records each group's
+    /// outcome before the next: the bounce for its failures first, then the new state.
+    async fn attempt_message(&self, env: &mut Envelope) -> Result<(), Stop> {
         let id = env.id;
         let spool = self.spool.clone();
-        let message = Arc::new(blocking(move || spool.read_message(id)).await?);
+        let message = Arc::new(
+            blocking(move || spool.read_message(id))
+                .await
+                .map_err(Stop::Read)?,
+        );
         let now = SystemTime::now();
         let now_s = unix_seconds(now);
         let timing = self.timing();
         let expires = env.arrived + timing.lifetime.as_secs() as i64;
+        let retry_at = |attempts| next_attempt(&timing, now_s, attempts, expires);
 
-        let mut failed = expire(&mut env, now_s, expires);
+        let mut failed = expire(env, now_s, expires);
         for (i, f) in &failed {
             self.deliverer
-                .observe(&env, &env.recipients[*i], &Outcome::Failed(f.clone()));
+                .observe(env, &env.recipients[*i], &Outcome::Failed(f.clone()));
         }
-        for (action, indices) in due_groups(&env, now_s) {
+        let mut settled = false;
+        for (action, indices) in due_groups(env, now_s) {
             let job = Job {
                 envelope: Arc::new(env.clone()),
                 action,
@@ -388,56 +484,82 @@ impl<D: Deliverer> Scheduler<D> {
             let attempt = self.deliverer.deliver(job).await;
             for (pos, &i) in indices.iter().enumerate() {
                 if let Some(outcome) = attempt.outcomes.get(pos) {
-                    self.deliverer.observe(&env, &env.recipients[i], outcome);
+                    self.deliverer.observe(env, &env.recipients[i], outcome);
                 }
             }
-            failed.extend(record(&mut env, &indices, &attempt.outcomes, |attempts| {
-                next_attempt(&timing, now_s, attempts, expires)
-            }));
+            failed.extend(record(env, &indices, &attempt.outcomes, retry_at));
             for (pos, address) in attempt.forwards {
-                if let Some(&from) = indices.get(pos) {
-                    let action = self.deliverer.route(&address);
-                    if !add_forward(&mut env, from, address.clone(), action, now_s) {
-                        tracing::warn!(queue_id = %id, to = %address, "alias target matches no rule; dropped");
-                    }
+                let Some(&from) = indices.get(pos) else {
+                    continue;
+                };
+                let action = self.deliverer.route(&address);
+                if let Some(unrouted) = add_forward(env, from, address, action, now_s) {
+                    let i = env.recipients.len() - 1;
+                    self.deliverer
+                        .observe(env, &env.recipients[i], &Outcome::Failed(unrouted.clone()));
+                    failed.push((i, unrouted));
                 }
             }
             // Durable before the next group: a delivered recipient is never sent again.
-            self.persist(&env).await?;
+            self.settle(env, &mut failed, &message, now, &retry_at)
+                .await?;
+            settled = true;
+        }
+        // Expiries without a delivery, or a message found finished.
+        if !failed.is_empty() || (!settled && env.is_done()) {
+            self.settle(env, &mut failed, &message, now, &retry_at)
+                .await?;
         }
 
-        if !failed.is_empty() {
-            self.bounce(&env, &message, &failed, DsnKind::Failure, now)
-                .await;
-            self.persist(&env).await?;
-        }
-        if let Some(delayed) = delay_notice_due(&env, &timing, now_s) {
+        if let Some(delayed) = delay_notice_due(env, &timing, now_s) {
             let until = from_unix_seconds(expires);
-            self.bounce(&env, &message, &delayed, DsnKind::Delay { until }, now)
-                .await;
-            env.warned = true;
-            self.persist(&env).await?;
-        }
-
-        if env.is_done() {
-            let spool = self.spool.clone();
-            blocking(move || spool.remove(id)).await?;
-            self.lock().messages.remove(&id);
-        } else {
-            self.lock().messages.insert(id, env);
+            match self
+                .bounce(env, &message, &delayed, DsnKind::Delay { until }, now)
+                .await
+            {
+                Ok(()) => {
+                    env.warned = true;
+                    self.sync(env).await.map_err(Stop::Write)?;
+                }
+                // Not marked as warned: the notice is tried again at the next attempt.
+                Err(e) => tracing::error!(queue_id = %id, error = %e, "cannot queue the delay notice"),
+            }
         }
         Ok(())
     }
 
-    async fn persist(&self, env: &Envelope) -> io::Result<()> {
-        let spool = self.spool.clone();
-        let env = env.clone();
-        tokio::task::spawn_blocking(move || spool.update(&env))
-            .await
-            .map_err(io::Error::other)?
+    /// Makes the outcome so far durable: the DSN for `failed` is stored before the failed
+    /// state is written, so a crash in between repeats the bounce instead of losing it. A
+    /// DSN that cannot be stored leaves its recipients pending, to fail (and bounce) again
+    /// at their next attempt.
+    async fn settle(
+        &self,
+        env: &mut Envelope,
+        failed: &mut Vec<(usize, Failure)>,
+        message: &[u8],
+        now: SystemTime,
+        retry_at: &impl Fn(u32) -> i64,
+    ) -> Result<(), Stop> {
+        if !failed.is_empty() {
+            if let Err(e) = self
+                .bounce(env, message, failed, DsnKind::Failure, now)
+                .await
+            {
+                tracing::error!(queue_id = %env.id, error = %e, "cannot queue the bounce; the recipients stay pending");
+                for (i, f) in failed.iter() {
+                    let r = &mut env.recipients[*i];
+                    r.state = RecipientState::Pending;
+                    r.next_attempt = retry_at(r.attempts.max(1));
+                    r.last_error = Some(format!("{} (the bounce could not be queued: {e})", f.reason));
+                }
+            }
+            failed.clear();
+        }
+        self.sync(env).await.map_err(Stop::Write)
     }
 
-    /// Sends a DSN about `recipients` to the original sender; never for a bounce.
+    /// Queues a DSN about `recipients` to the original sender; never for a bounce. Ok when
+    /// the DSN is durable, or when there is nobody to send it to.
     async fn bounce(
         &self,
         env: &Envelope,
@@ -445,13 +567,13 @@ impl<D: Deliverer> Scheduler<D> {
         recipients: &[(usize, Failure)],
         kind: DsnKind,
         now: SystemTime,
-    ) {
+    ) -> io::Result<()> {
         let Some(sender) = env.sender.clone() else {
-            return;
+            return Ok(());
         };
         let Some(action) = self.deliverer.route(&sender) else {
             tracing::warn!(queue_id = %env.id, to = %sender, "no rule routes the bounce; not sent");
-            return;
+            return Ok(());
         };
         let postmaster = Address::from_parts("MAILER-DAEMON", &self.hostname)
             .unwrap_or_else(|_| Address::parse("MAILER-DAEMON@localhost").expect("valid literal"));
@@ -508,16 +630,10 @@ impl<D: Deliverer> Scheduler<D> {
         };
         let spool = self.spool.clone();
         let stored = bounce.clone();
-        match tokio::task::spawn_blocking(move || spool.store(&stored, &dsn)).await {
-            Ok(Ok(())) => {
-                tracing::info!(queue_id = %id, about = %env.id, to = %sender, "bounce queued");
-                self.enqueue(bounce);
-            }
-            Ok(Err(e)) => {
-                tracing::error!(queue_id = %env.id, error = %e, "cannot queue the bounce")
-            }
-            Err(e) => tracing::error!(queue_id = %env.id, error = %e, "cannot queue the bounce"),
-        }
+        blocking(move || spool.store(&stored, &dsn)).await?;
+        tracing::info!(queue_id = %id, about = %env.id, to = %sender, "bounce queued");
+        self.enqueue(bounce);
+        Ok(())
     }
 }
 
@@ -607,36 +723,47 @@ fn record(
     failed
 }
 
-/// Adds an alias target of recipient `from` as a new recipient (unless already there).
-/// Returns false when no action routes it.
+/// Adds an alias target of recipient `from` as a new recipient (unless already there). A
+/// target no rule routes is added as failed, and its failure returned for the DSN: mail to
+/// an alias must never vanish with only a log line.
 fn add_forward(
     env: &mut Envelope,
     from: usize,
     address: Address,
     action: Option<String>,
     now: i64,
-) -> bool {
+) -> Option<Failure> {
     if env.recipients.iter().any(|r| r.address == address) {
-        return true;
+        return None;
     }
-    let Some(action) = action else {
-        return false;
-    };
     let source = &env.recipients[from];
     let original = source
         .original
         .clone()
         .unwrap_or_else(|| source.address.clone());
+    let unrouted = action.is_none().then(|| {
+        Failure::permanent(
+            EnhancedStatus(5, 4, 4),
+            format!(
+                "alias {} expands to {address}, which no match rule routes",
+                source.address
+            ),
+        )
+    });
     env.recipients.push(Recipient {
-        address,
-        action,
-        state: RecipientState::Pending,
+        action: action.unwrap_or_default(),
+        state: if unrouted.is_some() {
+            RecipientState::Failed
+        } else {
+            RecipientState::Pending
+        },
         attempts: 0,
         next_attempt: now,
-        last_error: None,
+        last_error: unrouted.as_ref().map(|f| f.reason.clone()),
         original: Some(original),
+        address,
     });
-    true
+    unrouted
 }
 
 /// The recipients to name in a delay notice, if one is due: once per message, after
@@ -791,31 +918,29 @@ mod tests {
     fn forwards_remember_the_original_recipient_once() {
         let mut env = envelope(&[("root@localhost", "local")]);
         let pim = Address::parse("pim@example.org").unwrap();
-        assert!(add_forward(
-            &mut env,
-            0,
-            pim.clone(),
-            Some("out".into()),
-            1_000
-        ));
-        assert!(add_forward(
-            &mut env,
-            0,
-            pim.clone(),
-            Some("out".into()),
-            1_000
-        ));
+        assert!(add_forward(&mut env, 0, pim.clone(), Some("out".into()), 1_000).is_none());
+        assert!(add_forward(&mut env, 0, pim.clone(), Some("out".into()), 1_000).is_none());
         assert_eq!(env.recipients.len(), 2);
         assert_eq!(
             env.recipients[1].original.as_ref().unwrap().to_string(),
             "root@localhost"
         );
-        assert!(!add_forward(
-            &mut env,
-            0,
-            Address::parse("x@y.org").unwrap(),
-            None,
-            1_000
-        ));
+        assert_eq!(env.recipients[1].state, RecipientState::Pending);
+    }
+
+    #[test]
+    fn an_unrouted_alias_target_is_a_failed_recipient_not_a_silent_drop() {
+        let mut env = envelope(&[("root@localhost", "local")]);
+        let me = Address::parse("me@example.org").unwrap();
+        let failure = add_forward(&mut env, 0, me.clone(), None, 1_000).expect("a failure");
+        assert!(failure.permanent);
+        assert_eq!(failure.status, EnhancedStatus(5, 4, 4));
+        assert_eq!(
+            failure.reason,
+            "alias root@localhost expands to me@example.org, which no match rule routes"
+        );
+        let r = &env.recipients[1];
+        assert_eq!((&r.address, r.state), (&me, RecipientState::Failed));
+        assert_eq!(r.original.as_ref().unwrap().to_string(), "root@localhost");
     }
 }

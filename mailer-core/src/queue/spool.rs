@@ -269,11 +269,13 @@ impl Spool {
         self.q_sync.sync()
     }
 
-    /// Removes a message whose recipients are all done. The envelope goes first, so a crash
-    /// in between leaves only an orphaned message file, which the next start removes.
+    /// Removes a message whose recipients are all done. The envelope goes first, and its
+    /// removal is made durable, so a crash can neither bring back an envelope whose last
+    /// written state still had recipients pending, nor leave more than an orphaned message
+    /// file, which the next start removes.
     pub fn remove(&self, id: QueueId) -> io::Result<()> {
         match fs::remove_file(self.envelope_path(id)) {
-            Ok(()) => {}
+            Ok(()) => self.q_sync.sync()?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
