@@ -521,3 +521,57 @@ fn sendmail_bs_relays_an_smtp_session_on_stdin_to_the_daemon() {
         "{mbox}"
     );
 }
+
+/// `root: me@example.org` under a configuration that only delivers locally: the alias target
+/// has no way out, so the sender is told (5.4.4) instead of the mail vanishing, and `mailer
+/// config check` warns about the alias before any mail is sent.
+#[test]
+fn an_alias_to_a_domain_no_rule_routes_bounces_and_config_check_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(
+        dir.path().join("aliases"),
+        "# mail for root leaves this host\nroot: me@example.org\n",
+    )
+    .unwrap();
+    let daemon = TestConfig::new(dir.path(), free_port())
+        .aliases(&dir.path().join("aliases"))
+        .local_mail(&dir.path().join("mail"))
+        .start(Path::new(BIN));
+
+    let check = daemon.cli(&["config", "check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", stderr(&check));
+    let warning = stderr(&check);
+    assert!(
+        warning.contains(&format!(
+            "{}:2: alias `root` expands to me@example.org, which no match rule routes: mail to it will bounce (warning)",
+            dir.path().join("aliases").display()
+        )),
+        "{warning}"
+    );
+
+    client(daemon.port)
+        .send_raw(
+            &envelope(&format!("{LOCAL_USER}@mx.test"), "root@mx.test"),
+            b"Subject: disk alert\r\n\r\nsda1 is full",
+        )
+        .expect("accepted");
+    let mbox = dir.path().join("mail").join(LOCAL_USER);
+    let dsn = eventually(Duration::from_secs(20), || {
+        fs::read_to_string(&mbox)
+            .ok()
+            .filter(|t| t.contains("Status: 5.4.4"))
+    })
+    .unwrap_or_else(|| panic!("no bounce for the sender:\n{}", daemon.log()));
+    assert!(dsn.contains("Final-Recipient: rfc822; me@example.org"), "{dsn}");
+    assert!(dsn.contains("Original-Recipient: rfc822; root@mx.test"), "{dsn}");
+    assert!(dsn.contains("Subject: disk alert"), "{dsn}");
+    let queue = dir.path().join("queue");
+    assert!(
+        eventually(Duration::from_secs(10), || daemon
+            .queued_envelopes(&queue)
+            .is_empty()
+            .then_some(()))
+        .is_some(),
+        "nothing is left in the queue"
+    );
+}

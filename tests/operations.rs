@@ -301,6 +301,52 @@ async fn queue_list_and_show_read_the_queue_directory_when_the_daemon_is_down() 
     assert!(stderr.contains("the daemon is not running"), "{stderr}");
 }
 
+/// Postfix's `corrupt` queue: a file the daemon cannot use at start is set aside with its
+/// reason, named by `mailer queue list` and counted; the rest of the queue is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_queue_file_is_set_aside_listed_and_counted_and_the_daemon_starts() {
+    let setup = Setup::new(SinkOptions::default()).await;
+    setup.down.store(true, Ordering::SeqCst);
+    let mut daemon = setup.start("1s");
+    let broken = send(setup.port, "a@ublog.tech", "b@example.org", "broken");
+    let intact = send(setup.port, "a@ublog.tech", "b@example.org", "intact");
+    wait_deferred(&daemon, &broken);
+    wait_deferred(&daemon, &intact);
+    daemon.terminate(WAIT);
+
+    let queue = setup.queue_dir();
+    fs::write(queue.join(format!("q/{broken}.env")), b"{ truncated").unwrap();
+    // A leftover that cannot be unlinked (a directory), which used to stop the start.
+    fs::create_dir_all(queue.join("tmp/stray/x")).unwrap();
+    setup.down.store(false, Ordering::SeqCst);
+    daemon.restart();
+
+    assert!(
+        setup.sink.wait_for_count(1, WAIT).await == 1,
+        "the intact message is delivered:\n{}",
+        daemon.log()
+    );
+    let table = cli_ok(&daemon, &["queue", "list"]);
+    assert!(table.contains("Set aside as corrupt"), "{table}");
+    assert!(
+        table.contains(&format!("corrupt/{broken}.env: unreadable envelope: ")),
+        "{table}"
+    );
+    assert!(table.contains(&format!("corrupt/{broken}.msg: ")), "{table}");
+    assert!(
+        table.contains("corrupt/stray: leftover temporary file cannot be removed"),
+        "{table}"
+    );
+    let metrics = scrape(setup.metrics_port);
+    assert_eq!(sample(&metrics, "mailer_queue_corrupt_files"), Some(3.0), "{metrics}");
+    let log = daemon.log();
+    assert!(log.contains("queue file set aside"), "{log}");
+    assert!(
+        fs::read_to_string(queue.join(format!("corrupt/{broken}.msg"))).unwrap().contains("Subject: broken"),
+        "the message itself is kept for the admin"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_uid_not_permitted_is_refused_on_the_control_socket() {
     // SAFETY: getuid has no preconditions.

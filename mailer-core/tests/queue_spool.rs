@@ -96,18 +96,58 @@ fn a_message_whose_envelope_was_never_committed_is_dropped() {
 }
 
 #[test]
-fn a_corrupt_envelope_is_reported_and_its_message_kept() {
+fn a_corrupt_envelope_is_set_aside_with_its_message_and_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open(dir.path()).unwrap();
+    let m = incoming(b"x\r\n");
+    let good = incoming(b"y\r\n");
+    for m in [&m, &good] {
+        spool
+            .store(&Envelope::from_incoming(m), &m.message)
+            .unwrap();
+    }
+    fs::write(dir.path().join(format!("q/{}.env", m.id)), b"not json").unwrap();
+    // A read-only load (mailer queue list without a daemon) only reports it.
+    let report = spool.load(false).unwrap();
+    assert_eq!(report.corrupt.len(), 1);
+    assert!(spool.message_path(m.id).exists());
+
+    let report = spool.load(true).unwrap();
+    assert_eq!(report.envelopes.len(), 1, "the good message loads");
+    assert_eq!(report.envelopes[0].id, good.id);
+    let corrupt = spool.corrupt().unwrap();
+    let names: Vec<String> = corrupt
+        .iter()
+        .map(|c| c.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, [format!("{}.env", m.id), format!("{}.msg", m.id)]);
+    assert!(corrupt[0].reason.starts_with("unreadable envelope: "), "{:?}", corrupt[0]);
+    assert_eq!(fs::read(&corrupt[1].path).unwrap(), b"x\r\n", "the message is kept");
+    assert!(!spool.message_path(m.id).exists());
+    // Gone from the queue for good: the next start finds nothing to set aside.
+    assert!(spool.load(true).unwrap().corrupt.is_empty());
+}
+
+#[test]
+fn a_leftover_temporary_file_that_cannot_be_removed_does_not_stop_the_load() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let m = incoming(b"x\r\n");
     spool
         .store(&Envelope::from_incoming(&m), &m.message)
         .unwrap();
-    fs::write(dir.path().join(format!("q/{}.env", m.id)), b"not json").unwrap();
+    // A directory where a temporary file should be: unlink(2) fails with EISDIR.
+    fs::create_dir(dir.path().join("tmp/stray")).unwrap();
     let report = spool.load(true).unwrap();
-    assert!(report.envelopes.is_empty());
+    assert_eq!(report.envelopes.len(), 1);
     assert_eq!(report.corrupt.len(), 1);
-    assert!(spool.message_path(m.id).exists());
+    assert!(
+        report.corrupt[0].1.starts_with("leftover temporary file cannot be removed"),
+        "{:?}",
+        report.corrupt
+    );
+    assert!(dir.path().join("corrupt/stray").is_dir());
+    assert!(dir.path().join("corrupt/stray.reason").is_file());
 }
 
 #[test]

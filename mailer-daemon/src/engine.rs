@@ -99,7 +99,10 @@ impl Engine {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("cannot read the queue {}: {e}", config.queue_dir.display()))?;
         for (path, reason) in &report.corrupt {
-            tracing::error!(file = %path.display(), %reason, "unreadable envelope left in the queue");
+            tracing::error!(file = %path.display(), %reason, "queue file set aside; see `mailer queue list`");
+        }
+        for warning in mailer_core::delivery::alias_warnings(config) {
+            tracing::warn!("{warning}");
         }
         let loaded = report.envelopes.len();
         for env in report.envelopes {

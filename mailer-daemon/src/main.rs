@@ -121,6 +121,9 @@ fn config_check(path: Option<&Path>) -> ExitCode {
     for w in &config.warnings {
         eprintln!("{w} (warning)");
     }
+    for w in mailer_core::delivery::alias_warnings(&config) {
+        eprintln!("{w} (warning)");
+    }
     let problems = engine::check_files(&config);
     if problems.is_empty() {
         println!("{}: ok", config.source.display());

@@ -93,6 +93,7 @@ pub struct Metrics {
     pub queue_messages: Gauge,
     pub queue_held: Gauge,
     pub queue_oldest_age: Gauge,
+    pub queue_corrupt: Gauge,
     pub check_status: Family<Check, Gauge>,
     pub reloads: Family<Outcome, Counter>,
     registry: Mutex<Registry>,
@@ -122,6 +123,7 @@ impl Metrics {
             queue_messages: Gauge::default(),
             queue_held: Gauge::default(),
             queue_oldest_age: Gauge::default(),
+            queue_corrupt: Gauge::default(),
             check_status: Family::default(),
             reloads: Family::default(),
             registry: Mutex::new(Registry::default()),
@@ -196,6 +198,11 @@ impl Metrics {
             "mailer_queue_oldest_age_seconds",
             "Age of the oldest message in the queue (0 when empty)",
             m.queue_oldest_age.clone(),
+        );
+        r.register(
+            "mailer_queue_corrupt_files",
+            "Queue files set aside in corrupt/ because they could not be used",
+            m.queue_corrupt.clone(),
         );
         r.register(
             "mailer_check_status",
@@ -284,6 +291,10 @@ fn refresh(engine: &Engine) {
     let oldest = queue.iter().map(|e| e.arrived).min();
     m.queue_oldest_age
         .set(oldest.map_or(0, |t| now.saturating_sub(t).max(0)));
+    // A short directory listing: the admin has to act on each of these files.
+    if let Ok(corrupt) = engine.spool().corrupt() {
+        m.queue_corrupt.set(corrupt.len() as i64);
+    }
     m.relay_connections.clear();
     m.relay_breaker_open.clear();
     for status in engine.relay_status() {

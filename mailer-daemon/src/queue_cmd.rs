@@ -200,7 +200,7 @@ fn list(config: &Config, as_json: bool) -> ExitCode {
                 }
             };
             for (path, reason) in &report.corrupt {
-                eprintln!("{}: unreadable envelope: {reason}", path.display());
+                eprintln!("{}: {reason}", path.display());
             }
             report.envelopes
         }
@@ -210,14 +210,36 @@ fn list(config: &Config, as_json: bool) -> ExitCode {
         }
     };
     let now = unix_seconds(SystemTime::now());
+    // Files the daemon set aside: read from the directory, readable by whoever may use the
+    // control socket (root and the daemon's user).
+    let corrupt = Spool::corrupt_in(&config.queue_dir).unwrap_or_else(|e| {
+        eprintln!(
+            "mailer queue list: cannot read {}/corrupt: {e}",
+            config.queue_dir.display()
+        );
+        Vec::new()
+    });
     if as_json {
         let array: Vec<Value> = envelopes.iter().map(entry_json).collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&array).unwrap_or_else(|_| "[]".into())
         );
+        if !corrupt.is_empty() {
+            eprintln!(
+                "{} corrupt queue file(s) in {}/corrupt: `mailer queue list` names them",
+                corrupt.len(),
+                config.queue_dir.display()
+            );
+        }
     } else {
         print!("{}", render_table(&envelopes, now));
+        if !corrupt.is_empty() {
+            println!("\nSet aside as corrupt (nothing is delivered from these; repair or delete them):");
+            for c in &corrupt {
+                println!("  {}: {}", c.path.display(), c.reason);
+            }
+        }
     }
     ExitCode::SUCCESS
 }

@@ -99,6 +99,42 @@ impl fmt::Display for Failure {
     }
 }
 
+/// Alias targets that no match rule routes, one warning each as `FILE:LINE: reason`: mail to
+/// them bounces (5.4.4), which an admin wants to learn from `mailer config check`, not from
+/// a bounce. Tables that do not load are reported by [`preflight`].
+pub fn alias_warnings(config: &crate::config::Config) -> Vec<String> {
+    use crate::config::Action;
+    use crate::tables::aliases::AliasTarget;
+    let router = crate::policy::Router::new(config);
+    let mut out = Vec::new();
+    for action in config.actions.values() {
+        let Action::Local(local) = action else {
+            continue;
+        };
+        let Some(Ok(aliases)) = local::load_aliases(config, local) else {
+            continue;
+        };
+        for (name, line) in aliases.names() {
+            let Ok(Some(targets)) = aliases.expand(name, &config.local_domains) else {
+                continue;
+            };
+            for target in targets {
+                if let AliasTarget::Address(address) = target {
+                    if router.action_for(true, &address).is_none() {
+                        out.push(format!(
+                            "{}:{line}: alias `{name}` expands to {address}, which no match rule routes: mail to it will bounce",
+                            aliases.source().display()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 /// Everything delivery needs from files, checked before the daemon starts or reloads and by
 /// `mailer config check`: the configuration's own file checks, then alias tables and DKIM keys,
 /// each problem as `FILE:LINE[:COL]: reason`.

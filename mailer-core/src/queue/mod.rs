@@ -5,4 +5,4 @@ pub mod spool;
 
 pub use id::QueueId;
 pub mod scheduler;
-pub use spool::{Envelope, LoadReport, Recipient, RecipientState, Spool};
+pub use spool::{Corrupt, Envelope, LoadReport, Recipient, RecipientState, Spool};

@@ -4,6 +4,7 @@
 //! <queue_dir>/tmp/          files being written (removed at start)
 //! <queue_dir>/q/<id>.msg    the message, exactly as it will be delivered
 //! <queue_dir>/q/<id>.env    its envelope (JSON): sender, recipients and their state
+//! <queue_dir>/corrupt/      files the start could not use, each with `<name>.reason`
 //! ```
 //!
 //! A message is written to `tmp/`, fsynced, renamed into `q/`; then its envelope the same way;
@@ -11,6 +12,8 @@
 //! record: at start, an envelope without its message, or a message without its envelope, is a
 //! write that never completed, so it was never acknowledged and is removed. Envelope updates
 //! are whole-file replacements by rename, so an envelope is always either the old or the new.
+//! A file that cannot be read, parsed or removed at start does not stop the daemon: it moves to
+//! `corrupt/` with the reason beside it (as Postfix's `corrupt` queue), for the admin.
 //!
 //! Each file is fsynced by the session that wrote it (concurrent fsyncs share the
 //! filesystem's journal commits); the renames into `q/` are made durable by a group commit
@@ -166,20 +169,31 @@ impl DirSync {
     }
 }
 
-/// A spool whose load found problems (reported, not fatal).
+/// What a load found: the envelopes, and the problems it set aside (reported, not fatal).
 #[derive(Debug, Default)]
 pub struct LoadReport {
     pub envelopes: Vec<Envelope>,
-    /// Unreadable envelopes, left in place for the admin: (path, reason).
+    /// Files that could not be used, with the reason: moved to `corrupt/` by a cleaning load,
+    /// left in place by a read-only one.
     pub corrupt: Vec<(PathBuf, String)>,
     /// Incomplete writes removed.
     pub removed_incomplete: usize,
 }
 
+/// A file set aside in `corrupt/`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Corrupt {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+const REASON_SUFFIX: &str = ".reason";
+
 /// The on-disk queue. All methods block: call them off the async runtime's threads.
 pub struct Spool {
     tmp: PathBuf,
     q: PathBuf,
+    corrupt: PathBuf,
     q_sync: DirSync,
     tmp_seq: AtomicU64,
 }
@@ -189,7 +203,8 @@ impl Spool {
     pub fn open(root: &Path) -> io::Result<Spool> {
         let tmp = root.join("tmp");
         let q = root.join("q");
-        for dir in [root, &tmp, &q] {
+        let corrupt = root.join("corrupt");
+        for dir in [root, &tmp, &q, &corrupt] {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -199,6 +214,7 @@ impl Spool {
             q_sync: DirSync::new(q.clone()),
             tmp,
             q,
+            corrupt,
             tmp_seq: AtomicU64::new(0),
         })
     }
@@ -294,20 +310,39 @@ impl Spool {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
-    /// Reads every envelope, sorted by arrival, and clears incomplete writes. Used at start
-    /// (with `clean = true`) and by `mailer queue list` without a daemon (read-only).
+    /// Reads every envelope, sorted by arrival. Used at start with `clean = true`: incomplete
+    /// writes are removed and unusable files moved to `corrupt/`; and read-only by `mailer
+    /// queue list` without a daemon. Only a queue directory that cannot be listed is an error.
     pub fn load(&self, clean: bool) -> io::Result<LoadReport> {
         let mut report = LoadReport::default();
         if clean {
             for entry in fs::read_dir(&self.tmp)? {
-                fs::remove_file(entry?.path())?;
-                report.removed_incomplete += 1;
+                let path = match entry {
+                    Ok(entry) => entry.path(),
+                    Err(e) => {
+                        report.corrupt.push((self.tmp.clone(), format!("cannot list: {e}")));
+                        continue;
+                    }
+                };
+                match fs::remove_file(&path) {
+                    Ok(()) => report.removed_incomplete += 1,
+                    Err(e) => {
+                        let reason = format!("leftover temporary file cannot be removed: {e}");
+                        self.set_aside(&path, &reason, &mut report);
+                    }
+                }
             }
         }
         let mut messages = std::collections::HashSet::new();
         let mut envelopes = Vec::new();
         for entry in fs::read_dir(&self.q)? {
-            let path = entry?.path();
+            let path = match entry {
+                Ok(entry) => entry.path(),
+                Err(e) => {
+                    report.corrupt.push((self.q.clone(), format!("cannot list: {e}")));
+                    continue;
+                }
+            };
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
                 continue;
             };
@@ -329,33 +364,114 @@ impl Spool {
             if !messages.remove(&id) {
                 // The message rename never became durable: the client got no 250.
                 if clean {
-                    fs::remove_file(&path)?;
+                    if let Err(e) = fs::remove_file(&path) {
+                        let reason = format!("envelope without a message cannot be removed: {e}");
+                        self.set_aside(&path, &reason, &mut report);
+                        continue;
+                    }
                 }
                 report.removed_incomplete += 1;
                 continue;
             }
-            match fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| decode(&b))
-            {
-                Ok(env) if env.id == id => report.envelopes.push(env),
-                Ok(_) => report
-                    .corrupt
-                    .push((path, "envelope id does not match its file name".into())),
-                Err(e) => report.corrupt.push((path, e)),
+            let read = fs::read(&path)
+                .map_err(|e| format!("unreadable envelope: {e}"))
+                .and_then(|b| decode(&b).map_err(|e| format!("unreadable envelope: {e}")))
+                .and_then(|env| {
+                    if env.id == id {
+                        Ok(env)
+                    } else {
+                        Err("envelope id does not match its file name".to_string())
+                    }
+                });
+            match read {
+                Ok(env) => report.envelopes.push(env),
+                Err(reason) if clean => {
+                    // The message goes with its envelope: the admin may repair the pair.
+                    self.set_aside(&path, &reason, &mut report);
+                    let message = self.message_path(id);
+                    let _ = self.quarantine(&message, &reason);
+                }
+                Err(reason) => report.corrupt.push((path, reason)),
             }
         }
-        let corrupt: std::collections::HashSet<_> =
-            report.corrupt.iter().map(|(p, _)| p.clone()).collect();
         for id in messages {
-            // Keep a message whose envelope is corrupt: the admin may repair it.
-            if clean && !corrupt.contains(&self.envelope_path(id)) {
-                fs::remove_file(self.message_path(id))?;
-                report.removed_incomplete += 1;
+            if clean {
+                let path = self.message_path(id);
+                match fs::remove_file(&path) {
+                    Ok(()) => report.removed_incomplete += 1,
+                    Err(e) => {
+                        let reason = format!("message without an envelope cannot be removed: {e}");
+                        self.set_aside(&path, &reason, &mut report);
+                    }
+                }
             }
         }
         report.envelopes.sort_by_key(|e| e.id);
         Ok(report)
+    }
+
+    /// Moves `path` to `corrupt/` and records where it went (or, if it cannot move, where it
+    /// stays) with the reason.
+    fn set_aside(&self, path: &Path, reason: &str, report: &mut LoadReport) {
+        match self.quarantine(path, reason) {
+            Ok(moved) => report.corrupt.push((moved, reason.to_string())),
+            Err(e) => report.corrupt.push((
+                path.to_path_buf(),
+                format!("{reason}; cannot move it to corrupt/: {e}"),
+            )),
+        }
+    }
+
+    /// Renames `path` into `corrupt/` (never over an earlier file of the same name) and writes
+    /// the reason beside it. Returns the new path.
+    fn quarantine(&self, path: &Path, reason: &str) -> io::Result<PathBuf> {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "unnamed".into());
+        let mut target = self.corrupt.join(&name);
+        let mut n = 1;
+        while fs::symlink_metadata(&target).is_ok() {
+            target = self.corrupt.join(format!("{name}.{n}"));
+            n += 1;
+        }
+        fs::rename(path, &target)?;
+        let mut why = target.clone().into_os_string();
+        why.push(REASON_SUFFIX);
+        fs::write(&why, format!("{reason}\n"))?;
+        File::open(&self.corrupt).and_then(|d| d.sync_all())?;
+        Ok(target)
+    }
+
+    /// The files set aside in this spool's `corrupt/`, with their reasons.
+    pub fn corrupt(&self) -> io::Result<Vec<Corrupt>> {
+        Self::corrupt_in(self.corrupt.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// The files in `corrupt/` under `root`, with their reasons (without opening the spool: a
+    /// read-only listing must not create directories).
+    pub fn corrupt_in(root: &Path) -> io::Result<Vec<Corrupt>> {
+        let dir = root.join("corrupt");
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry?.path();
+            if path.to_string_lossy().ends_with(REASON_SUFFIX) {
+                continue;
+            }
+            let mut why = path.clone().into_os_string();
+            why.push(REASON_SUFFIX);
+            let reason = fs::read_to_string(&why)
+                .map(|r| r.trim_end().to_string())
+                .unwrap_or_else(|_| "no reason recorded".to_string());
+            out.push(Corrupt { path, reason });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
     }
 }
 

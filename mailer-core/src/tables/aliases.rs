@@ -192,6 +192,17 @@ impl Aliases {
         self.entries.is_empty()
     }
 
+    /// Every alias name with the line that defines it, in line order.
+    pub fn names(&self) -> Vec<(&str, usize)> {
+        let mut names: Vec<(&str, usize)> = self
+            .entries
+            .iter()
+            .map(|(name, entry)| (name.as_str(), entry.line))
+            .collect();
+        names.sort_by_key(|&(_, line)| line);
+        names
+    }
+
     /// Whether `local` (case-insensitive, `name+detail` falling back to `name`) is an alias.
     pub fn contains(&self, local: &str) -> bool {
         self.key_for(local).is_some()
