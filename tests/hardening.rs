@@ -360,3 +360,111 @@ fn ehlo_with_a_10kb_argument_is_refused_and_a_normal_ehlo_works() {
     assert_eq!(c.command("EHLO client.test"), 250);
     assert_eq!(c.command("QUIT"), 221);
 }
+
+/// A client greeted with 220 within `within`, not refused for want of a slot.
+fn greeted(s: &Server, within: Duration) -> Option<Client> {
+    mailer_testkit::daemon::eventually(within, || {
+        let mut c = s.connect();
+        (c.code() == 220).then_some(c)
+    })
+}
+
+#[test]
+fn a_client_that_never_completes_the_tls_handshake_loses_its_slot() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = mailer_testkit::certs::TestCa::new();
+    let (cert, key) = ca.issue(&["localhost"]).write_pem_files(dir.path());
+    let port = free_port();
+    let text = config(port, dir.path(), "idle_timeout = \"2s\"\nmax_connections = 1")
+        .render()
+        .replace(
+            &format!("address = \"127.0.0.1:{port}\""),
+            &format!(
+                "address = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+                cert.display(),
+                key.display()
+            ),
+        );
+    let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &text);
+    let s = Server {
+        queue: dir.path().join("queue"),
+        _dir: dir,
+        daemon,
+    };
+    let mut c = greeted(&s, Duration::from_secs(5)).expect("a first slot");
+    assert_eq!(c.command("EHLO client.test"), 250);
+    assert_eq!(c.command("STARTTLS"), 220);
+    // ... and no ClientHello ever follows. The slot comes back after the idle timeout.
+    let start = Instant::now();
+    assert!(
+        greeted(&s, Duration::from_secs(8)).is_some(),
+        "the stalled handshake still holds the only slot"
+    );
+    assert!(start.elapsed() >= Duration::from_secs(1), "{:?}", start.elapsed());
+    c.expect_closed(Duration::from_secs(5));
+}
+
+#[test]
+fn a_client_that_stops_reading_its_replies_loses_its_slot() {
+    let s = server("idle_timeout = \"2s\"\nmax_connections = 1");
+    let c = greeted(&s, Duration::from_secs(5)).expect("a first slot");
+    // Pipelined NOOPs whose replies are never read: the daemon's writes block once the
+    // socket buffers are full. Bounded: at most 64 MiB of commands, or 10 s of trying.
+    c.stream()
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let batch = b"NOOP\r\n".repeat(10_000);
+    let start = Instant::now();
+    let mut sent = 0usize;
+    while sent < 64 << 20 && start.elapsed() < Duration::from_secs(10) {
+        match c.stream().write(&batch) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        greeted(&s, Duration::from_secs(10)).is_some(),
+        "a client that does not read holds the only slot ({sent} octets sent)"
+    );
+}
+
+#[test]
+fn a_client_that_keeps_erring_is_closed_with_421_after_max_errors() {
+    let s = server("max_errors = 5");
+    let mut c = s.connect();
+    assert_eq!(c.code(), 220);
+    for _ in 0..4 {
+        assert_eq!(c.command("BOGUS"), 500);
+    }
+    c.send(b"BOGUS\r\n");
+    assert_eq!(c.reply().map(|r| r.0), Some(500));
+    let (code, text) = c.reply().expect("a closing reply");
+    assert_eq!((code, text.as_str()), (421, "4.7.0 Too many errors, closing connection"));
+    c.expect_closed(Duration::from_secs(5));
+}
+
+#[test]
+fn a_looping_message_is_refused_with_554_5_4_6() {
+    let s = server("max_hops = 10");
+    let mut c = s.connect();
+    open_transaction(&mut c);
+    assert_eq!(c.command("DATA"), 354);
+    let mut message = String::new();
+    for i in 0..10 {
+        message.push_str(&format!(
+            "Received: from relay{i}.example by relay{}.example; Mon, 1 Jan 2024 00:00:0{} +0000\r\n",
+            i + 1,
+            i % 10
+        ));
+    }
+    message.push_str("Subject: around and around\r\n\r\nx\r\n.\r\n");
+    c.send(message.as_bytes());
+    let (code, text) = c.reply().expect("a verdict");
+    assert_eq!(
+        (code, text.as_str()),
+        (554, "5.4.6 Too many hops (11 Received: header fields): mail loop")
+    );
+    assert!(s.queued().is_empty());
+}

@@ -334,11 +334,17 @@ impl Session {
         reply.write_to(&mut self.output);
     }
 
+    /// Refuses a command without holding it against the client: `452` for recipients past
+    /// the limit is flow control (RFC 5321 §4.5.3.1.10), the client sends the rest later.
+    fn decline(&mut self, reason: &'static str, reply: Reply) {
+        self.events.push_back(Event::Rejected(reason));
+        self.reply(reply);
+    }
+
     /// Refuses a command. A client that keeps erring is cut off (Postfix's
     /// `smtpd_hard_error_limit`): a broken or hostile client must not hold a slot forever.
     fn reject(&mut self, reason: &'static str, reply: Reply) {
-        self.events.push_back(Event::Rejected(reason));
-        self.reply(reply);
+        self.decline(reason, reply);
         self.errors += 1;
         if self.errors >= self.config.max_errors.max(1) && !matches!(self.phase, Phase::Closed) {
             self.events.push_back(Event::Rejected("errors"));
@@ -587,7 +593,7 @@ impl Session {
             return self.reject("parameter", replies::unknown_parameter("NOTIFY/ORCPT"));
         }
         if tx.recipients.len() >= self.config.max_recipients {
-            return self.reject("recipients", replies::too_many_recipients());
+            return self.decline("recipients", replies::too_many_recipients());
         }
         let address = if to.address.is_empty() {
             // The parser maps the special `<Postmaster>` (RFC 5321 §4.1.1.3) to "" as it
