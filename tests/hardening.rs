@@ -468,3 +468,19 @@ fn a_looping_message_is_refused_with_554_5_4_6() {
     );
     assert!(s.queued().is_empty());
 }
+
+/// BDAT content is held to the same line rules as DATA, whatever its first octet: content
+/// starting with a TAB once passed for a continuation of our own Received header.
+#[test]
+fn bdat_content_starting_with_a_tab_is_refused_for_its_bare_newlines() {
+    let s = server("");
+    let mut c = s.connect();
+    open_transaction(&mut c);
+    c.send(b"BDAT 10 LAST\r\n\tA\nB\r.\rC\r\n");
+    let (code, text) = c.reply().expect("a verdict");
+    assert_eq!(
+        (code, text.as_str()),
+        (550, "5.6.0 Message contains bare CR or LF; lines must end with CRLF")
+    );
+    assert!(s.queued().is_empty(), "nothing with a bare CR or LF is queued");
+}

@@ -794,6 +794,17 @@ fn a_reload_applies_the_new_log_level() {
     let quiet = config.clone().log_level("warn").render();
     let daemon = Daemon::start_logging(Path::new(BIN), dir.path(), port, &quiet, false);
     let first = send(port, "root@localhost", "root@localhost", "quiet");
+    // Delivered before the reload, or its delivery line would be logged at the new level.
+    let mbox = dir.path().join("mail/root");
+    assert!(
+        eventually(WAIT, || fs::read_to_string(&mbox)
+            .ok()
+            .filter(|t| t.contains("Subject: quiet"))
+            .map(drop))
+        .is_some(),
+        "{}",
+        daemon.log()
+    );
     daemon.write_config(&config.log_level("info").render());
     daemon.signal(libc::SIGHUP);
     assert!(

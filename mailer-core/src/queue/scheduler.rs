@@ -322,9 +322,32 @@ impl<D: Deliverer> Scheduler<D> {
     }
 
     /// Waits until no delivery is in flight, at most `grace`.
+    /// Then tries once more to write what memory knows and the disk does not: a state lost at
+    /// exit means its delivered recipients are sent again after the restart.
     pub async fn drain(&self, grace: Duration) -> bool {
         let _ =
             tokio::time::timeout(grace, self.slots.acquire_many(PARALLEL_MESSAGES as u32)).await;
+        let unsynced: Vec<Envelope> = {
+            let state = self.lock();
+            state
+                .unsynced
+                .keys()
+                .filter(|id| !state.in_flight.contains(id))
+                .filter_map(|id| state.messages.get(id).cloned())
+                .collect()
+        };
+        for env in unsynced {
+            match self.sync(&env).await {
+                Ok(()) => {
+                    self.lock().unsynced.remove(&env.id);
+                }
+                Err(e) => tracing::error!(
+                    queue_id = %env.id,
+                    error = %e,
+                    "cannot write the queue at exit; its delivered recipients will be sent again"
+                ),
+            }
+        }
         self.in_flight() == 0
     }
 
