@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, Wrapper};
 
 /// What a `[[match]]` rule's `for` matches.
 #[derive(Clone, Debug)]
@@ -414,6 +414,11 @@ impl TestConfig {
     /// Writes the configuration to `dir/mailer.toml` and starts `bin serve` on it.
     pub fn start(&self, bin: &Path) -> Daemon {
         Daemon::start(bin, &self.dir, self.port, &self.render())
+    }
+
+    /// As [`start`](Self::start), under `wrapper` (e.g. with the queue on a small tmpfs).
+    pub fn start_wrapped(&self, bin: &Path, wrapper: Wrapper) -> Daemon {
+        Daemon::start_wrapped(bin, &self.dir, self.port, &self.render(), wrapper)
     }
 }
 

@@ -1,6 +1,8 @@
 //! Starts the real `mailer` binary on loopback for end-to-end tests.
 
+use std::ffi::OsString;
 use std::fs;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -14,6 +16,45 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// A command the daemon is started under, e.g. `unshare`. It must exec the daemon rather than
+/// fork it, so that the PID the test holds (to signal, kill and look into) is the daemon's.
+#[derive(Clone, Debug, Default)]
+pub struct Wrapper {
+    /// The command and its arguments, placed before `mailer --config … serve`.
+    pub args: Vec<OsString>,
+    /// Environment variables for the wrapper (and so for the daemon).
+    pub env: Vec<(OsString, OsString)>,
+}
+
+impl Wrapper {
+    /// Runs the daemon in a private mount namespace where `mount_point` is a fresh tmpfs of
+    /// `size` (e.g. `4m`): a small disk that fills up, seen by the daemon alone. The tmpfs
+    /// and what it holds vanish with the daemon, so a test must not restart it. Needs root.
+    pub fn private_tmpfs(mount_point: &Path, size: &str) -> Wrapper {
+        let script = "mkdir -p \"$TMPFS_AT\" && \
+                      mount -t tmpfs -o \"size=$TMPFS_SIZE,mode=0700\" tmpfs \"$TMPFS_AT\" && \
+                      exec \"$0\" \"$@\"";
+        Wrapper {
+            args: [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+            ]
+            .into_iter()
+            .map(OsString::from)
+            .collect(),
+            env: vec![
+                ("TMPFS_AT".into(), mount_point.into()),
+                ("TMPFS_SIZE".into(), size.into()),
+            ],
+        }
+    }
+}
+
 /// A running daemon with its own directory (config, queue, mailboxes, log).
 pub struct Daemon {
     bin: PathBuf,
@@ -24,6 +65,7 @@ pub struct Daemon {
     runs: usize,
     /// Log at debug level whatever the configuration says (the default for tests).
     debug_log: bool,
+    wrapper: Option<Wrapper>,
 }
 
 impl Daemon {
@@ -42,6 +84,28 @@ impl Daemon {
         config: &str,
         debug_log: bool,
     ) -> Daemon {
+        Daemon::launch(bin, dir, port, config, debug_log, None)
+    }
+
+    /// As [`Daemon::start`], under `wrapper`.
+    pub fn start_wrapped(
+        bin: &Path,
+        dir: &Path,
+        port: u16,
+        config: &str,
+        wrapper: Wrapper,
+    ) -> Daemon {
+        Daemon::launch(bin, dir, port, config, true, Some(wrapper))
+    }
+
+    fn launch(
+        bin: &Path,
+        dir: &Path,
+        port: u16,
+        config: &str,
+        debug_log: bool,
+        wrapper: Option<Wrapper>,
+    ) -> Daemon {
         let path = dir.join("mailer.toml");
         fs::write(&path, config).expect("write the test configuration");
         let mut d = Daemon {
@@ -52,6 +116,7 @@ impl Daemon {
             child: None,
             runs: 0,
             debug_log,
+            wrapper,
         };
         d.spawn();
         d
@@ -69,7 +134,16 @@ impl Daemon {
         self.runs += 1;
         let log = fs::File::create(self.dir.join(format!("daemon-{}.log", self.runs)))
             .expect("create the daemon log");
-        let mut command = Command::new(&self.bin);
+        let mut command = match &self.wrapper {
+            Some(w) => {
+                let mut c = Command::new(&w.args[0]);
+                c.args(&w.args[1..])
+                    .arg(&self.bin)
+                    .envs(w.env.iter().cloned());
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         command.env_remove("MAILER_LOG").env_remove("RUST_LOG");
         if self.debug_log {
             command.env("MAILER_LOG", "debug");
@@ -169,6 +243,13 @@ impl Daemon {
             .expect("run mailer")
     }
 
+    /// `path` as the daemon sees it, through `/proc/PID/root`: a mount in the daemon's private
+    /// namespace (see [`Wrapper::private_tmpfs`]) is visible there, and only there.
+    pub fn path_in_daemon(&self, path: &Path) -> PathBuf {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        PathBuf::from(format!("/proc/{}/root", self.pid())).join(relative)
+    }
+
     /// Queued envelopes (`q/*.env`) under `queue_dir`.
     pub fn queued_envelopes(&self, queue_dir: &Path) -> Vec<PathBuf> {
         let mut v: Vec<PathBuf> = fs::read_dir(queue_dir.join("q"))
@@ -186,6 +267,34 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// Appends zeros to `path` until the filesystem is full (ENOSPC or EDQUOT); returns the bytes
+/// added. Stops after `at_most` bytes with an error, so that a missing small mount does not
+/// fill the real disk.
+pub fn fill_until_full(path: &Path, at_most: u64) -> io::Result<u64> {
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let chunk = [0u8; 4096];
+    let mut added = 0u64;
+    loop {
+        match file.write(&chunk) {
+            Ok(0) => return Ok(added),
+            Ok(n) => added += n as u64,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) => {
+                return Ok(added)
+            }
+            Err(e) => return Err(e),
+        }
+        if added > at_most {
+            return Err(io::Error::other(format!(
+                "{} took more than {at_most} bytes without filling its filesystem",
+                path.display()
+            )));
+        }
     }
 }
 

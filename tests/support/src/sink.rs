@@ -21,6 +21,36 @@ use crate::certs::Leaf;
 pub type ReplyFn = Arc<dyn Fn(&str) -> Option<(u16, String)> + Send + Sync>;
 /// Decides the reply to the end of data, given the transaction as it would be recorded.
 pub type DataReplyFn = Arc<dyn Fn(&Received) -> Option<(u16, String)> + Send + Sync>;
+/// Decides whether a fault strikes at a point of a session: given the connection's number
+/// (1 for the first accepted) and the point; `None` lets the session go on as usual.
+pub type FaultFn = Arc<dyn Fn(usize, Stage<'_>) -> Option<Fault> + Send + Sync>;
+
+/// Where in a session a fault can strike.
+#[derive(Clone, Copy, Debug)]
+pub enum Stage<'a> {
+    /// Before the greeting; a fault's reply here is the last word of the session.
+    Connect,
+    /// Before the reply to MAIL, with the reverse path.
+    Mail(&'a str),
+    /// Before the reply to RCPT, with the address.
+    Rcpt(&'a str),
+    /// After the end of data, before the reply, with the transaction.
+    DataEnd(&'a Received),
+}
+
+/// What a failing upstream does instead of its usual reply.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Closes the connection without a reply, as a crashed server does (no TLS
+    /// close_notify). At the end of data the transaction is not recorded.
+    Drop,
+    /// Says nothing for this long, then goes on as usual: a server stalled past the
+    /// client's timeout.
+    Stall(Duration),
+    /// Answers this instead; `421` then closes the connection. At the end of data the
+    /// transaction is not recorded.
+    Reply(u16, String),
+}
 
 /// How the sink behaves. `Default` is a plain-text server without AUTH that takes everything.
 #[derive(Clone, Default)]
@@ -48,6 +78,8 @@ pub struct SinkOptions {
     pub max_size: Option<usize>,
     /// Say `421 4.4.2` and hang up on a client silent for this long, as real servers do.
     pub idle_timeout: Option<Duration>,
+    /// Faults to inject, consulted at every [`Stage`] before the other options.
+    pub fault: Option<FaultFn>,
 }
 
 /// One accepted transaction.
@@ -107,11 +139,11 @@ impl Sink {
         let accepting = shared.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                accepting.connections.fetch_add(1, Ordering::SeqCst);
+                let number = accepting.connections.fetch_add(1, Ordering::SeqCst) + 1;
                 let shared = accepting.clone();
                 tokio::spawn(async move {
                     // A client hanging up mid-session is normal for a test server.
-                    let _ = serve(stream, shared).await;
+                    let _ = serve(stream, shared, number).await;
                 });
             }
         });
@@ -211,6 +243,45 @@ async fn reply(conn: &mut Conn, code: u16, text: &str) -> std::io::Result<()> {
         .await
 }
 
+/// What the session does after a fault point.
+enum AfterFault {
+    /// No fault, or a stall that has passed: carry on as usual.
+    Proceed,
+    /// The fault's reply was sent instead of the usual one.
+    Replied,
+    /// The connection is to be closed now.
+    Close,
+}
+
+/// Applies the fault the options choose for `stage`, if any.
+async fn strike(
+    conn: &mut Conn,
+    options: &SinkOptions,
+    number: usize,
+    stage: Stage<'_>,
+) -> std::io::Result<AfterFault> {
+    let Some(fault) = options.fault.as_ref().and_then(|f| f(number, stage)) else {
+        return Ok(AfterFault::Proceed);
+    };
+    // Replies to earlier commands leave first, as they would from a real server.
+    conn.flush().await?;
+    match fault {
+        Fault::Drop => Ok(AfterFault::Close),
+        Fault::Stall(how_long) => {
+            tokio::time::sleep(how_long).await;
+            Ok(AfterFault::Proceed)
+        }
+        Fault::Reply(code, text) => {
+            reply(conn, code, &text).await?;
+            if code == 421 {
+                conn.flush().await?;
+                return Ok(AfterFault::Close);
+            }
+            Ok(AfterFault::Replied)
+        }
+    }
+}
+
 /// Reads one line into `line` (cleared first); flushes pending replies only when the client
 /// has nothing more queued, so pipelined commands get their replies in one write.
 async fn read_line(
@@ -296,7 +367,7 @@ async fn read_data(
     }
 }
 
-async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
+async fn serve(stream: TcpStream, shared: Arc<Shared>, number: usize) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let options = &shared.options;
     let mut tls = false;
@@ -312,6 +383,10 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
     let mut conn: Conn = BufReader::new(BufWriter::new(io));
     if let Some(delay) = options.greeting_delay {
         tokio::time::sleep(delay).await;
+    }
+    match strike(&mut conn, options, number, Stage::Connect).await? {
+        AfterFault::Proceed => {}
+        AfterFault::Replied | AfterFault::Close => return Ok(()),
     }
     if options.greeting_421 {
         reply(&mut conn, 421, "4.3.2 sink.test busy, try later").await?;
@@ -429,6 +504,11 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                 }
             }
             Request::Mail { from } => {
+                match strike(&mut conn, options, number, Stage::Mail(&from.address)).await? {
+                    AfterFault::Proceed => {}
+                    AfterFault::Replied => continue,
+                    AfterFault::Close => return Ok(()),
+                }
                 let refusal = if options.require_tls && !tls {
                     Some((530, "5.7.0 must issue a STARTTLS command first".to_string()))
                 } else if options.auth.is_some() && auth_user.is_none() {
@@ -458,6 +538,11 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                 if tx.mail_from.is_none() {
                     reply(&mut conn, 503, "5.5.1 MAIL first").await?;
                     continue;
+                }
+                match strike(&mut conn, options, number, Stage::Rcpt(&to.address)).await? {
+                    AfterFault::Proceed => {}
+                    AfterFault::Replied => continue,
+                    AfterFault::Close => return Ok(()),
                 }
                 match options.rcpt_reply.as_ref().and_then(|f| f(&to.address)) {
                     Some((code, text)) => {
@@ -492,6 +577,11 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>) -> std::io::Result<()> {
                     arrived: std::time::Instant::now(),
                 };
                 tx = Transaction::default();
+                match strike(&mut conn, options, number, Stage::DataEnd(&received)).await? {
+                    AfterFault::Proceed => {}
+                    AfterFault::Replied => continue,
+                    AfterFault::Close => return Ok(()),
+                }
                 let refusal = if options
                     .max_size
                     .is_some_and(|max| received.data.len() > max)
