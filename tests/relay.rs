@@ -590,7 +590,13 @@ async fn each_pool_member_gets_only_its_own_credentials() {
         );
     let daemon = Daemon::start(Path::new(BIN), world.path(), port, &config);
     for n in 0..6 {
-        send(port, "app@ublog.tech", &["pim@example.org"], notification(n)).await;
+        send(
+            port,
+            "app@ublog.tech",
+            &["pim@example.org"],
+            notification(n),
+        )
+        .await;
     }
     let mut delivered = 0;
     let deadline = Instant::now() + WAIT;
@@ -604,5 +610,8 @@ async fn each_pool_member_gets_only_its_own_credentials() {
         .messages()
         .iter()
         .all(|r| r.auth_user.as_deref() == Some(BACKUP_USER)));
-    assert!(!daemon.log().contains("535"), "no member refused the credentials");
+    assert!(
+        !daemon.log().contains("535"),
+        "no member refused the credentials"
+    );
 }

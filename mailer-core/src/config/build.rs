@@ -617,6 +617,7 @@ impl<'a> Builder<'a> {
                 "command_timeout",
                 a.command_timeout.as_ref().map(|v| v.span()),
             ),
+            ("data_timeout", a.data_timeout.as_ref().map(|v| v.span())),
             (
                 "max_connections",
                 a.max_connections.as_ref().map(|v| v.span()),
@@ -812,6 +813,11 @@ impl<'a> Builder<'a> {
                 &a.command_timeout,
                 "command_timeout",
                 Duration::from_secs(5 * 60),
+            ),
+            data_timeout: self.positive_duration(
+                &a.data_timeout,
+                "data_timeout",
+                Duration::from_secs(10 * 60),
             ),
             max_connections: self.count(&a.max_connections, "max_connections", 10),
             max_connections_total: self.count(

@@ -174,6 +174,8 @@ pub struct RelayAction {
     pub connect_timeout: Duration,
     /// Time allowed for each command's reply.
     pub command_timeout: Duration,
+    /// Time allowed for the reply to the end of data (RFC 5321 §4.5.3.2.6: 10 minutes).
+    pub data_timeout: Duration,
     /// Connections per pool member.
     pub max_connections: usize,
     /// Connections to all members together.

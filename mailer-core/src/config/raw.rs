@@ -54,6 +54,7 @@ pub(crate) struct RawAction {
     pub on_misalignment: Option<S<String>>,
     pub connect_timeout: Option<S<Scalar>>,
     pub command_timeout: Option<S<Scalar>>,
+    pub data_timeout: Option<S<Scalar>>,
     pub max_connections: Option<S<i64>>,
     pub max_connections_total: Option<S<i64>>,
     pub dkim: Option<S<OneOrMany<RawDkim, S<RawDkim>>>>,

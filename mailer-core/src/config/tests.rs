@@ -88,6 +88,7 @@ fn shipped_ublog_config_translates_smtpd_conf() {
             on_misalignment: OnMisalignment::Warn,
             connect_timeout: secs(30),
             command_timeout: secs(300),
+            data_timeout: secs(600),
             max_connections: 10,
             max_connections_total: 20,
             dkim: vec![],
@@ -268,6 +269,7 @@ alignment = "strict"
 on_misalignment = "reject"
 connect_timeout = "10s"
 command_timeout = "2m"
+data_timeout = "15m"
 max_connections = 2
 max_connections_total = 3
 dkim = { domain = "Ublog.Tech", selector = "mailer2026", key = "/etc/mailer/dkim/k.key" }
@@ -373,6 +375,7 @@ fn every_contract_key_parses_to_its_value() {
             on_misalignment: OnMisalignment::Reject,
             connect_timeout: secs(10),
             command_timeout: secs(120),
+            data_timeout: secs(900),
             max_connections: 2,
             max_connections_total: 3,
             dkim: vec![DkimKey {
@@ -445,7 +448,7 @@ fn every_contract_key_parses_to_its_value() {
     assert_eq!(c.positions.get("tables.secrets"), (29, 11));
     assert_eq!(c.positions.get("listen[1].tls_key"), (25, 11));
     assert_eq!(c.positions.get("actions.outbound.relay[1]"), (38, 41));
-    assert_eq!(c.positions.get("actions.lan.dkim[1].key"), (56, 50));
+    assert_eq!(c.positions.get("actions.lan.dkim[1].key"), (57, 50));
     assert_eq!(c.positions.get("nothing.here"), (0, 0));
 }
 

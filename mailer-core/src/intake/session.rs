@@ -665,7 +665,10 @@ impl Session {
     fn end_of_data(&mut self, verdict: Result<(), DataError>) {
         match verdict {
             Ok(()) => {
-                let tx = self.tx.as_ref().expect("a complete message has a transaction");
+                let tx = self
+                    .tx
+                    .as_ref()
+                    .expect("a complete message has a transaction");
                 let hops = received_count(&tx.message);
                 if hops > self.config.max_hops {
                     self.tx = None;

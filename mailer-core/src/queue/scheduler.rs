@@ -518,8 +518,11 @@ impl<D: Deliverer> Scheduler<D> {
                 let action = self.deliverer.route(&address);
                 if let Some(unrouted) = add_forward(env, from, address, action, now_s) {
                     let i = env.recipients.len() - 1;
-                    self.deliverer
-                        .observe(env, &env.recipients[i], &Outcome::Failed(unrouted.clone()));
+                    self.deliverer.observe(
+                        env,
+                        &env.recipients[i],
+                        &Outcome::Failed(unrouted.clone()),
+                    );
                     failed.push((i, unrouted));
                 }
             }
@@ -545,7 +548,9 @@ impl<D: Deliverer> Scheduler<D> {
                     self.sync(env).await.map_err(Stop::Write)?;
                 }
                 // Not marked as warned: the notice is tried again at the next attempt.
-                Err(e) => tracing::error!(queue_id = %id, error = %e, "cannot queue the delay notice"),
+                Err(e) => {
+                    tracing::error!(queue_id = %id, error = %e, "cannot queue the delay notice")
+                }
             }
         }
         Ok(())
@@ -573,7 +578,10 @@ impl<D: Deliverer> Scheduler<D> {
                     let r = &mut env.recipients[*i];
                     r.state = RecipientState::Pending;
                     r.next_attempt = retry_at(r.attempts.max(1));
-                    r.last_error = Some(format!("{} (the bounce could not be queued: {e})", f.reason));
+                    r.last_error = Some(format!(
+                        "{} (the bounce could not be queued: {e})",
+                        f.reason
+                    ));
                 }
             }
             failed.clear();

@@ -320,7 +320,9 @@ impl Spool {
                 let path = match entry {
                     Ok(entry) => entry.path(),
                     Err(e) => {
-                        report.corrupt.push((self.tmp.clone(), format!("cannot list: {e}")));
+                        report
+                            .corrupt
+                            .push((self.tmp.clone(), format!("cannot list: {e}")));
                         continue;
                     }
                 };
@@ -339,7 +341,9 @@ impl Spool {
             let path = match entry {
                 Ok(entry) => entry.path(),
                 Err(e) => {
-                    report.corrupt.push((self.q.clone(), format!("cannot list: {e}")));
+                    report
+                        .corrupt
+                        .push((self.q.clone(), format!("cannot list: {e}")));
                     continue;
                 }
             };

@@ -665,7 +665,9 @@ fn user_name(written: &str) -> Result<String, String> {
     let name = normalize_local(written);
     let bare = strip_detail(&name);
     if bare.trim().is_empty() || bare.chars().all(|c| c == '"') {
-        return Err(format!("target `{written}` names no user (empty local part)"));
+        return Err(format!(
+            "target `{written}` names no user (empty local part)"
+        ));
     }
     Ok(name)
 }
@@ -685,11 +687,7 @@ mod fuzz_regressions {
         )
         .unwrap_err();
         assert_eq!(errors[0].line, 1);
-        assert!(
-            errors[0].message.contains("names no user"),
-            "{}",
-            errors[0]
-        );
+        assert!(errors[0].message.contains("names no user"), "{}", errors[0]);
     }
 
     fn parse(text: &str) -> Result<Aliases, Vec<TableError>> {

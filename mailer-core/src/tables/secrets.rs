@@ -232,7 +232,11 @@ mod tests {
             let errors = parse(text).unwrap_err();
             assert_eq!(errors.len(), 1, "{text:?}");
             for secret in ["hunter2secret", "papmx", "extrax", "wordq"] {
-                assert!(!errors[0].contains(secret), "{text:?} echoed: {}", errors[0]);
+                assert!(
+                    !errors[0].contains(secret),
+                    "{text:?} echoed: {}",
+                    errors[0]
+                );
             }
             assert!(errors[0].starts_with("secrets:1:"), "{}", errors[0]);
         }

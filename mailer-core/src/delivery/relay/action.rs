@@ -184,6 +184,7 @@ fn settings(config: &Config, relay: &RelayAction) -> Result<RelaySettings, Strin
     }
     settings.connect_timeout = relay.connect_timeout;
     settings.command_timeout = relay.command_timeout;
+    settings.data_end_timeout = relay.data_timeout;
     settings.max_connections_per_member = relay.max_connections;
     settings.max_connections_total = relay.max_connections_total;
     Ok(settings)

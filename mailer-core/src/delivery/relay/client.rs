@@ -14,7 +14,7 @@ use tokio_rustls::TlsConnector;
 
 use super::protocol::{
     auth_login_line, auth_plain_command, dot_stuffed, mail_from_command, pipelined_batch,
-    rcpt_to_command, transaction_outcomes, AuthMechanism, Capabilities, Reply, Requirements,
+    rcpt_to_command, transaction_outcomes, AuthMechanism, Capabilities, Final, Reply, Requirements,
 };
 use super::{tls, RelaySettings, Security};
 use crate::address::Address;
@@ -342,7 +342,7 @@ impl Connection {
                 recipients,
                 &mail,
                 &rcpt_replies,
-                Some(&data),
+                Some(Final::Data(&data)),
             ));
         }
 
@@ -371,16 +371,22 @@ impl Connection {
         let end = self
             .read_reply(self.data_end_timeout, "end of data")
             .await
-            .map_err(|failure| Interrupted {
-                failure,
-                body_sent: true,
+            .map_err(|mut failure| {
+                // The one window where a retry may deliver twice (RFC 1047): say so.
+                failure
+                    .reason
+                    .push_str(" (after the end of data: the server may have taken the message)");
+                Interrupted {
+                    failure,
+                    body_sent: true,
+                }
             })?;
         Ok(transaction_outcomes(
             &self.label,
             recipients,
             &mail,
             &rcpt_replies,
-            Some(&end),
+            Some(Final::EndOfData(&end)),
         ))
     }
 
@@ -550,6 +556,13 @@ impl Connection {
                     ))
                 }
                 Ok(_) => {}
+                // A TLS peer that closes without close_notify has closed all the same.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Err(Failure::temporary(
+                        NETWORK,
+                        format!("{}: connection closed by the server", self.label),
+                    ))
+                }
                 Err(e) => {
                     return Err(Failure::temporary(
                         NETWORK,

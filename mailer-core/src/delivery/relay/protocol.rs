@@ -300,15 +300,24 @@ pub fn dot_stuffed(body: &[u8]) -> Vec<&[u8]> {
     segments
 }
 
+/// The reply that ends a transaction whose recipients were accepted.
+#[derive(Clone, Copy, Debug)]
+pub enum Final<'a> {
+    /// DATA itself was refused: nothing was sent.
+    Data(&'a Reply),
+    /// The reply to the end of data: the server's verdict on the message.
+    EndOfData(&'a Reply),
+}
+
 /// The outcome for each recipient from the replies of one transaction: `mail` to MAIL FROM,
-/// `rcpts` to each RCPT TO (in order), and `last` to DATA when it was refused or else to the
-/// end of data (`None` when no recipient was accepted, so no data was sent).
+/// `rcpts` to each RCPT TO (in order), and `last` (`None` when no recipient was accepted, so
+/// no data was sent).
 pub fn transaction_outcomes(
     server: &str,
     recipients: &[Address],
     mail: &Reply,
     rcpts: &[Reply],
-    last: Option<&Reply>,
+    last: Option<Final<'_>>,
 ) -> Vec<Outcome> {
     if !mail.is_positive() {
         let failure = mail.failure(&format!("{server}: MAIL FROM"));
@@ -317,9 +326,16 @@ pub fn transaction_outcomes(
             .map(|_| Outcome::Failed(failure.clone()))
             .collect();
     }
-    let data_failure = last
-        .filter(|r| !r.is_positive())
-        .map(|r| r.failure(&format!("{server}: DATA")));
+    let data_failure = last.and_then(|last| {
+        let (what, reply) = match last {
+            Final::Data(r) => ("DATA", r),
+            Final::EndOfData(r) => ("end of data", r),
+        };
+        (!reply.is_positive()).then(|| reply.failure(&format!("{server}: {what}")))
+    });
+    let last = last.map(|f| match f {
+        Final::Data(r) | Final::EndOfData(r) => r,
+    });
     recipients
         .iter()
         .zip(rcpts)
@@ -459,7 +475,7 @@ mod tests {
             &rcpts,
             &ok,
             &[ok.clone(), bad.clone(), ok.clone()],
-            Some(&end),
+            Some(Final::EndOfData(&end)),
         );
         assert_eq!(
             out[0],
@@ -486,7 +502,13 @@ mod tests {
         let busy = reply(421, Some((4, 3, 2)), "shutting down");
         for out in [
             transaction_outcomes("s", &rcpts, &busy, &[], None),
-            transaction_outcomes("s", &rcpts, &ok, &[ok.clone(), ok.clone()], Some(&busy)),
+            transaction_outcomes(
+                "s",
+                &rcpts,
+                &ok,
+                &[ok.clone(), ok.clone()],
+                Some(Final::Data(&busy)),
+            ),
         ] {
             assert_eq!(out.len(), 2);
             for o in out {
