@@ -375,16 +375,20 @@ fn a_client_that_never_completes_the_tls_handshake_loses_its_slot() {
     let ca = mailer_testkit::certs::TestCa::new();
     let (cert, key) = ca.issue(&["localhost"]).write_pem_files(dir.path());
     let port = free_port();
-    let text = config(port, dir.path(), "idle_timeout = \"2s\"\nmax_connections = 1")
-        .render()
-        .replace(
-            &format!("address = \"127.0.0.1:{port}\""),
-            &format!(
-                "address = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
-                cert.display(),
-                key.display()
-            ),
-        );
+    let text = config(
+        port,
+        dir.path(),
+        "idle_timeout = \"2s\"\nmax_connections = 1",
+    )
+    .render()
+    .replace(
+        &format!("address = \"127.0.0.1:{port}\""),
+        &format!(
+            "address = \"127.0.0.1:{port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"",
+            cert.display(),
+            key.display()
+        ),
+    );
     let daemon = Daemon::start(Path::new(BIN), dir.path(), port, &text);
     let s = Server {
         queue: dir.path().join("queue"),
@@ -400,7 +404,11 @@ fn a_client_that_never_completes_the_tls_handshake_loses_its_slot() {
         greeted(&s, Duration::from_secs(8)).is_some(),
         "the stalled handshake still holds the only slot"
     );
-    assert!(start.elapsed() >= Duration::from_secs(1), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
     c.expect_closed(Duration::from_secs(5));
 }
 
@@ -441,7 +449,10 @@ fn a_client_that_keeps_erring_is_closed_with_421_after_max_errors() {
     c.send(b"BOGUS\r\n");
     assert_eq!(c.reply().map(|r| r.0), Some(500));
     let (code, text) = c.reply().expect("a closing reply");
-    assert_eq!((code, text.as_str()), (421, "4.7.0 Too many errors, closing connection"));
+    assert_eq!(
+        (code, text.as_str()),
+        (421, "4.7.0 Too many errors, closing connection")
+    );
     c.expect_closed(Duration::from_secs(5));
 }
 
@@ -464,7 +475,10 @@ fn a_looping_message_is_refused_with_554_5_4_6() {
     let (code, text) = c.reply().expect("a verdict");
     assert_eq!(
         (code, text.as_str()),
-        (554, "5.4.6 Too many hops (11 Received: header fields): mail loop")
+        (
+            554,
+            "5.4.6 Too many hops (11 Received: header fields): mail loop"
+        )
     );
     assert!(s.queued().is_empty());
 }
@@ -480,7 +494,13 @@ fn bdat_content_starting_with_a_tab_is_refused_for_its_bare_newlines() {
     let (code, text) = c.reply().expect("a verdict");
     assert_eq!(
         (code, text.as_str()),
-        (550, "5.6.0 Message contains bare CR or LF; lines must end with CRLF")
+        (
+            550,
+            "5.6.0 Message contains bare CR or LF; lines must end with CRLF"
+        )
     );
-    assert!(s.queued().is_empty(), "nothing with a bare CR or LF is queued");
+    assert!(
+        s.queued().is_empty(),
+        "nothing with a bare CR or LF is queued"
+    );
 }

@@ -562,8 +562,14 @@ fn an_alias_to_a_domain_no_rule_routes_bounces_and_config_check_warns() {
             .filter(|t| t.contains("Status: 5.4.4"))
     })
     .unwrap_or_else(|| panic!("no bounce for the sender:\n{}", daemon.log()));
-    assert!(dsn.contains("Final-Recipient: rfc822; me@example.org"), "{dsn}");
-    assert!(dsn.contains("Original-Recipient: rfc822; root@mx.test"), "{dsn}");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; me@example.org"),
+        "{dsn}"
+    );
+    assert!(
+        dsn.contains("Original-Recipient: rfc822; root@mx.test"),
+        "{dsn}"
+    );
     assert!(dsn.contains("Subject: disk alert"), "{dsn}");
     let queue = dir.path().join("queue");
     assert!(

@@ -332,17 +332,26 @@ async fn a_corrupt_queue_file_is_set_aside_listed_and_counted_and_the_daemon_sta
         table.contains(&format!("corrupt/{broken}.env: unreadable envelope: ")),
         "{table}"
     );
-    assert!(table.contains(&format!("corrupt/{broken}.msg: ")), "{table}");
+    assert!(
+        table.contains(&format!("corrupt/{broken}.msg: ")),
+        "{table}"
+    );
     assert!(
         table.contains("corrupt/stray: leftover temporary file cannot be removed"),
         "{table}"
     );
     let metrics = scrape(setup.metrics_port);
-    assert_eq!(sample(&metrics, "mailer_queue_corrupt_files"), Some(3.0), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "mailer_queue_corrupt_files"),
+        Some(3.0),
+        "{metrics}"
+    );
     let log = daemon.log();
     assert!(log.contains("queue file set aside"), "{log}");
     assert!(
-        fs::read_to_string(queue.join(format!("corrupt/{broken}.msg"))).unwrap().contains("Subject: broken"),
+        fs::read_to_string(queue.join(format!("corrupt/{broken}.msg")))
+            .unwrap()
+            .contains("Subject: broken"),
         "the message itself is kept for the admin"
     );
 }

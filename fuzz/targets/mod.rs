@@ -7,6 +7,7 @@
 pub mod address;
 pub mod aliases;
 pub mod align;
+pub mod bdat;
 pub mod config;
 pub mod data;
 pub mod dmarc;
@@ -37,6 +38,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("dmarc", dmarc::run),
     ("tlsrpt", tlsrpt::run),
     ("relay_reply", relay_reply::run),
+    ("bdat", bdat::run),
 ];
 
 /// A small deterministic generator: split points and choices come from the input itself,

@@ -79,4 +79,5 @@ replay_tests!(
     dmarc,
     tlsrpt,
     relay_reply,
+    bdat,
 );

@@ -501,7 +501,10 @@ fn bdat_content_starting_with_a_tab_keeps_the_line_length_limit() {
         )
         .as_bytes(),
     );
-    assert!(out.ends_with("554 5.6.0 Message has a line longer than 1000 octets\r\n"), "{out}");
+    assert!(
+        out.ends_with("554 5.6.0 Message has a line longer than 1000 octets\r\n"),
+        "{out}"
+    );
     assert!(c.queued.is_empty());
 }
 
@@ -512,14 +515,19 @@ fn a_message_past_the_hop_limit_is_refused_as_a_mail_loop() {
     let hops = |n: usize| {
         let mut m = String::new();
         for i in 0..n {
-            m.push_str(&format!("Received: from h{i} by h{}; Mon, 1 Jan 2024 00:00:00 +0000\r\n", i + 1));
+            m.push_str(&format!(
+                "Received: from h{i} by h{}; Mon, 1 Jan 2024 00:00:00 +0000\r\n",
+                i + 1
+            ));
         }
         m + "Subject: loop\r\n\r\nbody\r\n.\r\n"
     };
     // Ours makes five: accepted.
     let mut c = Client::with(cfg.clone(), "127.0.0.1:40000");
     c.transaction();
-    assert!(c.send(hops(4).as_bytes()).starts_with("250 2.0.0 Ok: queued as "));
+    assert!(c
+        .send(hops(4).as_bytes())
+        .starts_with("250 2.0.0 Ok: queued as "));
     // Six: a loop, refused for good and never queued.
     let mut c = Client::with(cfg.clone(), "127.0.0.1:40000");
     c.transaction();
@@ -531,7 +539,10 @@ fn a_message_past_the_hop_limit_is_refused_as_a_mail_loop() {
     // A `Received:` in the body is not a hop.
     let mut c = Client::with(cfg.clone(), "127.0.0.1:40000");
     c.transaction();
-    let body = format!("Subject: x\r\n\r\n{}.\r\n", "Received: quoted\r\n".repeat(9));
+    let body = format!(
+        "Subject: x\r\n\r\n{}.\r\n",
+        "Received: quoted\r\n".repeat(9)
+    );
     assert!(c.send(body.as_bytes()).starts_with("250 "));
     // BDAT is held to the same limit.
     let mut c = Client::with(cfg, "127.0.0.1:40000");
@@ -544,7 +555,10 @@ fn a_message_past_the_hop_limit_is_refused_as_a_mail_loop() {
         )
         .as_bytes(),
     );
-    assert!(out.ends_with("554 5.4.6 Too many hops (6 Received: header fields): mail loop\r\n"), "{out}");
+    assert!(
+        out.ends_with("554 5.4.6 Too many hops (6 Received: header fields): mail loop\r\n"),
+        "{out}"
+    );
     assert!(c.queued.is_empty());
 }
 
@@ -554,7 +568,10 @@ fn a_client_that_keeps_erring_is_cut_off_with_421() {
     cfg.max_errors = 3;
     let mut c = Client::with(cfg, "127.0.0.1:40000");
     assert_eq!(c.send(b"BOGUS\r\n"), "500 5.5.2 Command unrecognized\r\n");
-    assert_eq!(c.send(b"RCPT TO:<x@example.org>\r\n"), "503 5.5.1 Need MAIL before RCPT\r\n");
+    assert_eq!(
+        c.send(b"RCPT TO:<x@example.org>\r\n"),
+        "503 5.5.1 Need MAIL before RCPT\r\n"
+    );
     assert!(!c.closed);
     assert_eq!(
         c.send(b"BOGUS\r\nNOOP\r\n"),

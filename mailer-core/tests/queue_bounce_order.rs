@@ -115,13 +115,14 @@ async fn a_bounce_that_cannot_be_stored_leaves_its_recipient_pending_not_failed(
     // Room again: the next attempt fails the recipient and this time the bounce is stored.
     set_file_size_limit(u64::MAX);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while deliverer.bounces.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline
-    {
+    while deliverer.bounces.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let _ = stop.send(true);
     let _ = running.await;
     let bounces = deliverer.bounces.lock().unwrap();
     assert_eq!(bounces.len(), 1, "the sender hears of it, once");
-    assert!(String::from_utf8_lossy(&bounces[0]).contains("Final-Recipient: rfc822; pim@example.org"));
+    assert!(
+        String::from_utf8_lossy(&bounces[0]).contains("Final-Recipient: rfc822; pim@example.org")
+    );
 }

@@ -139,11 +139,10 @@ impl Deliverer for Scripted {
             .iter()
             .map(|&i| job.envelope.recipients[i].address.clone())
             .collect();
-        self.jobs.lock().unwrap().push((
-            job.envelope.sender.clone(),
-            rcpts,
-            job.message.to_vec(),
-        ));
+        self.jobs
+            .lock()
+            .unwrap()
+            .push((job.envelope.sender.clone(), rcpts, job.message.to_vec()));
         let outcome = match job.action.as_str() {
             "retry" => Outcome::Failed(Failure::temporary(EnhancedStatus(4, 2, 0), "busy")),
             "gone" => Outcome::Failed(Failure::permanent(EnhancedStatus(5, 1, 1), "no such user")),
@@ -215,21 +214,31 @@ async fn a_failed_envelope_write_never_sends_a_delivered_recipient_again() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Arc::new(Spool::open(dir.path()).unwrap());
     let m = message_to(&[("a@example.org", "ok"), ("b@example.org", "retry")]);
-    spool.store(&Envelope::from_incoming(&m), &m.message).unwrap();
+    spool
+        .store(&Envelope::from_incoming(&m), &m.message)
+        .unwrap();
     let deliverer = Arc::new(Scripted::default());
     let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), quick(), "mx.test".into());
     scheduler.enqueue(Envelope::from_incoming(&m));
 
     let broken = BrokenTmp::new(dir.path());
     run_for(&scheduler, Duration::from_millis(3500)).await;
-    assert_eq!(deliverer.deliveries_to("a@example.org"), 1, "a is delivered once");
+    assert_eq!(
+        deliverer.deliveries_to("a@example.org"),
+        1,
+        "a is delivered once"
+    );
     assert_eq!(
         deliverer.deliveries_to("b@example.org"),
         0,
         "nothing more is sent while the state cannot be written"
     );
     let queued = scheduler.get(m.id).expect("still queued");
-    assert_eq!(queued.recipients[0].state, RecipientState::Delivered, "memory keeps it");
+    assert_eq!(
+        queued.recipients[0].state,
+        RecipientState::Delivered,
+        "memory keeps it"
+    );
     assert_eq!(
         spool.read_envelope(m.id).unwrap().recipients[0].state,
         RecipientState::Pending,
@@ -252,7 +261,9 @@ async fn a_failed_removal_never_sends_the_message_again() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Arc::new(Spool::open(dir.path()).unwrap());
     let m = message_to(&[("a@example.org", "ok")]);
-    spool.store(&Envelope::from_incoming(&m), &m.message).unwrap();
+    spool
+        .store(&Envelope::from_incoming(&m), &m.message)
+        .unwrap();
     let deliverer = Arc::new(Scripted::default());
     let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), quick(), "mx.test".into());
     scheduler.enqueue(Envelope::from_incoming(&m));
@@ -268,7 +279,11 @@ async fn a_failed_removal_never_sends_the_message_again() {
 
     std::fs::remove_dir_all(&env).unwrap();
     run_for(&scheduler, Duration::from_millis(3500)).await;
-    assert_eq!(deliverer.deliveries_to("a@example.org"), 1, "never sent again");
+    assert_eq!(
+        deliverer.deliveries_to("a@example.org"),
+        1,
+        "never sent again"
+    );
     assert!(scheduler.get(m.id).is_none(), "removed once it can be");
     assert!(!spool.message_path(m.id).exists());
 }
@@ -278,7 +293,9 @@ async fn an_alias_target_no_rule_routes_bounces_to_the_sender() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Arc::new(Spool::open(dir.path()).unwrap());
     let m = message_to(&[("root@localhost", "alias")]);
-    spool.store(&Envelope::from_incoming(&m), &m.message).unwrap();
+    spool
+        .store(&Envelope::from_incoming(&m), &m.message)
+        .unwrap();
     let deliverer = Arc::new(Scripted {
         forward: Some(Address::parse("me@example.org").unwrap()),
         ..Scripted::default()

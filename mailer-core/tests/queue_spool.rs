@@ -121,8 +121,16 @@ fn a_corrupt_envelope_is_set_aside_with_its_message_and_the_reason() {
         .map(|c| c.path.file_name().unwrap().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, [format!("{}.env", m.id), format!("{}.msg", m.id)]);
-    assert!(corrupt[0].reason.starts_with("unreadable envelope: "), "{:?}", corrupt[0]);
-    assert_eq!(fs::read(&corrupt[1].path).unwrap(), b"x\r\n", "the message is kept");
+    assert!(
+        corrupt[0].reason.starts_with("unreadable envelope: "),
+        "{:?}",
+        corrupt[0]
+    );
+    assert_eq!(
+        fs::read(&corrupt[1].path).unwrap(),
+        b"x\r\n",
+        "the message is kept"
+    );
     assert!(!spool.message_path(m.id).exists());
     // Gone from the queue for good: the next start finds nothing to set aside.
     assert!(spool.load(true).unwrap().corrupt.is_empty());
@@ -142,7 +150,9 @@ fn a_leftover_temporary_file_that_cannot_be_removed_does_not_stop_the_load() {
     assert_eq!(report.envelopes.len(), 1);
     assert_eq!(report.corrupt.len(), 1);
     assert!(
-        report.corrupt[0].1.starts_with("leftover temporary file cannot be removed"),
+        report.corrupt[0]
+            .1
+            .starts_with("leftover temporary file cannot be removed"),
         "{:?}",
         report.corrupt
     );

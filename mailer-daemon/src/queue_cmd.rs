@@ -235,7 +235,9 @@ fn list(config: &Config, as_json: bool) -> ExitCode {
     } else {
         print!("{}", render_table(&envelopes, now));
         if !corrupt.is_empty() {
-            println!("\nSet aside as corrupt (nothing is delivered from these; repair or delete them):");
+            println!(
+                "\nSet aside as corrupt (nothing is delivered from these; repair or delete them):"
+            );
             for c in &corrupt {
                 println!("  {}: {}", c.path.display(), c.reason);
             }
