@@ -105,11 +105,14 @@ async fn a_message_file_gone_missing_is_postponed_not_spun_on_and_its_envelope_k
     );
 }
 
+/// One job as the deliverer saw it: envelope sender, recipients, message.
+type Seen = (Option<Address>, Vec<Address>, Vec<u8>);
+
 /// Delivers by action: `ok` delivers, `retry` defers, `gone` fails for good, `alias` expands to
 /// the address in `forward`. Remembers every job.
 #[derive(Default)]
 struct Scripted {
-    jobs: std::sync::Mutex<Vec<(Option<Address>, Vec<Address>, Vec<u8>)>>,
+    jobs: std::sync::Mutex<Vec<Seen>>,
     forward: Option<Address>,
 }
 
