@@ -12,16 +12,14 @@ use std::fs;
 use std::future::Future;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use mailer_testkit::certs::TestCa;
-use mailer_testkit::config::TestConfig;
-use mailer_testkit::daemon::{fill_until_full, free_port, Wrapper};
-use mailer_testkit::sink::{Fault, Received, Sink, SinkOptions, Stage};
+use mailer_testkit::daemon::{fill_until_full, Wrapper};
+use mailer_testkit::sink::{Fault, Received, Sink, Stage};
+use mailer_testkit::world::RelayWorld;
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailer");
@@ -29,67 +27,7 @@ const USER: &str = "papmx-user";
 const PASSWORD: &str = "s3cret";
 const SENDER: &str = "app@mastodon.local";
 
-/// The test's world: a CA, a secrets file and a directory for the daemon.
-struct World {
-    dir: tempfile::TempDir,
-    ca: TestCa,
-    ca_file: PathBuf,
-    secrets: PathBuf,
-}
-
-impl World {
-    fn new() -> World {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let ca = TestCa::new();
-        let ca_file = ca.write_pem_file(dir.path());
-        let secrets = dir.path().join("secrets");
-        fs::write(&secrets, format!("papmx {USER}:{PASSWORD}\n")).expect("write the secrets");
-        fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600))
-            .expect("chmod the secrets");
-        World {
-            dir,
-            ca,
-            ca_file,
-            secrets,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn queue_dir(&self) -> PathBuf {
-        self.path().join("queue")
-    }
-
-    /// An upstream requiring STARTTLS and then AUTH, as the real smarthost.
-    async fn upstream(&self, tweak: impl FnOnce(&mut SinkOptions)) -> Sink {
-        let mut options = SinkOptions {
-            tls: Some(self.ca.issue(&["127.0.0.1"])),
-            require_tls: true,
-            auth: Some((USER.into(), PASSWORD.into())),
-            ..SinkOptions::default()
-        };
-        tweak(&mut options);
-        Sink::start(options).await
-    }
-
-    /// Relays everything to `ports` (a pool), retrying every second or two, waiting at most
-    /// `command_timeout` (e.g. `10s`) for each reply.
-    fn config(&self, ports: &[u16], command_timeout: &str) -> TestConfig {
-        TestConfig::new(self.path(), free_port())
-            .hostname("mx.ublog.tech")
-            .local_domains(&["localhost"])
-            .relay_to("papmx", ports, &self.secrets, &self.ca_file)
-            .mail_from("@ublog.tech")
-            .action_lines(
-                "outbound",
-                &format!("connect_timeout = \"5s\"\ncommand_timeout = \"{command_timeout}\""),
-            )
-            .retry("1s", "2s")
-            .warn_and_expire("1h", "2h")
-    }
-}
+type World = RelayWorld;
 
 /// Runs a test body under an overall deadline.
 async fn within<T>(limit: Duration, test: &str, body: impl Future<Output = T>) -> T {
@@ -322,7 +260,7 @@ async fn full_disk_at_intake() {
     const SIZE: usize = 100 * 1024;
     const AT_MOST: usize = 200;
     const STOP_AFTER_REFUSALS: usize = 3;
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     // Nothing leaves until the test says so: the queue only grows.
     let holding = Arc::new(AtomicBool::new(true));
     let hold = holding.clone();
@@ -486,7 +424,7 @@ async fn envelope_updates_failing_on_a_full_disk_never_deliver_a_recipient_twice
 async fn full_disk_during_delivery() {
     const MESSAGES: usize = 10;
     const FULL_FOR: Duration = Duration::from_secs(8);
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     // Closed until the disk is full, so that every attempt happens on a full disk.
     let open = Arc::new(AtomicBool::new(false));
     let gate = open.clone();
@@ -726,7 +664,7 @@ async fn crash_loop() {
     eprintln!("crash loop: seed {seed} (MAILER_FAULTS_SEED={seed} replays the schedule)");
     let mut rng = Rng(seed);
 
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     // A short wait before each 250, so that deliveries are in flight when the kill lands.
     let slow = |_: usize, stage: Stage<'_>| {
         matches!(stage, Stage::DataEnd(_)).then_some(Fault::Stall(Duration::from_millis(15)))
@@ -917,7 +855,7 @@ async fn retried_after(
     command_timeout: &str,
     expected: &str,
 ) -> String {
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     let healed = Arc::new(AtomicBool::new(false));
     let faults = Arc::new(AtomicUsize::new(0));
     let upstream = {

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,75 +14,20 @@ use mailer_testkit::certs::TestCa;
 use mailer_testkit::config::TestConfig;
 use mailer_testkit::daemon::{eventually, free_port, Daemon};
 use mailer_testkit::sink::{Received, Sink, SinkOptions};
+use mailer_testkit::world::RelayWorld;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailer");
 const USER: &str = "papmx-user";
 const PASSWORD: &str = "s3cret pass:word";
 
-/// The test's world: a CA, a secrets file and a directory for the daemon.
-struct World {
-    dir: tempfile::TempDir,
-    ca: TestCa,
-    ca_file: PathBuf,
-    secrets: PathBuf,
-}
+type World = RelayWorld;
 
-impl World {
-    fn new() -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new();
-        let ca_file = ca.write_pem_file(dir.path());
-        let secrets = dir.path().join("secrets");
-        fs::write(
-            &secrets,
-            format!("# relay credentials\npapmx {USER}:{PASSWORD}\n"),
-        )
-        .unwrap();
-        fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).unwrap();
-        World {
-            dir,
-            ca,
-            ca_file,
-            secrets,
-        }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// An upstream requiring STARTTLS and then AUTH, with a certificate for 127.0.0.1.
-    async fn upstream(&self, tweak: impl FnOnce(&mut SinkOptions)) -> Sink {
-        let mut options = SinkOptions {
-            tls: Some(self.ca.issue(&["127.0.0.1"])),
-            require_tls: true,
-            auth: Some((USER.into(), PASSWORD.into())),
-            ..SinkOptions::default()
-        };
-        tweak(&mut options);
-        Sink::start(options).await
-    }
-
-    /// A daemon relaying everything to `ports` (a pool) with the @ublog.tech rewrite.
-    fn daemon(&self, ports: &[u16], extra_action: &str) -> Daemon {
-        TestConfig::new(self.path(), free_port())
-            .hostname("mx.ublog.tech")
-            .local_domains(&["localhost"])
-            .relay_to("papmx", ports, &self.secrets, &self.ca_file)
-            .mail_from("@ublog.tech")
-            .action_lines(
-                "outbound",
-                "connect_timeout = \"5s\"\ncommand_timeout = \"10s\"",
-            )
-            .action_lines("outbound", extra_action)
-            .retry("1s", "2s")
-            .warn_and_expire("1h", "2h")
-            .start(Path::new(BIN))
-    }
-
-    fn queue_dir(&self) -> PathBuf {
-        self.path().join("queue")
-    }
+/// A daemon relaying everything to `ports` (a pool) with the @ublog.tech rewrite.
+fn daemon(world: &World, ports: &[u16], extra_action: &str) -> Daemon {
+    world
+        .config(ports, "10s")
+        .action_lines("outbound", extra_action)
+        .start(Path::new(BIN))
 }
 
 /// Sends a message with a real SMTP client; returns the queue id from the reply.
@@ -159,9 +104,9 @@ const WAIT: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relays_100_messages_byte_exact_rewritten_over_verified_tls_with_auth() {
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     let upstream = world.upstream(|_| {}).await;
-    let daemon = world.daemon(&[upstream.port()], "");
+    let daemon = daemon(&world, &[upstream.port()], "");
     for n in 0..100 {
         send(
             daemon.port,
@@ -211,7 +156,7 @@ async fn relays_100_messages_byte_exact_rewritten_over_verified_tls_with_auth() 
 
 #[test]
 fn a_secrets_file_readable_by_others_is_refused() {
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     fs::set_permissions(&world.secrets, fs::Permissions::from_mode(0o644)).unwrap();
     let text = TestConfig::new(world.path(), free_port())
         .relay_to("papmx", &[2], &world.secrets, &world.ca_file)
@@ -236,11 +181,11 @@ fn a_secrets_file_readable_by_others_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pool_skips_a_dead_member_and_a_421_member_and_delivers_each_message_once() {
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     let dead = Sink::refusing().port();
     let busy = world.upstream(|o| o.greeting_421 = true).await;
     let good = world.upstream(|_| {}).await;
-    let daemon = world.daemon(&[dead, busy.port(), good.port()], "");
+    let daemon = daemon(&world, &[dead, busy.port(), good.port()], "");
     let started = Instant::now();
     for n in 0..20 {
         send(
@@ -267,9 +212,9 @@ async fn pool_skips_a_dead_member_and_a_421_member_and_delivers_each_message_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mail_waits_out_an_outage_of_every_upstream_and_says_why() {
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     let port = free_port();
-    let daemon = world.daemon(&[port], "");
+    let daemon = daemon(&world, &[port], "");
     let mut ids = Vec::new();
     for n in 0..5 {
         ids.push(
@@ -307,7 +252,7 @@ async fn mail_waits_out_an_outage_of_every_upstream_and_says_why() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_rejected_recipient_of_three_bounces_alone_with_the_upstream_reply() {
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     let upstream = world
         .upstream(|o| {
             o.rcpt_reply = Some(Arc::new(|rcpt: &str| {
@@ -320,7 +265,7 @@ async fn one_rejected_recipient_of_three_bounces_alone_with_the_upstream_reply()
             }))
         })
         .await;
-    let daemon = world.daemon(&[upstream.port()], "");
+    let daemon = daemon(&world, &[upstream.port()], "");
     send(
         daemon.port,
         "alice@mastodon.local",
@@ -370,7 +315,7 @@ async fn unverifiable_upstream_gets_nothing(
     why: &str,
 ) {
     let upstream = world.upstream(|o| o.tls = Some(leaf)).await;
-    let daemon = world.daemon(&[upstream.port()], "");
+    let daemon = daemon(world, &[upstream.port()], "");
     let id = send(
         daemon.port,
         "app@mastodon.local",
@@ -395,21 +340,21 @@ async fn unverifiable_upstream_gets_nothing(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_certificate_for_the_wrong_name_sends_nothing_and_says_why() {
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     let leaf = world.ca.issue(&["other.example"]);
     unverifiable_upstream_gets_nothing(leaf, &world, "name mismatch").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_certificate_from_an_unknown_ca_sends_nothing_and_says_why() {
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     let leaf = TestCa::new().issue(&["127.0.0.1"]);
     unverifiable_upstream_gets_nothing(leaf, &world, "unknown issuer").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_delivery_loses_nothing_and_repeats_no_recorded_delivery() {
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     // A slow upstream, so the kill lands while deliveries are in flight.
     let slow = |o: &mut SinkOptions| {
         o.data_reply = Some(Arc::new(|_: &Received| {
@@ -418,7 +363,7 @@ async fn kill_9_during_delivery_loses_nothing_and_repeats_no_recorded_delivery()
         }))
     };
     let upstream = world.upstream(slow).await;
-    let mut daemon = world.daemon(&[upstream.port()], "");
+    let mut daemon = daemon(&world, &[upstream.port()], "");
     let mut ids = Vec::new();
     for n in 0..200 {
         ids.push((
@@ -481,9 +426,9 @@ async fn kill_9_during_delivery_loses_nothing_and_repeats_no_recorded_delivery()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_misaligned_header_from_is_bounced_not_relayed_when_rejecting() {
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     let upstream = world.upstream(|_| {}).await;
-    let daemon = world.daemon(&[upstream.port()], "on_misalignment = \"reject\"");
+    let daemon = daemon(&world, &[upstream.port()], "on_misalignment = \"reject\"");
     let message = b"From: someone@evil.example\r\nSubject: spoof\r\n\r\nbody".to_vec();
     send(
         daemon.port,
@@ -510,7 +455,7 @@ async fn a_misaligned_header_from_is_bounced_not_relayed_when_rejecting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sender_is_warned_once_then_told_of_expiry() {
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     let port = free_port();
     let daemon = TestConfig::new(world.path(), port)
         .hostname("mx.ublog.tech")
@@ -559,7 +504,7 @@ async fn sender_is_warned_once_then_told_of_expiry() {
 async fn each_pool_member_gets_only_its_own_credentials() {
     const BACKUP_USER: &str = "backup-user";
     const BACKUP_PASSWORD: &str = "other s3cret";
-    let world = World::new();
+    let world = World::new(USER, PASSWORD);
     fs::write(
         &world.secrets,
         format!("primary {USER}:{PASSWORD}\nbackup {BACKUP_USER}:{BACKUP_PASSWORD}\n"),

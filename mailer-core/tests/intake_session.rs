@@ -106,6 +106,16 @@ impl Client {
         assert!(self.send(b"EHLO client.example\r\n").starts_with("250-"));
     }
 
+    /// MAIL, RCPT and `content` as one `BDAT n LAST` chunk, after EHLO; every reply.
+    fn bdat_message(&mut self, content: &[u8]) -> String {
+        self.ehlo();
+        let head = format!(
+            "MAIL FROM:<a@b.org>\r\nRCPT TO:<x@example.org>\r\nBDAT {} LAST\r\n",
+            content.len()
+        );
+        self.send(&[head.as_bytes(), content].concat())
+    }
+
     fn transaction(&mut self) {
         self.ehlo();
         assert_eq!(
@@ -469,18 +479,7 @@ fn bdat_content_starting_with_a_tab_is_still_checked_for_bare_newlines() {
     // The content must not be taken for a continuation of our Received header.
     for content in [&b"\tA\nB\r.\rC"[..], b"\t\r", b" x\ny"] {
         let mut c = Client::local();
-        c.ehlo();
-        let out = c.send(
-            &[
-                format!(
-                    "MAIL FROM:<a@b.org>\r\nRCPT TO:<x@example.org>\r\nBDAT {} LAST\r\n",
-                    content.len()
-                )
-                .as_bytes(),
-                content,
-            ]
-            .concat(),
-        );
+        let out = c.bdat_message(content);
         assert!(
             out.ends_with("550 5.6.0 Message contains bare CR or LF; lines must end with CRLF\r\n"),
             "{content:?}: {out}"
@@ -492,15 +491,7 @@ fn bdat_content_starting_with_a_tab_is_still_checked_for_bare_newlines() {
 #[test]
 fn bdat_content_starting_with_a_tab_keeps_the_line_length_limit() {
     let mut c = Client::local();
-    c.ehlo();
-    let content = format!("\t{}\r\n", "x".repeat(1200));
-    let out = c.send(
-        format!(
-            "MAIL FROM:<a@b.org>\r\nRCPT TO:<x@example.org>\r\nBDAT {} LAST\r\n{content}",
-            content.len()
-        )
-        .as_bytes(),
-    );
+    let out = c.bdat_message(format!("\t{}\r\n", "x".repeat(1200)).as_bytes());
     assert!(
         out.ends_with("554 5.6.0 Message has a line longer than 1000 octets\r\n"),
         "{out}"
@@ -546,15 +537,7 @@ fn a_message_past_the_hop_limit_is_refused_as_a_mail_loop() {
     assert!(c.send(body.as_bytes()).starts_with("250 "));
     // BDAT is held to the same limit.
     let mut c = Client::with(cfg, "127.0.0.1:40000");
-    c.ehlo();
-    let content = hops(5).replace("\r\n.\r\n", "\r\n");
-    let out = c.send(
-        format!(
-            "MAIL FROM:<a@b.org>\r\nRCPT TO:<x@example.org>\r\nBDAT {} LAST\r\n{content}",
-            content.len()
-        )
-        .as_bytes(),
-    );
+    let out = c.bdat_message(hops(5).replace("\r\n.\r\n", "\r\n").as_bytes());
     assert!(
         out.ends_with("554 5.4.6 Too many hops (6 Received: header fields): mail loop\r\n"),
         "{out}"

@@ -184,6 +184,21 @@ fn quick() -> Timing {
     }
 }
 
+/// A spool in a fresh directory holding `m`, and a scheduler over it that knows of `m`.
+fn queued<D: Deliverer>(
+    m: &Incoming,
+    deliverer: Arc<D>,
+) -> (tempfile::TempDir, Arc<Spool>, Arc<Scheduler<D>>) {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(dir.path()).unwrap());
+    spool
+        .store(&Envelope::from_incoming(m), &m.message)
+        .unwrap();
+    let scheduler = Scheduler::new(spool.clone(), deliverer, quick(), "mx.test".into());
+    scheduler.enqueue(Envelope::from_incoming(m));
+    (dir, spool, scheduler)
+}
+
 /// Runs the scheduler for `d`, then stops it.
 async fn run_for<D: Deliverer>(scheduler: &Arc<Scheduler<D>>, d: Duration) {
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -214,15 +229,9 @@ impl Drop for BrokenTmp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_envelope_write_never_sends_a_delivered_recipient_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = Arc::new(Spool::open(dir.path()).unwrap());
     let m = message_to(&[("a@example.org", "ok"), ("b@example.org", "retry")]);
-    spool
-        .store(&Envelope::from_incoming(&m), &m.message)
-        .unwrap();
     let deliverer = Arc::new(Scripted::default());
-    let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), quick(), "mx.test".into());
-    scheduler.enqueue(Envelope::from_incoming(&m));
+    let (dir, spool, scheduler) = queued(&m, deliverer.clone());
 
     let broken = BrokenTmp::new(dir.path());
     run_for(&scheduler, Duration::from_millis(3500)).await;
@@ -261,15 +270,9 @@ async fn a_failed_envelope_write_never_sends_a_delivered_recipient_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_removal_never_sends_the_message_again() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = Arc::new(Spool::open(dir.path()).unwrap());
     let m = message_to(&[("a@example.org", "ok")]);
-    spool
-        .store(&Envelope::from_incoming(&m), &m.message)
-        .unwrap();
     let deliverer = Arc::new(Scripted::default());
-    let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), quick(), "mx.test".into());
-    scheduler.enqueue(Envelope::from_incoming(&m));
+    let (dir, spool, scheduler) = queued(&m, deliverer.clone());
 
     // The envelope cannot be removed (nor replaced): an I/O error on every try.
     let env = dir.path().join(format!("q/{}.env", m.id));
@@ -293,18 +296,12 @@ async fn a_failed_removal_never_sends_the_message_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alias_target_no_rule_routes_bounces_to_the_sender() {
-    let dir = tempfile::tempdir().unwrap();
-    let spool = Arc::new(Spool::open(dir.path()).unwrap());
     let m = message_to(&[("root@localhost", "alias")]);
-    spool
-        .store(&Envelope::from_incoming(&m), &m.message)
-        .unwrap();
     let deliverer = Arc::new(Scripted {
         forward: Some(Address::parse("me@example.org").unwrap()),
         ..Scripted::default()
     });
-    let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), quick(), "mx.test".into());
-    scheduler.enqueue(Envelope::from_incoming(&m));
+    let (_dir, _spool, scheduler) = queued(&m, deliverer.clone());
     run_for(&scheduler, Duration::from_millis(1500)).await;
 
     let bounces = deliverer.bounces();

@@ -1,6 +1,6 @@
 //! Loopback test fixtures for mailer: an upstream SMTP sink, a test certificate authority, an
 //! authoritative DNS server, an HTTPS policy server, a launcher for the real daemon, the
-//! builder of its configuration and a raw SMTP client.
+//! builder of its configuration, a raw SMTP client, and the world of a relay test.
 
 pub mod certs;
 pub mod config;
@@ -9,3 +9,4 @@ pub mod dns;
 pub mod https;
 pub mod sink;
 pub mod smtp;
+pub mod world;
