@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use mailer_core::address::Address;
-use mailer_core::delivery::{EnhancedStatus, Failure, Outcome};
+use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use mailer_core::intake::{AcceptedRecipient, Incoming, Peer};
 use mailer_core::queue::scheduler::{Attempt, Deliverer, Job, Scheduler, Timing};
 use mailer_core::queue::{Envelope, QueueId, RecipientState, Spool};
@@ -31,6 +31,7 @@ impl Deliverer for Rejecting {
                 .iter()
                 .map(|_| {
                     Outcome::Failed(Failure::permanent(
+                        FailureKind::Reply(550),
                         EnhancedStatus(5, 1, 1),
                         "550 5.1.1 no such user",
                     ))

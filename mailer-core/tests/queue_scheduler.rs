@@ -136,7 +136,7 @@ impl Scripted {
 
 impl Deliverer for Scripted {
     async fn deliver(&self, job: Job) -> Attempt {
-        use mailer_core::delivery::{EnhancedStatus, Failure};
+        use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind};
         let rcpts: Vec<Address> = job
             .recipients
             .iter()
@@ -147,8 +147,16 @@ impl Deliverer for Scripted {
             .unwrap()
             .push((job.envelope.sender.clone(), rcpts, job.message.to_vec()));
         let outcome = match job.action.as_str() {
-            "retry" => Outcome::Failed(Failure::temporary(EnhancedStatus(4, 2, 0), "busy")),
-            "gone" => Outcome::Failed(Failure::permanent(EnhancedStatus(5, 1, 1), "no such user")),
+            "retry" => Outcome::Failed(Failure::temporary(
+                FailureKind::Reply(450),
+                EnhancedStatus(4, 2, 0),
+                "busy",
+            )),
+            "gone" => Outcome::Failed(Failure::permanent(
+                FailureKind::Reply(450),
+                EnhancedStatus(5, 1, 1),
+                "no such user",
+            )),
             _ => Outcome::Delivered { reply: None },
         };
         let mut attempt = Attempt::of(job.recipients.iter().map(|_| outcome.clone()).collect());

@@ -88,7 +88,8 @@ async fn starttls_and_auth_plain_deliver_byte_exact_data() {
 
     let outcomes = pool
         .deliver(Some(&addr("alice@ublog.tech")), &recipients, body)
-        .await;
+        .await
+        .outcomes;
 
     let delivered = Outcome::Delivered {
         reply: Some("250 2.0.0 queued".into()),
@@ -117,7 +118,8 @@ async fn auth_login_is_used_when_only_login_is_offered() {
 
     let outcomes = pool
         .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
-        .await;
+        .await
+        .outcomes;
 
     assert!(
         matches!(outcomes[0], Outcome::Delivered { .. }),
@@ -145,7 +147,8 @@ async fn implicit_tls_to_an_ip_member_verifies_the_ip_san() {
 
     let outcomes = pool
         .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
-        .await;
+        .await
+        .outcomes;
 
     assert!(
         matches!(outcomes[0], Outcome::Delivered { .. }),
@@ -178,7 +181,7 @@ async fn one_rejected_recipient(no_pipelining: bool) {
         addr("cid@example.org"),
     ];
 
-    let outcomes = pool.deliver(None, &recipients, b"hi\r\n").await;
+    let outcomes = pool.deliver(None, &recipients, b"hi\r\n").await.outcomes;
 
     assert!(
         matches!(outcomes[0], Outcome::Delivered { .. }),
@@ -223,12 +226,14 @@ async fn all_recipients_rejected_sends_no_data() {
 
     let outcomes = pool
         .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
-        .await;
+        .await
+        .outcomes;
     assert!(only_failure(&outcomes).permanent);
     // The session is still good for the next message.
     let outcomes = pool
         .deliver(None, &[addr("ann@example.org")], b"next\r\n")
-        .await;
+        .await
+        .outcomes;
     assert!(
         matches!(outcomes[0], Outcome::Delivered { .. }),
         "{outcomes:?}"
@@ -257,7 +262,8 @@ async fn reply_421_to_mail_fails_every_recipient_temporarily() {
             &[addr("ann@example.org"), addr("bob@example.org")],
             b"hi\r\n",
         )
-        .await;
+        .await
+        .outcomes;
 
     assert_eq!(outcomes.len(), 2);
     for outcome in &outcomes {
@@ -287,7 +293,8 @@ async fn rejection_at_end_of_data_applies_to_every_accepted_recipient() {
             &[addr("ann@example.org"), addr("bob@example.org")],
             b"hi\r\n",
         )
-        .await;
+        .await
+        .outcomes;
 
     for outcome in &outcomes {
         let Outcome::Failed(f) = outcome else {
@@ -321,7 +328,8 @@ async fn tls_failure_reason(
     .unwrap();
     let outcomes = pool
         .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
-        .await;
+        .await
+        .outcomes;
     let failure = only_failure(&outcomes);
     assert!(!failure.permanent, "TLS failures are retried");
     assert_eq!(failure.remote_reply, None);
@@ -372,7 +380,8 @@ async fn missing_starttls_when_required_fails_without_auth() {
 
     let outcomes = pool
         .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
-        .await;
+        .await
+        .outcomes;
 
     let failure = only_failure(&outcomes);
     assert!(!failure.permanent);
@@ -399,7 +408,8 @@ async fn credentials_are_never_sent_in_plaintext() {
 
     let outcomes = pool
         .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
-        .await;
+        .await
+        .outcomes;
 
     let failure = only_failure(&outcomes);
     assert!(
@@ -422,7 +432,8 @@ async fn rejected_credentials_are_temporary_and_not_revealed() {
 
     let outcomes = pool
         .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
-        .await;
+        .await
+        .outcomes;
 
     let failure = only_failure(&outcomes);
     assert!(!failure.permanent, "an administrator can fix the secret");
@@ -448,7 +459,8 @@ async fn plain_member_without_credentials_delivers_in_cleartext() {
 
     let outcomes = pool
         .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
-        .await;
+        .await
+        .outcomes;
 
     assert!(
         matches!(outcomes[0], Outcome::Delivered { .. }),

@@ -80,7 +80,8 @@ async fn pool_fails_over_and_does_not_retry_dead_members() {
         assert_delivered(
             &pool
                 .deliver(None, &[addr("bob@example.org")], body.as_bytes())
-                .await,
+                .await
+                .outcomes,
         );
     }
     assert_eq!(
@@ -90,7 +91,8 @@ async fn pool_fails_over_and_does_not_retry_dead_members() {
     );
     let tried_again = pool
         .deliver(None, &[addr("bob@example.org")], b"later\r\n")
-        .await;
+        .await
+        .outcomes;
     assert_delivered(&tried_again);
 
     assert_eq!(
@@ -142,7 +144,8 @@ async fn relay_skips_dead_pool_member_without_waiting() {
     assert_delivered(
         &pool
             .deliver(None, &[addr("bob@example.org")], b"one\r\n")
-            .await,
+            .await
+            .outcomes,
     );
     assert!(
         started.elapsed() >= Duration::from_millis(500),
@@ -154,7 +157,8 @@ async fn relay_skips_dead_pool_member_without_waiting() {
         assert_delivered(
             &pool
                 .deliver(None, &[addr("bob@example.org")], b"again\r\n")
-                .await,
+                .await
+                .outcomes,
         );
     }
     assert!(
@@ -181,7 +185,8 @@ async fn a_lone_member_is_still_probed_while_its_breaker_is_open() {
     for _ in 0..2 {
         let outcome = pool
             .deliver(None, &[addr("bob@example.org")], b"x\r\n")
-            .await;
+            .await
+            .outcomes;
         assert!(matches!(&outcome[0], Outcome::Failed(f) if !f.permanent));
     }
     assert_eq!(busy.connections(), 2);
@@ -209,7 +214,7 @@ async fn all_members_failing_names_every_address() {
     let pool = Pool::new(settings(&ca, members), StaticResolver(HashMap::new())).unwrap();
     let recipients = [addr("ann@example.org"), addr("bob@example.org")];
 
-    let outcomes = pool.deliver(None, &recipients, b"x\r\n").await;
+    let outcomes = pool.deliver(None, &recipients, b"x\r\n").await.outcomes;
 
     assert_eq!(outcomes.len(), 2);
     for outcome in &outcomes {
@@ -260,7 +265,8 @@ async fn ten_messages_to_one_member_use_one_connection() {
                     &[addr("bob@example.org")],
                     body.as_bytes(),
                 )
-                .await,
+                .await
+                .outcomes,
         );
     }
 
@@ -290,7 +296,8 @@ async fn a_session_closed_by_the_server_is_replaced_without_losing_the_message()
     assert_delivered(
         &pool
             .deliver(None, &[addr("bob@example.org")], b"first\r\n")
-            .await,
+            .await
+            .outcomes,
     );
 
     // The server hangs up on the idle session; the next message must still go out.
@@ -298,7 +305,8 @@ async fn a_session_closed_by_the_server_is_replaced_without_losing_the_message()
     assert_delivered(
         &pool
             .deliver(None, &[addr("bob@example.org")], b"second\r\n")
-            .await,
+            .await
+            .outcomes,
     );
 
     let got = sink.wait_for(2, WAIT).await;
@@ -309,5 +317,80 @@ async fn a_session_closed_by_the_server_is_replaced_without_losing_the_message()
     assert_eq!(
         status[0].breaker_open_until, None,
         "a stale session is not a member failure"
+    );
+}
+
+/// Each member's fault is reported with its kind, decided where it happened: metrics count
+/// these, and nothing reads the reason text.
+#[tokio::test]
+async fn each_failing_member_is_reported_with_the_kind_of_its_fault() {
+    use mailer_core::delivery::relay::MemberFault;
+    use mailer_core::delivery::FailureKind;
+    let ca = TestCa::new();
+    let other_ca = TestCa::new();
+    let refusing = Sink::refusing();
+    let busy = Sink::start(SinkOptions {
+        greeting_421: true,
+        ..tls_auth_sink(&ca)
+    })
+    .await;
+    let unverifiable = Sink::start(SinkOptions {
+        tls: Some(other_ca.issue(&["127.0.0.1"])),
+        ..tls_auth_sink(&ca)
+    })
+    .await;
+    let wrong_password = Sink::start(SinkOptions {
+        auth: Some(("alice".into(), "another password".into())),
+        ..tls_auth_sink(&ca)
+    })
+    .await;
+    let refusing_rcpt = Sink::start(SinkOptions {
+        rcpt_reply: Some(std::sync::Arc::new(|_: &str| {
+            Some((550, "5.1.1 no such user".to_string()))
+        })),
+        ..tls_auth_sink(&ca)
+    })
+    .await;
+    let mut members = vec![Member {
+        host: "relay.invalid".into(),
+        port: 25,
+        security: Security::StartTls,
+        credentials: None,
+    }];
+    for at in [
+        refusing,
+        busy.addr(),
+        unverifiable.addr(),
+        wrong_password.addr(),
+        refusing_rcpt.addr(),
+    ] {
+        members.push(member(at, Security::StartTls));
+    }
+    // The first delivery starts with the first member: the one refusing the recipient, which
+    // ends the delivery, comes last.
+    let pool = Pool::new(settings(&ca, members), StaticResolver(HashMap::new())).unwrap();
+
+    let mut result = pool
+        .deliver(None, &[addr("ann@example.org")], b"x\r\n")
+        .await;
+    // In a stable order: the members' order depends on rotation.
+    result.faults.sort_by_key(|f| f.kind.label());
+    let fault = |kind| MemberFault {
+        host: "127.0.0.1".into(),
+        kind,
+    };
+    assert_eq!(
+        result.faults,
+        [
+            fault(FailureKind::Reply(421)),
+            fault(FailureKind::Reply(550)),
+            fault(FailureKind::Auth),
+            fault(FailureKind::Connect),
+            MemberFault {
+                host: "relay.invalid".into(),
+                kind: FailureKind::Dns
+            },
+            fault(FailureKind::Tls),
+        ]
     );
 }

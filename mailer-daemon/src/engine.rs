@@ -11,7 +11,7 @@ use mailer_core::config::{Action, Config};
 use mailer_core::delivery::dkim::DkimSigning;
 use mailer_core::delivery::local::LocalDelivery;
 use mailer_core::delivery::relay::{RelayDelivery, Resolve};
-use mailer_core::delivery::{EnhancedStatus, Failure, Outcome};
+use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use mailer_core::intake::Incoming;
 use mailer_core::policy::Router;
 use mailer_core::queue::scheduler::{Attempt, Deliverer, Job, Scheduler, Timing};
@@ -19,7 +19,7 @@ use mailer_core::queue::{Envelope, QueueId, Recipient, Spool};
 use std::sync::Mutex;
 use tokio::sync::watch;
 
-use crate::metrics::{Metrics, RelayFailure};
+use crate::metrics::Metrics;
 
 pub struct Engine {
     spool: Arc<Spool>,
@@ -398,41 +398,17 @@ impl Delivery {
             if result.misaligned {
                 self.metrics.misaligned.inc();
             }
-            self.count_relay_failure(relay, &result.outcomes);
+            for fault in &result.faults {
+                self.metrics.relay_failure(&fault.host, fault.kind);
+            }
             return Attempt::of(result.outcomes);
         }
-        let outcomes = job
-            .recipients
-            .iter()
-            .map(|_| {
-                Outcome::Failed(Failure::temporary(
-                    EnhancedStatus(4, 3, 5),
-                    format!("action {} is not configured", job.action),
-                ))
-            })
-            .collect();
-        Attempt::of(outcomes)
-    }
-
-    /// Counts a relay attempt that failed (once per attempt, by its first failure).
-    fn count_relay_failure(&self, relay: &RelayDelivery, outcomes: &[Outcome]) {
-        let Some(failure) = outcomes.iter().find_map(|o| match o {
-            Outcome::Failed(f) => Some(f),
-            Outcome::Delivered { .. } => None,
-        }) else {
-            return;
-        };
-        // A misalignment refusal is ours, not the relay's.
-        if failure.status == EnhancedStatus(5, 7, 1) && failure.remote_reply.is_none() {
-            return;
-        }
-        let host = relay
-            .hosts()
-            .find(|h| failure.reason.contains(h))
-            .or_else(|| relay.hosts().next())
-            .unwrap_or("unknown");
-        self.metrics
-            .relay_failure(host, classify_relay_failure(failure));
+        let failure = Failure::temporary(
+            FailureKind::Unrouted,
+            EnhancedStatus(4, 3, 5),
+            format!("action {} is not configured", job.action),
+        );
+        Attempt::of(Outcome::all_failed(job.recipients.len(), &failure))
     }
 
     /// Where an action's mail goes, for log lines: relay hosts, or `mailbox`.
@@ -442,27 +418,6 @@ impl Delivery {
             None if self.locals.contains_key(action) => "mailbox".to_string(),
             None => "none".to_string(),
         }
-    }
-}
-
-/// The kind of a relay failure, from what the relay client reported. The pool folds
-/// session-setup failures into one temporary failure, so its reason text is what is left.
-fn classify_relay_failure(f: &Failure) -> RelayFailure {
-    if f.reason.contains(": AUTH") {
-        return RelayFailure::Auth;
-    }
-    if let Some(reply) = &f.remote_reply {
-        return if reply.starts_with('5') {
-            RelayFailure::Permanent
-        } else {
-            RelayFailure::Temporary
-        };
-    }
-    let lower = f.reason.to_ascii_lowercase();
-    if lower.contains("tls") || lower.contains("certificate") {
-        RelayFailure::Tls
-    } else {
-        RelayFailure::Connect
     }
 }
 
@@ -519,22 +474,21 @@ impl Deliverer for Dispatch {
         let delay = SystemTime::now()
             .duration_since(env.arrived_at())
             .unwrap_or_default();
-        let (event, status, detail) = match outcome {
+        let (event, status, detail, kind) = match outcome {
             Outcome::Delivered { reply } => {
                 self.metrics.delivery_duration.observe(delay.as_secs_f64());
-                (
-                    "delivered",
-                    "2.0.0".to_string(),
-                    reply.clone().unwrap_or_default(),
-                )
+                let reply = reply.clone().unwrap_or_default();
+                ("delivered", "2.0.0".to_string(), reply, None)
             }
-            Outcome::Failed(f) if f.permanent && f.status == EnhancedStatus(4, 4, 7) => {
-                ("expired", f.status.to_string(), f.reason.clone())
+            Outcome::Failed(f) => {
+                let event = match (f.kind, f.permanent) {
+                    (FailureKind::Expired, _) => "expired",
+                    (_, true) => "bounced",
+                    (_, false) => "deferred",
+                };
+                let status = f.status.to_string();
+                (event, status, f.reason.clone(), Some(f.kind.label()))
             }
-            Outcome::Failed(f) if f.permanent => {
-                ("bounced", f.status.to_string(), f.reason.clone())
-            }
-            Outcome::Failed(f) => ("deferred", f.status.to_string(), f.reason.clone()),
         };
         self.metrics.delivery(&recipient.action, event);
         let via = self.current().via(&recipient.action);
@@ -544,6 +498,7 @@ impl Deliverer for Dispatch {
             action = %recipient.action,
             relay = %via,
             status = %status,
+            kind = kind,
             delay = format_args!("{}s", delay.as_secs()),
             detail = %detail,
             "{event}"

@@ -55,28 +55,6 @@ pub struct BuildInfo {
     pub version: String,
 }
 
-/// Why a relay attempt failed, as `mailer_relay_failures_total{kind}` tells it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RelayFailure {
-    Connect,
-    Tls,
-    Auth,
-    Temporary,
-    Permanent,
-}
-
-impl RelayFailure {
-    pub fn label(self) -> &'static str {
-        match self {
-            RelayFailure::Connect => "connect",
-            RelayFailure::Tls => "tls",
-            RelayFailure::Auth => "auth",
-            RelayFailure::Temporary => "4xx",
-            RelayFailure::Permanent => "5xx",
-        }
-    }
-}
-
 /// Every metric of the daemon, registered once in [`Metrics::new`].
 pub struct Metrics {
     pub sessions: Counter,
@@ -261,7 +239,7 @@ impl Metrics {
             .inc();
     }
 
-    pub fn relay_failure(&self, host: &str, kind: RelayFailure) {
+    pub fn relay_failure(&self, host: &str, kind: mailer_core::delivery::FailureKind) {
         self.relay_failures
             .get_or_create(&HostKind {
                 host: host.to_string(),

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use super::maildir::{deliver_maildir, MaildirOptions};
 use super::mbox::{deliver_mbox, expand_path, MboxOptions};
-use super::{EnhancedStatus, Failure, Outcome};
+use super::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::address::Address;
 use crate::config::{Config, LocalAction, MailboxKind};
 use crate::tables::aliases::{AliasOptions, AliasTarget, Aliases};
@@ -84,6 +84,7 @@ impl LocalDelivery {
                     }
                     AliasTarget::Command(_) | AliasTarget::File(_) => {
                         Outcome::Failed(Failure::permanent(
+                            FailureKind::Local,
                             EnhancedStatus(5, 3, 0),
                             "command and file alias targets are not delivered by this server",
                         ))
@@ -105,6 +106,7 @@ impl LocalDelivery {
             Ok(Some(targets)) => Ok(targets),
             Ok(None) => Ok(vec![AliasTarget::User(rcpt.user())]),
             Err(e) => Err(Failure::permanent(
+                FailureKind::Loop,
                 EnhancedStatus(5, 4, 6),
                 format!("alias expansion failed: {e}"),
             )),
@@ -122,12 +124,14 @@ impl LocalDelivery {
             Ok(Some(u)) => u,
             Ok(None) => {
                 return Outcome::Failed(Failure::permanent(
+                    FailureKind::Local,
                     EnhancedStatus(5, 1, 1),
                     format!("no such local user: {user}"),
                 ))
             }
             Err(e) => {
                 return Outcome::Failed(Failure::temporary(
+                    FailureKind::Local,
                     EnhancedStatus(4, 3, 0),
                     format!("cannot look up user {user}: {e}"),
                 ))
@@ -142,6 +146,7 @@ impl LocalDelivery {
             Ok(p) => p,
             Err(e) => {
                 return Outcome::Failed(Failure::temporary(
+                    FailureKind::Local,
                     EnhancedStatus(4, 3, 5),
                     format!("mailbox path {pattern}: {e}"),
                 ))
@@ -231,6 +236,7 @@ mod tests {
 
     fn failed(permanent: bool) -> Outcome {
         Outcome::Failed(Failure {
+            kind: FailureKind::Local,
             permanent,
             status: EnhancedStatus(if permanent { 5 } else { 4 }, 0, 0),
             remote_reply: None,

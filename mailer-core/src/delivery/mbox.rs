@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::address::Address;
-use crate::delivery::{EnhancedStatus, Failure};
+use crate::delivery::{EnhancedStatus, Failure, FailureKind};
 use crate::time::asctime;
 
 /// A dotlock older than this was left by a crashed writer (mutt and procmail use 5 minutes).
@@ -156,6 +156,7 @@ pub fn deliver_mbox(
         open_mbox(path, opts.owner).map_err(|e| io_failure(path, "cannot open", &e))?;
     lock_fcntl(&file, deadline).map_err(|e| match e {
         LockError::Timeout => Failure::temporary(
+            FailureKind::Local,
             EnhancedStatus(4, 2, 0),
             format!(
                 "{}: mailbox locked (fcntl) by another process for more than {:?}",
@@ -302,6 +303,7 @@ impl DotLock {
             let now = Instant::now();
             if now >= deadline {
                 return Err(Failure::temporary(
+                    FailureKind::Local,
                     EnhancedStatus(4, 2, 0),
                     format!(
                         "{}: mailbox locked by another process for more than {timeout:?}",
@@ -433,5 +435,9 @@ pub(crate) fn io_failure(path: &Path, what: &str, err: &io::Error) -> Failure {
         Some(libc::ENOSPC) => EnhancedStatus(4, 3, 1),                     // mail system full
         _ => EnhancedStatus(4, 3, 0),
     };
-    Failure::temporary(status, format!("{}: {what}: {err}", path.display()))
+    Failure::temporary(
+        FailureKind::Local,
+        status,
+        format!("{}: {what}: {err}", path.display()),
+    )
 }

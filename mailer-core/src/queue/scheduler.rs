@@ -16,7 +16,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use super::{Envelope, QueueId, Recipient, RecipientState, Spool};
 use crate::address::Address;
 use crate::delivery::bounce::{build_dsn, DsnInput, DsnKind, DsnRecipient};
-use crate::delivery::{EnhancedStatus, Failure, Outcome};
+use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::time::{from_unix_seconds, unix_seconds};
 
 /// Retry and expiry settings (the `[queue]` section).
@@ -238,7 +238,8 @@ impl<D: Deliverer> Scheduler<D> {
             if env.recipients[i].state != RecipientState::Pending {
                 continue;
             }
-            let failure = Failure::permanent(EnhancedStatus(5, 0, 0), reason);
+            let failure =
+                Failure::permanent(FailureKind::Administrative, EnhancedStatus(5, 0, 0), reason);
             self.deliverer
                 .observe(&env, &env.recipients[i], &Outcome::Failed(failure.clone()));
             let r = &mut env.recipients[i];
@@ -701,7 +702,8 @@ fn expire(env: &mut Envelope, now: i64, expires: i64) -> Vec<(usize, Failure)> {
                 r.attempts,
                 r.last_error.as_deref().unwrap_or("no delivery possible")
             );
-            failed.push((i, Failure::permanent(EnhancedStatus(4, 4, 7), reason)));
+            let failure = Failure::permanent(FailureKind::Expired, EnhancedStatus(4, 4, 7), reason);
+            failed.push((i, failure));
             r.state = RecipientState::Failed;
         }
     }
@@ -774,6 +776,7 @@ fn add_forward(
         .unwrap_or_else(|| source.address.clone());
     let unrouted = action.is_none().then(|| {
         Failure::permanent(
+            FailureKind::Unrouted,
             EnhancedStatus(5, 4, 4),
             format!(
                 "alias {} expands to {address}, which no match rule routes",
@@ -816,7 +819,8 @@ fn delay_notice_due(env: &Envelope, timing: &Timing, now: i64) -> Option<Vec<(us
                 .last_error
                 .clone()
                 .unwrap_or_else(|| "not yet delivered".into());
-            (i, Failure::temporary(EnhancedStatus(4, 4, 1), reason))
+            let notice = Failure::temporary(FailureKind::Delayed, EnhancedStatus(4, 4, 1), reason);
+            (i, notice)
         })
         .collect();
     (!delayed.is_empty()).then_some(delayed)
@@ -868,8 +872,16 @@ mod tests {
         let mut env = envelope(&[("a@x.org", "out"), ("b@x.org", "out"), ("c@x.org", "out")]);
         let outcomes = [
             Outcome::Delivered { reply: None },
-            Outcome::Failed(Failure::permanent(EnhancedStatus(5, 1, 1), "no such user")),
-            Outcome::Failed(Failure::temporary(EnhancedStatus(4, 2, 0), "mailbox busy")),
+            Outcome::Failed(Failure::permanent(
+                FailureKind::Local,
+                EnhancedStatus(5, 1, 1),
+                "no such user",
+            )),
+            Outcome::Failed(Failure::temporary(
+                FailureKind::Local,
+                EnhancedStatus(4, 2, 0),
+                "mailbox busy",
+            )),
         ];
         let failed = record(&mut env, &[0, 1, 2], &outcomes, |_| 9_999);
         let states: Vec<_> = env.recipients.iter().map(|r| r.state).collect();

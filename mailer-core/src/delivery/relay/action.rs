@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::{Member, Pool, RelaySettings, Resolve, Security};
 use crate::address::Address;
 use crate::config::{Config, OnMisalignment, RelayAction, RelaySecurity};
-use crate::delivery::{EnhancedStatus, Failure, Outcome};
+use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::policy::align::{check_alignment, Alignment};
 use crate::policy::rewrite::rewrite_sender;
 use crate::tables::secrets::Secrets;
@@ -23,6 +23,8 @@ pub struct RelayResult {
     pub outcomes: Vec<Outcome>,
     /// The header From did not align with the rewritten envelope sender.
     pub misaligned: bool,
+    /// The pool members that failed on the way (see [`super::PoolResult::faults`]).
+    pub faults: Vec<super::MemberFault>,
 }
 
 /// A relay action ready to deliver.
@@ -67,11 +69,9 @@ impl RelayDelivery {
         let sender = rewrite_sender(sender, self.action.mail_from.as_ref());
         let reject = self.action.on_misalignment == OnMisalignment::Reject;
         let all = |f: Failure, misaligned| RelayResult {
-            outcomes: recipients
-                .iter()
-                .map(|_| Outcome::Failed(f.clone()))
-                .collect(),
+            outcomes: Outcome::all_failed(recipients.len(), &f),
             misaligned,
+            faults: Vec::new(),
         };
         let mut misaligned = false;
         match check_alignment(message, sender.as_ref(), self.action.alignment) {
@@ -82,6 +82,7 @@ impl RelayDelivery {
                 if reject {
                     return all(
                         Failure::permanent(
+                            FailureKind::Misaligned,
                             EnhancedStatus(5, 7, 1),
                             format!(
                                 "header From domain {header_domain} does not align with the envelope \
@@ -97,6 +98,7 @@ impl RelayDelivery {
             Alignment::NoHeaderFrom(e) if reject => {
                 return all(
                     Failure::permanent(
+                        FailureKind::Misaligned,
                         EnhancedStatus(5, 6, 0),
                         format!("cannot check DMARC alignment: {e}"),
                     ),
@@ -105,12 +107,14 @@ impl RelayDelivery {
             }
             _ => {}
         }
+        let pooled = self
+            .pool
+            .deliver(sender.as_ref(), recipients, message)
+            .await;
         RelayResult {
-            outcomes: self
-                .pool
-                .deliver(sender.as_ref(), recipients, message)
-                .await,
+            outcomes: pooled.outcomes,
             misaligned,
+            faults: pooled.faults,
         }
     }
 

@@ -18,7 +18,7 @@ use super::protocol::{
 };
 use super::{tls, RelaySettings, Security};
 use crate::address::Address;
-use crate::delivery::{EnhancedStatus, Failure, Outcome};
+use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 
 /// Network trouble: the server may be fine a moment later.
 const NETWORK: EnhancedStatus = EnhancedStatus(4, 4, 2);
@@ -28,7 +28,7 @@ const TIMED_OUT: EnhancedStatus = EnhancedStatus(4, 4, 2);
 /// A temporary failure for a step that did not finish in time, e.g. `host[ip]:25: TLS
 /// handshake timed out`.
 fn timed_out(label: &str, what: impl std::fmt::Display) -> Failure {
-    Failure::temporary(TIMED_OUT, format!("{label}: {what}"))
+    Failure::temporary(FailureKind::Connect, TIMED_OUT, format!("{label}: {what}"))
 }
 /// TLS could not be established or verified (RFC 3463 X.7.5 cryptographic failure).
 const TLS_FAILED: EnhancedStatus = EnhancedStatus(4, 7, 5);
@@ -100,10 +100,21 @@ impl Connection {
         let tcp = timeout_at(deadline, TcpStream::connect(endpoint.addr))
             .await
             .map_err(|_| too_slow("connect"))?
-            .map_err(|e| Failure::temporary(NETWORK, format!("{label}: connect failed: {e}")))?;
+            .map_err(|e| {
+                Failure::temporary(
+                    FailureKind::Connect,
+                    NETWORK,
+                    format!("{label}: connect failed: {e}"),
+                )
+            })?;
         // Commands are written in whole batches; waiting for more would only add latency.
-        tcp.set_nodelay(true)
-            .map_err(|e| Failure::temporary(NETWORK, format!("{label}: connect failed: {e}")))?;
+        tcp.set_nodelay(true).map_err(|e| {
+            Failure::temporary(
+                FailureKind::Connect,
+                NETWORK,
+                format!("{label}: connect failed: {e}"),
+            )
+        })?;
 
         let mut stream: Box<dyn Io> = Box::new(tcp);
         let mut tls = false;
@@ -144,6 +155,7 @@ impl Connection {
         if endpoint.security == Security::StartTls {
             if !conn.caps.starttls {
                 return Err(Failure::temporary(
+                    FailureKind::Tls,
                     SECURITY,
                     format!(
                         "{}: STARTTLS is required but the server does not offer it",
@@ -159,6 +171,7 @@ impl Connection {
             if conn.read_pos < conn.read_buf.len() {
                 // Bytes sent before the handshake would be trusted after it (CVE-2011-0411).
                 return Err(Failure::temporary(
+                    FailureKind::Protocol,
                     TLS_FAILED,
                     format!("{}: server sent data after its STARTTLS reply", conn.label),
                 ));
@@ -364,7 +377,7 @@ impl Connection {
         if let Err(reason) = sent {
             // The terminating dot may have left: the server may hold the message.
             return Err(Interrupted {
-                failure: Failure::temporary(NETWORK, reason),
+                failure: Failure::temporary(FailureKind::Connect, NETWORK, reason),
                 body_sent: true,
             });
         }
@@ -431,6 +444,7 @@ impl Connection {
     async fn authenticate(&mut self, user: &str, password: &str) -> Result<(), Failure> {
         if !self.tls {
             return Err(Failure::temporary(
+                FailureKind::Auth,
                 SECURITY,
                 format!(
                     "{}: credentials are set but the connection is not encrypted; AUTH not sent",
@@ -440,6 +454,7 @@ impl Connection {
         }
         let Some(mechanism) = self.caps.auth_mechanism() else {
             return Err(Failure::temporary(
+                FailureKind::Auth,
                 SECURITY,
                 format!("{}: credentials are set but the server offers neither AUTH PLAIN nor AUTH LOGIN", self.label),
             ));
@@ -464,10 +479,11 @@ impl Connection {
             }
         };
         if reply.code != 235 {
-            let mut failure = reply.failure(&format!("{}: AUTH", self.label));
             // Kept temporary: the administrator can fix the secret before the mail expires.
-            failure.permanent = false;
-            failure.status = EnhancedStatus(4, failure.status.1, failure.status.2);
+            let mut failure = reply
+                .failure(&format!("{}: AUTH", self.label))
+                .made_temporary();
+            failure.kind = FailureKind::Auth;
             failure
                 .reason
                 .push_str(" (authentication failures are retried: check the relay credentials)");
@@ -479,10 +495,9 @@ impl Connection {
 
     /// A negative reply at session setup: a failure of this member, never of the message.
     fn forced_temporary(&self, reply: &Reply, what: &str) -> Failure {
-        let mut failure = reply.failure(&format!("{}: {what}", self.label));
-        failure.permanent = false;
-        failure.status = EnhancedStatus(4, failure.status.1, failure.status.2);
-        failure
+        reply
+            .failure(&format!("{}: {what}", self.label))
+            .made_temporary()
     }
 
     async fn send_line(&mut self, line: &str) -> Result<(), Failure> {
@@ -501,6 +516,7 @@ impl Connection {
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Failure::temporary(
+                FailureKind::Connect,
                 NETWORK,
                 format!("{}: write failed: {e}", self.label),
             )),
@@ -540,6 +556,7 @@ impl Connection {
                     Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
                     Err(e) => {
                         return Err(Failure::temporary(
+                            FailureKind::Protocol,
                             NETWORK,
                             format!("{}: malformed reply: {e:?}", self.label),
                         ))
@@ -551,6 +568,7 @@ impl Connection {
             match self.stream.read_buf(&mut self.read_buf).await {
                 Ok(0) => {
                     return Err(Failure::temporary(
+                        FailureKind::Connect,
                         NETWORK,
                         format!("{}: connection closed by the server", self.label),
                     ))
@@ -559,12 +577,14 @@ impl Connection {
                 // A TLS peer that closes without close_notify has closed all the same.
                 Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     return Err(Failure::temporary(
+                        FailureKind::Connect,
                         NETWORK,
                         format!("{}: connection closed by the server", self.label),
                     ))
                 }
                 Err(e) => {
                     return Err(Failure::temporary(
+                        FailureKind::Connect,
                         NETWORK,
                         format!("{}: read failed: {e}", self.label),
                     ))
@@ -581,10 +601,11 @@ async fn handshake(
     config: Arc<ClientConfig>,
 ) -> Result<Box<dyn Io>, Failure> {
     let name = tls::server_name(host)
-        .map_err(|e| Failure::temporary(TLS_FAILED, format!("{label}: {e}")))?;
+        .map_err(|e| Failure::temporary(FailureKind::Tls, TLS_FAILED, format!("{label}: {e}")))?;
     match TlsConnector::from(config).connect(name, stream).await {
         Ok(tls) => Ok(Box::new(tls)),
         Err(e) => Err(Failure::temporary(
+            FailureKind::Tls,
             TLS_FAILED,
             format!("{label}: {}", tls::describe_error(&e)),
         )),

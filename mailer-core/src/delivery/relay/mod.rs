@@ -16,7 +16,7 @@ use std::time::Duration;
 use rustls_pki_types::CertificateDer;
 
 pub use action::{RelayDelivery, RelayResult};
-pub use pool::{MemberStatus, Pool, Resolve, StaticResolver};
+pub use pool::{MemberFault, MemberStatus, Pool, PoolResult, Resolve, StaticResolver};
 
 /// How the connection to a member is secured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use super::client::{Connection, Endpoint};
 use super::{tls, RelaySettings};
 use crate::address::Address;
-use crate::delivery::{EnhancedStatus, Failure, Outcome};
+use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 
 /// Host name to addresses. An IP literal member is never looked up.
 pub trait Resolve: Send + Sync + 'static {
@@ -79,6 +79,23 @@ pub struct MemberStatus {
     pub last_error: Option<String>,
 }
 
+/// One fault of one member during a delivery, for metrics: what went wrong, where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberFault {
+    pub host: String,
+    pub kind: FailureKind,
+}
+
+/// What one delivery through the pool produced.
+#[derive(Debug, Default)]
+pub struct PoolResult {
+    /// One outcome per recipient, in the order given.
+    pub outcomes: Vec<Outcome>,
+    /// Each member that failed on the way, in order (a delivery may fail over several times
+    /// before it succeeds). A refusal of the message counts once, by its first failure.
+    pub faults: Vec<MemberFault>,
+}
+
 /// A session with the permits that count it against the limits.
 struct Session {
     conn: Connection,
@@ -90,7 +107,7 @@ struct AddressState {
     per_address: Arc<Semaphore>,
     idle: Vec<Session>,
     breaker_open_until: Option<Instant>,
-    last_error: Option<String>,
+    last_failure: Option<Failure>,
 }
 
 /// The relay: deliver through whichever member address works.
@@ -128,17 +145,25 @@ impl Pool {
         })
     }
 
-    /// Delivers one message; one outcome per recipient, in the order given.
+    /// Delivers one message; one outcome per recipient, in the order given, and the faults of
+    /// the members on the way.
     pub async fn deliver(
         &self,
         sender: Option<&Address>,
         recipients: &[Address],
         body: &[u8],
-    ) -> Vec<Outcome> {
+    ) -> PoolResult {
+        let mut result = PoolResult::default();
         if recipients.is_empty() {
-            return Vec::new();
+            return result;
         }
-        let (endpoints, mut errors) = self.endpoints().await;
+        let (endpoints, lookups) = self.endpoints().await;
+        for failure in &lookups {
+            result.faults.push(MemberFault {
+                host: failure.0.clone(),
+                kind: FailureKind::Dns,
+            });
+        }
         let now = Instant::now();
         let (mut healthy, mut broken): (Vec<Endpoint>, Vec<Endpoint>) =
             endpoints.into_iter().partition(|ep| {
@@ -160,32 +185,54 @@ impl Pool {
             healthy = std::mem::take(&mut broken);
         }
 
+        // Why no address took it: the attempts first, then lookups, then skipped addresses.
+        let mut failures: Vec<Failure> = Vec::new();
         for endpoint in &healthy {
+            let fault = |kind| MemberFault {
+                host: endpoint.host.clone(),
+                kind,
+            };
             match self.deliver_via(endpoint, sender, recipients, body).await {
-                Ok(outcomes) => return outcomes,
-                Err(failure) => errors.push(failure.reason),
+                Ok(outcomes) => {
+                    let refused = outcomes.iter().find_map(|o| match o {
+                        Outcome::Failed(f) if f.kind.is_next_hop() => Some(f.kind),
+                        _ => None,
+                    });
+                    result.faults.extend(refused.map(fault));
+                    result.outcomes = outcomes;
+                    return result;
+                }
+                Err(failure) => {
+                    result.faults.push(fault(failure.kind));
+                    failures.push(failure);
+                }
             }
         }
+        failures.extend(lookups.into_iter().map(|(_, f)| f));
         for endpoint in &broken {
-            let last = self
-                .with_state(endpoint, |s| s.last_error.clone())
-                .unwrap_or_default();
-            errors.push(format!(
-                "{}: skipped after a recent failure ({last})",
-                endpoint.label()
-            ));
+            let last = self.with_state(endpoint, |s| s.last_failure.clone());
+            let reason = format!(
+                "{}: skipped after a recent failure ({})",
+                endpoint.label(),
+                last.as_ref().map_or("", |f| f.reason.as_str())
+            );
+            let kind = last.map_or(FailureKind::Connect, |f| f.kind);
+            failures.push(Failure::temporary(kind, EnhancedStatus(4, 4, 1), reason));
         }
-        if errors.is_empty() {
-            errors.push("no relay member configured".into());
-        }
+        let kind = failures.first().map_or(FailureKind::Unrouted, |f| f.kind);
+        let reasons: Vec<&str> = failures.iter().map(|f| f.reason.as_str()).collect();
+        let reasons = if reasons.is_empty() {
+            "no relay member configured".to_string()
+        } else {
+            reasons.join("; ")
+        };
         let failure = Failure::temporary(
+            kind,
             EnhancedStatus(4, 4, 1),
-            format!("no relay address took the message: {}", errors.join("; ")),
+            format!("no relay address took the message: {reasons}"),
         );
-        recipients
-            .iter()
-            .map(|_| Outcome::Failed(failure.clone()))
-            .collect()
+        result.outcomes = Outcome::all_failed(recipients.len(), &failure);
+        result
     }
 
     /// Per-address state for metrics.
@@ -203,7 +250,7 @@ impl Pool {
                 open_connections: max - s.per_address.available_permits(),
                 idle_connections: s.idle.len(),
                 breaker_open_until: s.breaker_open_until.filter(|&until| until > Instant::now()),
-                last_error: s.last_error.clone(),
+                last_error: s.last_failure.as_ref().map(|f| f.reason.clone()),
             })
             .collect();
         out.sort_by(|a, b| (&a.host, a.address).cmp(&(&b.host, b.address)));
@@ -247,7 +294,7 @@ impl Pool {
                             return Ok(outcomes);
                         }
                         Err(interrupted) if interrupted.body_sent => {
-                            return Ok(all_failed(recipients, interrupted.failure))
+                            return Ok(Outcome::all_failed(recipients.len(), &interrupted.failure))
                         }
                         Err(interrupted) => {
                             tracing::debug!(server = %endpoint.label(), reason = %interrupted.failure, "idle relay session was stale");
@@ -266,7 +313,7 @@ impl Pool {
         };
         self.with_state(endpoint, |s| {
             s.breaker_open_until = None;
-            s.last_error = None;
+            s.last_failure = None;
         });
         let mut session = Session {
             conn,
@@ -279,7 +326,7 @@ impl Pool {
                 Ok(outcomes)
             }
             Err(interrupted) if interrupted.body_sent => {
-                Ok(all_failed(recipients, interrupted.failure))
+                Ok(Outcome::all_failed(recipients.len(), &interrupted.failure))
             }
             Err(interrupted) => {
                 self.trip(endpoint, &interrupted.failure);
@@ -348,7 +395,7 @@ impl Pool {
         let until = Instant::now() + self.settings.breaker_backoff;
         self.with_state(endpoint, |s| {
             s.breaker_open_until = Some(until);
-            s.last_error = Some(failure.reason.clone());
+            s.last_failure = Some(failure.clone());
         });
     }
 
@@ -364,13 +411,14 @@ impl Pool {
                 per_address: Arc::new(Semaphore::new(per_member)),
                 idle: Vec::new(),
                 breaker_open_until: None,
-                last_error: None,
+                last_failure: None,
             });
         f(state)
     }
 
-    /// Every address of every member, in member order; lookup failures as reasons.
-    async fn endpoints(&self) -> (Vec<Endpoint>, Vec<String>) {
+    /// Every address of every member, in member order; the hosts whose lookup failed, with
+    /// the failure.
+    async fn endpoints(&self) -> (Vec<Endpoint>, Vec<(String, Failure)>) {
         let mut endpoints = Vec::new();
         let mut errors = Vec::new();
         for member in &self.settings.members {
@@ -379,7 +427,12 @@ impl Pool {
                 Err(_) => match self.resolver.lookup(&member.host).await {
                     Ok(ips) => ips,
                     Err(e) => {
-                        errors.push(format!("{}: address lookup failed: {e}", member.host));
+                        let failure = Failure::temporary(
+                            FailureKind::Dns,
+                            EnhancedStatus(4, 4, 3),
+                            format!("{}: address lookup failed: {e}", member.host),
+                        );
+                        errors.push((member.host.clone(), failure));
                         continue;
                     }
                 },
@@ -393,13 +446,6 @@ impl Pool {
         }
         (endpoints, errors)
     }
-}
-
-fn all_failed(recipients: &[Address], failure: Failure) -> Vec<Outcome> {
-    recipients
-        .iter()
-        .map(|_| Outcome::Failed(failure.clone()))
-        .collect()
 }
 
 #[cfg(test)]
@@ -444,6 +490,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 pool.deliver(None, &rcpt, format!("message {i}\r\n").as_bytes())
                     .await
+                    .outcomes
             }));
         }
         for task in tasks {

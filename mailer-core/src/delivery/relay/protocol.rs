@@ -4,7 +4,7 @@
 use base64::Engine;
 
 use crate::address::Address;
-use crate::delivery::{EnhancedStatus, Failure, Outcome};
+use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 
 /// One complete server reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +89,7 @@ impl Reply {
     pub fn failure(&self, context: &str) -> Failure {
         let verbatim = self.verbatim();
         Failure {
+            kind: FailureKind::Reply(self.code),
             permanent: self.is_permanent_failure(),
             status: self.dsn_status(),
             reason: format!("{context} rejected: {verbatim}"),
@@ -207,12 +208,14 @@ impl Requirements {
     pub fn check(&self, caps: &Capabilities, server: &str) -> Result<(), Failure> {
         if self.smtputf8 && !caps.smtputf8 {
             return Err(Failure::permanent(
+                FailureKind::Capability,
                 EnhancedStatus(5, 6, 7),
                 format!("{server}: message has non-ASCII addresses but the server does not offer SMTPUTF8"),
             ));
         }
         if self.eight_bit && !caps.eight_bit_mime {
             return Err(Failure::permanent(
+                FailureKind::Capability,
                 EnhancedStatus(5, 6, 3),
                 format!(
                     "{server}: message has 8-bit content but the server does not offer 8BITMIME"
@@ -222,6 +225,7 @@ impl Requirements {
         if let Some(limit) = caps.size.filter(|&l| l > 0) {
             if self.size as u64 > limit {
                 return Err(Failure::permanent(
+                    FailureKind::Capability,
                     EnhancedStatus(5, 3, 4),
                     format!(
                         "{server}: message of {} octets exceeds the server's SIZE limit of {limit}",
@@ -321,10 +325,7 @@ pub fn transaction_outcomes(
 ) -> Vec<Outcome> {
     if !mail.is_positive() {
         let failure = mail.failure(&format!("{server}: MAIL FROM"));
-        return recipients
-            .iter()
-            .map(|_| Outcome::Failed(failure.clone()))
-            .collect();
+        return Outcome::all_failed(recipients.len(), &failure);
     }
     let data_failure = last.and_then(|last| {
         let (what, reply) = match last {
