@@ -326,3 +326,105 @@ async fn an_alias_target_no_rule_routes_bounces_to_the_sender() {
     }
     assert!(scheduler.get(m.id).is_none(), "the message is done");
 }
+
+/// Defers every message, except bounces, which it delivers and keeps.
+#[derive(Default)]
+struct Deferring {
+    attempts: AtomicUsize,
+    bounces: std::sync::Mutex<Vec<String>>,
+}
+
+impl Deliverer for Deferring {
+    async fn deliver(&self, job: Job) -> Attempt {
+        use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind};
+        if job.envelope.sender.is_none() {
+            let text = String::from_utf8_lossy(&job.message).into_owned();
+            self.bounces.lock().unwrap().push(text);
+            return Attempt::of(vec![Outcome::Delivered { reply: None }]);
+        }
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let busy = Failure::temporary(
+            FailureKind::Reply(451),
+            EnhancedStatus(4, 3, 0),
+            "451 4.3.0 try later",
+        );
+        Attempt::of(Outcome::all_failed(job.recipients.len(), &busy))
+    }
+    fn route(&self, _: &Address) -> Option<String> {
+        Some("out".into())
+    }
+}
+
+/// Four days of retries, stepped in virtual time: the delay notice goes out once, at four
+/// hours; the message expires at four days with a DSN; every retry keeps to the backoff.
+#[tokio::test]
+async fn a_message_warns_at_4_hours_and_expires_after_4_days_in_virtual_time() {
+    use std::time::UNIX_EPOCH;
+    let start = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(dir.path()).unwrap());
+    let mut m = incoming();
+    m.arrived = start;
+    m.id = QueueId::generate(start);
+    spool
+        .store(&Envelope::from_incoming(&m), &m.message)
+        .unwrap();
+    let deliverer = Arc::new(Deferring::default());
+    let timing = Timing {
+        retry_min: Duration::from_secs(300),
+        retry_max: Duration::from_secs(3600),
+        lifetime: Duration::from_secs(4 * 86_400),
+        warn_after: Duration::from_secs(4 * 3600),
+    };
+    let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), timing, "mx.test".into());
+    scheduler.seed(7);
+    scheduler.enqueue(Envelope::from_incoming(&m));
+
+    let wall = std::time::Instant::now();
+    let mut now = start;
+    let (mut warned_at, mut gone_at) = (None, None);
+    let mut attempts_at = Vec::new();
+    for _ in 0..1_000 {
+        let before = deliverer.attempts.load(Ordering::SeqCst);
+        let next = scheduler.tick(now).await;
+        if deliverer.attempts.load(Ordering::SeqCst) > before {
+            attempts_at.push(now);
+        }
+        match scheduler.get(m.id) {
+            Some(env) if env.warned && warned_at.is_none() => warned_at = Some(now),
+            None if gone_at.is_none() => gone_at = Some(now),
+            _ => {}
+        }
+        match next {
+            Some(t) => now = t.max(now),
+            None => break,
+        }
+    }
+    let hours = |t: SystemTime| t.duration_since(start).unwrap().as_secs_f64() / 3600.0;
+    let warned = hours(warned_at.expect("a delay notice"));
+    assert!((4.0..5.0).contains(&warned), "warned at {warned} h");
+    let gone = hours(gone_at.expect("expired"));
+    assert!((96.0..97.0).contains(&gone), "expired at {gone} h");
+    for pair in attempts_at.windows(2) {
+        let gap = pair[1].duration_since(pair[0]).unwrap().as_secs();
+        assert!(
+            (240..=3600).contains(&gap),
+            "a retry {gap} s after the last"
+        );
+    }
+    assert!(
+        (80..=120).contains(&attempts_at.len()),
+        "{} attempts in four days",
+        attempts_at.len()
+    );
+    let bounces = deliverer.bounces.lock().unwrap();
+    assert_eq!(bounces.len(), 2, "one delay notice, one failure");
+    assert!(bounces[0].contains("Action: delayed"), "{}", bounces[0]);
+    assert!(bounces[1].contains("Action: failed"), "{}", bounces[1]);
+    assert!(bounces[1].contains("Status: 4.4.7"), "{}", bounces[1]);
+    eprintln!(
+        "four days: {} attempts, warned at {warned:.2} h, expired at {gone:.2} h, in {:?} of wall time",
+        attempts_at.len(),
+        wall.elapsed()
+    );
+}

@@ -214,7 +214,9 @@ async fn run(
         }
         Request::Flush { id } => {
             let qid = optional(&id)?;
-            let n = tokio::task::block_in_place(|| scheduler.flush(qid)).map_err(io_failure)?;
+            let now = std::time::SystemTime::now();
+            let n =
+                tokio::task::block_in_place(|| scheduler.flush(qid, now)).map_err(io_failure)?;
             if qid.is_some() && n == 0 {
                 return Err(in_flight(id.as_deref().unwrap_or_default()));
             }
@@ -238,7 +240,11 @@ async fn run(
         Request::Bounce { id } => {
             let qid = parse_id(&id)?;
             if !scheduler
-                .bounce_now(qid, "returned to the sender by the mail administrator")
+                .bounce_now(
+                    qid,
+                    "returned to the sender by the mail administrator",
+                    std::time::SystemTime::now(),
+                )
                 .await
                 .map_err(io_failure)?
             {

@@ -4,6 +4,10 @@
 //! A recipient marked delivered in the envelope is never sent again; only a delivery in
 //! flight at a crash can repeat. Messages enter through [`Scheduler::enqueue`] the moment
 //! they are durable, so delivery starts without polling.
+//!
+//! Time and randomness are parameters: every decision takes `now`, the retry jitter comes
+//! from the scheduler's own generator (seedable). Only [`Scheduler::run`], the driver, reads
+//! the clock; tests step [`Scheduler::tick`] through days of virtual time.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -96,6 +100,8 @@ pub struct Scheduler<D> {
     state: Mutex<State>,
     wake: Notify,
     slots: Arc<Semaphore>,
+    /// The retry jitter's source.
+    rng: Mutex<fastrand::Rng>,
 }
 
 /// How many messages are delivered at once. Each holds its body in memory while it waits
@@ -122,7 +128,18 @@ impl<D: Deliverer> Scheduler<D> {
             }),
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(PARALLEL_MESSAGES)),
+            rng: Mutex::new(fastrand::Rng::new()),
         })
+    }
+
+    /// Draws the retry jitter from a generator seeded with `seed`, so a test's schedule
+    /// repeats exactly.
+    pub fn seed(&self, seed: u64) {
+        *self.rng.lock().unwrap_or_else(|p| p.into_inner()) = fastrand::Rng::with_seed(seed);
+    }
+
+    fn jitter(&self) -> f64 {
+        self.rng.lock().unwrap_or_else(|p| p.into_inner()).f64()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -146,24 +163,32 @@ impl<D: Deliverer> Scheduler<D> {
     }
 
     /// Applies `f` to a queued message that is not being delivered, persisting the change.
-    /// Returns false if no such message (or it is in flight).
+    /// Returns false if no such message (or it is in flight). The message is claimed while
+    /// its envelope is written, so the write (an fsync) happens outside the lock.
     pub fn modify(&self, id: QueueId, f: impl FnOnce(&mut Envelope)) -> io::Result<bool> {
-        let mut state = self.lock();
-        if state.in_flight.contains(&id) {
-            return Ok(false);
-        }
-        let Some(env) = state.messages.get_mut(&id) else {
-            return Ok(false);
+        let mut updated = {
+            let mut state = self.lock();
+            if state.in_flight.contains(&id) {
+                return Ok(false);
+            }
+            let Some(env) = state.messages.get(&id).cloned() else {
+                return Ok(false);
+            };
+            state.in_flight.insert(id);
+            env
         };
-        let mut updated = env.clone();
         f(&mut updated);
-        self.spool.update(&updated)?;
-        *env = updated;
-        // The whole envelope was written: a write that failed before is made good.
-        state.unsynced.remove(&id);
+        let written = self.spool.update(&updated);
+        let mut state = self.lock();
+        state.in_flight.remove(&id);
+        if written.is_ok() {
+            state.messages.insert(id, updated);
+            // The whole envelope was written: a write that failed before is made good.
+            state.unsynced.remove(&id);
+        }
         drop(state);
         self.wake.notify_one();
-        Ok(true)
+        written.map(|()| true)
     }
 
     /// The retry and expiry settings in effect.
@@ -206,9 +231,9 @@ impl<D: Deliverer> Scheduler<D> {
         Ok(n)
     }
 
-    /// Fails every pending recipient of a message now, with a DSN to its sender, as if its
-    /// lifetime had ended. Returns false if no such message, or if it is in flight.
-    pub async fn bounce_now(&self, id: QueueId, reason: &str) -> io::Result<bool> {
+    /// Fails every pending recipient of a message at `now`, with a DSN to its sender, as if
+    /// its lifetime had ended. Returns false if no such message, or if it is in flight.
+    pub async fn bounce_now(&self, id: QueueId, reason: &str, now: SystemTime) -> io::Result<bool> {
         let env = {
             let mut state = self.lock();
             if state.in_flight.contains(&id) {
@@ -220,19 +245,21 @@ impl<D: Deliverer> Scheduler<D> {
             state.in_flight.insert(id);
             env
         };
-        let result = self.bounce_claimed(env, reason).await;
+        let result = self.bounce_claimed(env, reason, now).await;
         self.lock().in_flight.remove(&id);
         self.wake.notify_one();
         result.map(|()| true)
     }
 
-    async fn bounce_claimed(&self, mut env: Envelope, reason: &str) -> io::Result<()> {
+    async fn bounce_claimed(
+        &self,
+        mut env: Envelope,
+        reason: &str,
+        now: SystemTime,
+    ) -> io::Result<()> {
         let id = env.id;
         let spool = self.spool.clone();
-        let message = tokio::task::spawn_blocking(move || spool.read_message(id))
-            .await
-            .map_err(io::Error::other)??;
-        let now = SystemTime::now();
+        let message = blocking(move || spool.read_message(id)).await?;
         let mut failed = Vec::new();
         for i in 0..env.recipients.len() {
             if env.recipients[i].state != RecipientState::Pending {
@@ -253,15 +280,15 @@ impl<D: Deliverer> Scheduler<D> {
                 .await?;
         }
         if let Err(e) = self.sync(&env).await {
-            self.keep_unsynced(env, &e);
+            self.keep_unsynced(env, &e, now);
             return Err(e);
         }
         Ok(())
     }
 
-    /// Makes every pending recipient due now (all messages, or one).
-    pub fn flush(&self, id: Option<QueueId>) -> io::Result<usize> {
-        let now = unix_seconds(SystemTime::now());
+    /// Makes every pending recipient due at `now` (all messages, or one).
+    pub fn flush(&self, id: Option<QueueId>, now: SystemTime) -> io::Result<usize> {
+        let now = unix_seconds(now);
         let ids: Vec<QueueId> = match id {
             Some(id) => vec![id],
             None => self.lock().messages.keys().copied().collect(),
@@ -293,24 +320,16 @@ impl<D: Deliverer> Scheduler<D> {
         Ok(true)
     }
 
-    /// Runs until `shutdown` turns true, then waits for deliveries in flight.
+    /// The driver: attempts what is due by the system clock, sleeps until the next message
+    /// is due or a new one arrives, until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            let now = SystemTime::now();
-            let (due, next) = self.due(now);
-            for id in due {
-                let Ok(permit) = self.slots.clone().acquire_owned().await else {
-                    return;
-                };
-                let this = self.clone();
-                tokio::spawn(async move {
-                    this.attempt(id).await;
-                    drop(permit);
-                });
-            }
+            let Some(next) = self.start_due(SystemTime::now()).await.1 else {
+                return;
+            };
             let sleep = next
                 .and_then(|t| t.duration_since(SystemTime::now()).ok())
                 .unwrap_or(Duration::from_secs(3600));
@@ -320,6 +339,44 @@ impl<D: Deliverer> Scheduler<D> {
                 _ = shutdown.changed() => {}
             }
         }
+    }
+
+    /// Attempts every message due at `now` and waits for the attempts to finish; returns
+    /// when the next message is due. Lets a test step through days in milliseconds.
+    pub async fn tick(self: &Arc<Self>, now: SystemTime) -> Option<SystemTime> {
+        let (attempts, _) = self.start_due(now).await;
+        for attempt in attempts {
+            let _ = attempt.await;
+        }
+        // Asked again: the attempts rescheduled their messages, and bounces arrived.
+        let (due, next) = self.schedule(now);
+        if due.is_empty() {
+            next
+        } else {
+            Some(now)
+        }
+    }
+
+    /// Starts an attempt of each message due at `now`, at most [`PARALLEL_MESSAGES`] at a
+    /// time. Returns the attempts and when the next message not yet due will be (`None`
+    /// outside: the slots are closed, the scheduler is stopping).
+    async fn start_due(
+        self: &Arc<Self>,
+        now: SystemTime,
+    ) -> (Vec<tokio::task::JoinHandle<()>>, Option<Option<SystemTime>>) {
+        let (due, next) = self.due(now);
+        let mut attempts = Vec::with_capacity(due.len());
+        for id in due {
+            let Ok(permit) = self.slots.clone().acquire_owned().await else {
+                return (attempts, None);
+            };
+            let this = self.clone();
+            attempts.push(tokio::spawn(async move {
+                this.attempt(id, now).await;
+                drop(permit);
+            }));
+        }
+        (attempts, Some(next))
     }
 
     /// Waits until no delivery is in flight, at most `grace`.
@@ -354,8 +411,18 @@ impl<D: Deliverer> Scheduler<D> {
 
     /// Claims due messages; returns them and the time of the next one that is not yet due.
     fn due(&self, now: SystemTime) -> (Vec<QueueId>, Option<SystemTime>) {
-        let now_s = unix_seconds(now);
+        let (due, next) = self.schedule(now);
         let mut state = self.lock();
+        for id in &due {
+            state.in_flight.insert(*id);
+        }
+        (due, next)
+    }
+
+    /// The messages due at `now` (not claimed), and when the next one not yet due will be.
+    fn schedule(&self, now: SystemTime) -> (Vec<QueueId>, Option<SystemTime>) {
+        let now_s = unix_seconds(now);
+        let state = self.lock();
         let mut due = Vec::new();
         let mut next: Option<i64> = None;
         for (id, env) in &state.messages {
@@ -380,13 +447,10 @@ impl<D: Deliverer> Scheduler<D> {
                 None => due.push(*id),
             }
         }
-        for id in &due {
-            state.in_flight.insert(*id);
-        }
         (due, next.map(from_unix_seconds))
     }
 
-    async fn attempt(self: Arc<Self>, id: QueueId) {
+    async fn attempt(self: Arc<Self>, id: QueueId, now: SystemTime) {
         let claimed = {
             let state = self.lock();
             state
@@ -396,19 +460,19 @@ impl<D: Deliverer> Scheduler<D> {
                 .map(|env| (env, state.unsynced.contains_key(&id)))
         };
         if let Some((mut env, unsynced)) = claimed {
-            self.attempt_claimed(&mut env, unsynced).await;
+            self.attempt_claimed(&mut env, unsynced, now).await;
         }
         self.lock().in_flight.remove(&id);
         self.wake.notify_one();
     }
 
-    async fn attempt_claimed(&self, env: &mut Envelope, unsynced: bool) {
+    async fn attempt_claimed(&self, env: &mut Envelope, unsynced: bool, now: SystemTime) {
         let id = env.id;
         if unsynced {
             // The write that failed comes first; nothing is delivered until it is made.
             if let Err(e) = self.sync(env).await {
                 let env = env.clone();
-                return self.keep_unsynced(env, &e);
+                return self.keep_unsynced(env, &e, now);
             }
             self.lock().unsynced.remove(&id);
             tracing::info!(queue_id = %id, "queue state written after an earlier failure");
@@ -416,29 +480,29 @@ impl<D: Deliverer> Scheduler<D> {
                 return;
             }
         }
-        match self.attempt_message(env).await {
+        match self.attempt_message(env, now).await {
             Ok(()) if env.is_done() => {}
             Ok(()) => {
                 self.lock().messages.insert(id, env.clone());
             }
             Err(Stop::Read(e)) => {
                 tracing::error!(queue_id = %id, error = %e, "cannot read the queued message");
-                self.postpone(id, &e);
+                self.postpone(id, &e, now);
             }
-            Err(Stop::Write(e)) => self.keep_unsynced(env.clone(), &e),
+            Err(Stop::Write(e)) => self.keep_unsynced(env.clone(), &e, now),
         }
     }
 
     /// Keeps `env` as the message's state in memory after its write failed, and schedules
     /// the write again.
-    fn keep_unsynced(&self, env: Envelope, error: &io::Error) {
+    fn keep_unsynced(&self, env: Envelope, error: &io::Error, now: SystemTime) {
         tracing::error!(
             queue_id = %env.id,
             error = %error,
             "cannot write the queue; the message's state is kept in memory and its deliveries wait for the write"
         );
         let wait = self.timing().retry_min.min(SYNC_RETRY_MAX).as_secs().max(1);
-        let retry = unix_seconds(SystemTime::now()) + wait as i64;
+        let retry = unix_seconds(now) + wait as i64;
         let mut state = self.lock();
         state.unsynced.insert(env.id, retry);
         state.messages.insert(env.id, env);
@@ -463,9 +527,8 @@ impl<D: Deliverer> Scheduler<D> {
 
     /// After the message file could not be read (nothing was delivered) it waits one retry
     /// interval, so a missing or unreadable file is not retried in a tight loop.
-    fn postpone(&self, id: QueueId, error: &io::Error) {
-        let retry =
-            unix_seconds(SystemTime::now()) + self.timing().retry_min.as_secs().max(1) as i64;
+    fn postpone(&self, id: QueueId, error: &io::Error, now: SystemTime) {
+        let retry = unix_seconds(now) + self.timing().retry_min.as_secs().max(1) as i64;
         if let Some(env) = self.lock().messages.get_mut(&id) {
             for r in &mut env.recipients {
                 if r.state == RecipientState::Pending {
@@ -478,7 +541,7 @@ impl<D: Deliverer> Scheduler<D> {
 
     /// Delivers the due recipients of `env`, group by group, and records each group's
     /// outcome before the next: the bounce for its failures first, then the new state.
-    async fn attempt_message(&self, env: &mut Envelope) -> Result<(), Stop> {
+    async fn attempt_message(&self, env: &mut Envelope, now: SystemTime) -> Result<(), Stop> {
         let id = env.id;
         let spool = self.spool.clone();
         let message = Arc::new(
@@ -486,11 +549,10 @@ impl<D: Deliverer> Scheduler<D> {
                 .await
                 .map_err(Stop::Read)?,
         );
-        let now = SystemTime::now();
         let now_s = unix_seconds(now);
         let timing = self.timing();
         let expires = env.arrived + timing.lifetime.as_secs() as i64;
-        let retry_at = |attempts| next_attempt(&timing, now_s, attempts, expires);
+        let retry_at = |attempts| next_attempt(&timing, now_s, attempts, expires, self.jitter());
 
         let mut failed = expire(env, now_s, expires);
         for (i, f) in &failed {
@@ -669,13 +731,14 @@ impl<D: Deliverer> Scheduler<D> {
     }
 }
 
-/// Jittered exponential backoff between retry_min and retry_max, never past expiry.
-fn next_attempt(timing: &Timing, now: i64, attempts: u32, expires: i64) -> i64 {
+/// Jittered exponential backoff between retry_min and retry_max, never past expiry; `jitter`
+/// in `[0, 1)` picks the point in ±20 %.
+fn next_attempt(timing: &Timing, now: i64, attempts: u32, expires: i64, jitter: f64) -> i64 {
     let min = timing.retry_min.as_secs_f64().max(1.0);
     let max = timing.retry_max.as_secs_f64().max(min);
     let base = (min * 2f64.powi(attempts.saturating_sub(1).min(30) as i32)).min(max);
     // ±20 % so that messages deferred together do not retry in lockstep.
-    let delay = (base * (0.8 + 0.4 * fastrand::f64())).clamp(min.min(max), max);
+    let delay = (base * (0.8 + 0.4 * jitter)).clamp(min.min(max), max);
     (now + delay.round() as i64).min(expires.max(now + 1))
 }
 
@@ -935,13 +998,21 @@ mod tests {
     #[test]
     fn backoff_grows_from_retry_min_to_retry_max_and_stops_at_expiry() {
         let t = timing();
-        for _ in 0..50 {
-            let first = next_attempt(&t, 0, 1, i64::MAX);
+        for jitter in [0.0, 0.25, 0.5, 0.999] {
+            let first = next_attempt(&t, 0, 1, i64::MAX, jitter);
             assert!((240..=360).contains(&first), "{first}");
-            let later = next_attempt(&t, 0, 20, i64::MAX);
+            let later = next_attempt(&t, 0, 20, i64::MAX, jitter);
             assert!((2880..=3600).contains(&later), "{later}");
-            assert_eq!(next_attempt(&t, 0, 1, 100), 100);
+            assert_eq!(next_attempt(&t, 0, 1, 100, jitter), 100);
         }
+        // The bounds of the jitter: ±20 % of the base.
+        assert_eq!(
+            next_attempt(&t, 0, 1, i64::MAX, 0.0),
+            300,
+            "never under retry_min"
+        );
+        assert_eq!(next_attempt(&t, 0, 2, i64::MAX, 0.0), 480);
+        assert_eq!(next_attempt(&t, 0, 2, i64::MAX, 0.999_999), 720);
     }
 
     #[test]
