@@ -394,3 +394,90 @@ async fn each_failing_member_is_reported_with_the_kind_of_its_fault() {
         ]
     );
 }
+
+/// A clock the test moves by hand.
+struct ManualClock {
+    start: std::time::Instant,
+    offset: std::sync::Mutex<Duration>,
+}
+
+impl ManualClock {
+    fn new() -> std::sync::Arc<ManualClock> {
+        std::sync::Arc::new(ManualClock {
+            start: std::time::Instant::now(),
+            offset: std::sync::Mutex::new(Duration::ZERO),
+        })
+    }
+
+    fn advance(&self, by: Duration) {
+        *self.offset.lock().unwrap() += by;
+    }
+}
+
+impl mailer_core::time::Clock for ManualClock {
+    fn now(&self) -> std::time::Instant {
+        self.start + *self.offset.lock().unwrap()
+    }
+}
+
+/// The breaker in virtual time: a failed member is skipped for `breaker_backoff`, then tried
+/// again; no test sleeps for the minute.
+#[tokio::test]
+async fn a_failed_member_is_skipped_for_the_breaker_backoff_then_tried_again() {
+    let ca = TestCa::new();
+    let busy = Sink::start(SinkOptions {
+        greeting_421: true,
+        ..tls_auth_sink(&ca)
+    })
+    .await;
+    let good = Sink::start(tls_auth_sink(&ca)).await;
+    let mut settings = settings(
+        &ca,
+        vec![
+            member(busy.addr(), Security::StartTls),
+            member(good.addr(), Security::StartTls),
+        ],
+    );
+    settings.breaker_backoff = Duration::from_secs(60);
+    let clock = ManualClock::new();
+    let pool = Pool::new(settings, StaticResolver::default())
+        .unwrap()
+        .with_clock(clock.clone());
+    let open = |pool: &Pool| {
+        pool.status()
+            .iter()
+            .find(|m| m.address == busy.addr())
+            .and_then(|m| m.breaker_open_until)
+    };
+
+    // The first delivery starts with the busy member, which fails and is tripped.
+    let one = pool.deliver(None, &[addr("bob@example.org")], b"1\r\n").await;
+    assert_delivered(&one.outcomes);
+    assert_eq!(busy.connections(), 1);
+    let until = open(&pool).expect("the breaker is open");
+    assert_eq!(
+        until - mailer_core::time::Clock::now(&*clock),
+        Duration::from_secs(60)
+    );
+
+    // 59 s later it is still skipped.
+    clock.advance(Duration::from_secs(59));
+    let two = pool.deliver(None, &[addr("bob@example.org")], b"2\r\n").await;
+    assert_delivered(&two.outcomes);
+    assert_eq!(busy.connections(), 1, "skipped while the breaker is open");
+    assert!(two.faults.is_empty(), "a skipped member is no new fault");
+    assert!(open(&pool).is_some());
+
+    // At 60 s the breaker closes: the member is a candidate again. (Without the idle
+    // session to the good member, which would be preferred, the rotation reaches it first.)
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(open(&pool), None);
+    pool.close_idle().await;
+    let three = pool.deliver(None, &[addr("bob@example.org")], b"3\r\n").await;
+    assert_delivered(&three.outcomes);
+    assert_eq!(busy.connections(), 2, "tried again once the breaker closed");
+    assert_eq!(
+        three.faults[0].kind,
+        mailer_core::delivery::FailureKind::Reply(421)
+    );
+}

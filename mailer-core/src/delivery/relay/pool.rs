@@ -17,6 +17,7 @@ use super::client::{Connection, Endpoint};
 use super::{tls, RelaySettings};
 use crate::address::Address;
 use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
+use crate::time::{Clock, SystemClock};
 
 /// Host name to addresses. An IP literal member is never looked up.
 pub trait Resolve: Send + Sync + 'static {
@@ -121,6 +122,8 @@ pub struct Pool {
     /// Signalled whenever a session is parked idle: an idle session holds its permits, so a
     /// task waiting for a permit must also wake to reuse (or evict) it.
     parked: Notify,
+    /// What the circuit breaker reads: the system clock, or a test's.
+    clock: Arc<dyn Clock>,
 }
 
 /// A session to use for the next message: an idle one, or room to open one.
@@ -142,7 +145,14 @@ impl Pool {
             next: AtomicUsize::new(0),
             addresses: Mutex::new(HashMap::new()),
             parked: Notify::new(),
+            clock: Arc::new(SystemClock),
         })
+    }
+
+    /// The same pool, its breaker reading `clock`.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Pool {
+        self.clock = clock;
+        self
     }
 
     /// Delivers one message; one outcome per recipient, in the order given, and the faults of
@@ -164,7 +174,7 @@ impl Pool {
                 kind: FailureKind::Dns,
             });
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         let (mut healthy, mut broken): (Vec<Endpoint>, Vec<Endpoint>) =
             endpoints.into_iter().partition(|ep| {
                 self.with_state(ep, |s| {
@@ -238,6 +248,7 @@ impl Pool {
     /// Per-address state for metrics.
     pub fn status(&self) -> Vec<MemberStatus> {
         let max = self.settings.max_connections_per_member.max(1);
+        let now = self.clock.now();
         let addresses = self
             .addresses
             .lock()
@@ -249,7 +260,7 @@ impl Pool {
                 address: ep.addr,
                 open_connections: max - s.per_address.available_permits(),
                 idle_connections: s.idle.len(),
-                breaker_open_until: s.breaker_open_until.filter(|&until| until > Instant::now()),
+                breaker_open_until: s.breaker_open_until.filter(|&until| until > now),
                 last_error: s.last_failure.as_ref().map(|f| f.reason.clone()),
             })
             .collect();
@@ -392,7 +403,7 @@ impl Pool {
     }
 
     fn trip(&self, endpoint: &Endpoint, failure: &Failure) {
-        let until = Instant::now() + self.settings.breaker_backoff;
+        let until = self.clock.now() + self.settings.breaker_backoff;
         self.with_state(endpoint, |s| {
             s.breaker_open_until = Some(until);
             s.last_failure = Some(failure.clone());
