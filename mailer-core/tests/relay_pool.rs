@@ -451,7 +451,9 @@ async fn a_failed_member_is_skipped_for_the_breaker_backoff_then_tried_again() {
     };
 
     // The first delivery starts with the busy member, which fails and is tripped.
-    let one = pool.deliver(None, &[addr("bob@example.org")], b"1\r\n").await;
+    let one = pool
+        .deliver(None, &[addr("bob@example.org")], b"1\r\n")
+        .await;
     assert_delivered(&one.outcomes);
     assert_eq!(busy.connections(), 1);
     let until = open(&pool).expect("the breaker is open");
@@ -462,7 +464,9 @@ async fn a_failed_member_is_skipped_for_the_breaker_backoff_then_tried_again() {
 
     // 59 s later it is still skipped.
     clock.advance(Duration::from_secs(59));
-    let two = pool.deliver(None, &[addr("bob@example.org")], b"2\r\n").await;
+    let two = pool
+        .deliver(None, &[addr("bob@example.org")], b"2\r\n")
+        .await;
     assert_delivered(&two.outcomes);
     assert_eq!(busy.connections(), 1, "skipped while the breaker is open");
     assert!(two.faults.is_empty(), "a skipped member is no new fault");
@@ -473,7 +477,9 @@ async fn a_failed_member_is_skipped_for_the_breaker_backoff_then_tried_again() {
     clock.advance(Duration::from_secs(1));
     assert_eq!(open(&pool), None);
     pool.close_idle().await;
-    let three = pool.deliver(None, &[addr("bob@example.org")], b"3\r\n").await;
+    let three = pool
+        .deliver(None, &[addr("bob@example.org")], b"3\r\n")
+        .await;
     assert_delivered(&three.outcomes);
     assert_eq!(busy.connections(), 2, "tried again once the breaker closed");
     assert_eq!(
