@@ -156,6 +156,8 @@ pub fn run(data: &[u8]) {
         starttls: false,
         max_hops: 50,
         max_errors: 4 * MAX_CHUNKS,
+        idle_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(600),
     });
 
     // Our header for this configuration: the same conversation with a trivial message.

@@ -111,6 +111,8 @@ pub fn run(data: &[u8]) {
         // generous ones on the rest, so long sessions are explored.
         max_hops: if flags & 8 != 0 { 3 } else { 50 },
         max_errors: if flags & 4 != 0 { 5 } else { 1000 },
+        idle_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(600),
     });
     let peer_addr: SocketAddr = if flags & 64 != 0 {
         "192.0.2.7:40000".parse().expect("literal")
@@ -165,7 +167,7 @@ pub fn run(data: &[u8]) {
                     }
                     Event::StartTls => {
                         replies.check(&session.take_output());
-                        session.tls_established();
+                        session.tls_established(now);
                     }
                     Event::Close | Event::Rejected(_) => {}
                 }
@@ -188,7 +190,8 @@ pub fn run(data: &[u8]) {
         }
     }
     if flags & 4 != 0 {
-        session.timeout();
+        // Past every deadline: the idle and the data timeout alike.
+        session.handle_timeout(now + Duration::from_secs(3600));
     } else {
         session.end_of_input();
     }

@@ -38,6 +38,8 @@ fn config() -> SessionConfig {
         starttls: false,
         max_hops: 50,
         max_errors: 20,
+        idle_timeout: Duration::from_secs(300),
+        data_timeout: Duration::from_secs(600),
     }
 }
 
@@ -353,9 +355,75 @@ fn shutdown_lets_a_transaction_in_flight_finish() {
 #[test]
 fn idle_timeout_gets_421() {
     let mut c = Client::local();
-    c.session.timeout();
+    let at = now() + Duration::from_secs(300);
+    assert_eq!(c.session.poll_timeout(), Some(at));
+    c.session.handle_timeout(at - Duration::from_secs(1));
+    assert_eq!(c.drain(), "", "not yet");
+    c.session.handle_timeout(at);
     assert_eq!(c.drain(), "421 4.4.2 Idle timeout, closing connection\r\n");
     assert!(c.closed);
+    assert_eq!(c.session.poll_timeout(), None);
+}
+
+#[test]
+fn the_idle_clock_runs_from_the_last_reply_not_the_last_read() {
+    let mut c = Client::local();
+    let later = now() + Duration::from_secs(200);
+    // A command line trickled in, never finished: the deadline stays where the greeting put it.
+    c.session.receive(b"EHLO slo", later);
+    assert_eq!(
+        c.session.poll_timeout(),
+        Some(now() + Duration::from_secs(300))
+    );
+    c.session.receive(b"w.example\r\n", later);
+    assert!(c.drain().starts_with("250-"));
+    assert_eq!(
+        c.session.poll_timeout(),
+        Some(later + Duration::from_secs(300))
+    );
+}
+
+#[test]
+fn the_data_timeout_runs_from_the_start_of_the_data() {
+    let mut c = Client::local();
+    c.transaction();
+    let data_from = now();
+    // Content keeps arriving, but the data phase as a whole has its limit.
+    for minute in 1..10 {
+        c.session.receive(
+            b"more content\r\n",
+            data_from + Duration::from_secs(60 * minute),
+        );
+    }
+    assert_eq!(
+        c.session.poll_timeout(),
+        Some(data_from + Duration::from_secs(600))
+    );
+    c.session
+        .handle_timeout(data_from + Duration::from_secs(600));
+    assert_eq!(c.drain(), "421 4.4.2 Idle timeout, closing connection\r\n");
+    assert!(c.queued.is_empty(), "nothing of it is queued");
+}
+
+#[test]
+fn no_deadline_runs_while_the_queue_has_the_message() {
+    let mut c = Client::local();
+    c.transaction();
+    // Answered by the queue only later: the client is waiting on us, not the reverse.
+    c.session.receive(b"x\r\n.\r\n", now());
+    let Some(Event::Message(m)) = c.session.poll_event() else {
+        panic!("the message goes to the queue")
+    };
+    assert_eq!(c.session.poll_timeout(), None);
+    c.session.handle_timeout(now() + Duration::from_secs(3600));
+    assert!(!c.session.is_closed());
+    c.session
+        .queued(Ok(m.id), now() + Duration::from_secs(3600));
+    assert!(c.drain().starts_with("250 2.0.0 Ok: queued as "));
+    assert_eq!(
+        c.session.poll_timeout(),
+        Some(now() + Duration::from_secs(3600 + 300))
+    );
 }
 
 #[test]
@@ -586,7 +654,7 @@ fn starttls_discards_input_pipelined_after_it() {
         "220 2.0.0 Ready to start TLS\r\n"
     );
     assert!(c.starttls);
-    c.session.tls_established();
+    c.session.tls_established(now());
     // The pipelined MAIL was dropped and the client must EHLO again.
     assert_eq!(
         c.send(b"MAIL FROM:<a@b.org>\r\n"),

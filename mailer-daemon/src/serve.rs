@@ -222,12 +222,13 @@ impl Listeners {
                 starttls,
                 max_hops: config.limits.max_hops,
                 max_errors: config.limits.max_errors,
+                idle_timeout: config.limits.idle_timeout,
+                data_timeout: config.limits.data_timeout,
             }),
             router: engine.router(),
             engine: engine.clone(),
             connections: self.connections.clone(),
             idle_timeout: config.limits.idle_timeout,
-            data_timeout: config.limits.data_timeout,
             shutdown: self.shutdown.clone(),
         }
     }

@@ -19,8 +19,9 @@ pub struct Intake {
     pub router: Arc<Router>,
     pub engine: Arc<Engine>,
     pub connections: Arc<Semaphore>,
+    /// Bounds the TLS handshake and each write of replies (the session keeps its own
+    /// deadlines for what the client sends).
     pub idle_timeout: Duration,
-    pub data_timeout: Duration,
     /// Flips to true when the daemon stops.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -82,7 +83,7 @@ async fn serve_connection(
             // A client that never completes the handshake must not keep its slot.
             match tokio::time::timeout(intake.idle_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(tls_stream)) => {
-                    session.tls_established();
+                    session.tls_established(SystemTime::now());
                     let _ = drive(tls_stream, &mut session, intake).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
@@ -103,8 +104,6 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     let mut buf = vec![0u8; 64 * 1024];
     let mut shutdown = intake.shutdown.clone();
     let mut stopping = *shutdown.borrow();
-    let mut deadline = tokio::time::Instant::now() + intake.idle_timeout;
-    let mut was_in_data = false;
     if stopping {
         session.begin_shutdown();
     }
@@ -133,32 +132,24 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                 Event::Rejected(reason) => intake.engine.metrics().rejected(reason),
             }
         }
-        let mut progressed = false;
         if session.has_output() {
             send(&mut stream, &session.take_output(), intake.idle_timeout).await?;
-            progressed = true;
         }
         if session.is_closed() {
             return Ok(None);
         }
-        // The clock runs from the last reply (or the start of DATA), not from the last read:
-        // a client trickling one byte at a time must not hold the session forever.
-        let in_data = session.in_data();
-        if progressed || in_data != was_in_data {
-            let limit = if in_data {
-                intake.data_timeout
-            } else {
-                intake.idle_timeout
-            };
-            deadline = tokio::time::Instant::now() + limit;
-        }
-        was_in_data = in_data;
+        // The session's own deadline, on the runtime's clock.
+        let wait = session
+            .poll_timeout()
+            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
+            .unwrap_or(intake.idle_timeout);
+        let deadline = tokio::time::Instant::now() + wait;
         tokio::select! {
             r = tokio::time::timeout_at(deadline, stream.read(&mut buf)) => match r {
                 Ok(Ok(0)) => session.end_of_input(),
                 Ok(Ok(n)) => session.receive(&buf[..n], SystemTime::now()),
                 Ok(Err(e)) => return Err(e),
-                Err(_) => session.timeout(),
+                Err(_) => session.handle_timeout(SystemTime::now()),
             },
             _ = shutdown.changed(), if !stopping => {
                 stopping = true;

@@ -3,14 +3,16 @@
 //! The edge feeds received bytes with [`Session::receive`], writes out what
 //! [`Session::take_output`] returns and acts on [`Session::poll_event`]: make a message durable
 //! and report back with [`Session::queued`], upgrade to TLS and call
-//! [`Session::tls_established`], or close. Time is passed in. While the session waits for the
-//! queue it consumes no further input, so pipelined commands after the end of data are answered
-//! in order, after the message is safe.
+//! [`Session::tls_established`], or close. Time is passed in, and the session keeps its own
+//! deadlines: the edge sleeps until [`Session::poll_timeout`] and then calls
+//! [`Session::handle_timeout`]. While the session waits for the queue it consumes no further
+//! input, so pipelined commands after the end of data are answered in order, after the
+//! message is safe.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use smtp_proto::{Error as ProtoError, Request};
 
@@ -40,6 +42,10 @@ pub struct SessionConfig {
     /// Refused commands a client may send before the session ends with 421; a queued message
     /// starts the count again.
     pub max_errors: usize,
+    /// Time allowed from a reply to the next command (RFC 5321 §4.5.3.2.7).
+    pub idle_timeout: Duration,
+    /// Time allowed for a whole DATA phase, or a BDAT chunk, from its start.
+    pub data_timeout: Duration,
 }
 
 /// The connected client.
@@ -185,6 +191,10 @@ pub struct Session {
     /// Refused commands since the session began or last queued a message.
     errors: usize,
     now: SystemTime,
+    /// When the client's time is up: the idle or data timeout from the last reply, or from
+    /// the start of the data. Reads do not extend it, so a client trickling one octet at a
+    /// time cannot hold the session forever.
+    deadline: SystemTime,
 }
 
 #[derive(Debug)]
@@ -216,6 +226,7 @@ impl Session {
             draining: false,
             errors: 0,
             now,
+            deadline: now,
         };
         let greeting = Reply::new(220, None, format!("{} ESMTP mailer", s.config.hostname));
         s.reply(greeting);
@@ -292,18 +303,42 @@ impl Session {
     }
 
     /// TLS is up: the SMTP state is reset (RFC 3207 §4.2) and the client must EHLO again.
-    pub fn tls_established(&mut self) {
+    pub fn tls_established(&mut self, now: SystemTime) {
+        self.now = now;
         if matches!(self.phase, Phase::StartingTls) {
             self.phase = Phase::Command;
             self.tls = true;
             self.helo = None;
             self.tx = None;
+            self.arm();
         }
     }
 
-    /// The client was idle too long.
-    pub fn timeout(&mut self) {
-        self.close_with(replies::timeout());
+    /// When [`Session::handle_timeout`] is due; `None` while nothing is expected of the
+    /// client (the queue has the message, TLS is being set up) or once closed.
+    pub fn poll_timeout(&self) -> Option<SystemTime> {
+        match self.phase {
+            Phase::Command | Phase::Data(_) | Phase::Bdat { .. } => Some(self.deadline),
+            Phase::Queueing | Phase::StartingTls | Phase::Closed => None,
+        }
+    }
+
+    /// Time has passed: past the deadline, the client was too slow and is closed with 421.
+    pub fn handle_timeout(&mut self, now: SystemTime) {
+        self.now = now;
+        if self.poll_timeout().is_some_and(|deadline| now >= deadline) {
+            self.close_with(replies::timeout());
+        }
+    }
+
+    /// Starts the client's clock: the data timeout inside DATA/BDAT, else the idle timeout.
+    fn arm(&mut self) {
+        let limit = if self.in_data() {
+            self.config.data_timeout
+        } else {
+            self.config.idle_timeout
+        };
+        self.deadline = self.now + limit;
     }
 
     /// The server is stopping: an idle session is closed with 421 now; one inside a
@@ -332,6 +367,7 @@ impl Session {
 
     fn reply(&mut self, reply: Reply) {
         reply.write_to(&mut self.output);
+        self.arm();
     }
 
     /// Refuses a command without holding it against the client: `452` for recipients past
@@ -699,6 +735,7 @@ impl Session {
             remaining: size,
             last,
         };
+        self.arm();
         let starting = self.tx.as_ref().is_some_and(|tx| tx.id.is_none());
         if starting {
             if let Err(reply) = self.begin_message() {
