@@ -83,30 +83,20 @@ pub async fn serve(
     path: PathBuf,
     engine: Arc<Engine>,
     reload: mpsc::Sender<ReloadRequest>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     // SAFETY: geteuid cannot fail and has no preconditions.
     let own_uid = unsafe { libc::geteuid() };
-    loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "control socket: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
+    crate::accept::accept_loop("control socket", &listener, shutdown, |stream, _| {
         let engine = engine.clone();
         let reload = reload.clone();
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = handle(stream, own_uid, &engine, &reload).await {
                 tracing::debug!(error = %e, "control connection ended");
             }
-        });
-    }
+        }
+    })
+    .await;
     let _ = std::fs::remove_file(&path);
 }
 

@@ -36,16 +36,6 @@ pub struct Engine {
 /// A file and its modification time when last read (`None`: could not be read).
 type FileStamp = (PathBuf, Option<SystemTime>);
 
-/// The queue's timing from the `[queue]` section.
-fn timing(config: &Config) -> Timing {
-    Timing {
-        retry_min: config.queue.retry_min,
-        retry_max: config.queue.retry_max,
-        lifetime: config.queue.lifetime,
-        warn_after: config.queue.warn_after,
-    }
-}
-
 /// The alias files a configuration reads, with their modification times now.
 fn alias_files(config: &Config) -> Vec<FileStamp> {
     let mut files: Vec<PathBuf> = config
@@ -90,7 +80,7 @@ impl Engine {
         let scheduler = Scheduler::new(
             spool.clone(),
             dispatch.clone(),
-            timing(config),
+            Timing::from(config),
             config.hostname.clone(),
         );
         let loader = spool.clone();
@@ -137,7 +127,7 @@ impl Engine {
         *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dkim);
         let router = Arc::new(Router::new(config).with_local_check(self.dispatch.local_check()));
         *self.router.write().unwrap_or_else(|p| p.into_inner()) = router;
-        self.scheduler.set_timing(timing(config));
+        self.scheduler.set_timing(Timing::from(config));
         *self.tables.lock().unwrap_or_else(|p| p.into_inner()) =
             (Arc::new(config.clone()), alias_files(config));
         Ok(())

@@ -4,6 +4,7 @@
 //! through the one configuration: `--config FILE`, else `MAILER_CONFIG`, else
 //! `/etc/mailer/mailer.toml`.
 
+mod accept;
 mod check_cmd;
 mod control;
 mod dkim_cmd;

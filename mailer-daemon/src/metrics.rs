@@ -288,26 +288,16 @@ fn refresh(engine: &Engine) {
 
 /// Serves `GET /metrics` until shutdown: a minimal HTTP/1.1 responder, one request per
 /// connection, enough for Prometheus and curl.
-pub async fn serve(listener: TcpListener, engine: Arc<Engine>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+pub async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: watch::Receiver<bool>) {
+    crate::accept::accept_loop("metrics", &listener, stop, |stream, _| {
         let engine = engine.clone();
-        tokio::spawn(async move {
+        async move {
             if let Err(e) = respond(stream, &engine).await {
                 tracing::debug!(error = %e, "metrics request failed");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Largest request head read; a scrape request is a few hundred octets.

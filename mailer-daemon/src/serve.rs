@@ -213,18 +213,7 @@ impl Listeners {
 
     fn intake(&self, config: &Config, starttls: bool, engine: &Arc<Engine>) -> Intake {
         Intake {
-            session: Arc::new(SessionConfig {
-                hostname: config.hostname.clone(),
-                max_message_size: config.limits.max_message_size as usize,
-                max_recipients: config.limits.max_recipients,
-                max_line_length: config.limits.max_line_length,
-                bare_newlines: config.limits.bare_newlines,
-                starttls,
-                max_hops: config.limits.max_hops,
-                max_errors: config.limits.max_errors,
-                idle_timeout: config.limits.idle_timeout,
-                data_timeout: config.limits.data_timeout,
-            }),
+            session: Arc::new(SessionConfig::new(config, starttls)),
             router: engine.router(),
             engine: engine.clone(),
             connections: self.connections.clone(),

@@ -28,23 +28,11 @@ pub struct Intake {
 
 /// Accepts until shutdown; each connection runs in its own task.
 pub async fn listen(listener: TcpListener, tls: Option<TlsAcceptor>, intake: Arc<Intake>) {
-    let mut shutdown = intake.shutdown.clone();
-    loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
+    let shutdown = intake.shutdown.clone();
+    crate::accept::accept_loop("smtp", &listener, shutdown, |stream, peer| {
         let intake = intake.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
+        async move {
             let _ = stream.set_nodelay(true);
             match intake.connections.clone().try_acquire_owned() {
                 Ok(permit) => {
@@ -59,8 +47,9 @@ pub async fn listen(listener: TcpListener, tls: Option<TlsAcceptor>, intake: Arc
                         .await;
                 }
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn serve_connection(

@@ -48,6 +48,26 @@ pub struct SessionConfig {
     pub data_timeout: Duration,
 }
 
+impl SessionConfig {
+    /// The session settings of `config`'s `[limits]`, for a listener that offers STARTTLS
+    /// or not.
+    pub fn new(config: &crate::config::Config, starttls: bool) -> SessionConfig {
+        let limits = &config.limits;
+        SessionConfig {
+            hostname: config.hostname.clone(),
+            max_message_size: usize::try_from(limits.max_message_size).unwrap_or(usize::MAX),
+            max_recipients: limits.max_recipients,
+            max_line_length: limits.max_line_length,
+            bare_newlines: limits.bare_newlines,
+            starttls,
+            max_hops: limits.max_hops,
+            max_errors: limits.max_errors,
+            idle_timeout: limits.idle_timeout,
+            data_timeout: limits.data_timeout,
+        }
+    }
+}
+
 /// The connected client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {

@@ -32,6 +32,18 @@ pub struct Timing {
     pub warn_after: Duration,
 }
 
+impl From<&crate::config::Config> for Timing {
+    fn from(config: &crate::config::Config) -> Timing {
+        let q = &config.queue;
+        Timing {
+            retry_min: q.retry_min,
+            retry_max: q.retry_max,
+            lifetime: q.lifetime,
+            warn_after: q.warn_after,
+        }
+    }
+}
+
 /// One delivery attempt: the recipients of one message that one action handles.
 pub struct Job {
     pub envelope: Arc<Envelope>,
@@ -309,15 +321,23 @@ impl<D: Deliverer> Scheduler<D> {
     }
 
     /// Removes a message without delivering it.
+    /// The message is claimed while its files go (an fsync), so the lock is not held.
     pub fn remove(&self, id: QueueId) -> io::Result<bool> {
-        let mut state = self.lock();
-        if state.in_flight.contains(&id) || !state.messages.contains_key(&id) {
-            return Ok(false);
+        {
+            let mut state = self.lock();
+            if state.in_flight.contains(&id) || !state.messages.contains_key(&id) {
+                return Ok(false);
+            }
+            state.in_flight.insert(id);
         }
-        self.spool.remove(id)?;
-        state.messages.remove(&id);
-        state.unsynced.remove(&id);
-        Ok(true)
+        let removed = self.spool.remove(id);
+        let mut state = self.lock();
+        state.in_flight.remove(&id);
+        if removed.is_ok() {
+            state.messages.remove(&id);
+            state.unsynced.remove(&id);
+        }
+        removed.map(|()| true)
     }
 
     /// The driver: attempts what is due by the system clock, sleeps until the next message
