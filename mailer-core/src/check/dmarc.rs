@@ -6,6 +6,7 @@ use std::fmt;
 
 use super::dns::{normalize, Dns};
 use super::{dns_error, Area, Check, Status};
+pub use crate::domain::organizational_domain;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
@@ -214,11 +215,6 @@ fn mailto_domain(uri: &str) -> Option<String> {
     let addr = uri.strip_prefix("mailto:")?;
     let addr = addr.rsplit_once('!').map_or(addr, |(a, _)| a);
     addr.rsplit_once('@').map(|(_, d)| normalize(d))
-}
-
-/// The organizational domain (public suffix + one label).
-pub fn organizational_domain(domain: &str) -> String {
-    psl::domain_str(domain).unwrap_or(domain).to_string()
 }
 
 pub(crate) struct Outcome {

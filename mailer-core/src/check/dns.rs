@@ -179,10 +179,7 @@ fn describe(e: &NetError) -> String {
     }
 }
 
-/// Lowercase, without the trailing dot.
-pub(crate) fn normalize(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
-}
+pub(crate) use crate::domain::normalize;
 
 /// The absolute form, so no search domain is ever appended.
 fn fqdn(name: &str) -> String {

@@ -11,6 +11,8 @@ use std::fmt;
 use mail_parser::{HeaderName, HeaderValue, MessageParser};
 
 use crate::address::Address;
+use crate::domain::normalize;
+pub use crate::domain::organizational_domain;
 
 /// Most of a message scanned for its header section. Headers that do not end within it are
 /// reported as [`FromError::HeaderSectionTooLarge`] rather than parsed.
@@ -131,16 +133,6 @@ pub fn header_from_domain(message: &[u8]) -> Result<String, FromError> {
     Ok(domain)
 }
 
-/// The organizational domain (RFC 7489 §3.2): the public suffix plus one label, from the
-/// Public Suffix List. A name that is itself a public suffix is its own organizational domain.
-pub fn organizational_domain(domain: &str) -> String {
-    let domain = normalize(domain);
-    match psl::domain_str(&domain) {
-        Some(org) => org.to_string(),
-        None => domain,
-    }
-}
-
 /// Whether two domains align under `mode`. Case and one trailing dot are ignored; an empty
 /// domain aligns with nothing.
 pub fn aligned(header_domain: &str, envelope_domain: &str, mode: AlignmentMode) -> bool {
@@ -199,12 +191,6 @@ fn header_section(message: &[u8]) -> Result<&[u8], FromError> {
         // A message of headers only.
         Ok(message)
     }
-}
-
-/// Trimmed, lower-cased, without the trailing dot of an absolute name.
-fn normalize(domain: &str) -> String {
-    let domain = domain.trim();
-    domain.strip_suffix('.').unwrap_or(domain).to_lowercase()
 }
 
 /// Dot-separated labels of letters, digits, hyphens or non-ASCII (an IDN as given), within
