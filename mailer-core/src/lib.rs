@@ -15,6 +15,7 @@ pub mod address;
 pub mod check;
 pub mod config;
 pub mod delivery;
+pub mod diagnostic;
 pub mod domain;
 pub mod intake;
 pub mod policy;

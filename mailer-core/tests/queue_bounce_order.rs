@@ -12,7 +12,7 @@ use mailer_core::address::Address;
 use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use mailer_core::intake::{AcceptedRecipient, Incoming, Peer};
 use mailer_core::queue::scheduler::{Attempt, Deliverer, Job, Scheduler, Timing};
-use mailer_core::queue::{Envelope, QueueId, RecipientState, Spool};
+use mailer_core::queue::{QueueId, RecipientState, Spool};
 
 /// Rejects `pim@example.org` for good; delivers the rest (the bounces). Remembers bounces.
 #[derive(Default)]
@@ -84,7 +84,7 @@ async fn a_bounce_that_cannot_be_stored_leaves_its_recipient_pending_not_failed(
         peer: Peer { addr: None },
     };
     spool
-        .store(&Envelope::from_incoming(&incoming), &incoming.message)
+        .store(&incoming.envelope(), &incoming.message)
         .unwrap();
     let deliverer = Arc::new(Rejecting::default());
     let timing = Timing {
@@ -94,7 +94,7 @@ async fn a_bounce_that_cannot_be_stored_leaves_its_recipient_pending_not_failed(
         warn_after: Duration::ZERO,
     };
     let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), timing, "mx.test".into());
-    scheduler.enqueue(Envelope::from_incoming(&incoming));
+    scheduler.enqueue(incoming.envelope());
 
     set_file_size_limit(3000);
     let (stop, shutdown) = tokio::sync::watch::channel(false);

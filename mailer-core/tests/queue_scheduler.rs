@@ -8,7 +8,7 @@ use mailer_core::address::Address;
 use mailer_core::delivery::Outcome;
 use mailer_core::intake::{AcceptedRecipient, Incoming, Peer};
 use mailer_core::queue::scheduler::{Attempt, Deliverer, Job, Scheduler, Timing};
-use mailer_core::queue::{Envelope, QueueId, RecipientState, Spool};
+use mailer_core::queue::{QueueId, RecipientState, Spool};
 
 /// Counts deliveries and accepts them all.
 #[derive(Default)]
@@ -63,16 +63,14 @@ async fn a_message_file_gone_missing_is_postponed_not_spun_on_and_its_envelope_k
     let good = incoming();
     let lost = incoming();
     for m in [&good, &lost] {
-        spool
-            .store(&Envelope::from_incoming(m), &m.message)
-            .unwrap();
+        spool.store(&m.envelope(), &m.message).unwrap();
     }
     std::fs::remove_file(spool.message_path(lost.id)).unwrap();
 
     let deliverer = Arc::new(Counting::default());
     let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), timing(), "mx.test".into());
     for m in [&good, &lost] {
-        scheduler.enqueue(Envelope::from_incoming(m));
+        scheduler.enqueue(m.envelope());
     }
     let (stop, shutdown) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(scheduler.clone().run(shutdown));
@@ -199,11 +197,9 @@ fn queued<D: Deliverer>(
 ) -> (tempfile::TempDir, Arc<Spool>, Arc<Scheduler<D>>) {
     let dir = tempfile::tempdir().unwrap();
     let spool = Arc::new(Spool::open(dir.path()).unwrap());
-    spool
-        .store(&Envelope::from_incoming(m), &m.message)
-        .unwrap();
+    spool.store(&m.envelope(), &m.message).unwrap();
     let scheduler = Scheduler::new(spool.clone(), deliverer, quick(), "mx.test".into());
-    scheduler.enqueue(Envelope::from_incoming(m));
+    scheduler.enqueue(m.envelope());
     (dir, spool, scheduler)
 }
 
@@ -366,9 +362,7 @@ async fn a_message_warns_at_4_hours_and_expires_after_4_days_in_virtual_time() {
     let mut m = incoming();
     m.arrived = start;
     m.id = QueueId::generate(start);
-    spool
-        .store(&Envelope::from_incoming(&m), &m.message)
-        .unwrap();
+    spool.store(&m.envelope(), &m.message).unwrap();
     let deliverer = Arc::new(Deferring::default());
     let timing = Timing {
         retry_min: Duration::from_secs(300),
@@ -378,7 +372,7 @@ async fn a_message_warns_at_4_hours_and_expires_after_4_days_in_virtual_time() {
     };
     let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), timing, "mx.test".into());
     scheduler.seed(7);
-    scheduler.enqueue(Envelope::from_incoming(&m));
+    scheduler.enqueue(m.envelope());
 
     let wall = std::time::Instant::now();
     let mut now = start;

@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use mailer_core::address::Address;
 use mailer_core::intake::{AcceptedRecipient, Incoming, Peer};
-use mailer_core::queue::{Envelope, QueueId, RecipientState, Spool};
+use mailer_core::queue::{QueueId, RecipientState, Spool};
 
 fn incoming(body: &[u8]) -> Incoming {
     let arrived = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
@@ -39,7 +39,7 @@ fn a_stored_message_survives_a_restart_byte_exact() {
     let dir = tempfile::tempdir().unwrap();
     let body = b"Received: x\r\nSubject: \xe9t\xe9\r\n\r\n.leading dot\r\n".to_vec();
     let m = incoming(&body);
-    let env = Envelope::from_incoming(&m);
+    let env = m.envelope();
     Spool::open(dir.path())
         .unwrap()
         .store(&env, &m.message)
@@ -58,9 +58,7 @@ fn files_are_private_to_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(&dir.path().join("queue")).unwrap();
     let m = incoming(b"x\r\n");
-    spool
-        .store(&Envelope::from_incoming(&m), &m.message)
-        .unwrap();
+    spool.store(&m.envelope(), &m.message).unwrap();
     let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.path().join("queue")), 0o700);
     assert_eq!(mode(&spool.message_path(m.id)), 0o600);
@@ -102,9 +100,7 @@ fn a_corrupt_envelope_is_set_aside_with_its_message_and_the_reason() {
     let m = incoming(b"x\r\n");
     let good = incoming(b"y\r\n");
     for m in [&m, &good] {
-        spool
-            .store(&Envelope::from_incoming(m), &m.message)
-            .unwrap();
+        spool.store(&m.envelope(), &m.message).unwrap();
     }
     fs::write(dir.path().join(format!("q/{}.env", m.id)), b"not json").unwrap();
     // A read-only load (mailer queue list without a daemon) only reports it.
@@ -141,9 +137,7 @@ fn a_leftover_temporary_file_that_cannot_be_removed_does_not_stop_the_load() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let m = incoming(b"x\r\n");
-    spool
-        .store(&Envelope::from_incoming(&m), &m.message)
-        .unwrap();
+    spool.store(&m.envelope(), &m.message).unwrap();
     // A directory where a temporary file should be: unlink(2) fails with EISDIR.
     fs::create_dir(dir.path().join("tmp/stray")).unwrap();
     let report = spool.load(true).unwrap();
@@ -165,7 +159,7 @@ fn updates_replace_the_envelope_and_remove_deletes_both_files() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let m = incoming(b"x\r\n");
-    let mut env = Envelope::from_incoming(&m);
+    let mut env = m.envelope();
     spool.store(&env, &m.message).unwrap();
     env.recipients[0].state = RecipientState::Delivered;
     env.recipients[1].attempts = 1;
@@ -187,9 +181,7 @@ fn concurrent_stores_all_land() {
             std::thread::spawn(move || {
                 for _ in 0..10 {
                     let m = incoming(b"x\r\n");
-                    spool
-                        .store(&Envelope::from_incoming(&m), &m.message)
-                        .unwrap();
+                    spool.store(&m.envelope(), &m.message).unwrap();
                 }
             })
         })

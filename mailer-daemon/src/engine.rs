@@ -212,7 +212,7 @@ impl Engine {
     /// Makes a received message durable and schedules it. Ok means it may be acknowledged.
     pub async fn accept(&self, incoming: Incoming) -> io::Result<QueueId> {
         let incoming = self.dkim_sign(incoming).await?;
-        let envelope = Envelope::from_incoming(&incoming);
+        let envelope = incoming.envelope();
         let spool = self.spool.clone();
         let stored = envelope.clone();
         tokio::task::spawn_blocking(move || spool.store(&stored, &incoming.message))

@@ -2,6 +2,7 @@
 //! and its key type and size are sane (RFC 8301: RSA of at least 1024 bits, 2048 advised); when
 //! the private key in use is known, the published key is its public half.
 
+use crate::delivery::dkim::{der_element, rsa_bits};
 use std::fmt;
 
 use base64::Engine;
@@ -80,50 +81,6 @@ pub fn parse(record: &str) -> Result<KeyRecord, KeyError> {
         public_key: public_key.ok_or_else(|| err("p", "missing"))?,
         testing,
     })
-}
-
-/// The RSA modulus size in bits, from a SubjectPublicKeyInfo or a bare RSAPublicKey.
-pub fn rsa_bits(der: &[u8]) -> Option<usize> {
-    let (seq, _) = der_element(der, 0x30)?;
-    let (first_tag, _) = (seq.first()?, ());
-    let rsa_key = if *first_tag == 0x30 {
-        // SubjectPublicKeyInfo: skip the AlgorithmIdentifier, open the BIT STRING.
-        let (_, rest) = der_element(seq, 0x30)?;
-        let (bits, _) = der_element(rest, 0x03)?;
-        let (inner, _) = der_element(bits.get(1..)?, 0x30)?;
-        inner
-    } else {
-        seq
-    };
-    let (modulus, _) = der_element(rsa_key, 0x02)?;
-    let modulus = match modulus.iter().position(|&b| b != 0) {
-        Some(i) => &modulus[i..],
-        None => return Some(0),
-    };
-    Some(modulus.len() * 8 - modulus[0].leading_zeros() as usize)
-}
-
-/// Splits one DER element with `tag` off `data`: (contents, rest).
-fn der_element(data: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    if *data.first()? != tag {
-        return None;
-    }
-    let first = *data.get(1)?;
-    let (len, header) = if first < 0x80 {
-        (usize::from(first), 2)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 {
-            return None;
-        }
-        let mut len = 0usize;
-        for &b in data.get(2..2 + n)? {
-            len = (len << 8) | usize::from(b);
-        }
-        (len, 2 + n)
-    };
-    let end = header.checked_add(len)?;
-    Some((data.get(header..end)?, data.get(end..)?))
 }
 
 /// The public half of a private key the relay signs with, to compare with what DNS publishes.

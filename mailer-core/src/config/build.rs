@@ -11,11 +11,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::diagnostic::Sink;
 use super::raw::*;
 use super::relay_url::{is_host_name, RelaySecurity, RelayUrl};
 use super::units::{format_duration, parse_duration, parse_size};
 use super::*;
+use crate::diagnostic::Sink;
 
 const TOP_LEVEL_KEYS: &[&str] = &[
     "hostname",

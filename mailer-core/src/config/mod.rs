@@ -10,7 +10,7 @@
 //! errors: they land in [`Config::warnings`], for `mailer config check` and the log.
 
 mod build;
-mod diagnostic;
+
 mod files;
 mod raw;
 mod relay_url;
@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use crate::address::Address;
 
-pub use diagnostic::Diagnostic;
+pub use crate::diagnostic::Diagnostic;
 pub use relay_url::{RelaySecurity, RelayUrl, RelayUrlError};
 pub use units::{format_duration, parse_duration, parse_size};
 

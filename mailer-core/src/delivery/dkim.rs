@@ -123,8 +123,7 @@ impl PrivateKey {
 
     fn rsa(key: RsaKey<Sha256>) -> Result<PrivateKey, String> {
         let pkcs1 = key.public_key();
-        let bits =
-            crate::check::dkim::rsa_bits(&pkcs1).ok_or("the RSA public key does not parse")?;
+        let bits = rsa_bits(&pkcs1).ok_or("the RSA public key does not parse")?;
         Ok(PrivateKey {
             public_key: rsa_spki(&pkcs1),
             kind: KeyKind::Rsa { bits },
@@ -566,6 +565,50 @@ impl DkimRecord {
     }
 }
 
+/// The RSA modulus size in bits, from a SubjectPublicKeyInfo or a bare RSAPublicKey.
+pub fn rsa_bits(der: &[u8]) -> Option<usize> {
+    let (seq, _) = der_element(der, 0x30)?;
+    let (first_tag, _) = (seq.first()?, ());
+    let rsa_key = if *first_tag == 0x30 {
+        // SubjectPublicKeyInfo: skip the AlgorithmIdentifier, open the BIT STRING.
+        let (_, rest) = der_element(seq, 0x30)?;
+        let (bits, _) = der_element(rest, 0x03)?;
+        let (inner, _) = der_element(bits.get(1..)?, 0x30)?;
+        inner
+    } else {
+        seq
+    };
+    let (modulus, _) = der_element(rsa_key, 0x02)?;
+    let modulus = match modulus.iter().position(|&b| b != 0) {
+        Some(i) => &modulus[i..],
+        None => return Some(0),
+    };
+    Some(modulus.len() * 8 - modulus[0].leading_zeros() as usize)
+}
+
+/// Splits one DER element with `tag` off `data`: (contents, rest).
+pub(crate) fn der_element(data: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    if *data.first()? != tag {
+        return None;
+    }
+    let first = *data.get(1)?;
+    let (len, header) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for &b in data.get(2..2 + n)? {
+            len = (len << 8) | usize::from(b);
+        }
+        (len, 2 + n)
+    };
+    let end = header.checked_add(len)?;
+    Some((data.get(header..end)?, data.get(end..)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -653,7 +696,7 @@ You have a new follower.\r\n";
         assert_eq!(key.kind(), KeyKind::Rsa { bits: 2048 });
         // SEQUENCE { SEQUENCE { rsaEncryption, NULL }, BIT STRING … }
         assert_eq!(&key.public_key()[..4], &[0x30, 0x82, 0x01, 0x22]);
-        assert_eq!(crate::check::dkim::rsa_bits(key.public_key()), Some(2048));
+        assert_eq!(rsa_bits(key.public_key()), Some(2048));
         let record = DkimRecord::new("sel", "ublog.tech", &key);
         assert!(record
             .text

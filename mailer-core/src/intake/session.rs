@@ -19,7 +19,9 @@ use smtp_proto::{Error as ProtoError, Request};
 use super::data::{BareNewlines, DataError, DataReader};
 use super::reply::{replies, Reply};
 use crate::address::{Address, AddressError};
-use crate::queue::QueueId;
+use crate::queue::spool::ENVELOPE_VERSION;
+use crate::queue::{Envelope, QueueId, Recipient, RecipientState};
+use crate::time::unix_seconds;
 
 /// Longest command line accepted: 512 octets (RFC 5321 §4.5.3.1.4) plus room for the
 /// parameters of the extensions we offer and UTF-8 addresses.
@@ -123,6 +125,42 @@ pub struct Incoming {
     pub eightbit: bool,
     pub helo: String,
     pub peer: Peer,
+}
+
+impl Incoming {
+    /// The queue's envelope of this message: every recipient due at its arrival.
+    pub fn envelope(&self) -> Envelope {
+        let arrived = unix_seconds(self.arrived);
+        Envelope {
+            version: ENVELOPE_VERSION,
+            id: self.id,
+            arrived,
+            sender: self.sender.clone(),
+            recipients: self
+                .recipients
+                .iter()
+                .map(|r| Recipient {
+                    address: r.address.clone(),
+                    action: r.action.clone(),
+                    state: RecipientState::Pending,
+                    attempts: 0,
+                    next_attempt: arrived,
+                    last_error: None,
+                    original: None,
+                })
+                .collect(),
+            size: self.message.len() as u64,
+            smtputf8: self.smtputf8,
+            eightbit: self.eightbit,
+            helo: self.helo.clone(),
+            peer: self
+                .peer
+                .addr
+                .map_or_else(|| "local".to_string(), |a| a.ip().to_string()),
+            held: false,
+            warned: false,
+        }
+    }
 }
 
 /// Why the queue could not take a message; either way the client is told to try again.

@@ -34,10 +34,9 @@ use serde::{Deserialize, Serialize};
 
 use super::QueueId;
 use crate::address::Address;
-use crate::intake::Incoming;
-use crate::time::unix_seconds;
 
-const ENVELOPE_VERSION: u32 = 1;
+/// The version an envelope is written with; another is not read.
+pub const ENVELOPE_VERSION: u32 = 1;
 
 /// Where a recipient stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,40 +90,6 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// The envelope of a message just received; every recipient is due now.
-    pub fn from_incoming(m: &Incoming) -> Envelope {
-        let arrived = unix_seconds(m.arrived);
-        Envelope {
-            version: ENVELOPE_VERSION,
-            id: m.id,
-            arrived,
-            sender: m.sender.clone(),
-            recipients: m
-                .recipients
-                .iter()
-                .map(|r| Recipient {
-                    address: r.address.clone(),
-                    action: r.action.clone(),
-                    state: RecipientState::Pending,
-                    attempts: 0,
-                    next_attempt: arrived,
-                    last_error: None,
-                    original: None,
-                })
-                .collect(),
-            size: m.message.len() as u64,
-            smtputf8: m.smtputf8,
-            eightbit: m.eightbit,
-            helo: m.helo.clone(),
-            peer: m
-                .peer
-                .addr
-                .map_or_else(|| "local".to_string(), |a| a.ip().to_string()),
-            held: false,
-            warned: false,
-        }
-    }
-
     /// Every recipient is delivered or failed: the message can leave the queue.
     pub fn is_done(&self) -> bool {
         self.recipients

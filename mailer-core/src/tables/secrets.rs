@@ -9,7 +9,7 @@ use std::fmt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use crate::config::Diagnostic;
+use crate::diagnostic::Diagnostic;
 
 /// A user name and password for SMTP AUTH.
 #[derive(Clone, PartialEq, Eq, Hash)]
