@@ -184,6 +184,19 @@ impl Engine {
             .collect()
     }
 
+    /// What the metrics' gauges describe, now.
+    pub fn snapshot(&self) -> crate::metrics::Snapshot {
+        let queue = self.scheduler.snapshot();
+        crate::metrics::Snapshot {
+            queued: queue.len(),
+            held: queue.iter().filter(|e| e.held).count(),
+            oldest_arrival: queue.iter().map(|e| e.arrived).min(),
+            // A short directory listing: the admin has to act on each of these files.
+            corrupt_files: self.spool.corrupt().map_or(0, |c| c.len()),
+            relays: self.relay_status(),
+        }
+    }
+
     /// The match rules in effect (a new listener task takes the current ones).
     pub fn router(&self) -> Arc<Router> {
         self.router

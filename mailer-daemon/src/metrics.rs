@@ -1,7 +1,7 @@
 //! Prometheus metrics of the daemon and the HTTP endpoint that exposes them.
 //!
 //! Counters are updated where the fact happens; gauges that describe state (the queue, relay
-//! connections and circuit breakers) are computed from the engine at each scrape.
+//! connections and circuit breakers) are computed from a [`Snapshot`] taken at each scrape.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -15,8 +15,6 @@ use prometheus_client::registry::Registry;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-
-use crate::engine::Engine;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
@@ -258,41 +256,59 @@ impl Metrics {
     }
 }
 
-/// Refreshes the gauges that describe the engine's state now.
-fn refresh(engine: &Engine) {
-    let m = engine.metrics();
-    let queue = engine.scheduler().snapshot();
-    let now = mailer_core::time::unix_seconds(SystemTime::now());
-    m.queue_messages.set(queue.len() as i64);
-    m.queue_held
-        .set(queue.iter().filter(|e| e.held).count() as i64);
-    let oldest = queue.iter().map(|e| e.arrived).min();
-    m.queue_oldest_age
-        .set(oldest.map_or(0, |t| now.saturating_sub(t).max(0)));
-    // A short directory listing: the admin has to act on each of these files.
-    if let Ok(corrupt) = engine.spool().corrupt() {
-        m.queue_corrupt.set(corrupt.len() as i64);
-    }
-    m.relay_connections.clear();
-    m.relay_breaker_open.clear();
-    for status in engine.relay_status() {
-        let host = Host { host: status.host };
-        m.relay_connections
-            .get_or_create(&host)
-            .inc_by(status.open_connections as i64);
-        m.relay_breaker_open
-            .get_or_create(&host)
-            .inc_by(status.breaker_open_until.is_some() as i64);
+/// The state the gauges describe, taken at each scrape by whoever holds it (the engine):
+/// metrics read it, and need nothing of the engine.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub queued: usize,
+    pub held: usize,
+    /// Arrival (unix seconds) of the oldest queued message.
+    pub oldest_arrival: Option<i64>,
+    pub corrupt_files: usize,
+    pub relays: Vec<mailer_core::delivery::relay::MemberStatus>,
+}
+
+/// Where a scrape takes its snapshot from.
+pub type SnapshotSource = Arc<dyn Fn() -> Snapshot + Send + Sync>;
+
+impl Metrics {
+    /// Sets the gauges from `snapshot`, taken at `now` (unix seconds).
+    fn refresh(&self, snapshot: Snapshot, now: i64) {
+        self.queue_messages.set(snapshot.queued as i64);
+        self.queue_held.set(snapshot.held as i64);
+        self.queue_oldest_age.set(
+            snapshot
+                .oldest_arrival
+                .map_or(0, |t| now.saturating_sub(t).max(0)),
+        );
+        self.queue_corrupt.set(snapshot.corrupt_files as i64);
+        self.relay_connections.clear();
+        self.relay_breaker_open.clear();
+        for status in snapshot.relays {
+            let host = Host { host: status.host };
+            self.relay_connections
+                .get_or_create(&host)
+                .inc_by(status.open_connections as i64);
+            self.relay_breaker_open
+                .get_or_create(&host)
+                .inc_by(status.breaker_open_until.is_some() as i64);
+        }
     }
 }
 
 /// Serves `GET /metrics` until shutdown: a minimal HTTP/1.1 responder, one request per
 /// connection, enough for Prometheus and curl.
-pub async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    snapshot: SnapshotSource,
+    stop: watch::Receiver<bool>,
+) {
     crate::accept::accept_loop("metrics", &listener, stop, |stream, _| {
-        let engine = engine.clone();
+        let metrics = metrics.clone();
+        let snapshot = snapshot.clone();
         async move {
-            if let Err(e) = respond(stream, &engine).await {
+            if let Err(e) = respond(stream, &metrics, &snapshot).await {
                 tracing::debug!(error = %e, "metrics request failed");
             }
         }
@@ -303,7 +319,11 @@ pub async fn serve(listener: TcpListener, engine: Arc<Engine>, stop: watch::Rece
 /// Largest request head read; a scrape request is a few hundred octets.
 const MAX_REQUEST: usize = 8192;
 
-async fn respond(mut stream: TcpStream, engine: &Engine) -> std::io::Result<()> {
+async fn respond(
+    mut stream: TcpStream,
+    metrics: &Metrics,
+    snapshot: &SnapshotSource,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(512);
     let mut buf = [0u8; 1024];
     let read = async {
@@ -329,11 +349,12 @@ async fn respond(mut stream: TcpStream, engine: &Engine) -> std::io::Result<()> 
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET" | "HEAD", "/metrics") => {
-            refresh(engine);
+            let now = mailer_core::time::unix_seconds(SystemTime::now());
+            metrics.refresh(snapshot(), now);
             (
                 "200 OK",
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                engine.metrics().encode(),
+                metrics.encode(),
             )
         }
         ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),

@@ -262,7 +262,14 @@ async fn start_metrics(address: SocketAddr, engine: &Arc<Engine>) -> Result<Metr
         .await
         .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(crate::metrics::serve(listener, engine.clone(), stopped));
+    let source = engine.clone();
+    let snapshot: crate::metrics::SnapshotSource = Arc::new(move || source.snapshot());
+    let task = tokio::spawn(crate::metrics::serve(
+        listener,
+        engine.metrics_handle(),
+        snapshot,
+        stopped,
+    ));
     tracing::info!(%address, "metrics endpoint");
     Ok(MetricsServer {
         address,
