@@ -103,6 +103,30 @@ pub trait RecipientPolicy: Send + Sync {
     ) -> Result<String, Reply>;
 }
 
+/// The match rules decide at RCPT: no rule is `550 5.7.1` (the relay is closed to anyone not
+/// on this host), a local recipient the action does not know is `550 5.1.1`.
+impl RecipientPolicy for crate::policy::Router {
+    fn route(
+        &self,
+        peer: &Peer,
+        _sender: Option<&Address>,
+        rcpt: &Address,
+    ) -> Result<String, Reply> {
+        let action = self
+            .action_for(peer.is_local(), rcpt)
+            .ok_or_else(replies::relay_denied)?;
+        if self.local_exists(action, rcpt) == Some(false) {
+            return Err(Reply::status(
+                550,
+                1,
+                1,
+                format!("No such user here: {rcpt}"),
+            ));
+        }
+        Ok(action.to_string())
+    }
+}
+
 /// A recipient accepted at RCPT with the action that will handle it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AcceptedRecipient {

@@ -1,13 +1,11 @@
 //! Match rules: the first rule whose `from` and `for` match decides the action, as in
-//! smtpd.conf. A recipient no rule matches is refused at RCPT (`550 5.7.1`), which is what
-//! keeps the relay closed to anyone not local.
+//! smtpd.conf. Intake refuses a recipient no rule matches at RCPT (`550 5.7.1`), which is
+//! what keeps the relay closed to anyone not local.
 
 use std::sync::Arc;
 
 use crate::address::Address;
 use crate::config::{Config, ForSpec, FromSpec, MatchRule};
-use crate::intake::reply::replies;
-use crate::intake::{Peer, RecipientPolicy, Reply};
 
 /// Says whether a local recipient exists (users and aliases of the action that would
 /// deliver it). `None` means it cannot be told now: accept, and bounce later if need be.
@@ -42,6 +40,12 @@ impl Router {
     }
 
     /// The action for `recipient` from a client that is (`local`) or is not on this host.
+    /// Whether the recipient of a local action exists, as the local check says; `None`
+    /// when it cannot be told (no check, or not now).
+    pub fn local_exists(&self, action: &str, recipient: &Address) -> Option<bool> {
+        self.local_check.as_ref()?(action, recipient)
+    }
+
     pub fn action_for(&self, local: bool, recipient: &Address) -> Option<&str> {
         self.rules
             .iter()
@@ -60,29 +64,5 @@ impl Router {
                 from && to
             })
             .map(|rule| rule.action.as_str())
-    }
-}
-
-impl RecipientPolicy for Router {
-    fn route(
-        &self,
-        peer: &Peer,
-        _sender: Option<&Address>,
-        rcpt: &Address,
-    ) -> Result<String, Reply> {
-        let action = self
-            .action_for(peer.is_local(), rcpt)
-            .ok_or_else(replies::relay_denied)?;
-        if let Some(check) = &self.local_check {
-            if check(action, rcpt) == Some(false) {
-                return Err(Reply::status(
-                    550,
-                    1,
-                    1,
-                    format!("No such user here: {rcpt}"),
-                ));
-            }
-        }
-        Ok(action.to_string())
     }
 }
