@@ -14,6 +14,7 @@ use mailer_core::delivery::relay::{RelayDelivery, Resolve};
 use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use mailer_core::intake::Incoming;
 use mailer_core::policy::Router;
+use mailer_core::queue::admit::{admit, Admitted};
 use mailer_core::queue::scheduler::{Attempt, Deliverer, Job, Scheduler, Timing};
 use mailer_core::queue::{Envelope, QueueId, Recipient, Spool};
 use std::sync::Mutex;
@@ -224,14 +225,20 @@ impl Engine {
 
     /// Makes a received message durable and schedules it. Ok means it may be acknowledged.
     pub async fn accept(&self, incoming: Incoming) -> io::Result<QueueId> {
-        let incoming = self.dkim_sign(incoming).await?;
+        let dkim = self.dkim.read().unwrap_or_else(|p| p.into_inner()).clone();
         let envelope = incoming.envelope();
+        // Signing hashes the body and storing fsyncs: off the runtime's threads.
         let spool = self.spool.clone();
-        let stored = envelope.clone();
-        tokio::task::spawn_blocking(move || spool.store(&stored, &incoming.message))
-            .await
-            .map_err(io::Error::other)?
-            .inspect_err(|e| tracing::error!(error = %e, "cannot queue a message"))?;
+        let admitted = tokio::task::spawn_blocking(move || {
+            let admitted = admit(envelope, incoming.message, &dkim);
+            log_signing(&admitted);
+            spool.store(&admitted.envelope, &admitted.message)?;
+            Ok::<_, io::Error>(admitted)
+        })
+        .await
+        .map_err(io::Error::other)?
+        .inspect_err(|e| tracing::error!(error = %e, "cannot queue a message"))?;
+        let envelope = admitted.envelope;
         self.metrics.accepted.inc();
         self.metrics.bytes_in.inc_by(envelope.size);
         tracing::info!(
@@ -246,44 +253,31 @@ impl Engine {
         Ok(id)
     }
 
-    /// Puts DKIM signatures in front of a message (and of our Received header) when a recipient
-    /// goes to a relay action with keys: once, before it is stored, so every attempt relays
-    /// the same bytes.
-    async fn dkim_sign(&self, mut incoming: Incoming) -> io::Result<Incoming> {
-        let dkim = self.dkim.read().unwrap_or_else(|p| p.into_inner()).clone();
-        if !dkim.signs_for(incoming.recipients.iter().map(|r| r.action.as_str())) {
-            return Ok(incoming);
-        }
-        // Hashing a large body takes a while: off the runtime's threads.
-        tokio::task::spawn_blocking(move || {
-            let actions = incoming.recipients.iter().map(|r| r.action.as_str());
-            let signed = dkim.sign(actions, &incoming.message);
-            for error in &signed.errors {
-                tracing::error!(queue_id = %incoming.id, %error, "DKIM signing failed");
-            }
-            if !signed.unaligned.is_empty() {
-                tracing::info!(
-                    queue_id = %incoming.id,
-                    header_from = signed.header_from.as_deref().unwrap_or("(none)"),
-                    keys = %signed.unaligned.join(" "),
-                    "not DKIM-signed: header From does not align with the key's domain (sign_unaligned = false)"
-                );
-            }
-            if !signed.signed_by.is_empty() {
-                tracing::debug!(queue_id = %incoming.id, keys = %signed.signed_by.join(" "), "DKIM-signed");
-                let mut message = signed.fields;
-                message.extend_from_slice(&incoming.message);
-                incoming.message = message;
-            }
-            incoming
-        })
-        .await
-        .map_err(io::Error::other)
-    }
-
     /// Waits for deliveries in flight, at most `grace`.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.scheduler.drain(grace).await
+    }
+}
+
+/// What DKIM signing did to an admitted message, in the log.
+fn log_signing(admitted: &Admitted) {
+    let Some(signed) = &admitted.dkim else {
+        return;
+    };
+    let id = admitted.envelope.id;
+    for error in &signed.errors {
+        tracing::error!(queue_id = %id, %error, "DKIM signing failed");
+    }
+    if !signed.unaligned.is_empty() {
+        tracing::info!(
+            queue_id = %id,
+            header_from = signed.header_from.as_deref().unwrap_or("(none)"),
+            keys = %signed.unaligned.join(" "),
+            "not DKIM-signed: header From does not align with the key's domain (sign_unaligned = false)"
+        );
+    }
+    if !signed.signed_by.is_empty() {
+        tracing::debug!(queue_id = %id, keys = %signed.signed_by.join(" "), "DKIM-signed");
     }
 }
 

@@ -1,5 +1,6 @@
 //! The queue: the durable spool of accepted messages and the state of each recipient.
 
+pub mod admit;
 pub mod id;
 pub mod spool;
 
