@@ -15,6 +15,7 @@ pub mod dsn;
 pub mod memory;
 pub mod mta_sts;
 pub mod relay_reply;
+pub mod relay_session;
 pub mod secrets;
 pub mod session;
 pub mod spf;
@@ -39,6 +40,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("tlsrpt", tlsrpt::run),
     ("relay_reply", relay_reply::run),
     ("bdat", bdat::run),
+    ("relay_session", relay_session::run),
 ];
 
 /// A small deterministic generator: split points and choices come from the input itself,

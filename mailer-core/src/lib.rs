@@ -7,7 +7,8 @@
 //! * [`queue`]: the durable spool and the retry schedule;
 //! * [`delivery`]: the relay client, local mailboxes and bounces.
 //!
-//! Beside the path: [`config`] (the TOML configuration), [`tables`] (aliases and secrets),
+//! Beside the path: [`smtp`] (the sans-IO SMTP client session that the relay and `mailer
+//! sendmail` drive), [`config`] (the TOML configuration), [`tables`] (aliases and secrets),
 //! [`check`] (deliverability of the sending domain), and the shared value types
 //! [`address`] and [`time`].
 
@@ -20,5 +21,6 @@ pub mod domain;
 pub mod intake;
 pub mod policy;
 pub mod queue;
+pub mod smtp;
 pub mod tables;
 pub mod time;

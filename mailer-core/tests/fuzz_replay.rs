@@ -80,4 +80,5 @@ replay_tests!(
     tlsrpt,
     relay_reply,
     bdat,
+    relay_session,
 );

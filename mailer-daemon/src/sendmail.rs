@@ -5,13 +5,15 @@
 //! configuration. Exit statuses follow sysexits(3), so callers know whether to retry.
 //!
 //! Only the IO is here: standard input, the configuration, the invoking user, the clock and
-//! the SMTP connection. What the arguments mean and how the message is completed is decided
-//! in [`mailer_core::intake::submission`]. The arguments are sendmail's own (`-t`, `-oi`,
+//! the TCP connection. What the arguments mean and how the message is completed is decided
+//! in [`mailer_core::intake::submission`]; the SMTP conversation is the relay's own session,
+//! [`mailer_core::smtp::client`], told to hold the whole message back when a recipient is
+//! deferred. The arguments are sendmail's own (`-t`, `-oi`,
 //! `-f sender`, ...), which do not fit a declarative parser: both entry points hand them to
 //! [`parse_args`].
 
 use std::ffi::OsString;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -19,12 +21,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use mailer_core::address::Address;
 use mailer_core::config::Config;
-use mailer_core::delivery::relay::protocol::dot_stuffed;
+use mailer_core::delivery::{FailureKind, Outcome};
 use mailer_core::intake::submission::{
     connect_address, parse_args, prepare, read_message, Context, Failure, Mode, Submission,
-    EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE,
-    USAGE,
+    EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOUSER, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE,
+    EX_USAGE, USAGE,
 };
+use mailer_core::smtp::client::{
+    Awaiting, ClientSession, Event, Interrupted, Replies, Settings, Tls, NETWORK,
+};
+use mailer_core::smtp::protocol::{dot_stuffed, Reply};
 
 /// How long the daemon is looked for before giving up with [`EX_TEMPFAIL`].
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
@@ -104,7 +110,7 @@ fn submit_from_stdin(config: Option<PathBuf>, args: &[OsString]) -> Result<(), F
     };
     let daemon = connect_address(listen.address);
     if options.mode == Mode::SmtpOnStdio {
-        return smtp_on_stdio(daemon);
+        return smtp_on_stdio(daemon, &config.hostname);
     }
     let input = read_message(io::stdin().lock(), options.ignore_dots)
         .map_err(|e| Failure::new(EX_IOERR, format!("cannot read the message: {e}")))?;
@@ -146,106 +152,133 @@ fn login_name() -> Result<String, Failure> {
     }
 }
 
-/// An SMTP reply: its code and text lines.
-#[derive(Debug)]
-struct Reply {
-    code: u16,
-    lines: Vec<String>,
+/// A connection to the daemon, driving the same SMTP client session as the relay.
+struct Link {
+    stream: TcpStream,
+    session: ClientSession,
 }
 
-impl Reply {
-    fn text(&self) -> String {
-        format!("{} {}", self.code, self.lines.join(" / "))
-    }
-
-    fn class(&self) -> u16 {
-        self.code / 100
-    }
-}
-
-struct Connection {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Connection {
-    fn command(&mut self, line: &str, timeout: Duration) -> io::Result<Reply> {
-        self.writer.write_all(line.as_bytes())?;
-        self.writer.write_all(b"\r\n")?;
-        self.writer.flush()?;
-        self.reply(timeout)
-    }
-
-    fn reply(&mut self, timeout: Duration) -> io::Result<Reply> {
-        self.reader.get_ref().set_read_timeout(Some(timeout))?;
-        let mut lines = Vec::new();
-        let mut line = String::new();
+impl Link {
+    /// Writes what the session has to say and reads until it has something for us. Each
+    /// reply may take `timeout` (the end of data [`DATA_END_TIMEOUT`]).
+    fn next_event(&mut self, timeout: Duration) -> Event {
+        let mut buf = [0u8; 4096];
         loop {
-            line.clear();
-            // A reply line is short; a flood without newline is a broken peer.
-            let n = (&mut self.reader).take(4096).read_line(&mut line)?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the daemon closed the connection",
-                ));
+            let output = self.session.take_output();
+            if !output.is_empty() {
+                if let Err(e) = self.stream.write_all(&output) {
+                    self.session
+                        .abort(network(&self.session, format_args!("write failed: {e}")));
+                }
             }
-            let text = line.trim_end_matches(['\r', '\n']);
-            let code = text
-                .get(..3)
-                .filter(|c| c.bytes().all(|b| b.is_ascii_digit()))
-                .and_then(|c| c.parse::<u16>().ok())
-                .filter(|c| (200..600).contains(c))
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("malformed reply from the daemon: {text:?}"),
-                    )
-                })?;
-            lines.push(text.get(4..).unwrap_or("").to_string());
-            if text.as_bytes().get(3) != Some(&b'-') {
-                return Ok(Reply { code, lines });
+            if let Some(event) = self.session.poll_event() {
+                return event;
+            }
+            let Some(awaiting) = self.session.awaiting() else {
+                let failure = network(&self.session, "the session stalled");
+                return Event::Failed(Interrupted {
+                    failure,
+                    body_sent: false,
+                });
+            };
+            let limit = match awaiting {
+                Awaiting::EndOfData => DATA_END_TIMEOUT,
+                _ => timeout,
+            };
+            if let Err(e) = self
+                .stream
+                .set_read_timeout(Some(limit.max(Duration::from_millis(1))))
+            {
+                self.session
+                    .abort(network(&self.session, format_args!("read failed: {e}")));
+                continue;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => self.session.end_of_input(),
+                Ok(n) => self.session.receive(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let what = match awaiting {
+                        Awaiting::Greeting => "the greeting",
+                        Awaiting::Command(command) => command,
+                        Awaiting::EndOfData => "the end of data",
+                    };
+                    let failure = network(
+                        &self.session,
+                        format_args!("no reply to {what} within {} s", limit.as_secs()),
+                    );
+                    self.session.abort(failure);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self
+                    .session
+                    .abort(network(&self.session, format_args!("read failed: {e}"))),
             }
         }
     }
 
     fn quit(mut self) {
         // The transaction is settled; a failing QUIT changes nothing.
-        let _ = self.command("QUIT", Duration::from_secs(5));
+        if self.session.is_usable() {
+            self.session.quit();
+            let _ = self.next_event(Duration::from_secs(5));
+        }
     }
+}
+
+/// A failure of the connection to the daemon (never of the message).
+fn network(
+    session: &ClientSession,
+    what: impl std::fmt::Display,
+) -> mailer_core::delivery::Failure {
+    mailer_core::delivery::Failure::temporary(
+        FailureKind::Connect,
+        NETWORK,
+        format!("{}: {what}", session.server()),
+    )
 }
 
 /// Connects and reads a 220 greeting, retrying refused connections and busy (4xx) greetings
 /// until [`CONNECT_WITHIN`] has passed.
-fn connect(daemon: SocketAddr) -> Result<(Connection, Reply), Failure> {
+fn connect(daemon: SocketAddr, hostname: &str) -> Result<Link, Failure> {
     let deadline = Instant::now() + CONNECT_WITHIN;
     let mut last_error;
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let attempt = TcpStream::connect_timeout(&daemon, remaining.max(Duration::from_millis(1)))
-            .and_then(|stream| {
-                let writer = stream.try_clone()?;
-                let mut connection = Connection {
-                    reader: BufReader::new(stream),
-                    writer,
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        match TcpStream::connect_timeout(&daemon, remaining) {
+            Ok(stream) => {
+                let mut link = Link {
+                    stream,
+                    session: ClientSession::new(Settings {
+                        server: daemon.to_string(),
+                        helo_name: hostname.to_string(),
+                        tls: Tls::Off,
+                        credentials: None,
+                        hold_on_deferral: true,
+                    }),
                 };
-                let greeting = connection.reply(remaining.max(Duration::from_millis(1)))?;
-                Ok((connection, greeting))
-            });
-        match attempt {
-            Ok((connection, greeting)) if greeting.code == 220 => {
-                return Ok((connection, greeting));
+                match greet(&mut link, remaining) {
+                    Ok(()) => return Ok(link),
+                    Err(failure) => match failure.kind {
+                        FailureKind::Reply(code) if code >= 500 => {
+                            return Err(Failure::new(
+                                EX_UNAVAILABLE,
+                                format!(
+                                    "the mail daemon at {daemon} refuses service: {}; the message was not sent",
+                                    failure.remote_reply.unwrap_or(failure.reason)
+                                ),
+                            ));
+                        }
+                        _ => last_error = failure.remote_reply.unwrap_or(failure.reason),
+                    },
+                }
             }
-            Ok((_, greeting)) if greeting.class() == 5 => {
-                return Err(Failure::new(
-                    EX_UNAVAILABLE,
-                    format!(
-                        "the mail daemon at {daemon} refuses service: {}; the message was not sent",
-                        greeting.text()
-                    ),
-                ));
-            }
-            Ok((_, greeting)) => last_error = greeting.text(),
             Err(e) => last_error = e.to_string(),
         }
         if Instant::now() + RETRY_PAUSE >= deadline {
@@ -262,81 +295,110 @@ fn connect(daemon: SocketAddr) -> Result<(Connection, Reply), Failure> {
     }
 }
 
+/// Reads until the session has taken the greeting (its EHLO is then pending, not written).
+fn greet(link: &mut Link, within: Duration) -> Result<(), mailer_core::delivery::Failure> {
+    let mut buf = [0u8; 4096];
+    link.stream
+        .set_read_timeout(Some(within))
+        .map_err(|e| network(&link.session, format_args!("read failed: {e}")))?;
+    while link.session.awaiting() == Some(Awaiting::Greeting) {
+        match link.stream.read(&mut buf) {
+            Ok(0) => link.session.end_of_input(),
+            Ok(n) => link.session.receive(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => link.session.abort(network(&link.session, e)),
+        }
+    }
+    match link.session.poll_event() {
+        Some(Event::Failed(interrupted)) => Err(interrupted.failure),
+        _ => Ok(()),
+    }
+}
+
 /// Submits over SMTP; each refusal becomes the sysexits code that tells the caller whether
 /// to retry.
 fn submit(daemon: SocketAddr, hostname: &str, submission: &Submission) -> Result<(), Failure> {
-    let (mut conn, _) = connect(daemon)?;
-    let lost = |e: io::Error| {
-        Failure::new(
-            EX_TEMPFAIL,
-            format!(
-                "connection to the mail daemon at {daemon} failed: {e}; the message was NOT sent"
-            ),
-        )
-    };
-    let ehlo = conn
-        .command(&format!("EHLO {hostname}"), COMMAND_TIMEOUT)
-        .map_err(lost)?;
-    let capabilities: Vec<String> = if ehlo.code == 250 {
-        ehlo.lines
-            .iter()
-            .skip(1)
-            .map(|l| l.to_ascii_uppercase())
-            .collect()
-    } else {
-        let helo = conn
-            .command(&format!("HELO {hostname}"), COMMAND_TIMEOUT)
-            .map_err(lost)?;
-        if helo.code != 250 {
-            return Err(refused("HELO", &helo, EX_UNAVAILABLE));
-        }
-        Vec::new()
-    };
-    let has = |cap: &str| {
-        capabilities
-            .iter()
-            .any(|c| c.split_whitespace().next() == Some(cap))
-    };
-
-    let mut mail = format!(
-        "MAIL FROM:<{}>",
-        submission
-            .sender
-            .as_ref()
-            .map(|a| a.to_string())
-            .unwrap_or_default()
+    let mut link = connect(daemon, hostname)?;
+    match link.next_event(COMMAND_TIMEOUT) {
+        Event::Ready => {}
+        Event::Failed(interrupted) => return Err(interrupted_before(&interrupted.failure)),
+        other => return Err(unexpected(&other)),
+    }
+    let recipients = &submission.recipients;
+    link.session.send_message(
+        submission.sender.as_ref(),
+        recipients,
+        &submission.data,
+        false,
     );
-    if has("8BITMIME") && !submission.data.is_ascii() {
-        mail.push_str(" BODY=8BITMIME");
-    }
-    let utf8 = submission.sender.as_ref().is_some_and(Address::is_utf8)
-        || submission.recipients.iter().any(Address::is_utf8);
-    if has("SMTPUTF8") && utf8 {
-        mail.push_str(" SMTPUTF8");
-    }
-    let reply = conn.command(&mail, COMMAND_TIMEOUT).map_err(lost)?;
-    if reply.code != 250 {
-        return Err(refused("the sender", &reply, EX_UNAVAILABLE));
-    }
+    let (outcomes, replies) = loop {
+        match link.next_event(COMMAND_TIMEOUT) {
+            Event::SendBody => {
+                // One write: stuffed, ended with `.\r\n`.
+                let sent = dot_stuffed(&submission.data).concat();
+                match link
+                    .stream
+                    .write_all(&sent)
+                    .and_then(|()| link.stream.flush())
+                {
+                    Ok(()) => link.session.body_sent(),
+                    Err(e) => {
+                        let failure = network(&link.session, format_args!("write failed: {e}"));
+                        link.session.abort(failure);
+                    }
+                }
+            }
+            Event::Outcomes { outcomes, replies } => break (outcomes, replies),
+            Event::Failed(interrupted) if interrupted.body_sent => {
+                return Err(Failure::new(
+                    EX_TEMPFAIL,
+                    format!(
+                    "no answer from the mail daemon at {daemon} after the message was sent ({}); \
+                         it may or may not have been accepted",
+                    interrupted.failure.reason
+                ),
+                ))
+            }
+            Event::Failed(interrupted) => return Err(interrupted_before(&interrupted.failure)),
+            other => return Err(unexpected(&other)),
+        }
+    };
+    link.quit();
+    verdict(recipients, &outcomes, &replies)
+}
 
+/// What the daemon's replies to one transaction mean for the caller.
+fn verdict(recipients: &[Address], outcomes: &[Outcome], replies: &Replies) -> Result<(), Failure> {
+    let Some(mail) = &replies.mail else {
+        // MAIL was not sent: the daemon lacks an extension the message needs, or it is too big.
+        let reason = outcomes.iter().find_map(|o| match o {
+            Outcome::Failed(f) => Some(f.reason.as_str()),
+            Outcome::Delivered { .. } => None,
+        });
+        return Err(Failure::new(
+            EX_DATAERR,
+            format!(
+                "the mail daemon cannot take the message: {}; the message was not sent",
+                reason.unwrap_or("no recipient")
+            ),
+        ));
+    };
+    if !mail.is_positive() {
+        return Err(refused("the sender", mail, EX_UNAVAILABLE));
+    }
     let mut accepted = 0usize;
     let mut refused_permanently = Vec::new();
-    for rcpt in &submission.recipients {
-        let reply = conn
-            .command(&format!("RCPT TO:<{rcpt}>"), COMMAND_TIMEOUT)
-            .map_err(lost)?;
-        match reply.class() {
+    for (rcpt, reply) in recipients.iter().zip(&replies.rcpts) {
+        match reply.code / 100 {
             2 => accepted += 1,
             // Nothing is sent, so the caller can retry the whole message without duplicates.
-            4 => {
-                conn.quit();
-                return Err(refused(&format!("recipient {rcpt}"), &reply, EX_TEMPFAIL));
+            4 => return Err(refused(&format!("recipient {rcpt}"), reply, EX_TEMPFAIL)),
+            _ => {
+                refused_permanently.push(format!("recipient {rcpt} refused: {}", reply.verbatim()))
             }
-            _ => refused_permanently.push(format!("recipient {rcpt} refused: {}", reply.text())),
         }
     }
     if accepted == 0 {
-        conn.quit();
         return Err(Failure::new(
             EX_NOUSER,
             format!(
@@ -345,26 +407,13 @@ fn submit(daemon: SocketAddr, hostname: &str, submission: &Submission) -> Result
             ),
         ));
     }
-
-    let reply = conn.command("DATA", COMMAND_TIMEOUT).map_err(lost)?;
-    if reply.code != 354 {
-        return Err(refused("DATA", &reply, EX_UNAVAILABLE));
+    if let Some(data) = replies.data.as_ref().filter(|r| !r.is_intermediate()) {
+        return Err(refused("DATA", data, EX_UNAVAILABLE));
     }
-    // One write: stuffed, ended with `.\r\n`.
-    let sent = dot_stuffed(&submission.data).concat();
-    conn.writer.write_all(&sent).map_err(lost)?;
-    conn.writer.flush().map_err(lost)?;
-    let reply = conn.reply(DATA_END_TIMEOUT).map_err(|e| {
-        Failure::new(
-            EX_TEMPFAIL,
-            format!(
-                "no answer from the mail daemon at {daemon} after the message was sent ({e}); \
-                 it may or may not have been accepted"
-            ),
-        )
-    })?;
-    conn.quit();
-    match reply.class() {
+    let Some(end) = &replies.end_of_data else {
+        return Err(Failure::new(EX_SOFTWARE, "the message was not sent"));
+    };
+    match end.code / 100 {
         2 if refused_permanently.is_empty() => Ok(()),
         2 => Err(Failure::new(
             EX_NOUSER,
@@ -373,14 +422,46 @@ fn submit(daemon: SocketAddr, hostname: &str, submission: &Submission) -> Result
                 refused_permanently.join("\n")
             ),
         )),
-        4 => Err(refused("the message", &reply, EX_TEMPFAIL)),
-        _ => Err(refused("the message", &reply, EX_DATAERR)),
+        4 => Err(refused("the message", end, EX_TEMPFAIL)),
+        _ => Err(refused("the message", end, EX_DATAERR)),
     }
+}
+
+/// The session stopped before the message was sent: a refused EHLO/HELO, or a broken
+/// connection.
+fn interrupted_before(failure: &mailer_core::delivery::Failure) -> Failure {
+    match (failure.kind, &failure.remote_reply) {
+        (FailureKind::Reply(code), Some(reply)) => {
+            let (code, outcome) = if code / 100 == 4 {
+                (EX_TEMPFAIL, "the message was NOT sent: try again later")
+            } else {
+                (EX_UNAVAILABLE, "the message was not sent")
+            };
+            Failure::new(
+                code,
+                format!("the mail daemon refused the session: {reply}; {outcome}"),
+            )
+        }
+        _ => Failure::new(
+            EX_TEMPFAIL,
+            format!(
+                "connection to the mail daemon failed: {}; the message was NOT sent",
+                failure.reason
+            ),
+        ),
+    }
+}
+
+fn unexpected(event: &Event) -> Failure {
+    Failure::new(
+        EX_SOFTWARE,
+        format!("unexpected SMTP session event {event:?}; the message was not sent"),
+    )
 }
 
 /// A refusal by the daemon: temporary ones always become [`EX_TEMPFAIL`].
 fn refused(what: &str, reply: &Reply, permanent: u8) -> Failure {
-    let (code, outcome) = if reply.class() == 4 {
+    let (code, outcome) = if reply.code / 100 == 4 {
         (EX_TEMPFAIL, "the message was NOT sent: try again later")
     } else {
         (permanent, "the message was not sent")
@@ -389,37 +470,38 @@ fn refused(what: &str, reply: &Reply, permanent: u8) -> Failure {
         code,
         format!(
             "the mail daemon refused {what}: {}; {outcome}",
-            reply.text()
+            reply.verbatim()
         ),
     )
 }
 
 /// `-bs`: the caller speaks SMTP itself; bytes are relayed both ways until the daemon
 /// closes the session.
-fn smtp_on_stdio(daemon: SocketAddr) -> Result<(), Failure> {
-    let (conn, greeting) = connect(daemon)?;
+fn smtp_on_stdio(daemon: SocketAddr, hostname: &str) -> Result<(), Failure> {
+    let link = connect(daemon, hostname)?;
     let mut stdout = io::stdout().lock();
     let io_error =
         |e: io::Error| Failure::new(EX_IOERR, format!("relaying the SMTP session failed: {e}"));
-    for (i, line) in greeting.lines.iter().enumerate() {
-        let sep = if i + 1 == greeting.lines.len() {
-            ' '
-        } else {
-            '-'
-        };
-        write!(stdout, "{}{sep}{line}\r\n", greeting.code).map_err(io_error)?;
+    // The caller gets the greeting as it came; the session's own EHLO is never written.
+    if let Some(greeting) = link.session.greeting() {
+        let status = greeting.status.map(|s| format!("{s} ")).unwrap_or_default();
+        let lines: Vec<&str> = greeting.text.split('\n').collect();
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            write!(stdout, "{}{sep}{status}{line}\r\n", greeting.code).map_err(io_error)?;
+        }
     }
     stdout.flush().map_err(io_error)?;
-    let Connection { mut reader, writer } = conn;
-    reader.get_ref().set_read_timeout(None).map_err(io_error)?;
-    let mut to_daemon = writer;
+    let mut from_daemon = link.stream;
+    from_daemon.set_read_timeout(None).map_err(io_error)?;
+    let mut to_daemon = from_daemon.try_clone().map_err(io_error)?;
     // Standard input to the daemon; when the caller stops writing, half-close so the daemon
     // sees the end of the session.
     std::thread::spawn(move || {
         let _ = io::copy(&mut io::stdin().lock(), &mut to_daemon);
         let _ = to_daemon.shutdown(std::net::Shutdown::Write);
     });
-    io::copy(&mut reader, &mut stdout).map_err(io_error)?;
+    io::copy(&mut from_daemon, &mut stdout).map_err(io_error)?;
     stdout.flush().map_err(io_error)?;
     Ok(())
 }
