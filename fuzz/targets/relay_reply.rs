@@ -7,7 +7,7 @@
 //! Separately, the input taken as a message body, dot-stuffed for the wire, is read back by
 //! the server's DATA reader to exactly the body, ending exactly at the end.
 
-use mailer_core::delivery::relay::protocol::{dot_stuffed, Capabilities, Reply};
+use mailer_core::smtp::protocol::{dot_stuffed, Capabilities, Reply};
 use mailer_core::intake::data::{BareNewlines, DataReader};
 use smtp_proto::response::parser::ResponseReceiver;
 

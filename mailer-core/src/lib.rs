@@ -19,6 +19,7 @@ pub mod delivery;
 pub mod diagnostic;
 pub mod domain;
 pub mod intake;
+pub mod outcome;
 pub mod policy;
 pub mod queue;
 pub mod smtp;

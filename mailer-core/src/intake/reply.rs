@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::delivery::EnhancedStatus;
+use crate::outcome::EnhancedStatus;
 
 /// One reply: a three-digit code, an optional enhanced status and one or more text lines.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -21,7 +21,7 @@ use super::protocol::{
     transaction_outcomes, AuthMechanism, Capabilities, Final, Reply, Requirements,
 };
 use crate::address::Address;
-use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
+use crate::outcome::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::tables::secrets::Credentials;
 
 /// Network trouble: the server may be fine a moment later.

@@ -4,7 +4,7 @@
 use base64::Engine;
 
 use crate::address::Address;
-use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
+use crate::outcome::{EnhancedStatus, Failure, FailureKind, Outcome};
 
 /// One complete server reply.
 #[derive(Clone, Debug, PartialEq, Eq)]

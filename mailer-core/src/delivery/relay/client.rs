@@ -11,11 +11,11 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsConnector;
 
-use super::protocol::{dot_stuffed, Capabilities};
 use super::{tls, RelaySettings, Security};
 use crate::address::Address;
 use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::smtp::client::{self, Awaiting, ClientSession, Event, NETWORK, TLS_FAILED};
+use crate::smtp::protocol::{dot_stuffed, Capabilities};
 
 pub use crate::smtp::client::Interrupted;
 

@@ -2,13 +2,13 @@
 //! PIPELINING 2920, 8BITMIME 6152, SMTPUTF8 6531) and a pool that spreads messages over the
 //! members' addresses, fails over at once, and keeps authenticated connections for reuse.
 //!
-//! [`protocol`] holds every protocol decision as pure functions; [`client`] moves the bytes;
-//! [`tls`] builds the verifier and words its errors; [`pool`] chooses addresses.
+//! Every protocol decision is the SMTP client session's ([`crate::smtp`]); [`client`] drives
+//! it over a socket (connect, TLS handshakes, timeouts); [`tls`] builds the verifier and words
+//! its errors; [`pool`] chooses addresses; [`action`] rewrites and checks alignment first.
 
 pub mod action;
 pub mod client;
 pub mod pool;
-pub mod protocol;
 pub mod tls;
 
 use std::time::Duration;
