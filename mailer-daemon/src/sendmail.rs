@@ -6,7 +6,7 @@
 //!
 //! Only the IO is here: standard input, the configuration, the invoking user, the clock and
 //! the TCP connection. What the arguments mean and how the message is completed is decided
-//! in [`mailer_core::intake::submission`]; the SMTP conversation is the relay's own session,
+//! in [`mailer_core::intake::sendmail`]; the SMTP conversation is the relay's own session,
 //! [`mailer_core::smtp::client`], told to hold the whole message back when a recipient is
 //! deferred. The arguments are sendmail's own (`-t`, `-oi`,
 //! `-f sender`, ...), which do not fit a declarative parser: both entry points hand them to
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use mailer_core::address::Address;
 use mailer_core::config::Config;
 use mailer_core::delivery::{FailureKind, Outcome};
-use mailer_core::intake::submission::{
+use mailer_core::intake::sendmail::{
     connect_address, parse_args, prepare, read_message, Context, Failure, Mode, Submission,
     EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOUSER, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE,
     EX_USAGE, USAGE,

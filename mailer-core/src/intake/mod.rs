@@ -3,12 +3,12 @@
 //! [`session::Session`] is the protocol as a state machine fed bytes; [`data`] reads the
 //! dot-stuffed DATA stream; [`reply`] renders replies. The daemon drives a session over a
 //! socket; the tests and fuzzers drive the same code directly.
-//! [`submission`] decides sendmail(8) submissions: options, message preparation.
+//! [`sendmail`] decides sendmail(8) submissions: options, message preparation, sysexits.
 
 pub mod data;
 pub mod reply;
+pub mod sendmail;
 pub mod session;
-pub mod submission;
 
 pub use data::BareNewlines;
 pub use reply::Reply;

@@ -1076,5 +1076,5 @@ fn canonical_lines(
     if mode == BareNewlines::Reject {
         return Err(DataError::BareNewline);
     }
-    Ok(super::submission::to_crlf(&content))
+    Ok(super::sendmail::to_crlf(&content))
 }
