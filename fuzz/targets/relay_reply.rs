@@ -7,8 +7,8 @@
 //! Separately, the input taken as a message body, dot-stuffed for the wire, is read back by
 //! the server's DATA reader to exactly the body, ending exactly at the end.
 
-use mailer_core::smtp::protocol::{dot_stuffed, Capabilities, Reply};
 use mailer_core::intake::data::{BareNewlines, DataReader};
+use mailer_core::smtp::protocol::{dot_stuffed, Capabilities, Reply};
 use smtp_proto::response::parser::ResponseReceiver;
 
 use super::chunks;
