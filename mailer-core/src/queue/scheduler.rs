@@ -174,20 +174,24 @@ impl<D: Deliverer> Scheduler<D> {
         self.lock().in_flight.len()
     }
 
+    /// Takes a queued message that is not being delivered out of the scheduler's hands until
+    /// the caller removes it from `in_flight`; its envelope as it stands.
+    fn claim(&self, id: QueueId) -> Option<Envelope> {
+        let mut state = self.lock();
+        if state.in_flight.contains(&id) {
+            return None;
+        }
+        let env = state.messages.get(&id).cloned()?;
+        state.in_flight.insert(id);
+        Some(env)
+    }
+
     /// Applies `f` to a queued message that is not being delivered, persisting the change.
     /// Returns false if no such message (or it is in flight). The message is claimed while
     /// its envelope is written, so the write (an fsync) happens outside the lock.
     pub fn modify(&self, id: QueueId, f: impl FnOnce(&mut Envelope)) -> io::Result<bool> {
-        let mut updated = {
-            let mut state = self.lock();
-            if state.in_flight.contains(&id) {
-                return Ok(false);
-            }
-            let Some(env) = state.messages.get(&id).cloned() else {
-                return Ok(false);
-            };
-            state.in_flight.insert(id);
-            env
+        let Some(mut updated) = self.claim(id) else {
+            return Ok(false);
         };
         f(&mut updated);
         let written = self.spool.update(&updated);
@@ -246,16 +250,8 @@ impl<D: Deliverer> Scheduler<D> {
     /// Fails every pending recipient of a message at `now`, with a DSN to its sender, as if
     /// its lifetime had ended. Returns false if no such message, or if it is in flight.
     pub async fn bounce_now(&self, id: QueueId, reason: &str, now: SystemTime) -> io::Result<bool> {
-        let env = {
-            let mut state = self.lock();
-            if state.in_flight.contains(&id) {
-                return Ok(false);
-            }
-            let Some(env) = state.messages.get(&id).cloned() else {
-                return Ok(false);
-            };
-            state.in_flight.insert(id);
-            env
+        let Some(env) = self.claim(id) else {
+            return Ok(false);
         };
         let result = self.bounce_claimed(env, reason, now).await;
         self.lock().in_flight.remove(&id);
@@ -323,12 +319,8 @@ impl<D: Deliverer> Scheduler<D> {
     /// Removes a message without delivering it.
     /// The message is claimed while its files go (an fsync), so the lock is not held.
     pub fn remove(&self, id: QueueId) -> io::Result<bool> {
-        {
-            let mut state = self.lock();
-            if state.in_flight.contains(&id) || !state.messages.contains_key(&id) {
-                return Ok(false);
-            }
-            state.in_flight.insert(id);
+        if self.claim(id).is_none() {
+            return Ok(false);
         }
         let removed = self.spool.remove(id);
         let mut state = self.lock();
