@@ -422,3 +422,36 @@ async fn a_message_warns_at_4_hours_and_expires_after_4_days_in_virtual_time() {
         wall.elapsed()
     );
 }
+
+/// An alias target left pending without an action (its bounce could not be stored) is
+/// routed again at its next attempt: delivered if a rule takes it now, else bounced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrouted_alias_target_left_pending_is_routed_again_or_bounced() {
+    let m = message_to(&[("root@localhost", "ok")]);
+    let mut env = m.envelope();
+    env.recipients[0].state = RecipientState::Delivered;
+    for target in ["me@example.org", "ann@ublog.tech"] {
+        let mut r = env.recipients[0].clone();
+        r.address = Address::parse(target).unwrap();
+        r.action = String::new();
+        r.state = RecipientState::Pending;
+        r.original = Some(Address::parse("root@localhost").unwrap());
+        env.recipients.push(r);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(dir.path()).unwrap());
+    spool.store(&env, &m.message).unwrap();
+    let deliverer = Arc::new(Scripted::default());
+    let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), quick(), "mx.test".into());
+    scheduler.enqueue(env);
+    run_for(&scheduler, Duration::from_millis(1500)).await;
+
+    assert_eq!(deliverer.deliveries_to("ann@ublog.tech"), 1, "routed now: delivered");
+    assert_eq!(deliverer.deliveries_to("me@example.org"), 0);
+    let bounces = deliverer.bounces();
+    assert_eq!(bounces.len(), 1);
+    let dsn = String::from_utf8_lossy(&bounces[0].1);
+    assert!(dsn.contains("Final-Recipient: rfc822; me@example.org"), "{dsn}");
+    assert!(dsn.contains("Status: 5.4.4"), "{dsn}");
+    assert!(scheduler.get(m.id).is_none(), "the message is done");
+}

@@ -567,6 +567,7 @@ impl<D: Deliverer> Scheduler<D> {
         let retry_at = |attempts| next_attempt(&timing, now_s, attempts, expires, self.jitter());
 
         let mut failed = expire(env, now_s, expires);
+        failed.extend(self.reroute(env, now_s));
         for (i, f) in &failed {
             self.deliverer
                 .observe(env, &env.recipients[*i], &Outcome::Failed(f.clone()));
@@ -629,6 +630,29 @@ impl<D: Deliverer> Scheduler<D> {
             }
         }
         Ok(())
+    }
+
+    /// Pending alias targets that had no route (their failure went back to pending because
+    /// its bounce could not be stored) are routed again: by the rules in effect now, or
+    /// failed again for the bounce.
+    fn reroute(&self, env: &mut Envelope, now: i64) -> Vec<(usize, Failure)> {
+        let mut failed = Vec::new();
+        for i in 0..env.recipients.len() {
+            let r = &env.recipients[i];
+            if r.state != RecipientState::Pending || !r.action.is_empty() || r.next_attempt > now {
+                continue;
+            }
+            match self.deliverer.route(&r.address) {
+                Some(action) => env.recipients[i].action = action,
+                None => {
+                    let failure = unrouted(r.original.as_ref().unwrap_or(&r.address), &r.address);
+                    env.recipients[i].state = RecipientState::Failed;
+                    env.recipients[i].last_error = Some(failure.reason.clone());
+                    failed.push((i, failure));
+                }
+            }
+        }
+        failed
     }
 
     /// Makes the outcome so far durable: the DSN for `failed` is stored before the failed
@@ -849,16 +873,9 @@ fn add_forward(
         .original
         .clone()
         .unwrap_or_else(|| source.address.clone());
-    let unrouted = action.is_none().then(|| {
-        Failure::permanent(
-            FailureKind::Unrouted,
-            EnhancedStatus(5, 4, 4),
-            format!(
-                "alias {} expands to {address}, which no match rule routes",
-                source.address
-            ),
-        )
-    });
+    let unrouted = action
+        .is_none()
+        .then(|| unrouted(&source.address, &address));
     env.recipients.push(Recipient {
         action: action.unwrap_or_default(),
         state: if unrouted.is_some() {
@@ -873,6 +890,15 @@ fn add_forward(
         address,
     });
     unrouted
+}
+
+/// The failure of an alias target no match rule routes.
+fn unrouted(alias: &Address, target: &Address) -> Failure {
+    Failure::permanent(
+        FailureKind::Unrouted,
+        EnhancedStatus(5, 4, 4),
+        format!("alias {alias} expands to {target}, which no match rule routes"),
+    )
 }
 
 /// The recipients to name in a delay notice, if one is due: once per message, after
