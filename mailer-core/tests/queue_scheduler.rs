@@ -446,12 +446,19 @@ async fn an_unrouted_alias_target_left_pending_is_routed_again_or_bounced() {
     scheduler.enqueue(env);
     run_for(&scheduler, Duration::from_millis(1500)).await;
 
-    assert_eq!(deliverer.deliveries_to("ann@ublog.tech"), 1, "routed now: delivered");
+    assert_eq!(
+        deliverer.deliveries_to("ann@ublog.tech"),
+        1,
+        "routed now: delivered"
+    );
     assert_eq!(deliverer.deliveries_to("me@example.org"), 0);
     let bounces = deliverer.bounces();
     assert_eq!(bounces.len(), 1);
     let dsn = String::from_utf8_lossy(&bounces[0].1);
-    assert!(dsn.contains("Final-Recipient: rfc822; me@example.org"), "{dsn}");
+    assert!(
+        dsn.contains("Final-Recipient: rfc822; me@example.org"),
+        "{dsn}"
+    );
     assert!(dsn.contains("Status: 5.4.4"), "{dsn}");
     assert!(scheduler.get(m.id).is_none(), "the message is done");
 }
