@@ -187,11 +187,11 @@ impl Engine {
 
     /// What the metrics' gauges describe, now.
     pub fn snapshot(&self) -> crate::metrics::Snapshot {
-        let queue = self.scheduler.snapshot();
+        let (queued, held, oldest_arrival) = self.scheduler.summary();
         crate::metrics::Snapshot {
-            queued: queue.len(),
-            held: queue.iter().filter(|e| e.held).count(),
-            oldest_arrival: queue.iter().map(|e| e.arrived).min(),
+            queued,
+            held,
+            oldest_arrival,
             // A short directory listing: the admin has to act on each of these files.
             corrupt_files: self.spool.corrupt().map_or(0, |c| c.len()),
             relays: self.relay_status(),

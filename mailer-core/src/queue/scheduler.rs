@@ -169,6 +169,15 @@ impl<D: Deliverer> Scheduler<D> {
         self.lock().messages.values().cloned().collect()
     }
 
+    /// Messages queued, messages held, and the arrival (unix seconds) of the oldest: what the
+    /// gauges show, without copying the queue.
+    pub fn summary(&self) -> (usize, usize, Option<i64>) {
+        let state = self.lock();
+        let held = state.messages.values().filter(|e| e.held).count();
+        let oldest = state.messages.values().map(|e| e.arrived).min();
+        (state.messages.len(), held, oldest)
+    }
+
     /// Messages being delivered right now.
     pub fn in_flight(&self) -> usize {
         self.lock().in_flight.len()

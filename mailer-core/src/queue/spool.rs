@@ -146,7 +146,7 @@ pub struct LoadReport {
 }
 
 /// A file set aside in `corrupt/`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Corrupt {
     pub path: PathBuf,
     pub reason: String,
@@ -343,8 +343,9 @@ impl Spool {
                 continue;
             }
             let read = fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| decode(&b))
                 .map_err(|e| format!("unreadable envelope: {e}"))
-                .and_then(|b| decode(&b).map_err(|e| format!("unreadable envelope: {e}")))
                 .and_then(|env| {
                     if env.id == id {
                         Ok(env)
@@ -357,8 +358,8 @@ impl Spool {
                 Err(reason) if clean => {
                     // The message goes with its envelope: the admin may repair the pair.
                     self.set_aside(&path, &reason, &mut report);
-                    let message = self.message_path(id);
-                    let _ = self.quarantine(&message, &reason);
+                    // Left in q/, it would be taken for an incomplete write next time.
+                    self.set_aside(&self.message_path(id), &reason, &mut report);
                 }
                 Err(reason) => report.corrupt.push((path, reason)),
             }

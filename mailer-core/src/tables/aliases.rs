@@ -664,7 +664,7 @@ fn check_local(name: &str) -> Result<String, String> {
 fn user_name(written: &str) -> Result<String, String> {
     let name = normalize_local(written);
     let bare = strip_detail(&name);
-    if bare.trim().is_empty() || bare.chars().all(|c| c == '"') {
+    if bare.trim().is_empty() {
         return Err(format!(
             "target `{written}` names no user (empty local part)"
         ));
