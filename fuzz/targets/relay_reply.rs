@@ -69,7 +69,7 @@ fn check_reply(reply: &Reply) {
         assert_eq!(failure.permanent, reply.code >= 500);
     }
     if reply.code == 250 {
-        let caps = Capabilities::from_ehlo_text(&reply.text);
+        let caps = Capabilities::from_ehlo_text(&reply.text());
         if caps.auth_mechanism().is_some() {
             assert!(caps.auth_plain || caps.auth_login);
         }

@@ -484,12 +484,7 @@ fn smtp_on_stdio(daemon: SocketAddr, hostname: &str) -> Result<(), Failure> {
         |e: io::Error| Failure::new(EX_IOERR, format!("relaying the SMTP session failed: {e}"));
     // The caller gets the greeting as it came; the session's own EHLO is never written.
     if let Some(greeting) = link.session.greeting() {
-        let status = greeting.status.map(|s| format!("{s} ")).unwrap_or_default();
-        let lines: Vec<&str> = greeting.text.split('\n').collect();
-        for (i, line) in lines.iter().enumerate() {
-            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            write!(stdout, "{}{sep}{status}{line}\r\n", greeting.code).map_err(io_error)?;
-        }
+        stdout.write_all(&greeting.to_bytes()).map_err(io_error)?;
     }
     stdout.flush().map_err(io_error)?;
     let mut from_daemon = link.stream;

@@ -507,7 +507,7 @@ impl ClientSession {
             }
             State::Ehlo { helo_fallback } => {
                 if reply.is_positive() {
-                    self.caps = Capabilities::from_ehlo_text(&reply.text);
+                    self.caps = Capabilities::from_ehlo_text(&reply.text());
                     return self.after_hello();
                 }
                 // Only a server that does not know EHLO gets HELO (RFC 5321 §3.2); never where

@@ -6,97 +6,7 @@ use base64::Engine;
 use crate::address::Address;
 use crate::outcome::{EnhancedStatus, Failure, FailureKind, Outcome};
 
-/// One complete server reply.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Reply {
-    pub code: u16,
-    /// The enhanced status code of the reply, when the server sent one (RFC 2034).
-    pub status: Option<EnhancedStatus>,
-    /// The text after code and enhanced status; lines of a multi-line reply joined by `\n`.
-    pub text: String,
-}
-
-impl Reply {
-    /// Builds a reply from what `smtp_proto::response::parser::ResponseReceiver` produced.
-    pub fn from_proto(response: smtp_proto::Response<String>) -> Reply {
-        let [class, subject, detail] = response.esc;
-        let status = match class {
-            2 | 4 | 5 => Some(EnhancedStatus(class, subject.into(), detail.into())),
-            _ => None,
-        };
-        Reply {
-            code: response.code,
-            status,
-            text: response.message,
-        }
-    }
-
-    pub fn is_positive(&self) -> bool {
-        (200..300).contains(&self.code)
-    }
-
-    pub fn is_intermediate(&self) -> bool {
-        (300..400).contains(&self.code)
-    }
-
-    pub fn is_permanent_failure(&self) -> bool {
-        self.code >= 500
-    }
-
-    /// The reply as the server sent it, lines joined by a space: `550 5.1.1 no such user`.
-    pub fn verbatim(&self) -> String {
-        let mut out = self.code.to_string();
-        if let Some(status) = self.status {
-            out.push(' ');
-            out.push_str(&status.to_string());
-        }
-        for line in self.text.lines() {
-            out.push(' ');
-            // A bare CR inside a line would survive `lines()` into logs and DSNs.
-            out.extend(
-                line.trim_end()
-                    .chars()
-                    .map(|c| if c.is_control() { ' ' } else { c }),
-            );
-        }
-        out
-    }
-
-    /// The status for a DSN: the server's enhanced code when its class agrees with the basic
-    /// code, else one derived from the basic code (RFC 3463 §3).
-    pub fn dsn_status(&self) -> EnhancedStatus {
-        let class = (self.code / 100) as u8;
-        if let Some(status) = self.status.filter(|s| s.0 == class) {
-            return status;
-        }
-        match self.code {
-            421 => EnhancedStatus(4, 4, 2),
-            450 => EnhancedStatus(4, 2, 1),
-            451 => EnhancedStatus(4, 3, 0),
-            452 => EnhancedStatus(4, 3, 1),
-            535 => EnhancedStatus(5, 7, 8),
-            550 => EnhancedStatus(5, 1, 1),
-            551 => EnhancedStatus(5, 1, 6),
-            552 => EnhancedStatus(5, 3, 4),
-            553 => EnhancedStatus(5, 1, 3),
-            _ if class == 4 => EnhancedStatus(4, 0, 0),
-            _ => EnhancedStatus(5, 0, 0),
-        }
-    }
-
-    /// The failure this negative reply means; `context` names the server and the command,
-    /// e.g. `smtp.example.net[192.0.2.1]: RCPT TO:<a@b>`.
-    pub fn failure(&self, context: &str) -> Failure {
-        let verbatim = self.verbatim();
-        Failure {
-            kind: FailureKind::Reply(self.code),
-            permanent: self.is_permanent_failure(),
-            status: self.dsn_status(),
-            reason: format!("{context} rejected: {verbatim}"),
-            remote_reply: Some(verbatim),
-        }
-    }
-}
+pub use super::reply::Reply;
 
 /// What the server announced in its EHLO reply (RFC 5321 §4.1.1.1 and the extension RFCs).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -362,7 +272,7 @@ mod tests {
         Reply {
             code,
             status: status.map(|(a, b, c)| EnhancedStatus(a, b, c)),
-            text: text.to_string(),
+            lines: text.split('\n').map(str::to_string).collect(),
         }
     }
 
@@ -533,7 +443,7 @@ mod fuzz_regressions {
         let reply = Reply {
             code: 221,
             status: None,
-            text: "8\r-8BITMIME\nnext".into(),
+            lines: vec!["8\r-8BITMIME".into(), "next".into()],
         };
         assert_eq!(reply.verbatim(), "221 8 -8BITMIME next");
     }
