@@ -1,5 +1,32 @@
-//! Domain names as mail policy compares them: one normal form and one organizational domain,
-//! so the relay's alignment check and `mailer check` can never judge the same names apart.
+//! Domain names as mail policy compares them: one normal form, one organizational domain and
+//! one alignment rule, so the relay's alignment check and `mailer check` can never judge the
+//! same names apart.
+
+/// DMARC `aspf` / `adkim` alignment mode (RFC 7489 §3.1.1, §6.3).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum AlignmentMode {
+    /// The two domains are equal (ignoring case).
+    Strict,
+    /// The two domains share an organizational domain; DMARC's default.
+    #[default]
+    Relaxed,
+}
+
+/// Whether two domains align under `mode` (RFC 7489 §3.1). Case and one trailing dot are
+/// ignored; an empty domain aligns with nothing.
+pub fn aligned(a: &str, b: &str, mode: AlignmentMode) -> bool {
+    let (a, b) = (normalize(a), normalize(b));
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    match mode {
+        AlignmentMode::Strict => a == b,
+        AlignmentMode::Relaxed => a == b || organizational_domain(&a) == organizational_domain(&b),
+    }
+}
 
 /// Trimmed, lower-cased, without the trailing dot of an absolute name.
 pub fn normalize(domain: &str) -> String {

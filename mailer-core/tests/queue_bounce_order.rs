@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use mailer_core::address::Address;
+use mailer_core::delivery::dispatch::{Attempt, Deliverer, Job};
 use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use mailer_core::intake::{AcceptedRecipient, Incoming, Peer};
-use mailer_core::queue::scheduler::{Attempt, Deliverer, Job, Scheduler, Timing};
+use mailer_core::queue::scheduler::{Scheduler, Timing};
 use mailer_core::queue::{QueueId, RecipientState, Spool};
 
 /// Rejects `pim@example.org` for good; delivers the rest (the bounces). Remembers bounces.
@@ -22,7 +23,7 @@ struct Rejecting {
 
 impl Deliverer for Rejecting {
     async fn deliver(&self, job: Job) -> Attempt {
-        if job.envelope.sender.is_none() {
+        if job.sender.is_none() {
             self.bounces.lock().unwrap().push(job.message.to_vec());
             return Attempt::of(vec![Outcome::Delivered { reply: None }]);
         }

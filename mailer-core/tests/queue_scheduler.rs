@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use mailer_core::address::Address;
+use mailer_core::delivery::dispatch::{Attempt, Deliverer, Job};
 use mailer_core::delivery::Outcome;
 use mailer_core::intake::{AcceptedRecipient, Incoming, Peer};
-use mailer_core::queue::scheduler::{Attempt, Deliverer, Job, Scheduler, Timing};
+use mailer_core::queue::scheduler::{Scheduler, Timing};
 use mailer_core::queue::{QueueId, RecipientState, Spool};
 
 /// Counts deliveries and accepts them all.
@@ -135,15 +136,11 @@ impl Scripted {
 impl Deliverer for Scripted {
     async fn deliver(&self, job: Job) -> Attempt {
         use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind};
-        let rcpts: Vec<Address> = job
-            .recipients
-            .iter()
-            .map(|&i| job.envelope.recipients[i].address.clone())
-            .collect();
+        let rcpts: Vec<Address> = job.recipients.clone();
         self.jobs
             .lock()
             .unwrap()
-            .push((job.envelope.sender.clone(), rcpts, job.message.to_vec()));
+            .push((job.sender.clone(), rcpts, job.message.to_vec()));
         let outcome = match job.action.as_str() {
             "retry" => Outcome::Failed(Failure::temporary(
                 FailureKind::Reply(450),
@@ -333,7 +330,7 @@ struct Deferring {
 impl Deliverer for Deferring {
     async fn deliver(&self, job: Job) -> Attempt {
         use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind};
-        if job.envelope.sender.is_none() {
+        if job.sender.is_none() {
             let text = String::from_utf8_lossy(&job.message).into_owned();
             self.bounces.lock().unwrap().push(text);
             return Attempt::of(vec![Outcome::Delivered { reply: None }]);

@@ -1,6 +1,5 @@
 //! The engine: the spool, the scheduler and the ways out, wired from the configuration.
 
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -8,15 +7,15 @@ use std::time::{Duration, SystemTime};
 
 use mailer_core::address::Address;
 use mailer_core::config::{Action, Config};
+use mailer_core::delivery::dispatch::{Attempt, Dispatch, Job, Observation, Observer, Ways};
 use mailer_core::delivery::dkim::DkimSigning;
-use mailer_core::delivery::local::LocalDelivery;
-use mailer_core::delivery::relay::{RelayDelivery, Resolve};
-use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
+use mailer_core::delivery::relay::Resolve;
+use mailer_core::delivery::Outcome;
 use mailer_core::intake::Incoming;
 use mailer_core::policy::Router;
 use mailer_core::queue::admit::{admit, Admitted};
-use mailer_core::queue::scheduler::{Attempt, Deliverer, Job, Scheduler, Timing};
-use mailer_core::queue::{Envelope, QueueId, Recipient, Spool};
+use mailer_core::queue::scheduler::{Scheduler, Timing};
+use mailer_core::queue::{QueueId, Spool};
 use std::sync::Mutex;
 use tokio::sync::watch;
 
@@ -24,8 +23,8 @@ use crate::metrics::Metrics;
 
 pub struct Engine {
     spool: Arc<Spool>,
-    scheduler: Arc<Scheduler<Dispatch>>,
-    dispatch: Arc<Dispatch>,
+    scheduler: Arc<Scheduler<Dispatch<Counting>>>,
+    dispatch: Arc<Dispatch<Counting>>,
     router: RwLock<Arc<Router>>,
     /// The configuration in effect, and the alias files' modification times it was read at.
     tables: Mutex<(Arc<Config>, Vec<FileStamp>)>,
@@ -72,11 +71,7 @@ impl Engine {
         let spool = Arc::new(spool);
         let metrics = Arc::new(Metrics::new());
         let dkim = load_dkim(config)?;
-        let delivery = Arc::new(Delivery::new(config, metrics.clone())?);
-        let dispatch = Arc::new(Dispatch {
-            current: RwLock::new(delivery),
-            metrics: metrics.clone(),
-        });
+        let dispatch = Arc::new(Dispatch::new(ways(config)?, Counting(metrics.clone())));
         let router = Arc::new(Router::new(config).with_local_check(dispatch.local_check()));
         let scheduler = Scheduler::new(
             spool.clone(),
@@ -122,9 +117,9 @@ impl Engine {
         if !problems.is_empty() {
             return Err(problems.join("; "));
         }
-        let delivery = Arc::new(Delivery::new(config, self.metrics.clone())?);
+        let ways = ways(config)?;
         let dkim = load_dkim(config)?;
-        self.dispatch.replace(delivery);
+        self.dispatch.replace(ways);
         *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dkim);
         let router = Arc::new(Router::new(config).with_local_check(self.dispatch.local_check()));
         *self.router.write().unwrap_or_else(|p| p.into_inner()) = router;
@@ -156,9 +151,9 @@ impl Engine {
                 .filter(|f| !seen.contains(f))
                 .map(|(p, _)| p.display().to_string())
                 .collect();
-            match Delivery::new(&config, self.metrics.clone()) {
-                Ok(delivery) => {
-                    self.dispatch.replace(Arc::new(delivery));
+            match ways(&config) {
+                Ok(ways) => {
+                    self.dispatch.replace(ways);
                     tracing::info!(files = %changed.join(", "), "aliases reloaded");
                 }
                 Err(e) => tracing::error!(
@@ -177,12 +172,7 @@ impl Engine {
 
     /// Relay member states of every relay action, for metrics.
     pub fn relay_status(&self) -> Vec<mailer_core::delivery::relay::MemberStatus> {
-        let delivery = self.dispatch.current();
-        delivery
-            .relays
-            .values()
-            .flat_map(|r| r.pool().status())
-            .collect()
+        self.dispatch.current().relay_status()
     }
 
     /// What the metrics' gauges describe, now.
@@ -215,7 +205,7 @@ impl Engine {
     }
 
     /// The queue in memory: inspection and control (hold, release, flush, remove).
-    pub fn scheduler(&self) -> &Arc<Scheduler<Dispatch>> {
+    pub fn scheduler(&self) -> &Arc<Scheduler<Dispatch<Counting>>> {
         &self.scheduler
     }
 
@@ -320,185 +310,42 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// The ways out of the queue, by action name.
-pub struct Delivery {
-    router: Router,
-    locals: HashMap<String, LocalDelivery>,
-    relays: HashMap<String, RelayDelivery>,
-    metrics: Arc<Metrics>,
-}
+/// Counts what deliveries do, for the metrics.
+pub struct Counting(Arc<Metrics>);
 
-impl Delivery {
-    fn new(config: &Config, metrics: Arc<Metrics>) -> Result<Delivery, String> {
-        let resolver: Arc<dyn Resolve> = match hickory_resolver::TokioResolver::builder_tokio() {
-            Ok(b) => match b.build() {
-                Ok(r) => Arc::new(r),
-                Err(e) => return Err(format!("cannot set up DNS resolution: {e}")),
-            },
-            Err(e) => return Err(format!("cannot read the system DNS configuration: {e}")),
-        };
-        let mut locals = HashMap::new();
-        let mut relays = HashMap::new();
-        for (name, action) in &config.actions {
-            match action {
-                Action::Local(local) => {
-                    let delivery =
-                        LocalDelivery::new(config, local).map_err(|errors| errors.join("\n"))?;
-                    locals.insert(name.clone(), delivery);
-                }
-                Action::Relay(relay) => {
-                    let delivery = RelayDelivery::new(config, relay, resolver.clone())
-                        .map_err(|e| format!("action {name}: {e}"))?;
-                    relays.insert(name.clone(), delivery);
-                }
-            }
+impl Observer for Counting {
+    fn attempt(&self, job: &Job, attempt: &Attempt) {
+        if attempt.misaligned {
+            self.0.misaligned.inc();
         }
-        Ok(Delivery {
-            router: Router::new(config),
-            locals,
-            relays,
-            metrics,
-        })
-    }
-
-    /// Whether a local recipient exists. `None`: not a local action, or cannot be told now.
-    fn local_exists(&self, action: &str, rcpt: &Address) -> Option<bool> {
-        self.locals.get(action)?.exists(rcpt)
-    }
-
-    async fn deliver(&self, job: &Job) -> Attempt {
-        let env = &job.envelope;
-        if let Some(local) = self.locals.get(&job.action) {
-            let recipients: Vec<&Address> = job
-                .recipients
-                .iter()
-                .map(|&i| &env.recipients[i].address)
-                .collect();
-            // Mailbox writes block (locks, fsync): keep them off the runtime's threads.
-            let result = tokio::task::block_in_place(|| {
-                local.deliver(env.sender.as_ref(), &recipients, &job.message)
-            });
-            return Attempt {
-                outcomes: result.outcomes,
-                forwards: result.forwards,
-            };
+        for fault in &attempt.faults {
+            self.0.relay_failure(&fault.host, fault.kind);
         }
-        if let Some(relay) = self.relays.get(&job.action) {
-            let recipients: Vec<Address> = job
-                .recipients
-                .iter()
-                .map(|&i| env.recipients[i].address.clone())
-                .collect();
-            let result = relay
-                .deliver(&env.id, env.sender.as_ref(), &recipients, &job.message)
-                .await;
-            if result.misaligned {
-                self.metrics.misaligned.inc();
-            }
-            for fault in &result.faults {
-                self.metrics.relay_failure(&fault.host, fault.kind);
-            }
-            return Attempt::of(result.outcomes);
-        }
-        let failure = Failure::temporary(
-            FailureKind::Unrouted,
-            EnhancedStatus(4, 3, 5),
-            format!("action {} is not configured", job.action),
-        );
-        Attempt::of(Outcome::all_failed(job.recipients.len(), &failure))
-    }
-
-    /// Where an action's mail goes, for log lines: relay hosts, or `mailbox`.
-    fn via(&self, action: &str) -> String {
-        match self.relays.get(action) {
-            Some(relay) => relay.hosts().collect::<Vec<_>>().join(","),
-            None if self.locals.contains_key(action) => "mailbox".to_string(),
-            None => "none".to_string(),
-        }
-    }
-}
-
-/// The delivery state in effect. Replaced whole on reload: an attempt under way keeps the
-/// state it started with, the next one takes the new.
-pub struct Dispatch {
-    current: RwLock<Arc<Delivery>>,
-    metrics: Arc<Metrics>,
-}
-
-impl Dispatch {
-    fn current(&self) -> Arc<Delivery> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn replace(&self, delivery: Arc<Delivery>) {
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = delivery;
-    }
-
-    /// The RCPT-time check of local recipients, against the aliases in effect at that moment.
-    fn local_check(self: &Arc<Self>) -> Arc<mailer_core::policy::router::LocalCheck> {
-        let dispatch = Arc::downgrade(self);
-        Arc::new(move |action: &str, rcpt: &Address| {
-            dispatch.upgrade()?.current().local_exists(action, rcpt)
-        })
-    }
-}
-
-impl Deliverer for Dispatch {
-    async fn deliver(&self, job: Job) -> Attempt {
-        let delivery = self.current();
-        let attempt = delivery.deliver(&job).await;
         if attempt
             .outcomes
             .iter()
             .any(|o| matches!(o, Outcome::Delivered { .. }))
         {
-            self.metrics.bytes_out.inc_by(job.message.len() as u64);
+            self.0.bytes_out.inc_by(job.message.len() as u64);
         }
-        attempt
     }
 
-    fn route(&self, recipient: &Address) -> Option<String> {
-        self.current()
-            .router
-            .action_for(true, recipient)
-            .map(str::to_string)
+    fn outcome(&self, o: &Observation<'_>) {
+        if matches!(o.outcome, Outcome::Delivered { .. }) {
+            self.0.delivery_duration.observe(o.delay.as_secs_f64());
+        }
+        self.0.delivery(o.action, o.event());
     }
+}
 
-    fn observe(&self, env: &Envelope, recipient: &Recipient, outcome: &Outcome) {
-        let delay = SystemTime::now()
-            .duration_since(env.arrived_at())
-            .unwrap_or_default();
-        let (event, status, detail, kind) = match outcome {
-            Outcome::Delivered { reply } => {
-                self.metrics.delivery_duration.observe(delay.as_secs_f64());
-                let reply = reply.clone().unwrap_or_default();
-                ("delivered", "2.0.0".to_string(), reply, None)
-            }
-            Outcome::Failed(f) => {
-                let event = match (f.kind, f.permanent) {
-                    (FailureKind::Expired, _) => "expired",
-                    (_, true) => "bounced",
-                    (_, false) => "deferred",
-                };
-                let status = f.status.to_string();
-                (event, status, f.reason.clone(), Some(f.kind.label()))
-            }
-        };
-        self.metrics.delivery(&recipient.action, event);
-        let via = self.current().via(&recipient.action);
-        tracing::info!(
-            queue_id = %env.id,
-            to = %recipient.address,
-            action = %recipient.action,
-            relay = %via,
-            status = %status,
-            kind = kind,
-            delay = format_args!("{}s", delay.as_secs()),
-            detail = %detail,
-            "{event}"
-        );
-    }
+/// The ways out of `config`, with the system's DNS resolver for relay hosts.
+fn ways(config: &Config) -> Result<Ways, String> {
+    let resolver: Arc<dyn Resolve> = match hickory_resolver::TokioResolver::builder_tokio() {
+        Ok(b) => match b.build() {
+            Ok(r) => Arc::new(r),
+            Err(e) => return Err(format!("cannot set up DNS resolution: {e}")),
+        },
+        Err(e) => return Err(format!("cannot read the system DNS configuration: {e}")),
+    };
+    Ways::new(config, resolver)
 }

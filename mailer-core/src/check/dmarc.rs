@@ -6,19 +6,13 @@ use std::fmt;
 
 use super::dns::{normalize, Dns};
 use super::{dns_error, Area, Check, Status};
-pub use crate::domain::organizational_domain;
+pub use crate::domain::{organizational_domain, AlignmentMode};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
     None,
     Quarantine,
     Reject,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AlignmentMode {
-    Relaxed,
-    Strict,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -193,18 +193,7 @@ pub enum MailFromRewrite {
     Address(Address),
 }
 
-/// DMARC `aspf` / `adkim` alignment mode (RFC 7489 §3.1.1, §6.3).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum AlignmentMode {
-    /// The two domains are equal (ignoring case).
-    Strict,
-    /// The two domains share an organizational domain; DMARC's default.
-    #[default]
-    Relaxed,
-}
+pub use crate::domain::AlignmentMode;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnMisalignment {

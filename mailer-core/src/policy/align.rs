@@ -18,7 +18,7 @@ pub use crate::domain::organizational_domain;
 /// reported as [`FromError::HeaderSectionTooLarge`] rather than parsed.
 pub const MAX_HEADER_SECTION: usize = 1024 * 1024;
 
-pub use crate::config::AlignmentMode;
+pub use crate::domain::{aligned, AlignmentMode};
 
 /// Why the author domain of a message cannot be determined. RFC 7489 §6.6.1 treats all of
 /// these as a message DMARC cannot evaluate, so none is guessed around.
@@ -131,21 +131,6 @@ pub fn header_from_domain(message: &[u8]) -> Result<String, FromError> {
         return Err(FromError::InvalidDomain(domain));
     }
     Ok(domain)
-}
-
-/// Whether two domains align under `mode`. Case and one trailing dot are ignored; an empty
-/// domain aligns with nothing.
-pub fn aligned(header_domain: &str, envelope_domain: &str, mode: AlignmentMode) -> bool {
-    let (header, envelope) = (normalize(header_domain), normalize(envelope_domain));
-    if header.is_empty() || envelope.is_empty() {
-        return false;
-    }
-    match mode {
-        AlignmentMode::Strict => header == envelope,
-        AlignmentMode::Relaxed => {
-            header == envelope || organizational_domain(&header) == organizational_domain(&envelope)
-        }
-    }
 }
 
 /// Checks the header From of `message` against the envelope sender it will be relayed with.

@@ -10,7 +10,6 @@
 //! the clock; tests step [`Scheduler::tick`] through days of virtual time.
 
 use std::collections::{BTreeMap, HashSet};
-use std::future::Future;
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -20,6 +19,7 @@ use tokio::sync::{watch, Notify, Semaphore};
 use super::{Envelope, QueueId, Recipient, RecipientState, Spool};
 use crate::address::Address;
 use crate::delivery::bounce::{build_dsn, DsnInput, DsnKind, DsnRecipient};
+use crate::delivery::dispatch::{Deliverer, Job, Observation};
 use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::time::{from_unix_seconds, unix_seconds};
 
@@ -42,43 +42,6 @@ impl From<&crate::config::Config> for Timing {
             warn_after: q.warn_after,
         }
     }
-}
-
-/// One delivery attempt: the recipients of one message that one action handles.
-pub struct Job {
-    pub envelope: Arc<Envelope>,
-    pub action: String,
-    /// Indices into `envelope.recipients`.
-    pub recipients: Vec<usize>,
-    pub message: Arc<Vec<u8>>,
-}
-
-/// What an attempt produced.
-pub struct Attempt {
-    /// One outcome per job recipient, in order.
-    pub outcomes: Vec<Outcome>,
-    /// Addresses a job recipient was expanded to (aliases), to be routed as new recipients:
-    /// (position in the job, address).
-    pub forwards: Vec<(usize, Address)>,
-}
-
-impl Attempt {
-    pub fn of(outcomes: Vec<Outcome>) -> Attempt {
-        Attempt {
-            outcomes,
-            forwards: Vec::new(),
-        }
-    }
-}
-
-/// How mail leaves: the daemon provides it (relay pools, mailboxes).
-pub trait Deliverer: Send + Sync + 'static {
-    fn deliver(&self, job: Job) -> impl Future<Output = Attempt> + Send;
-    /// The action for a new recipient (a bounce's, or an alias target's); `None` if no rule
-    /// matches.
-    fn route(&self, recipient: &Address) -> Option<String>;
-    /// Called once per recipient outcome, for logs and metrics.
-    fn observe(&self, _envelope: &Envelope, _recipient: &Recipient, _outcome: &Outcome) {}
 }
 
 struct State {
@@ -148,6 +111,18 @@ impl<D: Deliverer> Scheduler<D> {
     /// repeats exactly.
     pub fn seed(&self, seed: u64) {
         *self.rng.lock().unwrap_or_else(|p| p.into_inner()) = fastrand::Rng::with_seed(seed);
+    }
+
+    /// Reports one recipient's outcome to the deliverer, for logs and metrics.
+    fn observe(&self, env: &Envelope, i: usize, outcome: &Outcome, now: SystemTime) {
+        let recipient = &env.recipients[i];
+        self.deliverer.observe(&Observation {
+            queue_id: &env.id,
+            to: &recipient.address,
+            action: &recipient.action,
+            delay: now.duration_since(env.arrived_at()).unwrap_or_default(),
+            outcome,
+        });
     }
 
     fn jitter(&self) -> f64 {
@@ -284,8 +259,7 @@ impl<D: Deliverer> Scheduler<D> {
             }
             let failure =
                 Failure::permanent(FailureKind::Administrative, EnhancedStatus(5, 0, 0), reason);
-            self.deliverer
-                .observe(&env, &env.recipients[i], &Outcome::Failed(failure.clone()));
+            self.observe(&env, i, &Outcome::Failed(failure.clone()), now);
             let r = &mut env.recipients[i];
             r.state = RecipientState::Failed;
             r.last_error = Some(reason.to_string());
@@ -578,21 +552,24 @@ impl<D: Deliverer> Scheduler<D> {
         let mut failed = expire(env, now_s, expires);
         failed.extend(self.reroute(env, now_s));
         for (i, f) in &failed {
-            self.deliverer
-                .observe(env, &env.recipients[*i], &Outcome::Failed(f.clone()));
+            self.observe(env, *i, &Outcome::Failed(f.clone()), now);
         }
         let mut settled = false;
         for (action, indices) in due_groups(env, now_s) {
             let job = Job {
-                envelope: Arc::new(env.clone()),
+                queue_id: id.to_string(),
                 action,
-                recipients: indices.clone(),
+                sender: env.sender.clone(),
+                recipients: indices
+                    .iter()
+                    .map(|&i| env.recipients[i].address.clone())
+                    .collect(),
                 message: message.clone(),
             };
             let attempt = self.deliverer.deliver(job).await;
             for (pos, &i) in indices.iter().enumerate() {
                 if let Some(outcome) = attempt.outcomes.get(pos) {
-                    self.deliverer.observe(env, &env.recipients[i], outcome);
+                    self.observe(env, i, outcome, now);
                 }
             }
             failed.extend(record(env, &indices, &attempt.outcomes, retry_at));
@@ -603,11 +580,7 @@ impl<D: Deliverer> Scheduler<D> {
                 let action = self.deliverer.route(&address);
                 if let Some(unrouted) = add_forward(env, from, address, action, now_s) {
                     let i = env.recipients.len() - 1;
-                    self.deliverer.observe(
-                        env,
-                        &env.recipients[i],
-                        &Outcome::Failed(unrouted.clone()),
-                    );
+                    self.observe(env, i, &Outcome::Failed(unrouted.clone()), now);
                     failed.push((i, unrouted));
                 }
             }
