@@ -11,6 +11,7 @@ mod dkim_cmd;
 mod engine;
 mod logging;
 mod metrics;
+mod privileges;
 mod queue_cmd;
 mod sendmail;
 mod serve;
@@ -70,15 +71,19 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    // Invoked as `sendmail` (a symlink): behave as sendmail(8) with its own arguments.
+    // Invoked through a symlink: `sendmail` is sendmail(8) with its own arguments; `mailq`
+    // lists the queue, as it does with sendmail and Postfix.
     let argv0 = std::env::args_os().next().unwrap_or_default();
-    if Path::new(&argv0)
-        .file_name()
-        .is_some_and(|n| n == "sendmail")
-    {
+    let invoked_as = Path::new(&argv0).file_name().unwrap_or_default().to_owned();
+    if invoked_as == "sendmail" {
         return sendmail::main_as_sendmail();
     }
-    let cli = Cli::parse();
+    let cli = if invoked_as == "mailq" {
+        let list = ["mailer", "queue", "list"].map(std::ffi::OsString::from);
+        Cli::parse_from(list.into_iter().chain(std::env::args_os().skip(1)))
+    } else {
+        Cli::parse()
+    };
     let config_path = cli.config.clone();
     match cli.command {
         Command::Serve(args) => serve::main(config_path.as_deref(), args),

@@ -86,7 +86,17 @@ fn run(config: Config, source: Source, log_format: logging::Format) -> ExitCode 
     let log_level = logging::init(&config.log.level, log_format);
     keep_large_buffers_out_of_the_heap();
     // Before any other thread exists: this clears the LISTEN_* variables.
-    let inherited = activation::inherited();
+    let mut inherited = activation::inherited();
+    // Also before: credentials are per thread, and the runtime's workers inherit them.
+    let opened = match crate::privileges::settle(&config, &mut inherited) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!("{e}");
+            notify::send(&format!("STATUS=failed: {e}"));
+            eprintln!("mailer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -97,7 +107,7 @@ fn run(config: Config, source: Source, log_format: logging::Format) -> ExitCode 
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config, source, inherited, log_level)) {
+    match runtime.block_on(serve(config, source, inherited, opened, log_level)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -257,10 +267,17 @@ struct MetricsServer {
     task: JoinHandle<()>,
 }
 
-async fn start_metrics(address: SocketAddr, engine: &Arc<Engine>) -> Result<MetricsServer, String> {
-    let listener = TcpListener::bind(address)
-        .await
-        .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
+/// `opened`: the endpoint's socket, bound before the daemon gave up root.
+async fn start_metrics(
+    address: SocketAddr,
+    opened: Option<std::net::TcpListener>,
+    engine: &Arc<Engine>,
+) -> Result<MetricsServer, String> {
+    let listener = match opened {
+        Some(socket) => TcpListener::from_std(socket),
+        None => TcpListener::bind(address).await,
+    }
+    .map_err(|e| format!("cannot serve metrics on {address}: {e}"))?;
     let (stop, stopped) = watch::channel(false);
     let source = engine.clone();
     let snapshot: crate::metrics::SnapshotSource = Arc::new(move || source.snapshot());
@@ -282,6 +299,7 @@ async fn serve(
     config: Config,
     source: Source,
     inherited: HashMap<SocketAddr, std::net::TcpListener>,
+    opened: crate::privileges::Opened,
     log_level: logging::Level,
 ) -> Result<(), String> {
     let problems = crate::engine::check_files(&config);
@@ -306,7 +324,11 @@ async fn serve(
     }
     listeners.inherited.clear();
 
-    let control_listener = crate::control::bind(&config.control_socket).map_err(|e| {
+    let control_listener = match opened.control {
+        Some(socket) => tokio::net::UnixListener::from_std(socket),
+        None => crate::control::bind(&config.control_socket),
+    }
+    .map_err(|e| {
         format!(
             "cannot open the control socket {}: {e}",
             config.control_socket.display()
@@ -321,7 +343,7 @@ async fn serve(
         shutdown.clone(),
     ));
     let mut metrics = match &config.metrics {
-        Some(m) => Some(start_metrics(m.address, &engine).await?),
+        Some(m) => Some(start_metrics(m.address, opened.metrics, &engine).await?),
         None => None,
     };
 
@@ -460,13 +482,16 @@ async fn reload(
         }
     }
     let started = match wanted_metrics {
-        Some(address) if metrics_changed => Some(start_metrics(address, engine).await),
+        Some(address) if metrics_changed => Some(start_metrics(address, None, engine).await),
         _ => None,
     };
     match started {
         Some(Ok(m)) => *metrics = Some(m),
         Some(Err(e)) => tracing::error!("{e}"),
         None => {}
+    }
+    if config.user != running.user {
+        tracing::warn!("user changed; it takes effect at the next start");
     }
     if config.control_socket != running.control_socket {
         tracing::warn!("control_socket changed; the new path takes effect at the next start");

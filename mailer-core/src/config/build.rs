@@ -18,6 +18,7 @@ use super::*;
 use crate::diagnostic::Sink;
 
 const TOP_LEVEL_KEYS: &[&str] = &[
+    "user",
     "hostname",
     "local_domains",
     "queue_dir",
@@ -68,6 +69,7 @@ fn sorted(mut diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
 /// section was absent or failed (its error already recorded).
 #[derive(Default)]
 struct RawConfig {
+    user: Option<S<String>>,
     hostname: Option<S<String>>,
     local_domains: Option<Vec<S<String>>>,
     queue_dir: Option<S<String>>,
@@ -119,6 +121,7 @@ impl<'a> Builder<'a> {
             let key_span = key.span();
             let value_span = value.span();
             match key.get_ref().as_ref() {
+                "user" => raw.user = self.de(value),
                 "hostname" => raw.hostname = self.de(value),
                 "local_domains" => raw.local_domains = self.de(value),
                 "queue_dir" => raw.queue_dir = self.de(value),
@@ -201,6 +204,7 @@ impl<'a> Builder<'a> {
     }
 
     fn convert(&mut self, raw: RawConfig, source: &Path) -> Config {
+        let user = raw.user.as_ref().and_then(|u| self.user(u));
         let hostname = match &raw.hostname {
             Some(h) => {
                 if !is_host_name(h.get_ref()) {
@@ -250,7 +254,11 @@ impl<'a> Builder<'a> {
         let log = self.log(raw.log.as_ref());
         let matches = self.matches(&raw, &actions, &local_domains);
         self.unused(&raw, &actions, &matches);
+        if let Some(user) = &user {
+            self.mailboxes_in_homes(&raw, user);
+        }
         Config {
+            user,
             hostname,
             local_domains,
             queue_dir,
@@ -271,6 +279,26 @@ impl<'a> Builder<'a> {
     }
 
     // ---- values -------------------------------------------------------------------------
+
+    /// The account to run as; whether it exists is a question for the system
+    /// ([`Config::check_files`]), not for the text.
+    fn user(&mut self, value: &S<String>) -> Option<String> {
+        self.remember("user".to_string(), &value.span());
+        let name = value.get_ref();
+        if name == "root" {
+            self.sink.at(
+                &value.span(),
+                "user = \"root\" drops nothing: remove it to run as root, or name an unprivileged account such as \"mailer\"",
+            );
+            return None;
+        }
+        if !is_user_name(name) {
+            self.sink
+                .at(&value.span(), format!("user: invalid user name `{name}`"));
+            return None;
+        }
+        Some(name.clone())
+    }
 
     fn path_or(&mut self, value: &Option<S<String>>, key: &str, default: &str) -> PathBuf {
         match value {
@@ -1078,6 +1106,26 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// Home directories are closed to a daemon that has become `user` (0700 homes, and the
+    /// unit's ProtectHome=read-only), so a `~` mailbox would defer every delivery.
+    fn mailboxes_in_homes(&mut self, raw: &RawConfig, user: &str) {
+        for (_, action) in &raw.actions {
+            let Some(action) = action else { continue };
+            for (key, value) in [("mbox", &action.mbox), ("maildir", &action.maildir)] {
+                let Some(value) = value.as_ref().filter(|v| v.get_ref().starts_with('~')) else {
+                    continue;
+                };
+                self.warn(
+                    &value.span(),
+                    format!(
+                        "{key} `{}` is in home directories, which the daemon cannot enter once it runs as `{user}`: put mailboxes under /var/mail (e.g. \"/var/mail/%u/\"), or remove `user` and run as root",
+                        value.get_ref()
+                    ),
+                );
+            }
+        }
+    }
+
     /// Warnings for actions no rule uses and tables no action uses.
     fn unused(
         &mut self,
@@ -1127,6 +1175,18 @@ fn covers(earlier: &MatchRule, later: &MatchRule, local_domains: &[String]) -> b
         (ForSpec::Domains(e), ForSpec::Domains(d)) => domains_in(e, d),
     };
     from && recipients
+}
+
+/// A name useradd(8) could have made: no separators, no option look-alike, at most 32 bytes.
+fn is_user_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && !s.starts_with('-')
+        && s.chars().enumerate().all(|(i, c)| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '_' | '-' | '.')
+                || (c == '$' && i == s.len() - 1)
+        })
 }
 
 /// A DKIM selector: dot-separated DNS labels (RFC 6376 §3.1).

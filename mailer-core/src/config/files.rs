@@ -1,5 +1,5 @@
 //! What `mailer config check` adds to parsing: the files the configuration names exist, can be
-//! read, and are not exposed where that matters.
+//! read, and are not exposed where that matters; the account `user` names exists.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::{Action, Config, Diagnostic};
 use crate::tables::secrets::Secrets;
+use crate::tables::users::lookup_user;
 
 pub(super) fn check_files(config: &Config) -> Vec<Diagnostic> {
     let mut out = Vec::new();
@@ -15,6 +16,10 @@ pub(super) fn check_files(config: &Config) -> Vec<Diagnostic> {
         let (line, col) = config.positions.get(key);
         Diagnostic::new(&config.source, line, col, message)
     };
+
+    if let Err(d) = config.user_account(lookup_user) {
+        out.push(d);
+    }
 
     for (name, path) in &config.tables {
         if let Err(why) = readable_file(path) {

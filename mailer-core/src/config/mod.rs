@@ -4,7 +4,7 @@
 //! [`Config::parse`] turns the text into the types below and reports every problem it can find
 //! in one pass, each as a [`Diagnostic`] at the line and column of the value at fault. Unknown
 //! keys are errors everywhere. [`Config::check_files`] adds what needs the file system (the
-//! tables, certificates and keys the configuration names).
+//! tables, certificates and keys the configuration names, and the `user` account).
 //!
 //! Problems that cannot change what the relay does (an action or table nothing uses) are not
 //! errors: they land in [`Config::warnings`], for `mailer config check` and the log.
@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::address::Address;
+use crate::tables::users::User;
 
 pub use crate::diagnostic::Diagnostic;
 pub use relay_url::{RelaySecurity, RelayUrl, RelayUrlError};
@@ -36,6 +37,9 @@ pub const EMBEDDED_SOURCE: &str = "<embedded>";
 /// The whole configuration, validated.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// The account the daemon becomes once its sockets are open, when started as root;
+    /// `None`: it keeps the credentials it was started with.
+    pub user: Option<String>,
     /// Name for EHLO and Received; default: the system host name.
     pub hostname: String,
     /// Domains `for = "local"` matches, lower-cased; default: `localhost` and the host name.
@@ -298,8 +302,22 @@ impl Default for LogSettings {
     }
 }
 
+/// What `mailer serve` does about its credentials, decided from who started it and `user`
+/// ([`Config::privileges`]); the daemon carries it out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Privileges {
+    /// Started as root with `user` set: open the sockets, then become this account, keeping
+    /// only CAP_CHOWN (mailboxes are handed to their owners).
+    Drop(User),
+    /// Started as root without `user`: everything runs as root. It works (and is what
+    /// `~/Maildir` delivery needs) but is not the recommended deployment.
+    StayRoot,
+    /// Already unprivileged: as the configured `user`, or as anyone when none is set.
+    Keep,
+}
+
 /// Line and column of configuration values that name files, keyed by their path in the
-/// document: `tables.NAME`, `listen[I].tls_cert`, `listen[I].tls_key`, `actions.NAME.alias`,
+/// document: `user`, `tables.NAME`, `listen[I].tls_cert`, `listen[I].tls_key`, `actions.NAME.alias`,
 /// `actions.NAME.auth`, `actions.NAME.relay[I]`, `actions.NAME.ca_file`,
 /// `actions.NAME.dkim[I].key`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -343,9 +361,63 @@ impl Config {
 
     /// Checks the files the configuration names: tables readable, secrets tables safe and
     /// holding every label their relays use, certificates, CA files and DKIM keys present, DKIM
-    /// keys not readable by others. Empty when all is well.
+    /// keys not readable by others; and that the `user` account exists. Empty when all is well.
     pub fn check_files(&self) -> Vec<Diagnostic> {
         files::check_files(self)
+    }
+
+    /// The account of `user`, looked up with `lookup` (the system's is
+    /// [`crate::tables::users::lookup_user`]); `None` when `user` is not set. An account that
+    /// does not exist, cannot be looked up or is root is an error at the `user` line.
+    pub fn user_account(
+        &self,
+        lookup: impl Fn(&str) -> std::io::Result<Option<User>>,
+    ) -> Result<Option<User>, Diagnostic> {
+        let Some(name) = &self.user else {
+            return Ok(None);
+        };
+        let at = |message: String| {
+            let (line, col) = self.positions.get("user");
+            Diagnostic::new(&self.source, line, col, message)
+        };
+        match lookup(name) {
+            Ok(Some(account)) if account.uid == 0 => Err(at(format!(
+                "user `{name}` has uid 0: running as it drops nothing; name an unprivileged account"
+            ))),
+            Ok(Some(account)) => Ok(Some(account)),
+            Ok(None) => Err(at(format!(
+                "user `{name}` does not exist: create it (useradd --system --home-dir {} --shell /usr/sbin/nologin {name}) or remove `user`",
+                self.queue_dir.display()
+            ))),
+            Err(e) => Err(at(format!("user `{name}`: cannot look it up: {e}"))),
+        }
+    }
+
+    /// What the daemon started with effective uid `euid` does about its credentials. Not root
+    /// with `user` set: it must already be that user (as under the systemd unit), else it
+    /// refuses to start rather than run with credentials nobody chose.
+    pub fn privileges(
+        &self,
+        euid: u32,
+        lookup: impl Fn(&str) -> std::io::Result<Option<User>>,
+    ) -> Result<Privileges, Diagnostic> {
+        match (self.user_account(lookup)?, euid) {
+            (Some(account), 0) => Ok(Privileges::Drop(account)),
+            (None, 0) => Ok(Privileges::StayRoot),
+            (Some(account), uid) if uid != account.uid => {
+                let (line, col) = self.positions.get("user");
+                Err(Diagnostic::new(
+                    &self.source,
+                    line,
+                    col,
+                    format!(
+                        "the daemon runs as uid {uid}, not as user `{}` (uid {}): start it as root (it switches to `{}` itself) or as `{}`",
+                        account.name, account.uid, account.name, account.name
+                    ),
+                ))
+            }
+            _ => Ok(Privileges::Keep),
+        }
     }
 }
 

@@ -42,6 +42,7 @@ const SHIPPED: &str = include_str!("../../../config/mailer.toml");
 #[test]
 fn shipped_ublog_config_translates_smtpd_conf() {
     let c = Config::parse(SHIPPED, Path::new("config/mailer.toml")).expect("mailer.toml parses");
+    assert_eq!(c.user.as_deref(), Some("mailer"));
     assert_eq!(c.hostname, "ublog.tech");
     assert_eq!(c.local_domains, ["localhost", "ublog.tech"]);
     assert_eq!(c.queue_dir, Path::new("/var/spool/mailer"));
@@ -170,6 +171,7 @@ fn embedded_default_is_a_rootless_local_only_setup() {
         }]
     );
     assert_eq!(c.metrics, None);
+    assert_eq!(c.user, None, "runs as whoever starts it, root or not");
     assert_eq!(c.source, Path::new("<embedded>"));
     assert_eq!(c.warnings, []);
     assert!(Config::embedded_default_text().contains("mailer-state/queue"));
@@ -209,6 +211,10 @@ fn shipped_examples_parse() {
         panic!("deliver is local")
     };
     assert_eq!(l.mailbox, MailboxKind::Maildir("~/Maildir".into()));
+    assert_eq!(
+        maildir.user, None,
+        "home directories need the daemon to stay root"
+    );
     assert_eq!(maildir.limits.bare_newlines, BareNewlines::Normalize);
     assert_eq!(maildir.limits.max_message_size, 50 << 20);
     assert_eq!(
@@ -507,7 +513,7 @@ fn contract_size_and_duration_forms() {
 fn unknown_keys_are_errors_everywhere() {
     assert_eq!(
         errors("hostname = \"a.example\"\nhost_name = \"b\"\n"),
-        ["t.toml:2:1: unknown field `host_name`, expected one of `hostname`, `local_domains`, `queue_dir`, `control_socket`, `limits`, `listen`, `tables`, `actions`, `queue`, `metrics`, `check`, `log`, `match`"]
+        ["t.toml:2:1: unknown field `host_name`, expected one of `user`, `hostname`, `local_domains`, `queue_dir`, `control_socket`, `limits`, `listen`, `tables`, `actions`, `queue`, `metrics`, `check`, `log`, `match`"]
     );
     assert_eq!(
         errors("[queue]\nretry = \"5m\"\n"),
@@ -829,4 +835,123 @@ fn alias_commands_and_files_are_refused_at_their_key() {
         ["t.toml:3:18: `allow_commands` is not supported: aliases cannot run commands or append to files here"]
     );
     parse("[actions.l]\nmbox = \"/var/mail/%u\"\nallow_files = false\n[[match]]\nfrom = \"local\"\nfor = \"local\"\naction = \"l\"\n");
+}
+
+// ---- user: the account the daemon becomes -------------------------------------------------
+
+fn account(name: &str, uid: u32) -> crate::tables::users::User {
+    crate::tables::users::User {
+        name: name.to_string(),
+        uid,
+        gid: uid,
+        home: PathBuf::from("/var/spool/mailer"),
+    }
+}
+
+/// A password database holding `mailer` (uid 108) and `toor` (uid 0) only.
+fn passwd(name: &str) -> std::io::Result<Option<crate::tables::users::User>> {
+    Ok(match name {
+        "mailer" => Some(account("mailer", 108)),
+        "toor" => Some(account("toor", 0)),
+        _ => None,
+    })
+}
+
+#[test]
+fn user_is_optional_and_checked_at_its_line() {
+    assert_eq!(parse("").user, None);
+    assert_eq!(
+        parse("hostname = \"a.example\"\nuser = \"mailer\"\n")
+            .user
+            .as_deref(),
+        Some("mailer")
+    );
+    assert_eq!(
+        errors("hostname = \"a.example\"\nuser = \"root\"\n"),
+        ["t.toml:2:8: user = \"root\" drops nothing: remove it to run as root, or name an unprivileged account such as \"mailer\""]
+    );
+    assert_eq!(
+        errors("user = \"mail er\"\n"),
+        ["t.toml:1:8: user: invalid user name `mail er`"]
+    );
+    assert_eq!(
+        errors("user = \"-x\"\n"),
+        ["t.toml:1:8: user: invalid user name `-x`"]
+    );
+    assert_eq!(
+        errors("user = \"\"\n"),
+        ["t.toml:1:8: user: invalid user name ``"]
+    );
+    assert_eq!(
+        errors("user = 108\n"),
+        ["t.toml:1:8: invalid type: integer `108`, expected a string"]
+    );
+}
+
+#[test]
+fn an_unknown_or_root_user_is_an_error_at_its_line() {
+    let c = parse("\nuser = \"nobody-here\"\n");
+    assert_eq!(
+        c.user_account(passwd).unwrap_err().to_string(),
+        "t.toml:2:8: user `nobody-here` does not exist: create it (useradd --system --home-dir /var/spool/mailer --shell /usr/sbin/nologin nobody-here) or remove `user`"
+    );
+    let c = parse("user = \"toor\"\n");
+    assert_eq!(
+        c.user_account(passwd).unwrap_err().to_string(),
+        "t.toml:1:8: user `toor` has uid 0: running as it drops nothing; name an unprivileged account"
+    );
+    let c = parse("user = \"mailer\"\n");
+    let broken = |_: &str| Err(std::io::Error::other("NSS is down"));
+    assert_eq!(
+        c.user_account(broken).unwrap_err().to_string(),
+        "t.toml:1:8: user `mailer`: cannot look it up: NSS is down"
+    );
+    assert_eq!(c.user_account(passwd), Ok(Some(account("mailer", 108))));
+}
+
+#[test]
+fn check_files_looks_the_user_up_in_the_system_database() {
+    let c = parse("user = \"mdep-no-such-account\"\n");
+    let problems: Vec<String> = c.check_files().iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("t.toml:1:8: user `mdep-no-such-account` does not exist"),
+        "{problems:?}"
+    );
+    assert_eq!(parse("").check_files(), []);
+}
+
+#[test]
+fn privileges_follow_who_started_the_daemon_and_user() {
+    let with_user = parse("user = \"mailer\"\n");
+    let without = parse("");
+    assert_eq!(
+        with_user.privileges(0, passwd),
+        Ok(Privileges::Drop(account("mailer", 108)))
+    );
+    assert_eq!(with_user.privileges(108, passwd), Ok(Privileges::Keep));
+    assert_eq!(
+        with_user.privileges(1000, passwd).unwrap_err().to_string(),
+        "t.toml:1:8: the daemon runs as uid 1000, not as user `mailer` (uid 108): start it as root (it switches to `mailer` itself) or as `mailer`"
+    );
+    assert_eq!(without.privileges(0, passwd), Ok(Privileges::StayRoot));
+    assert_eq!(without.privileges(1000, passwd), Ok(Privileges::Keep));
+    // An account that vanished since the check is an error at start too.
+    let gone = parse("user = \"gone\"\n");
+    assert!(gone.privileges(0, passwd).is_err());
+}
+
+#[test]
+fn a_mailbox_in_home_directories_with_user_set_is_a_warning_at_its_line() {
+    let text = "user = \"mailer\"\n[actions.home]\nmaildir = \"~/Maildir\"\n[actions.spool]\nmbox = \"~%u/mbox\"\n[actions.var]\nmaildir = \"/var/mail/%u/\"\n[[match]]\nfrom = \"local\"\nfor = [\"a.example\"]\naction = \"home\"\n[[match]]\nfrom = \"local\"\nfor = [\"b.example\"]\naction = \"spool\"\n[[match]]\nfrom = \"local\"\nfor = \"any\"\naction = \"var\"\n";
+    let c = parse(text);
+    assert_eq!(
+        c.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "t.toml:3:11: maildir `~/Maildir` is in home directories, which the daemon cannot enter once it runs as `mailer`: put mailboxes under /var/mail (e.g. \"/var/mail/%u/\"), or remove `user` and run as root",
+            "t.toml:5:8: mbox `~%u/mbox` is in home directories, which the daemon cannot enter once it runs as `mailer`: put mailboxes under /var/mail (e.g. \"/var/mail/%u/\"), or remove `user` and run as root",
+        ]
+    );
+    // Without `user` the daemon may run as root, which can enter them.
+    assert_eq!(parse(&text.replace("user = \"mailer\"\n", "")).warnings, []);
 }

@@ -53,6 +53,51 @@ impl Wrapper {
             ],
         }
     }
+
+    /// Runs the daemon with the credentials config/mailer.service gives it: uid `uid`, gid
+    /// `gid`, supplementary groups `groups` (the unit's `SupplementaryGroups=mail`), the
+    /// ambient capabilities CAP_NET_BIND_SERVICE and CAP_CHOWN and no others, no new
+    /// privileges, `UMask=0077`. Needs root and setpriv (util-linux).
+    pub fn as_the_unit(uid: u32, gid: u32, groups: &[u32]) -> Wrapper {
+        let mut args = Wrapper::setpriv(uid, gid, groups);
+        let caps = "-all,+net_bind_service,+chown";
+        args.extend(
+            [
+                format!("--inh-caps={caps}"),
+                format!("--ambient-caps={caps}"),
+                format!("--bounding-set={caps}"),
+                "--no-new-privs".to_string(),
+                "sh".to_string(),
+                "-c".to_string(),
+                "umask 0077 && exec \"$0\" \"$@\"".to_string(),
+            ]
+            .map(OsString::from),
+        );
+        Wrapper {
+            args,
+            env: Vec::new(),
+        }
+    }
+
+    /// `setpriv` switching to `uid`, `gid` and exactly the supplementary `groups`, keeping
+    /// no capability: a command run as an ordinary user. Further setpriv options and the
+    /// command follow.
+    pub fn setpriv(uid: u32, gid: u32, groups: &[u32]) -> Vec<OsString> {
+        let groups = if groups.is_empty() {
+            "--clear-groups".to_string()
+        } else {
+            let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+            format!("--groups={}", list.join(","))
+        };
+        [
+            "setpriv".to_string(),
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            groups,
+        ]
+        .map(OsString::from)
+        .to_vec()
+    }
 }
 
 /// A running daemon with its own directory (config, queue, mailboxes, log).
