@@ -7,8 +7,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use mailer_core::address::Address;
+use mailer_core::delivery::mailbox_fs::MailboxOwner;
 use mailer_core::delivery::mbox::{deliver_mbox, expand_path, MboxOptions, PatternError};
 use mailer_core::delivery::EnhancedStatus;
+use mailer_core::tables::users::{lookup_group, lookup_user};
 use mailer_core::time::from_unix_seconds;
 
 /// 2026-11-25 13:13:37 UTC.
@@ -78,28 +80,43 @@ fn new_mbox_is_mode_0600_in_created_0700_directory() {
 }
 
 #[test]
-fn new_mbox_is_given_to_the_owner_when_root_but_existing_one_keeps_its_owner() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mbox = dir.path().join("nobody");
-    let owner = Some((65534, 65534));
+fn new_mbox_is_given_to_its_user_and_mail_but_an_existing_one_keeps_mode_and_owner() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: giving files away needs root (CAP_CHOWN: see tests/mailbox_fs.rs)");
+        return;
+    }
+    let nobody = lookup_user("nobody")
+        .expect("passwd")
+        .expect("nobody exists");
+    let mail_gid = lookup_group("mail").expect("group database");
     let options = MboxOptions {
-        owner,
+        owner: Some(MailboxOwner {
+            user: nobody.name.clone(),
+            uid: nobody.uid,
+            gid: nobody.gid,
+            mail_gid,
+        }),
         ..opts(1000)
     };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mbox = dir.path().join("nobody");
     deliver_mbox(&mbox, None, arrival(), b"x\r\n", &options).expect("delivered");
     let meta = std::fs::metadata(&mbox).expect("stat");
-    // SAFETY: geteuid cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    if euid == 0 {
-        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
-    } else {
-        assert_eq!(meta.uid(), euid, "only root can give files away");
-    }
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (nobody.uid, mail_gid.unwrap_or(nobody.gid))
+    );
+    assert_eq!(meta.mode() & 0o7777, 0o660);
 
     let existing = dir.path().join("existing");
     std::fs::write(&existing, b"").expect("create");
+    std::os::unix::fs::chown(&existing, Some(nobody.uid), Some(nobody.gid)).expect("chown");
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     deliver_mbox(&existing, None, arrival(), b"x\r\n", &options).expect("delivered");
-    assert_eq!(std::fs::metadata(&existing).expect("stat").uid(), euid);
+    let meta = std::fs::metadata(&existing).expect("stat");
+    assert_eq!((meta.uid(), meta.gid()), (nobody.uid, nobody.gid));
+    assert_eq!(meta.mode() & 0o7777, 0o600, "never changed");
 }
 
 #[test]
@@ -261,12 +278,14 @@ fn symlinked_mbox_is_refused_and_its_target_untouched() {
     std::os::unix::fs::symlink(&target, &mbox).expect("symlink");
     let failure = deliver_mbox(&mbox, None, arrival(), b"x\r\n", &opts(1000)).expect_err("refused");
     assert!(!failure.permanent);
-    assert!(
-        failure
-            .reason
-            .starts_with(&format!("{}: cannot open:", mbox.display())),
-        "{}",
-        failure.reason
+    assert_eq!(failure.status, EnhancedStatus(4, 2, 0));
+    let p = mbox.display();
+    assert_eq!(
+        failure.reason,
+        format!(
+            "{p}: is a symbolic link, not a regular file: refusing to write; fix: remove it \
+             (rm {p}); the next delivery creates the mailbox"
+        )
     );
     assert_eq!(std::fs::read(&target).expect("read"), b"root:x:0:0\n");
 }

@@ -6,13 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::mailbox_fs::MailboxOwner;
 use super::maildir::{deliver_maildir, MaildirOptions};
 use super::mbox::{deliver_mbox, expand_path, MboxOptions};
 use super::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::address::Address;
 use crate::config::{Config, LocalAction, MailboxKind};
 use crate::tables::aliases::{AliasOptions, AliasTarget, Aliases};
-use crate::tables::users::lookup_user;
+use crate::tables::users::{lookup_group, lookup_user};
 
 /// What one local delivery produced.
 #[derive(Debug, Default)]
@@ -137,7 +138,25 @@ impl LocalDelivery {
                 ))
             }
         };
-        let owner = can_chown().then_some((account.uid, account.gid));
+        let owner = if can_chown() {
+            match lookup_group("mail") {
+                Ok(mail_gid) => Some(MailboxOwner {
+                    user: account.name.clone(),
+                    uid: account.uid,
+                    gid: account.gid,
+                    mail_gid,
+                }),
+                Err(e) => {
+                    return Outcome::Failed(Failure::temporary(
+                        FailureKind::Local,
+                        EnhancedStatus(4, 3, 0),
+                        format!("cannot look up group mail: {e}"),
+                    ))
+                }
+            }
+        } else {
+            None
+        };
         let (pattern, maildir) = match &self.action.mailbox {
             MailboxKind::Mbox(p) => (p, false),
             MailboxKind::Maildir(p) => (p, true),
@@ -196,7 +215,8 @@ pub fn load_aliases(config: &Config, action: &LocalAction) -> Option<Result<Alia
 }
 
 /// Whether mailboxes can be given to their users: as root, or with CAP_CHOWN (the systemd
-/// unit runs as an unprivileged user with that capability).
+/// unit runs as an unprivileged user with that capability). A wrong guess is caught where
+/// the owner is set: EPERM there is a temporary failure that says so.
 fn can_chown() -> bool {
     static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CAN.get_or_init(|| {

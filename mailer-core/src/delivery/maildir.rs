@@ -3,17 +3,20 @@
 //! too, so a reader sees either the whole message or nothing. Line ends become LF, as mutt
 //! and Dovecot expect.
 
-use std::fs::{File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::delivery::mbox::{
-    chown_if_root, create_missing_dirs, io_failure, sync_dir, write_lf, FailAfter,
-};
-use crate::delivery::Failure;
+use rustix::fs::{linkat, renameat, statat, AtFlags, OFlags};
+use rustix::io::Errno;
+
+use crate::delivery::mailbox_fs::{self, io_failure, Dir, MailboxOwner, Rules};
+use crate::delivery::mbox::{write_lf, FailAfter};
+use crate::delivery::{EnhancedStatus, Failure, FailureKind};
 
 /// Deliveries made by this process, for unique names within one microsecond.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -23,8 +26,11 @@ const NAME_ATTEMPTS: usize = 8;
 /// How to deliver to a Maildir.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MaildirOptions {
-    /// `(uid, gid)` given to created directories and the message file when running as root.
-    pub owner: Option<(u32, u32)>,
+    /// The mailbox's account, when this process may give files away (root or CAP_CHOWN):
+    /// what is created is given to the user (as root `<user>:<group>` 0700/0600, otherwise
+    /// `<user>:mail` 02770/0660), and what exists must be the user's. `None`: created private
+    /// to this process, and existing directories must be this process's.
+    pub owner: Option<MailboxOwner>,
     /// This host's name, part of every file name.
     pub hostname: String,
     /// Test hook: fail the write after this many bytes.
@@ -43,62 +49,76 @@ impl MaildirOptions {
 }
 
 /// Delivers `message` (CRLF line ends) into the Maildir `dir`, creating `dir` and its `tmp/`,
-/// `new/` and `cur/` (0700) if missing. Returns the path of the file in `new/`. Every failure
-/// is temporary and names the file; nothing is left in `tmp/`.
+/// `new/` and `cur/` if missing. Returns the path of the file in `new/`. Every failure is
+/// temporary and names the file; nothing is left in `tmp/`. The maildir and its
+/// subdirectories must be directories of the mailbox's owner, not links: nothing outside
+/// them is ever written.
 pub fn deliver_maildir(
     dir: &Path,
     message: &[u8],
     opts: &MaildirOptions,
 ) -> Result<PathBuf, Failure> {
-    for sub in ["tmp", "new", "cur"] {
-        let d = dir.join(sub);
-        create_missing_dirs(&d, opts.owner)
-            .map_err(|e| io_failure(&d, "cannot create directory", &e))?;
-    }
+    let rules = Rules::maildir(opts.owner.as_ref());
+    let Some(name) = dir.file_name() else {
+        return Err(Failure::temporary(
+            FailureKind::Local,
+            EnhancedStatus(4, 3, 5),
+            format!("{}: not a directory name", dir.display()),
+        ));
+    };
+    let parent = mailbox_fs::walk(dir.parent().unwrap_or(Path::new("")), &rules)?;
+    let maildir = mailbox_fs::owned_dir(&parent, name, dir.to_path_buf(), &rules)?;
+    let sub =
+        |name: &str| mailbox_fs::owned_dir(&maildir, OsStr::new(name), dir.join(name), &rules);
+    let (tmp, new, _cur) = (sub("tmp")?, sub("new")?, sub("cur")?);
+
     let host = escape_hostname(&opts.hostname);
-    let (tmp_path, name, file) = create_tmp(dir, &host)?;
-    if let Err(e) = write_file(&file, message, opts) {
-        let _ = std::fs::remove_file(&tmp_path);
+    let (name, fd) = create_tmp(&tmp, &host)?;
+    let tmp_path = tmp.path.join(&name);
+    mailbox_fs::set_up_file(&fd, &tmp, OsStr::new(&name), &tmp_path, &rules)?;
+    if let Err(e) = write_file(File::from(fd), message, opts) {
+        let _ = mailbox_fs::remove(&tmp, OsStr::new(&name));
         return Err(io_failure(&tmp_path, "write failed", &e));
     }
-    drop(file);
-    let new_path = dir.join("new").join(&name);
-    if let Err(e) = publish(&tmp_path, &new_path) {
-        let _ = std::fs::remove_file(&tmp_path);
+    let new_path = new.path.join(&name);
+    if let Err(e) = publish(&tmp, &new, &name) {
+        let _ = mailbox_fs::remove(&tmp, OsStr::new(&name));
         return Err(io_failure(&new_path, "cannot move into new/", &e));
     }
-    let new_dir = dir.join("new");
-    sync_dir(&new_dir).map_err(|e| io_failure(&new_dir, "cannot fsync directory", &e))?;
+    mailbox_fs::sync_dir(&new).map_err(|e| io_failure(&new.path, "cannot fsync directory", &e))?;
     Ok(new_path)
 }
 
-/// Creates `tmp/<unique name>` exclusively; returns its path, the name and the open file.
-fn create_tmp(dir: &Path, host: &str) -> Result<(PathBuf, String, File), Failure> {
+/// Creates `tmp/<unique name>` exclusively; returns the name and the open file.
+fn create_tmp(tmp: &Dir, host: &str) -> Result<(String, OwnedFd), Failure> {
     let mut last_err = None;
     for _ in 0..NAME_ATTEMPTS {
         let name = unique_name(SystemTime::now(), host);
-        let path = dir.join("tmp").join(&name);
-        let opened = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path);
-        match opened {
-            Ok(file) => return Ok((path, name, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_err = Some((path, e)),
-            Err(e) => return Err(io_failure(&path, "cannot create", &e)),
+        match mailbox_fs::create_new(tmp, OsStr::new(&name), OFlags::empty()) {
+            Ok(fd) => return Ok((name, fd)),
+            Err(Errno::EXIST) => last_err = Some(name),
+            Err(e) => {
+                return Err(io_failure(
+                    &tmp.path.join(&name),
+                    "cannot create",
+                    &e.into(),
+                ))
+            }
         }
     }
-    let (path, e) = last_err.expect("the loop ran at least once and only continues on a clash");
-    Err(io_failure(&path, "no unique name free", &e))
+    let name = last_err.expect("the loop ran at least once and only continues on a clash");
+    let taken = io::Error::from(Errno::EXIST);
+    Err(io_failure(
+        &tmp.path.join(name),
+        "no unique name free",
+        &taken,
+    ))
 }
 
-fn write_file(file: &File, message: &[u8], opts: &MaildirOptions) -> io::Result<()> {
-    chown_if_root(file, opts.owner)?;
+fn write_file(file: File, message: &[u8], opts: &MaildirOptions) -> io::Result<()> {
     {
         let sink = FailAfter {
-            inner: file,
+            inner: &file,
             remaining: opts.fail_after,
         };
         let mut w = BufWriter::with_capacity(64 * 1024, sink);
@@ -108,18 +128,26 @@ fn write_file(file: &File, message: &[u8], opts: &MaildirOptions) -> io::Result<
     file.sync_all()
 }
 
-/// Links `tmp` to `new` (never replacing a file there), then removes `tmp`. Falls back to
-/// rename on file systems without hard links.
-fn publish(tmp: &Path, new: &Path) -> io::Result<()> {
-    match std::fs::hard_link(tmp, new) {
-        Ok(()) => std::fs::remove_file(tmp),
-        Err(e)
-            if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EOPNOTSUPP))
-                && std::fs::symlink_metadata(new).is_err() =>
-        {
-            std::fs::rename(tmp, new)
+/// Links `tmp/name` to `new/name` (never replacing a file there), then removes the tmp name.
+/// Falls back to rename on file systems without hard links.
+fn publish(tmp: &Dir, new: &Dir, name: &str) -> io::Result<()> {
+    match linkat(tmp.fd(), name, new.fd(), name, AtFlags::empty()) {
+        Ok(()) => {
+            // Delivered: a tmp name left behind is cleaned by readers, not worth a retry
+            // that would deliver twice.
+            let _ = mailbox_fs::remove(tmp, OsStr::new(name));
+            Ok(())
         }
-        Err(e) => Err(e),
+        Err(e)
+            if matches!(e, Errno::PERM | Errno::OPNOTSUPP)
+                && matches!(
+                    statat(new.fd(), name, AtFlags::SYMLINK_NOFOLLOW),
+                    Err(Errno::NOENT)
+                ) =>
+        {
+            Ok(renameat(tmp.fd(), name, new.fd(), name)?)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

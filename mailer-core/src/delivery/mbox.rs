@@ -5,16 +5,19 @@
 //! undone by truncating the mbox to its length before the delivery, so a reader never sees
 //! half a message, and the data is fsynced before success is reported.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
+use rustix::fs::OFlags;
+use rustix::io::Errno;
+
 use crate::address::Address;
+use crate::delivery::mailbox_fs::{self, io_failure, Dir, MailboxOwner, Rules};
 use crate::delivery::{EnhancedStatus, Failure, FailureKind};
 use crate::time::asctime;
 
@@ -113,9 +116,10 @@ fn path_safe<'a>(what: &'static str, value: &'a str) -> Result<&'a str, PatternE
 /// How to deliver to an mbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MboxOptions {
-    /// `(uid, gid)` given to a newly created mbox (and missing parent directories) when the
-    /// process runs as root.
-    pub owner: Option<(u32, u32)>,
+    /// The mailbox's account, when this process may give files away (root or CAP_CHOWN): a
+    /// missing mbox is created `<user>:mail 0660` and an existing one must be the user's.
+    /// `None`: created 0600 as this process, and existing ones must be this process's.
+    pub owner: Option<MailboxOwner>,
     /// How long to wait for the dotlock and the `fcntl` lock together.
     pub lock_timeout: Duration,
     /// Test hook: fail the write after this many bytes, to exercise the rollback.
@@ -137,7 +141,8 @@ impl Default for MboxOptions {
 /// `From <sender or MAILER-DAEMON> <asctime of arrival>`, the message with LF line ends and
 /// `>*From ` lines quoted with one more `>`, then a blank line. Returns once the data is on
 /// disk. Every failure is temporary (a lock, a full disk or a permission can change) and names
-/// the file.
+/// the file; an mbox that is not a regular file of its owner with one link is refused, and an
+/// existing mbox keeps its mode and owner.
 pub fn deliver_mbox(
     path: &Path,
     sender: Option<&Address>,
@@ -146,14 +151,25 @@ pub fn deliver_mbox(
     opts: &MboxOptions,
 ) -> Result<(), Failure> {
     let deadline = Instant::now() + opts.lock_timeout;
-    if let Some(parent) = path.parent() {
-        create_missing_dirs(parent, opts.owner)
-            .map_err(|e| io_failure(parent, "cannot create directory", &e))?;
-    }
-    let lock_path = dotlock_path(path);
-    let _dotlock = DotLock::acquire(&lock_path, deadline, opts.lock_timeout)?;
-    let (file, created) =
-        open_mbox(path, opts.owner).map_err(|e| io_failure(path, "cannot open", &e))?;
+    let rules = Rules::mbox(opts.owner.as_ref());
+    let Some(name) = path.file_name() else {
+        return Err(Failure::temporary(
+            FailureKind::Local,
+            EnhancedStatus(4, 3, 5),
+            format!("{}: not a file name", path.display()),
+        ));
+    };
+    let dir = mailbox_fs::walk(path.parent().unwrap_or(Path::new("")), &rules)?;
+    let mut lock_name = name.to_os_string();
+    lock_name.push(".lock");
+    let _dotlock = DotLock::acquire(
+        &dir,
+        lock_name,
+        &dotlock_path(path),
+        deadline,
+        opts.lock_timeout,
+    )?;
+    let (file, created) = mailbox_fs::open_mbox(&dir, name, path, &rules)?;
     lock_fcntl(&file, deadline).map_err(|e| match e {
         LockError::Timeout => Failure::temporary(
             FailureKind::Local,
@@ -184,9 +200,8 @@ pub fn deliver_mbox(
         return Err(io_failure(path, &what, &e));
     }
     if created {
-        if let Some(parent) = path.parent() {
-            sync_dir(parent).map_err(|e| io_failure(parent, "cannot fsync directory", &e))?;
-        }
+        mailbox_fs::sync_dir(&dir)
+            .map_err(|e| io_failure(&dir.path, "cannot fsync directory", &e))?;
     }
     // The fcntl lock goes with `file`, then the dotlock is removed.
     drop(file);
@@ -265,39 +280,42 @@ impl<W: Write> Write for FailAfter<W> {
     }
 }
 
-pub(crate) fn dotlock_path(path: &Path) -> PathBuf {
+fn dotlock_path(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(".lock");
     PathBuf::from(s)
 }
 
-/// A `<mbox>.lock` file this process created; removed on drop.
-struct DotLock {
-    path: PathBuf,
+/// A `<mbox>.lock` file this process created beside the mbox; removed on drop.
+struct DotLock<'a> {
+    dir: &'a Dir,
+    name: OsString,
 }
 
-impl DotLock {
-    fn acquire(path: &Path, deadline: Instant, timeout: Duration) -> Result<DotLock, Failure> {
+impl<'a> DotLock<'a> {
+    /// `shown` is the lock's path, for messages.
+    fn acquire(
+        dir: &'a Dir,
+        name: OsString,
+        shown: &Path,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<DotLock<'a>, Failure> {
         loop {
-            let created = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(path);
-            match created {
-                Ok(mut f) => {
+            match mailbox_fs::create_new(dir, &name, OFlags::empty()) {
+                Ok(fd) => {
                     // The pid helps an administrator find the holder; readers ignore it.
-                    let _ = writeln!(f, "{}", std::process::id());
-                    return Ok(DotLock {
-                        path: path.to_path_buf(),
-                    });
+                    let _ = writeln!(File::from(fd), "{}", std::process::id());
+                    return Ok(DotLock { dir, name });
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(io_failure(path, "cannot create dotlock", &e)),
+                Err(Errno::EXIST) => {}
+                Err(e @ (Errno::ACCESS | Errno::ROFS)) => {
+                    return Err(mailbox_fs::cannot_create_in(dir, e))
+                }
+                Err(e) => return Err(io_failure(shown, "cannot create dotlock", &e.into())),
             }
-            if is_stale(path) {
-                let _ = std::fs::remove_file(path);
+            if is_stale(dir, &name) {
+                let _ = mailbox_fs::remove(dir, &name);
                 continue;
             }
             let now = Instant::now();
@@ -307,7 +325,7 @@ impl DotLock {
                     EnhancedStatus(4, 2, 0),
                     format!(
                         "{}: mailbox locked by another process for more than {timeout:?}",
-                        path.display()
+                        shown.display()
                     ),
                 ));
             }
@@ -316,47 +334,17 @@ impl DotLock {
     }
 }
 
-impl Drop for DotLock {
+impl Drop for DotLock<'_> {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        let _ = mailbox_fs::remove(self.dir, &self.name);
     }
 }
 
-fn is_stale(lock: &Path) -> bool {
-    std::fs::symlink_metadata(lock)
-        .and_then(|m| m.modified())
+fn is_stale(dir: &Dir, lock: &OsStr) -> bool {
+    mailbox_fs::modified_at(dir, lock)
         .ok()
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|age| age > STALE_DOTLOCK)
-}
-
-/// Opens the mbox for appending, creating it 0600 (owned by `owner` when root) if missing.
-/// Refuses symlinks and anything but a regular file. Returns whether it was created.
-fn open_mbox(path: &Path, owner: Option<(u32, u32)>) -> io::Result<(File, bool)> {
-    let mut opts = OpenOptions::new();
-    // O_NONBLOCK: opening a FIFO planted at the path must not hang the delivery.
-    opts.append(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-    let (file, created) = match opts.open(path) {
-        Ok(f) => (f, false),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            match opts.clone().create_new(true).open(path) {
-                Ok(f) => {
-                    chown_if_root(&f, owner)?;
-                    (f, true)
-                }
-                // Created by someone else in between: use theirs.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => (opts.open(path)?, false),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(e) => return Err(e),
-    };
-    if !file.metadata()?.file_type().is_file() {
-        return Err(io::Error::other("not a regular file"));
-    }
-    Ok((file, created))
 }
 
 enum LockError {
@@ -390,54 +378,4 @@ fn lock_fcntl(file: &File, deadline: Instant) -> Result<(), LockError> {
         }
         std::thread::sleep(LOCK_RETRY.min(deadline - now));
     }
-}
-
-/// Creates the missing directories of `dir` (0700, owned by `owner` when root), top down.
-pub(crate) fn create_missing_dirs(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
-    let missing: Vec<&Path> = dir
-        .ancestors()
-        .take_while(|d| !d.as_os_str().is_empty() && std::fs::symlink_metadata(d).is_err())
-        .collect();
-    for d in missing.into_iter().rev() {
-        match std::fs::DirBuilder::new().mode(0o700).create(d) {
-            Ok(()) => {
-                if let Some((uid, gid)) = owner.filter(|_| is_root()) {
-                    std::os::unix::fs::chown(d, Some(uid), Some(gid))?;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-pub(crate) fn chown_if_root(file: &File, owner: Option<(u32, u32)>) -> io::Result<()> {
-    match owner {
-        Some((uid, gid)) if is_root() => std::os::unix::fs::fchown(file, Some(uid), Some(gid)),
-        _ => Ok(()),
-    }
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// A temporary failure naming `path`, with the status the error calls for.
-pub(crate) fn io_failure(path: &Path, what: &str, err: &io::Error) -> Failure {
-    let status = match err.raw_os_error() {
-        Some(libc::EDQUOT) | Some(libc::EFBIG) => EnhancedStatus(4, 2, 2), // mailbox full
-        Some(libc::ENOSPC) => EnhancedStatus(4, 3, 1),                     // mail system full
-        _ => EnhancedStatus(4, 3, 0),
-    };
-    Failure::temporary(
-        FailureKind::Local,
-        status,
-        format!("{}: {what}: {err}", path.display()),
-    )
 }

@@ -8,6 +8,7 @@ pub mod bounce;
 pub mod dispatch;
 pub mod dkim;
 pub mod local;
+pub mod mailbox_fs;
 pub mod maildir;
 pub mod mbox;
 pub mod relay;
