@@ -1,9 +1,12 @@
-//! `Config::check_files` against real files in a temporary directory.
+//! What `mailer config check` finds in the files a configuration names (`Config::check_files`,
+//! then `delivery::preflight` reading their contents), against real files.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use mailer_core::config::Config;
+use mailer_core::delivery::dkim::{generate_key, KeyAlgorithm};
+use mailer_core::delivery::preflight;
 
 fn write(path: &Path, text: &str, mode: u32) {
     std::fs::write(path, text).expect("write test file");
@@ -67,7 +70,8 @@ fn setup() -> Setup {
     write(&root.join("cert.pem"), "cert", 0o644);
     write(&root.join("key.pem"), "key", 0o600);
     write(&root.join("ca.pem"), "ca", 0o644);
-    write(&root.join("dkim.key"), "dkim", 0o640);
+    let (pem, _) = generate_key(KeyAlgorithm::Ed25519).expect("test key");
+    write(&root.join("dkim.key"), &pem, 0o640);
     let config_path = root.join("mailer.toml");
     write(&config_path, &config_text(&root), 0o644);
     Setup {
@@ -77,13 +81,10 @@ fn setup() -> Setup {
     }
 }
 
+/// What `mailer config check` reports beyond the syntax: the files, then their contents.
 fn check(s: &Setup) -> Vec<String> {
     let config = Config::load(&s.config_path).expect("test config parses");
-    config
-        .check_files()
-        .iter()
-        .map(ToString::to_string)
-        .collect()
+    preflight(&config).err().unwrap_or_default()
 }
 
 #[test]

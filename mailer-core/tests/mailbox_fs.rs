@@ -559,7 +559,7 @@ fn deliver_locally(mailbox: &MailboxKind, user: &str) -> Outcome {
         allow_commands: false,
         allow_files: false,
     };
-    let local = LocalDelivery::new(&config, &action).expect("no tables to load");
+    let local = LocalDelivery::new(&config, &action, None);
     let rcpt = Address::parse(&format!("{user}@localhost")).expect("valid address");
     let mut result = local.deliver(None, &[&rcpt], MESSAGE);
     assert_eq!(result.outcomes.len(), 1);

@@ -10,7 +10,7 @@ use mailer_core::config::{Action, Config};
 use mailer_core::delivery::dispatch::{Attempt, Dispatch, Job, Observation, Observer, Ways};
 use mailer_core::delivery::dkim::DkimSigning;
 use mailer_core::delivery::relay::Resolve;
-use mailer_core::delivery::Outcome;
+use mailer_core::delivery::{Outcome, Tables};
 use mailer_core::intake::Incoming;
 use mailer_core::policy::Router;
 use mailer_core::queue::admit::{admit, Admitted};
@@ -70,8 +70,12 @@ impl Engine {
             .map_err(|e| format!("cannot open the queue {}: {e}", config.queue_dir.display()))?;
         let spool = Arc::new(spool);
         let metrics = Arc::new(Metrics::new());
-        let dkim = load_dkim(config)?;
-        let dispatch = Arc::new(Dispatch::new(ways(config)?, Counting(metrics.clone())));
+        let tables = preflight(config)?;
+        let dkim = tables.dkim.clone();
+        let dispatch = Arc::new(Dispatch::new(
+            ways(config, &tables)?,
+            Counting(metrics.clone()),
+        ));
         let router = Arc::new(Router::new(config).with_local_check(dispatch.local_check()));
         let scheduler = Scheduler::new(
             spool.clone(),
@@ -87,7 +91,7 @@ impl Engine {
         for (path, reason) in &report.corrupt {
             tracing::error!(file = %path.display(), %reason, "queue file set aside; see `mailer queue list`");
         }
-        for warning in mailer_core::delivery::alias_warnings(config) {
+        for warning in mailer_core::delivery::alias_warnings(config, &tables) {
             tracing::warn!("{warning}");
         }
         let loaded = report.envelopes.len();
@@ -103,7 +107,7 @@ impl Engine {
             router: RwLock::new(router),
             tables: Mutex::new((Arc::new(config.clone()), alias_files(config))),
             metrics,
-            dkim: std::sync::RwLock::new(Arc::new(dkim)),
+            dkim: std::sync::RwLock::new(dkim),
         });
         tokio::spawn(engine.clone().watch_aliases(shutdown));
         Ok(engine)
@@ -113,14 +117,10 @@ impl Engine {
     /// Messages in the queue and attempts under way are untouched; an attempt under way
     /// finishes with the state it started with. On error nothing changes.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
-        let problems = check_files(config);
-        if !problems.is_empty() {
-            return Err(problems.join("; "));
-        }
-        let ways = ways(config)?;
-        let dkim = load_dkim(config)?;
+        let tables = mailer_core::delivery::preflight(config).map_err(|p| p.join("; "))?;
+        let ways = ways(config, &tables)?;
         self.dispatch.replace(ways);
-        *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(dkim);
+        *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = tables.dkim.clone();
         let router = Arc::new(Router::new(config).with_local_check(self.dispatch.local_check()));
         *self.router.write().unwrap_or_else(|p| p.into_inner()) = router;
         self.scheduler.set_timing(Timing::from(config));
@@ -151,7 +151,8 @@ impl Engine {
                 .filter(|f| !seen.contains(f))
                 .map(|(p, _)| p.display().to_string())
                 .collect();
-            match ways(&config) {
+            let reread = mailer_core::delivery::Tables::load(&config).map_err(|e| e.join("\n"));
+            match reread.and_then(|tables| ways(&config, &tables)) {
                 Ok(ways) => {
                     self.dispatch.replace(ways);
                     tracing::info!(files = %changed.join(", "), "aliases reloaded");
@@ -271,24 +272,15 @@ fn log_signing(admitted: &Admitted) {
     }
 }
 
-/// The relay actions' DKIM keys, every failure on its own line.
-pub fn load_dkim(config: &Config) -> Result<DkimSigning, String> {
-    DkimSigning::from_config(config).map_err(|errors| {
-        errors
-            .iter()
-            .map(|e| e.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
+/// The tables and keys of `config`, read once, after the checks of its files; the error
+/// lists every problem, one per line.
+fn preflight(config: &Config) -> Result<Tables, String> {
+    mailer_core::delivery::preflight(config)
+        .map_err(|problems| format!("invalid configuration:\n{}", problems.join("\n")))
 }
 
 pub fn display_sender(sender: Option<&Address>) -> String {
     sender.map_or_else(|| "<>".to_string(), |a| a.to_string())
-}
-
-/// Everything `mailer config check` and `mailer serve` verify beyond the syntax.
-pub fn check_files(config: &Config) -> Vec<String> {
-    mailer_core::delivery::preflight(config)
 }
 
 /// A STARTTLS acceptor for a listener.
@@ -339,7 +331,7 @@ impl Observer for Counting {
 }
 
 /// The ways out of `config`, with the system's DNS resolver for relay hosts.
-fn ways(config: &Config) -> Result<Ways, String> {
+fn ways(config: &Config, tables: &Tables) -> Result<Ways, String> {
     let resolver: Arc<dyn Resolve> = match hickory_resolver::TokioResolver::builder_tokio() {
         Ok(b) => match b.build() {
             Ok(r) => Arc::new(r),
@@ -347,5 +339,5 @@ fn ways(config: &Config) -> Result<Ways, String> {
         },
         Err(e) => return Err(format!("cannot read the system DNS configuration: {e}")),
     };
-    Ways::new(config, resolver)
+    Ways::new(config, tables, resolver)
 }

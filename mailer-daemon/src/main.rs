@@ -127,17 +127,19 @@ fn config_check(path: Option<&Path>) -> ExitCode {
     for w in &config.warnings {
         eprintln!("{w} (warning)");
     }
-    for w in mailer_core::delivery::alias_warnings(&config) {
-        eprintln!("{w} (warning)");
-    }
-    let problems = engine::check_files(&config);
-    if problems.is_empty() {
-        println!("{}: ok", config.source.display());
-        ExitCode::SUCCESS
-    } else {
-        for p in problems {
-            eprintln!("{p}");
+    match mailer_core::delivery::preflight(&config) {
+        Ok(tables) => {
+            for w in mailer_core::delivery::alias_warnings(&config, &tables) {
+                eprintln!("{w} (warning)");
+            }
+            println!("{}: ok", config.source.display());
+            ExitCode::SUCCESS
         }
-        ExitCode::from(2)
+        Err(problems) => {
+            for p in problems {
+                eprintln!("{p}");
+            }
+            ExitCode::from(2)
+        }
     }
 }

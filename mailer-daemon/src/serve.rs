@@ -302,10 +302,6 @@ async fn serve(
     opened: crate::privileges::Opened,
     log_level: logging::Level,
 ) -> Result<(), String> {
-    let problems = crate::engine::check_files(&config);
-    if !problems.is_empty() {
-        return Err(format!("invalid configuration:\n{}", problems.join("\n")));
-    }
     // Handlers first: a SIGHUP right after READY must reload, not kill.
     let mut signals = Signals::new();
     let (shutdown_tx, shutdown) = watch::channel(false);

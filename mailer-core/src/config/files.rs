@@ -1,13 +1,11 @@
 //! What `mailer config check` adds to parsing: the files the configuration names exist, can be
 //! read, and are not exposed where that matters; the account `user` names exists.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::{Action, Config, Diagnostic};
-use crate::tables::secrets::Secrets;
 use crate::tables::users::lookup_user;
 
 pub(super) fn check_files(config: &Config) -> Vec<Diagnostic> {
@@ -42,43 +40,11 @@ pub(super) fn check_files(config: &Config) -> Vec<Diagnostic> {
         }
     }
 
-    // Each secrets table is loaded once, however many actions use it.
-    let mut secrets: BTreeMap<&str, Option<Secrets>> = BTreeMap::new();
+    // The contents of tables and keys are read once, by `delivery::Tables`.
     for (name, action) in &config.actions {
         let Action::Relay(relay) = action else {
             continue;
         };
-        if let Some(table) = &relay.auth {
-            let loaded = secrets.entry(table.as_str()).or_insert_with(|| {
-                let path = config.tables.get(table)?;
-                // A missing file was reported with the tables above.
-                if !path.exists() {
-                    return None;
-                }
-                match Secrets::load(path) {
-                    Ok(s) => Some(s),
-                    Err(errors) => {
-                        out.extend(errors);
-                        None
-                    }
-                }
-            });
-            if let Some(loaded) = loaded {
-                for (i, url) in relay.relays.iter().enumerate() {
-                    let Some(label) = &url.label else { continue };
-                    if loaded.get(label).is_none() {
-                        let path = config.tables.get(table).map(|p| p.display().to_string());
-                        out.push(at(
-                            &format!("actions.{name}.relay[{i}]"),
-                            format!(
-                                "secrets table `{table}` ({}) has no label `{label}`",
-                                path.unwrap_or_default()
-                            ),
-                        ));
-                    }
-                }
-            }
-        }
         if let Some(ca) = &relay.ca_file {
             if let Err(why) = readable_file(ca) {
                 out.push(at(

@@ -16,7 +16,7 @@ use crate::address::Address;
 use crate::config::{Action, Config};
 use crate::delivery::local::LocalDelivery;
 use crate::delivery::relay::{MemberFault, MemberStatus, RelayDelivery, Resolve};
-use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
+use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome, Tables};
 use crate::policy::router::LocalCheck;
 use crate::policy::Router;
 
@@ -93,19 +93,24 @@ pub struct Ways {
 }
 
 impl Ways {
-    /// Every action of `config`, ready to deliver; relay hosts are resolved with `resolver`.
-    pub fn new(config: &Config, resolver: Arc<dyn Resolve>) -> Result<Ways, String> {
+    /// Every action of `config`, ready to deliver with the `tables` read for it; relay hosts
+    /// are resolved with `resolver`.
+    pub fn new(
+        config: &Config,
+        tables: &Tables,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Ways, String> {
         let mut locals = HashMap::new();
         let mut relays = HashMap::new();
         for (name, action) in &config.actions {
             match action {
                 Action::Local(local) => {
-                    let delivery =
-                        LocalDelivery::new(config, local).map_err(|errors| errors.join("\n"))?;
+                    let delivery = LocalDelivery::new(config, local, tables.aliases(name));
                     locals.insert(name.clone(), delivery);
                 }
                 Action::Relay(relay) => {
-                    let delivery = RelayDelivery::new(config, relay, resolver.clone())
+                    let secrets = relay.auth.as_deref().and_then(|t| tables.secrets(t));
+                    let delivery = RelayDelivery::new(config, relay, secrets, resolver.clone())
                         .map_err(|e| format!("action {name}: {e}"))?;
                     relays.insert(name.clone(), delivery);
                 }

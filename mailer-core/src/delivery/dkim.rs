@@ -276,18 +276,19 @@ pub struct Signed {
 }
 
 impl DkimSigner {
-    /// Loads each key (mode 0640 or tighter, RSA or Ed25519 PEM). Every failure is returned.
-    pub fn load(keys: &[DkimKey]) -> Result<DkimSigner, Vec<DkimError>> {
+    /// Loads each key (mode 0640 or tighter, RSA or Ed25519 PEM). Every failure is returned,
+    /// with the position of its key in `keys`.
+    pub fn load(keys: &[DkimKey]) -> Result<DkimSigner, Vec<(usize, DkimError)>> {
         let mut entries = Vec::with_capacity(keys.len());
         let mut errors = Vec::new();
-        for k in keys {
+        for (i, k) in keys.iter().enumerate() {
             match load_key(&k.key) {
                 Ok(key) => entries.push(SigningEntry {
                     domain: k.domain.clone(),
                     selector: k.selector.clone(),
                     key: Arc::new(key),
                 }),
-                Err(e) => errors.push(e),
+                Err(e) => errors.push((i, e)),
             }
         }
         if errors.is_empty() {
@@ -396,8 +397,8 @@ pub struct DkimSigning {
 
 impl DkimSigning {
     /// Loads the keys of every relay action. A key named by several actions is read once per
-    /// action. Every failure is returned.
-    pub fn from_config(config: &Config) -> Result<DkimSigning, Vec<DkimError>> {
+    /// action. Every failure is returned, at the line of the key in the configuration.
+    pub fn from_config(config: &Config) -> Result<DkimSigning, Vec<String>> {
         let mut actions = HashMap::new();
         let mut errors = Vec::new();
         for (name, action) in &config.actions {
@@ -411,7 +412,13 @@ impl DkimSigning {
                 Ok(signer) => {
                     actions.insert(name.clone(), (Arc::new(signer), relay.sign_unaligned));
                 }
-                Err(e) => errors.extend(e),
+                Err(e) => errors.extend(e.into_iter().map(|(i, e)| {
+                    crate::delivery::tables::at(
+                        config,
+                        &format!("actions.{name}.dkim[{i}].key"),
+                        e.to_string(),
+                    )
+                })),
             }
         }
         if errors.is_empty() {
@@ -764,6 +771,6 @@ U3k7nixMgYGlGyWzK/q72NwUI5G99GFL6g==
             selector: "s".into(),
             key: path.clone(),
         }];
-        assert_eq!(DkimSigner::load(&keys).unwrap_err(), vec![err]);
+        assert_eq!(DkimSigner::load(&keys).unwrap_err(), vec![(0, err)]);
     }
 }

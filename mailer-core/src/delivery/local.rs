@@ -12,7 +12,7 @@ use super::mbox::{deliver_mbox, expand_path, MboxOptions};
 use super::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::address::Address;
 use crate::config::{Config, LocalAction, MailboxKind};
-use crate::tables::aliases::{AliasOptions, AliasTarget, Aliases};
+use crate::tables::aliases::{AliasTarget, Aliases};
 use crate::tables::users::{lookup_group, lookup_user};
 
 /// What one local delivery produced.
@@ -34,18 +34,22 @@ pub struct LocalDelivery {
 }
 
 impl LocalDelivery {
-    /// Reads the action's aliases table. A relative mailbox pattern (the embedded default)
-    /// is taken from the working directory, so it does not move if that changes later.
-    pub fn new(config: &Config, action: &LocalAction) -> Result<LocalDelivery, Vec<String>> {
-        let aliases = load_aliases(config, action).transpose()?.map(Arc::new);
+    /// A local action with its aliases table (loaded by [`super::Tables`]). A relative
+    /// mailbox pattern (the embedded default) is taken from the working directory, so it does
+    /// not move if that changes later.
+    pub fn new(
+        config: &Config,
+        action: &LocalAction,
+        aliases: Option<Arc<Aliases>>,
+    ) -> LocalDelivery {
         let mut action = action.clone();
         action.mailbox = absolute_pattern(&action.mailbox);
-        Ok(LocalDelivery {
+        LocalDelivery {
             action,
             aliases,
             hostname: config.hostname.clone(),
             local_domains: config.local_domains.clone(),
-        })
+        }
     }
 
     /// Whether `rcpt` exists here: an alias, or a system user. `None`: cannot be told now.
@@ -201,17 +205,6 @@ fn worse(so_far: Outcome, next: Outcome) -> Outcome {
         (Outcome::Failed(prev), Outcome::Failed(f)) if prev.permanent && !f.permanent => next,
         _ => so_far,
     }
-}
-
-/// The aliases table of a local action, if it has one; errors as `FILE:LINE: reason`.
-pub fn load_aliases(config: &Config, action: &LocalAction) -> Option<Result<Aliases, Vec<String>>> {
-    let table = action.alias.as_ref()?;
-    let path = config.tables.get(table)?;
-    let opts = AliasOptions {
-        allow_commands: action.allow_commands,
-        allow_files: action.allow_files,
-    };
-    Some(Aliases::load(path, opts).map_err(|errs| errs.iter().map(|e| e.to_string()).collect()))
 }
 
 /// Whether mailboxes can be given to their users: as root, or with CAP_CHOWN (the systemd

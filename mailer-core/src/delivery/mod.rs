@@ -12,33 +12,31 @@ pub mod mailbox_fs;
 pub mod maildir;
 pub mod mbox;
 pub mod relay;
+pub mod tables;
 
 pub use crate::outcome::{EnhancedStatus, Failure, FailureKind, Outcome};
+pub use tables::Tables;
 
 /// Alias targets that no match rule routes, one warning each as `FILE:LINE: reason`: mail to
 /// them bounces (5.4.4), which an admin wants to learn from `mailer config check`, not from
-/// a bounce. Tables that do not load are reported by [`preflight`].
-pub fn alias_warnings(config: &crate::config::Config) -> Vec<String> {
-    use crate::config::Action;
+/// a bounce.
+pub fn alias_warnings(config: &crate::config::Config, tables: &Tables) -> Vec<String> {
     use crate::tables::aliases::AliasTarget;
     let router = crate::policy::Router::new(config);
     let mut out = Vec::new();
-    for action in config.actions.values() {
-        let Action::Local(local) = action else {
+    for name in config.actions.keys() {
+        let Some(aliases) = tables.aliases(name) else {
             continue;
         };
-        let Some(Ok(aliases)) = local::load_aliases(config, local) else {
-            continue;
-        };
-        for (name, line) in aliases.names() {
-            let Ok(Some(targets)) = aliases.expand(name, &config.local_domains) else {
+        for (alias, line) in aliases.names() {
+            let Ok(Some(targets)) = aliases.expand(alias, &config.local_domains) else {
                 continue;
             };
             for target in targets {
                 if let AliasTarget::Address(address) = target {
                     if router.action_for(true, &address).is_none() {
                         out.push(format!(
-                            "{}:{line}: alias `{name}` expands to {address}, which no match rule routes: mail to it will bounce",
+                            "{}:{line}: alias `{alias}` expands to {address}, which no match rule routes: mail to it will bounce",
                             aliases.source().display()
                         ));
                     }
@@ -52,40 +50,13 @@ pub fn alias_warnings(config: &crate::config::Config) -> Vec<String> {
 }
 
 /// Everything delivery needs from files, checked before the daemon starts or reloads and by
-/// `mailer config check`: the configuration's own file checks, then alias tables and DKIM keys,
-/// each problem as `FILE:LINE[:COL]: reason`.
-pub fn preflight(config: &crate::config::Config) -> Vec<String> {
-    use crate::config::{Action, Diagnostic};
-    let file_problems = config.check_files();
-    let mut problems: Vec<String> = file_problems.iter().map(|d| d.to_string()).collect();
-    for (name, action) in &config.actions {
-        match action {
-            Action::Local(local) => {
-                // A missing table was reported above, at the line that names it.
-                let exists = local
-                    .alias
-                    .as_ref()
-                    .and_then(|t| config.tables.get(t))
-                    .is_some_and(|p| p.exists());
-                if let Some(Err(errors)) = local::load_aliases(config, local).filter(|_| exists) {
-                    problems.extend(errors);
-                }
-            }
-            // Key files that exist and are private enough but hold no usable key.
-            Action::Relay(relay) if file_problems.is_empty() => {
-                for (i, key) in relay.dkim.iter().enumerate() {
-                    if let Err(e) = dkim::read_key(&key.key) {
-                        let (line, col) = config
-                            .positions
-                            .get(&format!("actions.{name}.dkim[{i}].key"));
-                        problems.push(
-                            Diagnostic::new(&config.source, line, col, e.to_string()).to_string(),
-                        );
-                    }
-                }
-            }
-            Action::Relay(_) => {}
-        }
+/// `mailer config check`: the configuration's own file checks (present, readable, private
+/// enough), then the contents of alias tables, secrets and DKIM keys, read once into the
+/// [`Tables`] the daemon then runs with. Each problem is `FILE:LINE[:COL]: reason`.
+pub fn preflight(config: &crate::config::Config) -> Result<Tables, Vec<String>> {
+    let problems = config.check_files();
+    if !problems.is_empty() {
+        return Err(problems.iter().map(|d| d.to_string()).collect());
     }
-    problems
+    Tables::load(config)
 }

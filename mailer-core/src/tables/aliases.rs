@@ -26,7 +26,7 @@ pub const MAX_DEPTH: usize = 32;
 const MAX_INCLUDE_DEPTH: usize = 8;
 
 /// What the delivering action permits besides mailboxes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AliasOptions {
     /// Accept `|command` targets.
     pub allow_commands: bool,

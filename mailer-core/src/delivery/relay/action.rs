@@ -36,12 +36,16 @@ pub struct RelayDelivery {
 }
 
 impl RelayDelivery {
+    /// A relay action with its secrets table, when it authenticates (loaded by
+    /// [`crate::delivery::Tables`]).
     pub fn new(
         config: &Config,
         action: &RelayAction,
+        secrets: Option<&Secrets>,
         resolver: Arc<dyn Resolve>,
     ) -> Result<RelayDelivery, String> {
-        let pool = Pool::new(settings(config, action)?, resolver).map_err(|e| e.to_string())?;
+        let pool =
+            Pool::new(settings(config, action, secrets)?, resolver).map_err(|e| e.to_string())?;
         Ok(RelayDelivery {
             action: action.clone(),
             pool,
@@ -139,22 +143,21 @@ impl RelayDelivery {
 }
 
 /// The relay client's settings for a relay action: members, credentials, trust anchors.
-fn settings(config: &Config, relay: &RelayAction) -> Result<RelaySettings, String> {
-    let secrets = match &relay.auth {
-        None => None,
-        Some(table) => {
+fn settings(
+    config: &Config,
+    relay: &RelayAction,
+    secrets: Option<&Secrets>,
+) -> Result<RelaySettings, String> {
+    let secrets = match (&relay.auth, secrets) {
+        (None, _) => None,
+        (Some(table), Some(secrets)) => {
             let path = config
                 .tables
                 .get(table)
                 .ok_or_else(|| format!("table {table} is not defined"))?;
-            let secrets = Secrets::load(path).map_err(|errs| {
-                errs.iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })?;
             Some((path, secrets))
         }
+        (Some(table), None) => return Err(format!("secrets table {table} is not loaded")),
     };
     let mut members = Vec::with_capacity(relay.relays.len());
     for url in &relay.relays {
