@@ -315,8 +315,12 @@ fn sendmail_t_i_delivers_to_a_local_user_and_drops_bcc() {
         let header_end = rest.find("\n\n").expect("header and body") + 1;
         let header = &rest[..header_end];
         let body = &rest[header_end + 1..];
+        // Over the submission socket: the kernel names the submitter.
         assert!(
-            header.starts_with("Received: from mx.test ([127.0.0.1])\n"),
+            header.starts_with(&format!(
+                "Received: from mx.test (userid {} {user})\n",
+                uid_of(&user)
+            )),
             "{mbox}"
         );
         assert!(
@@ -389,8 +393,10 @@ fn sendmail_without_i_ends_the_message_at_a_lone_dot() {
     assert!(!mbox.contains("not read"), "{mbox}");
 }
 
+/// A daemon that never ran has no queue to keep the message in: the caller is told at once
+/// to retry (tests/offline.rs covers the daemon that is down after it ran).
 #[test]
-fn sendmail_exits_75_within_10_s_when_the_daemon_is_down() {
+fn sendmail_exits_75_at_once_when_there_is_no_daemon_and_no_queue() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     write_tables(dir.path(), &ca);
@@ -407,46 +413,12 @@ fn sendmail_exits_75_within_10_s_when_the_daemon_is_down() {
     );
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("cannot reach the mail daemon"), "{err}");
+    assert!(err.contains("the mail daemon is not running"), "{err}");
     assert!(err.contains("NOT sent"), "the caller is told: {err}");
     assert!(
-        elapsed >= Duration::from_secs(9) && elapsed < Duration::from_secs(13),
-        "it keeps trying for about 10 s, then gives up: {elapsed:?}"
+        elapsed < Duration::from_secs(5),
+        "nothing to wait for: {elapsed:?}"
     );
-}
-
-#[test]
-fn sendmail_waits_for_a_daemon_that_comes_up_within_10_s() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new();
-    write_tables(dir.path(), &ca);
-    let config = config(free_port(), dir.path(), free_port());
-    let config_path = dir.path().join("mailer.toml");
-    fs::write(&config_path, config.render()).unwrap();
-    let mut child = sendmail(&config_path, &[OTHER_LOCAL_USER])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Subject: late\n\nstill delivered\n")
-        .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
-    let daemon = config.start(Path::new(BIN));
-    let status = eventually(Duration::from_secs(15), || child.try_wait().unwrap())
-        .expect("sendmail finishes");
-    assert_eq!(status.code(), Some(0), "{}", daemon.log());
-    let mbox = dir.path().join("mail").join(OTHER_LOCAL_USER);
-    let text = eventually(Duration::from_secs(20), || {
-        fs::read_to_string(&mbox)
-            .ok()
-            .filter(|t| t.ends_with("\n\n"))
-    })
-    .unwrap_or_else(|| panic!("not delivered:\n{}", daemon.log()));
-    assert!(text.ends_with("\n\nstill delivered\n\n"), "{text}");
 }
 
 #[test]

@@ -61,6 +61,7 @@ fn converse(config: &Arc<SessionConfig>, bdats: &[(&[u8], bool)], split: u8) -> 
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     let peer = Peer {
         addr: Some("127.0.0.1:40000".parse().expect("literal")),
+        submitter: None,
     };
     let mut session = Session::new(config.clone(), Arc::new(Everyone), peer, now);
     let mut outcome = Outcome {

@@ -14,6 +14,7 @@ pub mod dmarc;
 pub mod dsn;
 pub mod memory;
 pub mod mta_sts;
+pub mod offline;
 pub mod relay_reply;
 pub mod relay_session;
 pub mod secrets;
@@ -41,6 +42,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("relay_reply", relay_reply::run),
     ("bdat", bdat::run),
     ("relay_session", relay_session::run),
+    ("offline", offline::run),
 ];
 
 /// A small deterministic generator: split points and choices come from the input itself,

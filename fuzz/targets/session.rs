@@ -121,6 +121,7 @@ pub fn run(data: &[u8]) {
     };
     let peer = Peer {
         addr: Some(peer_addr),
+        submitter: None,
     };
     let mut rng = Rng::new(u64::from(*seed) << 8 | u64::from(*flags));
     let mut now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);

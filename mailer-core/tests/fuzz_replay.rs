@@ -81,4 +81,5 @@ replay_tests!(
     relay_reply,
     bdat,
     relay_session,
+    offline,
 );

@@ -59,6 +59,7 @@ impl Client {
     fn with(config: SessionConfig, peer: &str) -> Client {
         let peer = Peer {
             addr: Some(peer.parse::<SocketAddr>().unwrap()),
+            submitter: None,
         };
         let session = Session::new(Arc::new(config), Arc::new(TestPolicy), peer, now());
         let mut c = Client {

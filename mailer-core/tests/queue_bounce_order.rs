@@ -82,7 +82,10 @@ async fn a_bounce_that_cannot_be_stored_leaves_its_recipient_pending_not_failed(
         smtputf8: false,
         eightbit: false,
         helo: "h".into(),
-        peer: Peer { addr: None },
+        peer: Peer {
+            addr: None,
+            submitter: None,
+        },
     };
     spool
         .store(&incoming.envelope(), &incoming.message)

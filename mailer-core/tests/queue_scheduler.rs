@@ -44,7 +44,10 @@ fn incoming() -> Incoming {
         smtputf8: false,
         eightbit: false,
         helo: "h".into(),
-        peer: Peer { addr: None },
+        peer: Peer {
+            addr: None,
+            submitter: None,
+        },
     }
 }
 

@@ -30,6 +30,7 @@ fn incoming(body: &[u8]) -> Incoming {
         helo: "client".into(),
         peer: Peer {
             addr: Some("127.0.0.1:5000".parse().unwrap()),
+            submitter: None,
         },
     }
 }
@@ -56,12 +57,33 @@ fn a_stored_message_survives_a_restart_byte_exact() {
 #[test]
 fn files_are_private_to_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = Spool::open(&dir.path().join("queue")).unwrap();
+    let queue = dir.path().join("queue");
+    let spool = Spool::open(&queue).unwrap();
     let m = incoming(b"x\r\n");
     spool.store(&m.envelope(), &m.message).unwrap();
-    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&dir.path().join("queue")), 0o700);
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    // Users reach the submission socket and offline/, and list neither.
+    assert_eq!(mode(&queue), 0o711);
+    assert_eq!(mode(&queue.join("offline")), 0o1733);
+    for private in ["q", "tmp", "corrupt"] {
+        assert_eq!(mode(&queue.join(private)), 0o700, "{private}");
+    }
     assert_eq!(mode(&spool.message_path(m.id)), 0o600);
+}
+
+#[test]
+fn an_older_queue_is_opened_to_submissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = dir.path().join("queue");
+    for sub in ["", "q", "tmp", "corrupt", "offline"] {
+        fs::create_dir_all(queue.join(sub)).unwrap();
+        fs::set_permissions(queue.join(sub), fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    Spool::open(&queue).unwrap();
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&queue), 0o711);
+    assert_eq!(mode(&queue.join("offline")), 0o1733);
+    assert_eq!(mode(&queue.join("q")), 0o700);
 }
 
 #[test]

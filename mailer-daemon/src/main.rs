@@ -11,6 +11,7 @@ mod dkim_cmd;
 mod engine;
 mod logging;
 mod metrics;
+mod offline;
 mod privileges;
 mod queue_cmd;
 mod sendmail;

@@ -219,6 +219,7 @@ fn list(config: &Config, as_json: bool) -> ExitCode {
         );
         Vec::new()
     });
+    let waiting = offline_waiting(&config.queue_dir);
     if as_json {
         let array: Vec<Value> = envelopes.iter().map(entry_json).collect();
         println!(
@@ -243,7 +244,32 @@ fn list(config: &Config, as_json: bool) -> ExitCode {
             }
         }
     }
+    if waiting > 0 {
+        // Not part of the JSON array: these are not in the queue yet.
+        let line = format!(
+            "{waiting} submission(s) kept by sendmail in {} wait for the daemon to pick them up",
+            Spool::offline_dir_in(&config.queue_dir).display()
+        );
+        if as_json {
+            eprintln!("{line}");
+        } else {
+            println!("\n{line}");
+        }
+    }
     ExitCode::SUCCESS
+}
+
+/// Complete files in `offline/`; none when it cannot be listed (only the daemon's user and
+/// root may).
+fn offline_waiting(queue_dir: &Path) -> usize {
+    std::fs::read_dir(Spool::offline_dir_in(queue_dir)).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| {
+                !mailer_core::intake::offline::is_temporary(&e.file_name().to_string_lossy())
+            })
+            .count()
+    })
 }
 
 /// RFC 3339 UTC, e.g. `2025-01-31T12:00:05Z`.

@@ -1,41 +1,49 @@
 //! `mailer sendmail`: the sendmail(8) entry point for cron and scripts.
 //!
 //! Reads a message on standard input, completes its header (Date, Message-ID, From), and
-//! submits it over SMTP to the running daemon at the first `[[listen]]` address of the
-//! configuration. Exit statuses follow sysexits(3), so callers know whether to retry.
+//! submits it over SMTP to the running daemon on its submission socket,
+//! `<queue_dir>/submit.sock`, where the daemon learns the submitter's uid from the kernel.
+//! When the daemon does not answer (stopped, starting, upgrading), the message is kept in
+//! `<queue_dir>/offline/` for the daemon to pick up when it runs, and the caller is told so:
+//! cron's mail is not lost to a reboot. Exit statuses follow sysexits(3), so callers know
+//! whether to retry.
 //!
-//! Only the IO is here: standard input, the configuration, the invoking user, the clock and
-//! the TCP connection. What the arguments mean and how the message is completed is decided
-//! in [`mailer_core::intake::sendmail`]; the SMTP conversation is the relay's own session,
+//! Only the IO is here: standard input, the configuration, the invoking user, the clock, the
+//! socket and the offline file. What the arguments mean, how the message is completed and
+//! how an offline file is written is decided in [`mailer_core::intake::sendmail`] and
+//! [`mailer_core::intake::offline`]; the SMTP conversation is the relay's own session,
 //! [`mailer_core::smtp::client`], told to hold the whole message back when a recipient is
 //! deferred. The arguments are sendmail's own (`-t`, `-oi`,
 //! `-f sender`, ...), which do not fit a declarative parser: both entry points hand them to
 //! [`parse_args`].
 
 use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use mailer_core::address::Address;
 use mailer_core::config::Config;
 use mailer_core::delivery::{FailureKind, Outcome};
+use mailer_core::intake::offline;
 use mailer_core::intake::sendmail::{
-    connect_address, parse_args, prepare, read_message, Context, Failure, Mode, Submission,
-    EX_CONFIG, EX_DATAERR, EX_IOERR, EX_NOUSER, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE,
-    EX_USAGE, USAGE,
+    parse_args, prepare, read_message, Context, Failure, Mode, Submission, EX_CONFIG, EX_DATAERR,
+    EX_IOERR, EX_NOUSER, EX_OK, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, USAGE,
 };
+use mailer_core::queue::Spool;
 use mailer_core::smtp::client::{
     Awaiting, ClientSession, Event, Interrupted, Replies, Settings, Tls, NETWORK,
 };
 use mailer_core::smtp::protocol::{dot_stuffed, Reply};
 
-/// How long the daemon is looked for before giving up with [`EX_TEMPFAIL`].
-const CONNECT_WITHIN: Duration = Duration::from_secs(10);
-/// Pause between attempts to reach the daemon.
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// A daemon that does not greet within this time is taken for absent: the message is kept
+/// offline rather than left waiting on a daemon that may be stuck.
+const GREETING_WITHIN: Duration = Duration::from_secs(5);
 /// Wait for a reply to a command (RFC 5321 §4.5.3.2 suggests minutes).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 /// Wait for the reply to the end of data (RFC 5321 §4.5.3.2.6: 10 minutes).
@@ -102,15 +110,9 @@ fn submit_from_stdin(config: Option<PathBuf>, args: &[OsString]) -> Result<(), F
             ),
         )
     })?;
-    let Some(listen) = config.listen.first() else {
-        return Err(Failure::new(
-            EX_CONFIG,
-            format!("{}: no [[listen]] address", config_path.display()),
-        ));
-    };
-    let daemon = connect_address(listen.address);
+    let socket = Spool::submit_socket_in(&config.queue_dir);
     if options.mode == Mode::SmtpOnStdio {
-        return smtp_on_stdio(daemon, &config.hostname);
+        return smtp_on_stdio(&socket, &config.hostname);
     }
     let input = read_message(io::stdin().lock(), options.ignore_dots)
         .map_err(|e| Failure::new(EX_IOERR, format!("cannot read the message: {e}")))?;
@@ -121,13 +123,51 @@ fn submit_from_stdin(config: Option<PathBuf>, args: &[OsString]) -> Result<(), F
         pid: std::process::id(),
     };
     let submission = prepare(&input, &options, &context)?;
-    submit(daemon, &config.hostname, &submission)
+    let unanswered =
+        match connect(&socket, &config.hostname).and_then(|link| submit(link, &submission)) {
+            Ok(()) => return Ok(()),
+            Err(Unsent::Refused(failure)) => return Err(failure),
+            Err(Unsent::Unanswered(why)) => why,
+        };
+    keep_offline(&config, &submission, &unanswered)
+}
+
+/// Why a message was not handed to the daemon.
+enum Unsent {
+    /// Nobody took it, and nothing of it was accepted: it may be kept offline.
+    Unanswered(Unanswered),
+    /// The daemon answered; the caller hears its verdict.
+    Refused(Failure),
+}
+
+impl From<Failure> for Unsent {
+    fn from(failure: Failure) -> Unsent {
+        Unsent::Refused(failure)
+    }
+}
+
+enum Unanswered {
+    /// No socket, or nobody listening on it.
+    NotRunning,
+    /// Connected, but the daemon did not take the message: why.
+    Silent(String),
 }
 
 /// The invoking user's login name, from the password database by real uid.
 fn login_name() -> Result<String, Failure> {
     // SAFETY: getuid cannot fail.
     let uid = unsafe { libc::getuid() };
+    login_of(uid).ok_or_else(|| {
+        Failure::new(
+            EX_NOUSER,
+            format!("user id {uid} has no entry in the password database; give a sender with -f"),
+        )
+    })
+}
+
+/// The login name of `uid` in the password database; `None` when it has none or cannot be
+/// asked. Blocks (the database may be a network service).
+pub fn login_of(uid: u32) -> Option<String> {
     let mut size = 1024usize;
     loop {
         let mut buf = vec![0 as libc::c_char; size];
@@ -143,18 +183,15 @@ fn login_name() -> Result<String, Failure> {
         if rc == 0 && !result.is_null() && !pwd.pw_name.is_null() {
             // SAFETY: on success pw_name points into `buf`, alive and NUL-terminated.
             let name = unsafe { std::ffi::CStr::from_ptr(pwd.pw_name) };
-            return Ok(name.to_string_lossy().into_owned());
+            return Some(name.to_string_lossy().into_owned());
         }
-        return Err(Failure::new(
-            EX_NOUSER,
-            format!("user id {uid} has no entry in the password database; give a sender with -f"),
-        ));
+        return None;
     }
 }
 
 /// A connection to the daemon, driving the same SMTP client session as the relay.
 struct Link {
-    stream: TcpStream,
+    stream: UnixStream,
     session: ClientSession,
 }
 
@@ -242,56 +279,38 @@ fn network(
     )
 }
 
-/// Connects and reads a 220 greeting, retrying refused connections and busy (4xx) greetings
-/// until [`CONNECT_WITHIN`] has passed.
-fn connect(daemon: SocketAddr, hostname: &str) -> Result<Link, Failure> {
-    let deadline = Instant::now() + CONNECT_WITHIN;
-    let mut last_error;
-    loop {
-        let remaining = deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1));
-        match TcpStream::connect_timeout(&daemon, remaining) {
-            Ok(stream) => {
-                let mut link = Link {
-                    stream,
-                    session: ClientSession::new(Settings {
-                        server: daemon.to_string(),
-                        helo_name: hostname.to_string(),
-                        tls: Tls::Off,
-                        credentials: None,
-                        hold_on_deferral: true,
-                    }),
-                };
-                match greet(&mut link, remaining) {
-                    Ok(()) => return Ok(link),
-                    Err(failure) => match failure.kind {
-                        FailureKind::Reply(code) if code >= 500 => {
-                            return Err(Failure::new(
-                                EX_UNAVAILABLE,
-                                format!(
-                                    "the mail daemon at {daemon} refuses service: {}; the message was not sent",
-                                    failure.remote_reply.unwrap_or(failure.reason)
-                                ),
-                            ));
-                        }
-                        _ => last_error = failure.remote_reply.unwrap_or(failure.reason),
-                    },
-                }
-            }
-            Err(e) => last_error = e.to_string(),
-        }
-        if Instant::now() + RETRY_PAUSE >= deadline {
-            return Err(Failure::new(
-                EX_TEMPFAIL,
+/// Connects and reads a 220 greeting.
+fn connect(socket: &Path, hostname: &str) -> Result<Link, Unsent> {
+    let stream = UnixStream::connect(socket).map_err(|e| {
+        Unsent::Unanswered(match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => Unanswered::NotRunning,
+            _ => Unanswered::Silent(format!("cannot connect to {}: {e}", socket.display())),
+        })
+    })?;
+    let mut link = Link {
+        stream,
+        session: ClientSession::new(Settings {
+            server: socket.display().to_string(),
+            helo_name: hostname.to_string(),
+            tls: Tls::Off,
+            credentials: None,
+            hold_on_deferral: true,
+        }),
+    };
+    match greet(&mut link, GREETING_WITHIN) {
+        Ok(()) => Ok(link),
+        Err(failure) => match failure.kind {
+            FailureKind::Reply(code) if code >= 500 => Err(Unsent::Refused(Failure::new(
+                EX_UNAVAILABLE,
                 format!(
-                    "cannot reach the mail daemon at {daemon} within {} s ({last_error}); \
-                     the message was NOT sent: try again later",
-                    CONNECT_WITHIN.as_secs()
+                    "the mail daemon refuses service: {}; the message was not sent",
+                    failure.remote_reply.unwrap_or(failure.reason)
                 ),
-            ));
-        }
-        std::thread::sleep(RETRY_PAUSE);
+            ))),
+            _ => Err(Unsent::Unanswered(Unanswered::Silent(
+                failure.remote_reply.unwrap_or(failure.reason),
+            ))),
+        },
     }
 }
 
@@ -306,6 +325,15 @@ fn greet(link: &mut Link, within: Duration) -> Result<(), mailer_core::delivery:
             Ok(0) => link.session.end_of_input(),
             Ok(n) => link.session.receive(&buf[..n]),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                let what = format_args!("no greeting within {} s", within.as_secs());
+                link.session.abort(network(&link.session, what));
+            }
             Err(e) => link.session.abort(network(&link.session, e)),
         }
     }
@@ -317,12 +345,11 @@ fn greet(link: &mut Link, within: Duration) -> Result<(), mailer_core::delivery:
 
 /// Submits over SMTP; each refusal becomes the sysexits code that tells the caller whether
 /// to retry.
-fn submit(daemon: SocketAddr, hostname: &str, submission: &Submission) -> Result<(), Failure> {
-    let mut link = connect(daemon, hostname)?;
+fn submit(mut link: Link, submission: &Submission) -> Result<(), Unsent> {
     match link.next_event(COMMAND_TIMEOUT) {
         Event::Ready => {}
         Event::Failed(interrupted) => return Err(interrupted_before(&interrupted.failure)),
-        other => return Err(unexpected(&other)),
+        other => return Err(unexpected(&other).into()),
     }
     let recipients = &submission.recipients;
     link.session.send_message(
@@ -350,21 +377,21 @@ fn submit(daemon: SocketAddr, hostname: &str, submission: &Submission) -> Result
             }
             Event::Outcomes { outcomes, replies } => break (outcomes, replies),
             Event::Failed(interrupted) if interrupted.body_sent => {
-                return Err(Failure::new(
+                return Err(Unsent::Refused(Failure::new(
                     EX_TEMPFAIL,
                     format!(
-                    "no answer from the mail daemon at {daemon} after the message was sent ({}); \
+                        "no answer from the mail daemon after the message was sent ({}); \
                          it may or may not have been accepted",
-                    interrupted.failure.reason
-                ),
-                ))
+                        interrupted.failure.reason
+                    ),
+                )))
             }
             Event::Failed(interrupted) => return Err(interrupted_before(&interrupted.failure)),
-            other => return Err(unexpected(&other)),
+            other => return Err(unexpected(&other).into()),
         }
     };
     link.quit();
-    verdict(recipients, &outcomes, &replies)
+    Ok(verdict(recipients, &outcomes, &replies)?)
 }
 
 /// What the daemon's replies to one transaction mean for the caller.
@@ -428,27 +455,18 @@ fn verdict(recipients: &[Address], outcomes: &[Outcome], replies: &Replies) -> R
 }
 
 /// The session stopped before the message was sent: a refused EHLO/HELO, or a broken
-/// connection.
-fn interrupted_before(failure: &mailer_core::delivery::Failure) -> Failure {
+/// connection. Nothing was accepted, so unless the refusal is for good the message can still
+/// be kept offline.
+fn interrupted_before(failure: &mailer_core::delivery::Failure) -> Unsent {
     match (failure.kind, &failure.remote_reply) {
-        (FailureKind::Reply(code), Some(reply)) => {
-            let (code, outcome) = if code / 100 == 4 {
-                (EX_TEMPFAIL, "the message was NOT sent: try again later")
-            } else {
-                (EX_UNAVAILABLE, "the message was not sent")
-            };
-            Failure::new(
-                code,
-                format!("the mail daemon refused the session: {reply}; {outcome}"),
-            )
+        (FailureKind::Reply(code), Some(reply)) if code / 100 == 5 => {
+            Unsent::Refused(Failure::new(
+                EX_UNAVAILABLE,
+                format!("the mail daemon refused the session: {reply}; the message was not sent"),
+            ))
         }
-        _ => Failure::new(
-            EX_TEMPFAIL,
-            format!(
-                "connection to the mail daemon failed: {}; the message was NOT sent",
-                failure.reason
-            ),
-        ),
+        (_, Some(reply)) => Unsent::Unanswered(Unanswered::Silent(reply.clone())),
+        (_, None) => Unsent::Unanswered(Unanswered::Silent(failure.reason.clone())),
     }
 }
 
@@ -476,12 +494,26 @@ fn refused(what: &str, reply: &Reply, permanent: u8) -> Failure {
 }
 
 /// `-bs`: the caller speaks SMTP itself; bytes are relayed both ways until the daemon
-/// closes the session.
-fn smtp_on_stdio(daemon: SocketAddr, hostname: &str) -> Result<(), Failure> {
-    let link = connect(daemon, hostname)?;
+/// closes the session. Without a daemon there is nobody to speak SMTP with: the caller hears
+/// `421` and the status says to retry.
+fn smtp_on_stdio(socket: &Path, hostname: &str) -> Result<(), Failure> {
     let mut stdout = io::stdout().lock();
     let io_error =
         |e: io::Error| Failure::new(EX_IOERR, format!("relaying the SMTP session failed: {e}"));
+    let link = match connect(socket, hostname) {
+        Ok(link) => link,
+        Err(Unsent::Refused(failure)) => return Err(failure),
+        Err(Unsent::Unanswered(why)) => {
+            let state = daemon_state(&why);
+            let reply = Reply::status(421, 3, 2, format!("{hostname} the mail daemon {state}"));
+            stdout.write_all(&reply.to_bytes()).map_err(io_error)?;
+            stdout.flush().map_err(io_error)?;
+            return Err(Failure::new(
+                EX_TEMPFAIL,
+                format!("the mail daemon {state}; the session was NOT relayed: try again later"),
+            ));
+        }
+    };
     // The caller gets the greeting as it came; the session's own EHLO is never written.
     if let Some(greeting) = link.session.greeting() {
         stdout.write_all(&greeting.to_bytes()).map_err(io_error)?;
@@ -499,4 +531,114 @@ fn smtp_on_stdio(daemon: SocketAddr, hostname: &str) -> Result<(), Failure> {
     io::copy(&mut from_daemon, &mut stdout).map_err(io_error)?;
     stdout.flush().map_err(io_error)?;
     Ok(())
+}
+
+/// `is not running`, or why it did not take the message.
+fn daemon_state(why: &Unanswered) -> String {
+    match why {
+        Unanswered::NotRunning => "is not running".to_string(),
+        Unanswered::Silent(reason) => format!("did not take the message ({reason})"),
+    }
+}
+
+/// Keeps the message in `offline/` for the daemon, and tells the caller where. Only when
+/// that fails too is the message not sent, with the status that says to retry.
+fn keep_offline(config: &Config, submission: &Submission, why: &Unanswered) -> Result<(), Failure> {
+    offline::admissible(submission, config.limits.max_message_size)?;
+    let dir = Spool::offline_dir_in(&config.queue_dir);
+    let state = daemon_state(why);
+    match write_offline(&dir, &offline::encode(submission)) {
+        Ok(path) => {
+            let when = match why {
+                Unanswered::NotRunning => "when it starts",
+                Unanswered::Silent(_) => "when it picks it up",
+            };
+            eprintln!(
+                "mailer: the mail daemon {state}; message kept in {} for delivery {when}",
+                path.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(Failure::new(
+            EX_TEMPFAIL,
+            format!(
+                "the mail daemon {state}, and the message cannot be kept in {}: {e}; \
+                 the message was NOT sent: try again later",
+                dir.display()
+            ),
+        )),
+    }
+}
+
+/// Writes `bytes` to a new file in `dir`: under a temporary name first, so the daemon never
+/// reads half a message; then fsynced, renamed and the rename made durable. Returns the path.
+fn write_offline(dir: &Path, bytes: &[u8]) -> io::Result<PathBuf> {
+    let name = offline::file_name(random_128()?);
+    let tmp = dir.join(offline::temporary_name(&name));
+    let path = dir.join(&name);
+    // O_EXCL and O_NOFOLLOW: in a directory everyone can write, the name must be ours.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    let written = (|| {
+        // Readable by the daemon, which may run as its own user, whatever the umask.
+        file.set_permissions(fs::Permissions::from_mode(0o644))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, &path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // The message is in place and will be delivered: a failure now only weakens the promise
+    // across a crash, which is no reason to have the caller send it twice.
+    if let Err(e) = sync_dir(dir, &file) {
+        eprintln!(
+            "mailer: warning: {} could not be synced ({e}); a crash now could lose the message",
+            dir.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Makes a rename in `dir` durable. Only the directory's owner may open it (others cannot
+/// read it), so anyone else flushes the file system with syncfs(2) instead: costly, but this
+/// path is only taken while the daemon is down.
+fn sync_dir(dir: &Path, file: &File) -> io::Result<()> {
+    match File::open(dir) {
+        Ok(d) => d.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            // SAFETY: syncfs on a descriptor we own, open for the call.
+            if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// 128 bits from the kernel's generator, for a name others cannot guess.
+fn random_128() -> io::Result<[u8; 16]> {
+    let mut buf = [0u8; 16];
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: the kernel writes at most `rest.len()` octets into `rest`.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
+    Ok(buf)
 }

@@ -320,6 +320,24 @@ async fn serve(
     }
     listeners.inherited.clear();
 
+    // Local submissions (the socket, and what sendmail kept in offline/ while nobody
+    // answered) take the settings of the configuration in effect.
+    let (local_intake, local_intakes) =
+        watch::channel(Arc::new(listeners.intake(&config, false, &engine)));
+    let submit_socket = mailer_core::queue::Spool::submit_socket_in(&config.queue_dir);
+    let submissions = smtp::bind_local(&submit_socket).map_err(|e| {
+        format!(
+            "cannot open the submission socket {}: {e}",
+            submit_socket.display()
+        )
+    })?;
+    let submissions = tokio::spawn(smtp::listen_local(submissions, local_intakes.clone()));
+    tokio::spawn(crate::offline::run(
+        engine.clone(),
+        local_intakes,
+        shutdown.clone(),
+    ));
+
     let control_listener = match opened.control {
         Some(socket) => tokio::net::UnixListener::from_std(socket),
         None => crate::control::bind(&config.control_socket),
@@ -380,6 +398,7 @@ async fn serve(
                     .reloads
                     .get_or_create(&outcome("applied"))
                     .inc();
+                local_intake.send_replace(Arc::new(listeners.intake(&running, false, &engine)));
                 if let Err(e) = log_level.set(&running.log.level) {
                     tracing::warn!("log level not changed: {e}");
                 }
@@ -408,6 +427,7 @@ async fn serve(
     for (_, b) in listeners.bound.drain() {
         let _ = b.task.await;
     }
+    let _ = submissions.await;
     let _ = control.await;
     if let Some(m) = metrics.take() {
         let _ = m.stop.send(true);

@@ -1,13 +1,19 @@
-//! The SMTP listener edge: accepts connections and drives a `Session` over each socket.
+//! The SMTP listener edge: accepts connections and drives a `Session` over each socket, on
+//! the TCP listeners and on the local submission socket, where `mailer sendmail` speaks and
+//! the kernel tells who the client is.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use mailer_core::intake::{reply::replies, Event, Peer, QueueRefused, Session, SessionConfig};
+use mailer_core::intake::{
+    reply::replies, Event, Peer, QueueRefused, Session, SessionConfig, Submitter,
+};
 use mailer_core::policy::Router;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
@@ -62,7 +68,10 @@ async fn serve_connection(
     let mut session = Session::new(
         intake.session.clone(),
         router,
-        Peer { addr: Some(peer) },
+        Peer {
+            addr: Some(peer),
+            submitter: None,
+        },
         SystemTime::now(),
     );
     intake.engine.metrics().session();
@@ -82,6 +91,76 @@ async fn serve_connection(
         Ok(None) => {}
         Err(e) => tracing::debug!(%peer, error = %e, "connection ended"),
     }
+}
+
+/// Binds the submission socket, mode 0666: any local user may submit, and is known by uid.
+/// A stale socket is replaced, a live one (another daemon on this queue) is an error.
+pub fn bind_local(path: &Path) -> std::io::Result<UnixListener> {
+    let listener = crate::control::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Accepts local submissions until shutdown. Each connection takes the intake settings in
+/// effect when it arrives (`intake` follows reloads) and a slot of the same connection limit
+/// as SMTP.
+pub async fn listen_local(listener: UnixListener, intake: watch::Receiver<Arc<Intake>>) {
+    let shutdown = intake.borrow().shutdown.clone();
+    crate::accept::accept_loop("submission", &listener, shutdown, |stream, _| {
+        let intake = intake.borrow().clone();
+        async move {
+            match intake.connections.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    serve_local(stream, &intake).await;
+                    drop(permit);
+                }
+                Err(_) => {
+                    intake.engine.metrics().rejected("connections");
+                    let mut stream = stream;
+                    let _ = stream
+                        .write_all(&replies::too_many_connections().to_bytes())
+                        .await;
+                }
+            }
+        }
+    })
+    .await;
+}
+
+async fn serve_local(stream: UnixStream, intake: &Intake) {
+    let uid = match stream.peer_cred() {
+        Ok(cred) => cred.uid(),
+        Err(e) => {
+            tracing::debug!(error = %e, "submission socket: no peer credentials");
+            return;
+        }
+    };
+    let submitter = submitter(uid).await;
+    let router: Arc<dyn mailer_core::intake::RecipientPolicy> = intake.router.clone();
+    let mut session = Session::new(
+        intake.session.clone(),
+        router,
+        Peer {
+            addr: None,
+            submitter: Some(submitter),
+        },
+        SystemTime::now(),
+    );
+    intake.engine.metrics().session();
+    // Never asks for TLS: the session does not offer STARTTLS here.
+    if let Err(e) = drive(stream, &mut session, intake).await {
+        tracing::debug!(uid, error = %e, "submission ended");
+    }
+}
+
+/// `uid` with its login name; the password database may be a network service, so it is
+/// asked off the runtime's threads.
+pub async fn submitter(uid: u32) -> Submitter {
+    let login = tokio::task::spawn_blocking(move || crate::sendmail::login_of(uid))
+        .await
+        .ok()
+        .flatten();
+    Submitter { uid, login }
 }
 
 /// Runs the session over `stream` until it closes (None) or asks for TLS (Some(stream)).

@@ -8,7 +8,6 @@
 
 use std::ffi::OsString;
 use std::io::{self, BufRead};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -605,19 +604,6 @@ fn encoded_words(text: &str) -> String {
     words.join(" ")
 }
 
-/// Where to reach a listener: a wildcard address is reached on the loopback of its family.
-pub fn connect_address(listen: SocketAddr) -> SocketAddr {
-    match listen.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), listen.port())
-        }
-        _ => listen,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -883,17 +869,5 @@ mod tests {
         )
         .unwrap();
         assert!(s.data.starts_with(b"Subject: x\r\n"));
-    }
-
-    #[test]
-    fn wildcard_listeners_are_reached_on_loopback() {
-        assert_eq!(
-            connect_address("0.0.0.0:25".parse().unwrap()),
-            "127.0.0.1:25".parse::<SocketAddr>().unwrap()
-        );
-        assert_eq!(
-            connect_address("[::]:25".parse().unwrap()),
-            "[::1]:25".parse::<SocketAddr>().unwrap()
-        );
     }
 }

@@ -75,6 +75,31 @@ impl SessionConfig {
 pub struct Peer {
     /// The client's address; `None` for a local submission that did not come over IP.
     pub addr: Option<SocketAddr>,
+    /// Who submitted a local message, as the kernel vouches for it (the credentials of the
+    /// submission socket's peer, or the owner of a file left in `offline/`).
+    pub submitter: Option<Submitter>,
+}
+
+/// The local account behind a submission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Submitter {
+    pub uid: u32,
+    /// The login name of `uid` in the password database, when it has one.
+    pub login: Option<String>,
+}
+
+impl Submitter {
+    /// `userid 1000 alice`, for the comment of our Received header: a login is shown only
+    /// when it is a plain name, so that nothing it holds can end the comment early.
+    fn describe(&self) -> String {
+        let plain = |c: char| c.is_ascii_alphanumeric() || "._-$".contains(c);
+        match self.login.as_deref() {
+            Some(login) if !login.is_empty() && login.len() <= 64 && login.chars().all(plain) => {
+                format!("userid {} {login}", self.uid)
+            }
+            _ => format!("userid {}", self.uid),
+        }
+    }
 }
 
 impl Peer {
@@ -1013,9 +1038,12 @@ fn received_header(
             }
         })
         .collect();
-    let from = match peer.addr {
-        Some(a) => format!("{helo} ([{}])", a.ip()),
-        None => format!("{helo} (local)"),
+    // RFC 5321 §4.4 wants a domain after `from`: a local submitter is named in a comment,
+    // which the CFWS before `by` allows (Postfix's `from userid N` is not a domain).
+    let from = match (peer.addr, &peer.submitter) {
+        (Some(a), _) => format!("{helo} ([{}])", a.ip()),
+        (None, Some(submitter)) => format!("{helo} ({})", submitter.describe()),
+        (None, None) => format!("{helo} (local)"),
     };
     let mut h =
         format!("Received: from {from}\r\n\tby {hostname} (mailer) with {protocol} id {id}");

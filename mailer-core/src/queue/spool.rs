@@ -5,7 +5,18 @@
 //! <queue_dir>/q/<id>.msg    the message, exactly as it will be delivered
 //! <queue_dir>/q/<id>.env    its envelope (JSON): sender, recipients and their state
 //! <queue_dir>/corrupt/      files the start could not use, each with `<name>.reason`
+//! <queue_dir>/offline/      submissions kept by `mailer sendmail` while the daemon is down
+//! <queue_dir>/submit.sock   the local submission socket (SMTP, with the peer's uid)
 //! ```
+//!
+//! The queue directory is mode 0711 so that every local user reaches the submission socket
+//! (0666) and `offline/`, but lists nothing; `tmp/`, `q/` and `corrupt/` are 0700 and the
+//! queue files 0600. `offline/` is 01733 as OpenSMTPD's: anyone may create a file there,
+//! nobody but the daemon may list it, and the sticky bit keeps users from removing or
+//! renaming each other's files. A setgid `postdrop`-style helper would do the same with a
+//! group instead of a world-writable directory, but it means a privileged program to install
+//! and keep safe; here the kernel vouches for each file's owner, which the daemon takes as
+//! the submitter, and the daemon treats the contents as untrusted input.
 //!
 //! A message is written to `tmp/`, fsynced, renamed into `q/`; then its envelope the same way;
 //! then `q/` is fsynced. Only after that does the client hear `250`. The envelope is the commit
@@ -24,7 +35,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -154,8 +165,18 @@ pub struct Corrupt {
 
 const REASON_SUFFIX: &str = ".reason";
 
+/// Where `mailer sendmail` leaves a submission when the daemon does not answer.
+pub const OFFLINE_DIR: &str = "offline";
+/// The local submission socket.
+pub const SUBMIT_SOCKET: &str = "submit.sock";
+/// World-writable, sticky, not listable (see the module's documentation).
+const OFFLINE_MODE: u32 = 0o1733;
+/// Traversable by everyone, listable by the daemon alone.
+const ROOT_MODE: u32 = 0o711;
+
 /// The on-disk queue. All methods block: call them off the async runtime's threads.
 pub struct Spool {
+    root: PathBuf,
     tmp: PathBuf,
     q: PathBuf,
     corrupt: PathBuf,
@@ -164,18 +185,42 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens (creating, mode 0700) the spool under `root`.
+    /// Opens (creating) the spool under `root`: `root` mode 0711, `offline/` 01733, the
+    /// rest 0700. The modes of `root` and `offline/` are set again if they differ, so an
+    /// older queue (all 0700) takes submissions after an upgrade.
     pub fn open(root: &Path) -> io::Result<Spool> {
         let tmp = root.join("tmp");
         let q = root.join("q");
         let corrupt = root.join("corrupt");
-        for dir in [root, &tmp, &q, &corrupt] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)?;
+        let offline = root.join(OFFLINE_DIR);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(ROOT_MODE)
+            .create(root)?;
+        for dir in [&tmp, &q, &corrupt, &offline] {
+            fs::DirBuilder::new().mode(0o700).create(dir).or_else(|e| {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+        }
+        // The umask would take the bits others need.
+        for (dir, mode) in [(root, ROOT_MODE), (offline.as_path(), OFFLINE_MODE)] {
+            let meta = fs::symlink_metadata(dir)?;
+            if !meta.is_dir() {
+                return Err(io::Error::other(format!(
+                    "{} is not a directory",
+                    dir.display()
+                )));
+            }
+            if meta.permissions().mode() & 0o7777 != mode {
+                fs::set_permissions(dir, fs::Permissions::from_mode(mode))?;
+            }
         }
         Ok(Spool {
+            root: root.to_path_buf(),
             q_sync: DirSync::new(q.clone()),
             tmp,
             q,
@@ -399,7 +444,15 @@ impl Spool {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "unnamed".into());
-        let mut target = self.corrupt.join(&name);
+        self.quarantine_as(path, &name, reason)
+    }
+
+    /// As [`Spool::quarantine`] under the name `name`, for files from elsewhere in the queue
+    /// directory (`offline/`) that must not be delivered: the admin finds them with the
+    /// queue's own, in `mailer queue list`. `path` is moved as it is, a symbolic link
+    /// included, never followed.
+    pub fn quarantine_as(&self, path: &Path, name: &str, reason: &str) -> io::Result<PathBuf> {
+        let mut target = self.corrupt.join(name);
         let mut n = 1;
         while fs::symlink_metadata(&target).is_ok() {
             target = self.corrupt.join(format!("{name}.{n}"));
@@ -415,7 +468,23 @@ impl Spool {
 
     /// The files set aside in this spool's `corrupt/`, with their reasons.
     pub fn corrupt(&self) -> io::Result<Vec<Corrupt>> {
-        Self::corrupt_in(self.corrupt.parent().unwrap_or(Path::new(".")))
+        Self::corrupt_in(&self.root)
+    }
+
+    /// This spool's `offline/`.
+    pub fn offline_dir(&self) -> PathBuf {
+        Self::offline_dir_in(&self.root)
+    }
+
+    /// `offline/` under the queue directory `root`, for `mailer sendmail`, which must not
+    /// open (and so create) the spool.
+    pub fn offline_dir_in(root: &Path) -> PathBuf {
+        root.join(OFFLINE_DIR)
+    }
+
+    /// The submission socket under the queue directory `root`.
+    pub fn submit_socket_in(root: &Path) -> PathBuf {
+        root.join(SUBMIT_SOCKET)
     }
 
     /// The files in `corrupt/` under `root`, with their reasons (without opening the spool: a
