@@ -40,19 +40,10 @@ pub async fn listen(listener: TcpListener, tls: Option<TlsAcceptor>, intake: Arc
         let tls = tls.clone();
         async move {
             let _ = stream.set_nodelay(true);
-            match intake.connections.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    serve_connection(stream, peer, tls, &intake).await;
-                    drop(permit);
-                }
-                Err(_) => {
-                    intake.engine.metrics().rejected("connections");
-                    let mut stream = stream;
-                    let _ = stream
-                        .write_all(&replies::too_many_connections().to_bytes())
-                        .await;
-                }
-            }
+            within_limit(&intake, stream, |stream| {
+                serve_connection(stream, peer, tls, &intake)
+            })
+            .await;
         }
     })
     .await;
@@ -93,6 +84,28 @@ async fn serve_connection(
     }
 }
 
+/// Serves a connection while it holds a slot of the connection limit; without a free slot
+/// the client hears `421` and the connection closes.
+async fn within_limit<S, F, Fut>(intake: &Intake, mut stream: S, serve: F)
+where
+    S: AsyncWrite + Unpin,
+    F: FnOnce(S) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    match intake.connections.clone().try_acquire_owned() {
+        Ok(permit) => {
+            serve(stream).await;
+            drop(permit);
+        }
+        Err(_) => {
+            intake.engine.metrics().rejected("connections");
+            let _ = stream
+                .write_all(&replies::too_many_connections().to_bytes())
+                .await;
+        }
+    }
+}
+
 /// Binds the submission socket, mode 0666: any local user may submit, and is known by uid.
 /// A stale socket is replaced, a live one (another daemon on this queue) is an error.
 pub fn bind_local(path: &Path) -> std::io::Result<UnixListener> {
@@ -109,19 +122,7 @@ pub async fn listen_local(listener: UnixListener, intake: watch::Receiver<Arc<In
     crate::accept::accept_loop("submission", &listener, shutdown, |stream, _| {
         let intake = intake.borrow().clone();
         async move {
-            match intake.connections.clone().try_acquire_owned() {
-                Ok(permit) => {
-                    serve_local(stream, &intake).await;
-                    drop(permit);
-                }
-                Err(_) => {
-                    intake.engine.metrics().rejected("connections");
-                    let mut stream = stream;
-                    let _ = stream
-                        .write_all(&replies::too_many_connections().to_bytes())
-                        .await;
-                }
-            }
+            within_limit(&intake, stream, |stream| serve_local(stream, &intake)).await;
         }
     })
     .await;
