@@ -3,12 +3,19 @@
 //! For each scenario it starts upstream sinks that require STARTTLS and AUTH (certificates
 //! made at run time), measures their ceiling by sending the load straight to them, then starts
 //! the release `mailer` daemon relaying to that pool with its fsync-before-250 queue on disk,
-//! sends the same load through it, and reports throughput, latencies, the daemon's peak RSS
-//! and CPU time, and whether every message arrived exactly once with its sender rewritten.
+//! sends the same load through it, and reports throughput, latencies, the daemon's CPU time per
+//! message, peak PSS and RSS (and system calls per message with `--syscalls`), and whether
+//! every message arrived exactly once with its sender rewritten. By default each client opens
+//! one connection per message, as Mastodon does; `--reuse-connections` keeps one open for many.
+//! With `--peer postfix` a private Postfix instance relays the same load to the same sinks in
+//! rounds interleaved with mailer's, and the two are printed side by side.
 
 mod client;
+mod postfix;
 mod proc_stats;
+mod syscalls;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -59,6 +66,57 @@ struct Args {
     /// The daemon's log level (production default: info).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Each client keeps its connection for many messages instead of opening one per message
+    /// (the default, as Mastodon's client does).
+    #[arg(long)]
+    reuse_connections: bool,
+    /// Count the daemon's system calls with `strace -f -c` (installed with apt if missing).
+    /// strace slows the daemon down: the other figures of such a run are not comparable.
+    #[arg(long)]
+    syscalls: bool,
+    /// Also relay the same load through a private instance of this MTA, in rounds interleaved
+    /// with mailer's, and print both side by side.
+    #[arg(long, value_parser = ["postfix"])]
+    peer: Option<String>,
+    /// Rounds per daemon with --peer.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+}
+
+/// How the clients use their connections.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Mode {
+    /// Connect, EHLO, MAIL, RCPT, DATA, QUIT for every message.
+    ConnectionPerMessage,
+    /// One connection per client for all its messages.
+    ReusedConnections,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Mode::ConnectionPerMessage => "one connection per message",
+            Mode::ReusedConnections => "reused connections",
+        }
+    }
+}
+
+/// The daemon a run measured.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Daemon {
+    Mailer,
+    Postfix,
+}
+
+impl Daemon {
+    fn name(self) -> &'static str {
+        match self {
+            Daemon::Mailer => "mailer",
+            Daemon::Postfix => "postfix",
+        }
+    }
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -138,17 +196,41 @@ impl Checks {
     }
 }
 
+/// System calls of the daemon during one run, from `strace -f -c`.
+#[derive(Serialize, Clone)]
+struct Syscalls {
+    total_per_message: f64,
+    /// fsync (with fdatasync), openat (with open), rename (with renameat), unlink (with
+    /// unlinkat), futex.
+    named_per_message: BTreeMap<String, f64>,
+    calls: BTreeMap<String, u64>,
+}
+
 #[derive(Serialize)]
 struct Outcome {
     scenario: Scenario,
+    mode: Mode,
+    daemon: Daemon,
+    /// 1-based; 1 without --peer.
+    round: usize,
     sink_ceiling_msgs_per_s: f64,
     accepted_msgs_per_s: f64,
     end_to_end_msgs_per_s: f64,
     end_to_end_share_of_ceiling: f64,
     acceptance: Latency,
+    /// Connect to the reply to QUIT per message (one connection per message), or MAIL to the
+    /// 250 after DATA (reused connections).
+    transaction: Latency,
     queue_to_delivered: Latency,
+    /// Sum over the daemon's processes (Postfix: master and children), sampled every 50 ms;
+    /// mailer's includes its VmHWM.
     daemon_peak_rss_mib: f64,
+    /// Sum of the processes' PSS (smaps_rollup), sampled every 50 ms.
+    daemon_peak_pss_mib: f64,
+    /// utime + stime + cutime + cstime over the daemon's process tree.
     daemon_cpu_s: f64,
+    daemon_cpu_ms_per_message: f64,
+    syscalls: Option<Syscalls>,
     bench_process_cpu_s: f64,
     checks: Checks,
 }
@@ -212,14 +294,18 @@ struct Sent {
     seq: usize,
     /// End of data to 250.
     latency: Duration,
+    /// See `Outcome::transaction`.
+    transaction: Duration,
     /// When the 250 was read.
     accepted_at: Instant,
 }
 
 /// Sends `scenario.messages` messages over `scenario.sessions` sessions to `targets` (session
 /// i goes to target i mod len). Bounded by the message count and by `deadline`.
+#[allow(clippy::too_many_arguments)]
 async fn load(
     scenario: Scenario,
+    mode: Mode,
     targets: &[SocketAddr],
     setup: &Setup,
     sender: &str,
@@ -238,7 +324,10 @@ async fn load(
         tasks.push(tokio::spawn(async move {
             let mut sent = Vec::new();
             let result = tokio::time::timeout_at(deadline, async {
-                let mut client = Client::connect(addr, &setup).await?;
+                let mut client = match mode {
+                    Mode::ReusedConnections => Some(Client::connect(addr, &setup).await?),
+                    Mode::ConnectionPerMessage => None,
+                };
                 let mut wire = Vec::with_capacity(template.wire.len() + 512);
                 loop {
                     let seq = next.fetch_add(1, Ordering::Relaxed);
@@ -248,14 +337,30 @@ async fn load(
                     wire.clear();
                     wire.extend_from_slice(header(run, seq).as_bytes());
                     wire.extend_from_slice(&template.wire);
-                    let latency = client.send(&sender, &recipient(seq), &wire).await?;
+                    let begin = Instant::now();
+                    let (latency, accepted_at) = match client.as_mut() {
+                        Some(c) => {
+                            let latency = c.send(&sender, &recipient(seq), &wire).await?;
+                            (latency, Instant::now())
+                        }
+                        None => {
+                            let mut c = Client::connect(addr, &setup).await?;
+                            let latency = c.send(&sender, &recipient(seq), &wire).await?;
+                            let accepted_at = Instant::now();
+                            c.quit().await;
+                            (latency, accepted_at)
+                        }
+                    };
                     sent.push(Sent {
                         seq,
                         latency,
-                        accepted_at: Instant::now(),
+                        transaction: begin.elapsed(),
+                        accepted_at,
                     });
                 }
-                client.quit().await;
+                if let Some(c) = client {
+                    c.quit().await;
+                }
                 Ok::<(), std::io::Error>(())
             })
             .await;
@@ -488,20 +593,35 @@ fn client_tls(ca: &TestCa) -> Result<Arc<rustls::ClientConfig>, String> {
     Ok(Arc::new(config))
 }
 
-async fn run_scenario(
+/// What every run of one scenario shares: the sinks, their ceiling, the message template.
+struct Bench {
     scenario: Scenario,
+    mode: Mode,
+    run: usize,
+    dir: tempfile::TempDir,
+    ca: TestCa,
+    sinks: Vec<Sink>,
+    template: Arc<Template>,
+    ceiling: f64,
+}
+
+/// Starts the sinks and measures their ceiling: the same load straight to them over
+/// STARTTLS + AUTH, in the same connection mode.
+async fn prepare(
+    scenario: Scenario,
+    mode: Mode,
     run: usize,
     args: &Args,
-    mailer: &Path,
     base: &Path,
-) -> Result<Outcome, String> {
+) -> Result<Bench, String> {
     let phase = Duration::from_secs(args.timeout);
     let dir = tempfile::Builder::new()
         .prefix("mailer-bench-")
         .tempdir_in(base)
         .map_err(|e| format!("temp dir in {}: {e}", base.display()))?;
     let ca = TestCa::new();
-    let leaf = ca.issue(&["127.0.0.1"]);
+    // `localhost` for Postfix, which matches a certificate against DNS names only.
+    let leaf = ca.issue(&["127.0.0.1", "localhost"]);
     let mut sinks = Vec::new();
     for _ in 0..args.sinks.max(1) {
         sinks.push(
@@ -516,9 +636,6 @@ async fn run_scenario(
     }
     let sink_addrs: Vec<SocketAddr> = sinks.iter().map(Sink::addr).collect();
     let template = Arc::new(Template::new(scenario.size));
-    let bench_cpu_start = proc_stats::cpu_time(std::process::id());
-
-    // 1. The ceiling: the same load straight to the sinks over STARTTLS + AUTH.
     let setup = Setup::TlsAuth {
         tls: client_tls(&ca)?,
         user: SINK_USER.into(),
@@ -527,6 +644,7 @@ async fn run_scenario(
     let start = Instant::now();
     let (sent, errors) = load(
         scenario,
+        mode,
         &sink_addrs,
         &setup,
         REWRITTEN,
@@ -546,56 +664,154 @@ async fn run_scenario(
     for s in &sinks {
         drop(s.take_messages());
     }
-
-    // 2. The daemon, relaying to the pool.
-    let port = free_port()?;
     fs::write(dir.path().join("ca.pem"), ca.cert_pem()).map_err(|e| e.to_string())?;
-    let secrets = dir.path().join("secrets");
-    fs::write(
-        &secrets,
-        format!("{SINK_USER} {SINK_USER}:{SINK_PASSWORD}\n"),
-    )
-    .map_err(|e| e.to_string())?;
-    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
-    fs::write(
-        dir.path().join("mailer.toml"),
-        daemon_config(dir.path(), port, &sinks, &args.log_level),
-    )
-    .map_err(|e| e.to_string())?;
-    let mut daemon = DaemonProcess::start(mailer, dir.path(), port)?;
-    let pid = daemon.pid();
-    let cpu_before = proc_stats::cpu_time(pid).unwrap_or_default();
+    Ok(Bench {
+        scenario,
+        mode,
+        run,
+        dir,
+        ca,
+        sinks,
+        template,
+        ceiling,
+    })
+}
 
-    let daemon_addr = SocketAddr::from(([127, 0, 0, 1], port));
+/// The daemon under test while it runs.
+enum Running {
+    Mailer(DaemonProcess, PathBuf),
+    Postfix(postfix::Instance),
+}
+
+impl Running {
+    fn root_pid(&self) -> Result<u32, String> {
+        match self {
+            Running::Mailer(d, _) => Ok(d.pid()),
+            Running::Postfix(p) => p
+                .master_pid()
+                .ok_or_else(|| "the postfix master is not running".to_string()),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        match self {
+            Running::Mailer(_, dir) => {
+                let log = fs::read_to_string(dir.join("daemon.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            }
+            Running::Postfix(p) => p.log_tail(20),
+        }
+    }
+}
+
+/// Starts `daemon` relaying to the bench's sinks, sends the load through it, and measures.
+async fn measure(
+    bench: &Bench,
+    daemon: Daemon,
+    round: usize,
+    args: &Args,
+    mailer: &Path,
+) -> Result<Outcome, String> {
+    let scenario = bench.scenario;
+    let phase = Duration::from_secs(args.timeout);
+    let port = free_port()?;
+    let ports: Vec<u16> = bench.sinks.iter().map(Sink::port).collect();
+    let run_dir = tempfile::Builder::new()
+        .prefix(&format!("{}-", daemon.name()))
+        .tempdir_in(bench.dir.path())
+        .map_err(|e| format!("temp dir: {e}"))?;
+    let running = match daemon {
+        Daemon::Mailer => {
+            let dir = run_dir.path();
+            fs::write(dir.join("ca.pem"), bench.ca.cert_pem()).map_err(|e| e.to_string())?;
+            let secrets = dir.join("secrets");
+            fs::write(
+                &secrets,
+                format!("{SINK_USER} {SINK_USER}:{SINK_PASSWORD}\n"),
+            )
+            .map_err(|e| e.to_string())?;
+            fs::set_permissions(&secrets, fs::Permissions::from_mode(0o600))
+                .map_err(|e| e.to_string())?;
+            fs::write(
+                dir.join("mailer.toml"),
+                daemon_config(dir, port, &bench.sinks, &args.log_level),
+            )
+            .map_err(|e| e.to_string())?;
+            Running::Mailer(DaemonProcess::start(mailer, dir, port)?, dir.to_path_buf())
+        }
+        Daemon::Postfix => Running::Postfix(postfix::Instance::start(
+            run_dir.path(),
+            &postfix::Options {
+                port,
+                relay_ports: &ports,
+                ca_pem: &bench.ca.cert_pem(),
+                user: SINK_USER,
+                password: SINK_PASSWORD,
+                concurrency: MAILER_DELIVERIES,
+                rewrite: (SENDER, REWRITTEN),
+            },
+        )?),
+    };
+    let root = running.root_pid()?;
+    let tracer = if args.syscalls {
+        Some(syscalls::Tracer::attach(
+            &proc_stats::tree(root),
+            &run_dir.path().join("strace.txt"),
+        )?)
+    } else {
+        None
+    };
+    let sampler = proc_stats::MemorySampler::start(root);
+    let cpu_before = proc_stats::tree_cpu_time(root).unwrap_or_default();
+    let bench_cpu_start = proc_stats::cpu_time(std::process::id());
+
+    let targets = [SocketAddr::from(([127, 0, 0, 1], port))];
     let start = Instant::now();
     let deadline = start + phase;
-    let targets = [daemon_addr];
     let ((sent, errors), delivered_at) = tokio::join!(
         load(
             scenario,
+            bench.mode,
             &targets,
             &Setup::Plain,
             SENDER,
-            &template,
-            run,
+            &bench.template,
+            bench.run,
             deadline
         ),
-        wait_delivered(&sinks, scenario.messages, deadline + phase)
+        wait_delivered(&bench.sinks, scenario.messages, deadline + phase)
     );
     let accepted_time = sent
         .iter()
         .map(|s| s.accepted_at)
         .max()
         .map_or(Duration::ZERO, |t| t - start);
-    let cpu = proc_stats::cpu_time(pid).unwrap_or_default() - cpu_before;
-    let rss = proc_stats::peak_rss(pid).unwrap_or(0);
-    daemon.stop();
+    let cpu = proc_stats::tree_cpu_time(root).unwrap_or_default() - cpu_before;
+    let peaks = sampler.finish();
+    let hwm = match &running {
+        Running::Mailer(..) => proc_stats::peak_rss(root).unwrap_or(0),
+        Running::Postfix(_) => 0,
+    };
+    let calls = match tracer {
+        Some(t) => Some(t.finish()?),
+        None => None,
+    };
+    let log_tail = running.log_tail();
+    drop(running);
     let bench_cpu = proc_stats::cpu_time(std::process::id())
         .zip(bench_cpu_start)
         .map_or(Duration::ZERO, |(a, b)| a - b);
 
-    let received: Vec<Received> = sinks.iter().flat_map(|s| s.take_messages()).collect();
-    let (mut checks, delays) = verify(received, &sent, scenario, &template, run, REWRITTEN);
+    let received: Vec<Received> = bench.sinks.iter().flat_map(|s| s.take_messages()).collect();
+    let (mut checks, delays) = verify(
+        received,
+        &sent,
+        scenario,
+        &bench.template,
+        bench.run,
+        REWRITTEN,
+    );
     checks.send_errors = errors;
     if sent.len() < scenario.messages {
         checks.lost += scenario.messages - sent.len();
@@ -604,39 +820,62 @@ async fn run_scenario(
         Some(t) => scenario.messages as f64 / (t - start).as_secs_f64(),
         None => 0.0,
     };
+    let n = scenario.messages as f64;
+    let syscalls = calls.map(|calls| Syscalls {
+        total_per_message: calls.values().sum::<u64>() as f64 / n,
+        named_per_message: syscalls::NAMED
+            .iter()
+            .map(|&(k, group)| (k.to_string(), syscalls::per_message(&calls, group, n)))
+            .collect(),
+        calls,
+    });
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let outcome = Outcome {
         scenario,
-        sink_ceiling_msgs_per_s: ceiling,
+        mode: bench.mode,
+        daemon,
+        round,
+        sink_ceiling_msgs_per_s: bench.ceiling,
         accepted_msgs_per_s: sent.len() as f64 / accepted_time.as_secs_f64().max(1e-9),
         end_to_end_msgs_per_s: e2e,
-        end_to_end_share_of_ceiling: e2e / ceiling,
+        end_to_end_share_of_ceiling: e2e / bench.ceiling,
         acceptance: Latency::of(sent.iter().map(|s| s.latency).collect()),
+        transaction: Latency::of(sent.iter().map(|s| s.transaction).collect()),
         queue_to_delivered: Latency::of(delays),
-        daemon_peak_rss_mib: rss as f64 / (1024.0 * 1024.0),
+        daemon_peak_rss_mib: mib(peaks.rss.max(hwm)),
+        daemon_peak_pss_mib: mib(peaks.pss),
         daemon_cpu_s: cpu.as_secs_f64(),
+        daemon_cpu_ms_per_message: cpu.as_secs_f64() * 1e3 / n,
+        syscalls,
         bench_process_cpu_s: bench_cpu.as_secs_f64(),
         checks,
     };
     if !outcome.checks.ok() {
-        let log = fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        eprintln!(
-            "mailer-bench: daemon log tail:\n{}",
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
+        eprintln!("mailer-bench: {} log tail:\n{log_tail}", daemon.name());
     }
     Ok(outcome)
 }
 
+/// Messages mailer delivers at once (its scheduler's limit); Postfix gets as many
+/// connections to the relay.
+const MAILER_DELIVERIES: usize = 20;
+
 fn print(o: &Outcome) {
     let s = &o.scenario;
-    println!("== {} (messages x size / sessions)", s.label());
+    println!(
+        "== {} (messages x size / clients), {}, {} round {}",
+        s.label(),
+        o.mode.label(),
+        o.daemon.name(),
+        o.round
+    );
     println!(
         "  sink ceiling (STARTTLS+AUTH, direct): {:8.0} msgs/s",
         o.sink_ceiling_msgs_per_s
     );
     println!(
-        "  accepted by mailer:                   {:8.0} msgs/s",
+        "  {:38} {:8.0} msgs/s",
+        format!("accepted by {}:", o.daemon.name()),
         o.accepted_msgs_per_s
     );
     println!(
@@ -649,13 +888,40 @@ fn print(o: &Outcome) {
         o.acceptance.p50_ms, o.acceptance.p99_ms, o.acceptance.max_ms
     );
     println!(
+        "  {}: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        match o.mode {
+            Mode::ConnectionPerMessage => "transaction (connect -> 221)  ",
+            Mode::ReusedConnections => "transaction (MAIL -> 250)     ",
+        },
+        o.transaction.p50_ms,
+        o.transaction.p99_ms,
+        o.transaction.max_ms
+    );
+    println!(
         "  queue -> delivered latency:          p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         o.queue_to_delivered.p50_ms, o.queue_to_delivered.p99_ms, o.queue_to_delivered.max_ms
     );
     println!(
-        "  daemon: peak RSS {:.1} MiB, CPU {:.2} s (bench process with sinks: {:.2} s)",
-        o.daemon_peak_rss_mib, o.daemon_cpu_s, o.bench_process_cpu_s
+        "  {}: CPU {:.2} s = {:.3} ms/message, peak PSS {:.1} MiB, peak RSS {:.1} MiB (bench process with sinks: CPU {:.2} s)",
+        o.daemon.name(),
+        o.daemon_cpu_s,
+        o.daemon_cpu_ms_per_message,
+        o.daemon_peak_pss_mib,
+        o.daemon_peak_rss_mib,
+        o.bench_process_cpu_s
     );
+    if let Some(sc) = &o.syscalls {
+        let named: Vec<String> = sc
+            .named_per_message
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect();
+        println!(
+            "  system calls per message (strace -f -c): {:.1} in all; {}",
+            sc.total_per_message,
+            named.join(", ")
+        );
+    }
     let c = &o.checks;
     println!(
         "  checks: delivered {}, lost {}, duplicated {}, sender not rewritten {}, content altered {}{}",
@@ -673,23 +939,147 @@ fn print(o: &Outcome) {
 
 fn summary(o: &Outcome) -> String {
     format!(
-        "{}: accepted {:.0}/s, e2e {:.0}/s ({:.0}% of sink {:.0}/s), accept p99 {:.1} ms, RSS {:.1} MiB, CPU {:.1} s, {}",
+        "{} {} ({}): accepted {:.0}/s, e2e {:.0}/s ({:.0}% of sink {:.0}/s), accept p99 {:.1} ms, CPU {:.3} ms/msg, PSS {:.1} MiB, {}",
         o.scenario.label(),
+        o.daemon.name(),
+        o.mode.label(),
         o.accepted_msgs_per_s,
         o.end_to_end_msgs_per_s,
         o.end_to_end_share_of_ceiling * 100.0,
         o.sink_ceiling_msgs_per_s,
         o.acceptance.p99_ms,
-        o.daemon_peak_rss_mib,
-        o.daemon_cpu_s,
+        o.daemon_cpu_ms_per_message,
+        o.daemon_peak_pss_mib,
         if o.checks.ok() { "ok" } else { "FAILED" }
     )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// One figure of the side-by-side table: medians over the rounds and mailer / postfix.
+#[derive(Serialize)]
+struct Figure {
+    figure: &'static str,
+    mailer_median: f64,
+    postfix_median: f64,
+    mailer_over_postfix: f64,
+}
+
+#[derive(Serialize)]
+struct Comparison {
+    scenario: Scenario,
+    mode: Mode,
+    rounds: usize,
+    figures: Vec<Figure>,
+}
+
+fn compare(scenario: Scenario, mode: Mode, outcomes: &[&Outcome]) -> Comparison {
+    type Get = fn(&Outcome) -> Option<f64>;
+    let figures: [(&'static str, Get); 12] = [
+        ("accepted msgs/s", |o| Some(o.accepted_msgs_per_s)),
+        ("end to end msgs/s", |o| Some(o.end_to_end_msgs_per_s)),
+        ("acceptance p50 ms", |o| Some(o.acceptance.p50_ms)),
+        ("acceptance p99 ms", |o| Some(o.acceptance.p99_ms)),
+        ("transaction p99 ms", |o| Some(o.transaction.p99_ms)),
+        ("queue->delivered p99 ms", |o| {
+            Some(o.queue_to_delivered.p99_ms)
+        }),
+        ("CPU ms/message", |o| Some(o.daemon_cpu_ms_per_message)),
+        ("peak PSS MiB", |o| Some(o.daemon_peak_pss_mib)),
+        ("peak RSS MiB", |o| Some(o.daemon_peak_rss_mib)),
+        ("syscalls/message", |o| {
+            o.syscalls.as_ref().map(|s| s.total_per_message)
+        }),
+        ("fsync/message", |o| {
+            o.syscalls
+                .as_ref()
+                .and_then(|s| s.named_per_message.get("fsync").copied())
+        }),
+        ("futex/message", |o| {
+            o.syscalls
+                .as_ref()
+                .and_then(|s| s.named_per_message.get("futex").copied())
+        }),
+    ];
+    let of = |d: Daemon, get: Get| -> Option<f64> {
+        let v: Vec<f64> = outcomes
+            .iter()
+            .filter(|o| o.daemon == d)
+            .filter_map(|o| get(o))
+            .collect();
+        (!v.is_empty()).then(|| median(v))
+    };
+    let rounds = outcomes
+        .iter()
+        .filter(|o| o.daemon == Daemon::Mailer)
+        .count();
+    let figures = figures
+        .iter()
+        .filter_map(|&(figure, get)| {
+            let (m, p) = (of(Daemon::Mailer, get)?, of(Daemon::Postfix, get)?);
+            Some(Figure {
+                figure,
+                mailer_median: m,
+                postfix_median: p,
+                mailer_over_postfix: if p > 0.0 { m / p } else { f64::NAN },
+            })
+        })
+        .collect();
+    Comparison {
+        scenario,
+        mode,
+        rounds,
+        figures,
+    }
+}
+
+fn print_comparison(c: &Comparison) {
+    println!(
+        "== {} (messages x size / clients), {}: mailer vs postfix, medians of {} rounds each",
+        c.scenario.label(),
+        c.mode.label(),
+        c.rounds
+    );
+    println!(
+        "  {:26} {:>12} {:>12} {:>16}",
+        "", "mailer", "postfix", "mailer/postfix"
+    );
+    for f in &c.figures {
+        println!(
+            "  {:26} {:>12.2} {:>12.2} {:>15.2}x",
+            f.figure, f.mailer_median, f.postfix_median, f.mailer_over_postfix
+        );
+    }
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    mode: Mode,
+    peer: Option<&'a str>,
+    outcomes: &'a [Outcome],
+    comparisons: &'a [Comparison],
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let root = root.canonicalize().unwrap_or(root);
+    let mode = if args.reuse_connections {
+        Mode::ReusedConnections
+    } else {
+        Mode::ConnectionPerMessage
+    };
     let scenarios = match (args.messages, args.size, args.sessions) {
         (None, None, None) => vec![
             Scenario {
@@ -709,6 +1099,18 @@ fn main() -> ExitCode {
             sessions: s.unwrap_or(20).max(1),
         }],
     };
+    let peer = args.peer.is_some();
+    if peer && !postfix::installed() {
+        eprintln!(
+            "mailer-bench: --peer postfix: {} is missing (apt-get install postfix)",
+            postfix::POSTFIX
+        );
+        return ExitCode::FAILURE;
+    }
+    if args.syscalls && !syscalls::available(true) {
+        eprintln!("mailer-bench: --syscalls: strace is missing and could not be installed; system calls are not counted");
+        return ExitCode::FAILURE;
+    }
     let mailer = match locate_mailer(&args, &root) {
         Ok(m) => m,
         Err(e) => {
@@ -724,6 +1126,11 @@ fn main() -> ExitCode {
         eprintln!("mailer-bench: {}: {e}", base.display());
         return ExitCode::FAILURE;
     }
+    if peer {
+        // Postfix's daemons run as the postfix user: its queue, below `base`, must be
+        // reachable by it.
+        let _ = fs::set_permissions(&base, fs::Permissions::from_mode(0o755));
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -731,17 +1138,35 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let rounds = if peer { args.rounds.max(1) } else { 1 };
     let mut outcomes = Vec::new();
+    let mut comparisons = Vec::new();
     for (run, scenario) in scenarios.into_iter().enumerate() {
-        match runtime.block_on(run_scenario(scenario, run, &args, &mailer, &base)) {
-            Ok(o) => {
-                print(&o);
-                outcomes.push(o);
+        let result: Result<(), String> = runtime.block_on(async {
+            let bench = prepare(scenario, mode, run, &args, &base).await?;
+            let first = outcomes.len();
+            for round in 1..=rounds {
+                let mut daemons = vec![Daemon::Mailer];
+                if peer {
+                    daemons.push(Daemon::Postfix);
+                }
+                for daemon in daemons {
+                    let o = measure(&bench, daemon, round, &args, &mailer).await?;
+                    print(&o);
+                    outcomes.push(o);
+                }
             }
-            Err(e) => {
-                eprintln!("mailer-bench: {}: {e}", scenario.label());
-                return ExitCode::FAILURE;
+            if peer {
+                let these: Vec<&Outcome> = outcomes[first..].iter().collect();
+                let c = compare(scenario, mode, &these);
+                print_comparison(&c);
+                comparisons.push(c);
             }
+            Ok(())
+        });
+        if let Err(e) = result {
+            eprintln!("mailer-bench: {}: {e}", scenario.label());
+            return ExitCode::FAILURE;
         }
     }
     let json = args.json.clone();
@@ -750,11 +1175,18 @@ fn main() -> ExitCode {
     } else {
         json
     };
-    let written = serde_json::to_vec_pretty(&outcomes)
+    let report = Report {
+        mode,
+        peer: args.peer.as_deref(),
+        outcomes: &outcomes,
+        comparisons: &comparisons,
+    };
+    let written = serde_json::to_vec_pretty(&report)
         .map_err(|e| e.to_string())
         .and_then(|b| fs::write(&json, b).map_err(|e| e.to_string()));
-    let line: Vec<String> = outcomes.iter().map(summary).collect();
-    println!("mailer-bench: {}", line.join(" | "));
+    for o in &outcomes {
+        println!("mailer-bench: {}", summary(o));
+    }
     match written {
         Ok(()) => println!("mailer-bench: results in {}", json.display()),
         Err(e) => eprintln!("mailer-bench: cannot write {}: {e}", json.display()),
