@@ -874,7 +874,7 @@ fn print(o: &Outcome) {
         o.sink_ceiling_msgs_per_s
     );
     println!(
-        "  {:38} {:8.0} msgs/s",
+        "  {:37} {:8.0} msgs/s",
         format!("accepted by {}:", o.daemon.name()),
         o.accepted_msgs_per_s
     );
