@@ -1071,6 +1071,21 @@ struct Report<'a> {
     comparisons: &'a [Comparison],
 }
 
+/// Resolves with the signal's name when SIGINT or SIGTERM arrives.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -1126,11 +1141,6 @@ fn main() -> ExitCode {
         eprintln!("mailer-bench: {}: {e}", base.display());
         return ExitCode::FAILURE;
     }
-    if peer {
-        // Postfix's daemons run as the postfix user: its queue, below `base`, must be
-        // reachable by it.
-        let _ = fs::set_permissions(&base, fs::Permissions::from_mode(0o755));
-    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -1142,7 +1152,7 @@ fn main() -> ExitCode {
     let mut outcomes = Vec::new();
     let mut comparisons = Vec::new();
     for (run, scenario) in scenarios.into_iter().enumerate() {
-        let result: Result<(), String> = runtime.block_on(async {
+        let work = async {
             let bench = prepare(scenario, mode, run, &args, &base).await?;
             let first = outcomes.len();
             for round in 1..=rounds {
@@ -1162,7 +1172,15 @@ fn main() -> ExitCode {
                 print_comparison(&c);
                 comparisons.push(c);
             }
-            Ok(())
+            Ok::<(), String>(())
+        };
+        // On SIGINT or SIGTERM the work is dropped, and with it the daemon under test (and a
+        // Postfix instance: its guard stops it and removes its directory).
+        let result = runtime.block_on(async {
+            tokio::select! {
+                r = work => r,
+                s = interrupted() => Err(format!("stopped by {s}")),
+            }
         });
         if let Err(e) = result {
             eprintln!("mailer-bench: {}: {e}", scenario.label());
