@@ -1,6 +1,8 @@
 //! End to end: mail relayed by the real daemon through a STARTTLS + AUTH upstream arrives
 //! DKIM-signed with keys made by `mailer dkim keygen`, and mail-auth verifies the signatures
-//! against the records keygen printed, served by a loopback DNS server.
+//! against the records keygen printed, served by a loopback DNS server. A Mastodon
+//! notification is also verified by another implementation, Debian's dkimpy (`python3-dkim`),
+//! with its List-Unsubscribe fields signed and oversigned (RFC 8058 §4).
 
 use std::fs;
 use std::net::SocketAddr;
@@ -20,6 +22,7 @@ use mailer_testkit::config::{write_secrets, For, TestConfig};
 use mailer_testkit::daemon::{free_port, Daemon};
 use mailer_testkit::dns::DnsServer;
 use mailer_testkit::sink::{Received, Sink, SinkOptions};
+use mailer_testkit::smtp::Client;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailer");
 const WAIT: Duration = Duration::from_secs(15);
@@ -30,7 +33,7 @@ const MESSAGE: &[u8] = b"From: Mastodon <notifications@ublog.tech>\r\n\
 To: pim@example.org\r\n\
 Cc: other@example.net\r\n\
 Subject: New follower:\r\n\
- someone followed you\r\n\
+\x20someone followed you\r\n\
 Date: Tue, 25 Nov 2025 13:00:00 +0000\r\n\
 Message-ID: <abc@ublog.tech>\r\n\
 Reply-To: no-reply@ublog.tech\r\n\
@@ -255,19 +258,27 @@ async fn relayed_mail_is_signed_with_rsa_and_ed25519_keys_from_keygen_and_both_v
             sorted,
             [
                 "cc",
+                "cc",
                 "content-type",
+                "date",
                 "date",
                 "from",
                 "from",
                 "in-reply-to",
+                "list-unsubscribe",
+                "list-unsubscribe-post",
+                "message-id",
                 "message-id",
                 "mime-version",
                 "references",
                 "reply-to",
+                "reply-to",
                 "subject",
+                "subject",
+                "to",
                 "to"
             ],
-            "the usual fields signed, From oversigned, X-Mailer not"
+            "the fields present signed, the default set oversigned, X-Mailer not"
         );
     }
     let algorithms: Vec<(String, String)> = added[..2]
@@ -571,4 +582,233 @@ async fn rotation_switches_the_selector_on_sighup_without_a_restart() {
         .await
         .iter()
         .all(|o| o.result() == &DkimResult::Pass));
+}
+
+/// A notification as Mastodon's NotificationMailer writes it (the mail gem's field order; the
+/// List fields of `set_list_headers!`, the threading of a mention), with a raw UTF-8 Subject
+/// and 8-bit parts, as sent with 8BITMIME. Mastodon sends no Auto-Submitted field.
+const MASTODON_MENTION: &str = "Date: Tue, 02 Dec 2025 02:31:55 +0000\r\n\
+From: \"Mastodon\" <notifications@ublog.tech>\r\n\
+To: \"pim\" <pim@example.org>\r\n\
+Message-ID: <692e4f3b1a2c_3b2a1c4f0@ublog.tech.mail>\r\n\
+In-Reply-To: <conversation-1234.2025-12-01@ublog.tech>\r\n\
+References: <conversation-1234.2025-12-01@ublog.tech>\r\n\
+Subject: Élodie Moreau (@elodie@ublog.tech) vous a mentionné·e\r\n\
+Mime-Version: 1.0\r\n\
+Content-Type: multipart/alternative;\r\n\
+\x20boundary=\"--==_mimepart_692e4f3b19e8f_3b2a1c44f0\";\r\n\
+\x20charset=UTF-8\r\n\
+Content-Transfer-Encoding: 7bit\r\n\
+List-ID: <mention.pim.ublog.tech>\r\n\
+List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n\
+List-Unsubscribe: <https://ublog.tech/unsubscribe?token=eyJfcmFpbHMiOnsiZGF0YSI6ImdpZDovL21hc3RvZG9uL1VzZXIvNDIiLCJwdXIiOiJVc2VyXG51bnN1YnNjcmliZVxuIn19--4f0c2a9b8e1d&type=mention>\r\n\
+\r\n\
+\r\n\
+----==_mimepart_692e4f3b19e8f_3b2a1c44f0\r\n\
+Content-Type: text/plain;\r\n\
+\x20charset=UTF-8\r\n\
+Content-Transfer-Encoding: 8bit\r\n\
+\r\n\
+Élodie Moreau vous a mentionné·e :\r\n\
+\r\n\
+@pim ça vous dit un café ? ☕\r\n\
+\r\n\
+Se désabonner : https://ublog.tech/unsubscribe?type=mention\r\n\
+\r\n\
+----==_mimepart_692e4f3b19e8f_3b2a1c44f0\r\n\
+Content-Type: text/html;\r\n\
+\x20charset=UTF-8\r\n\
+Content-Transfer-Encoding: 8bit\r\n\
+\r\n\
+<!DOCTYPE html>\r\n\
+<html lang=\"fr\"><body><p>Élodie Moreau vous a mentionné·e :</p>\r\n\
+<blockquote>@pim ça vous dit un café ? ☕</blockquote></body></html>\r\n\
+\r\n\
+----==_mimepart_692e4f3b19e8f_3b2a1c44f0--\r\n";
+
+/// Verifies every DKIM-Signature of a message with dkimpy, answering the key queries from the
+/// records given as `NAME=TEXT` arguments; prints `pass` or `fail` per signature, in order.
+const DKIMPY_VERIFY: &str = r#"
+import sys
+try:
+    import dkim
+except ImportError:
+    sys.stderr.write("python3-dkim (dkimpy) is not installed: apt-get install -y python3-dkim\n")
+    sys.exit(3)
+
+records = dict(arg.split("=", 1) for arg in sys.argv[2:])
+
+def dnsfunc(name, timeout=5):
+    text = records.get(name.decode().rstrip("."))
+    return text.encode() if text is not None else None
+
+message = open(sys.argv[1], "rb").read()
+headers, _ = dkim.rfc822_parse(message)
+count = sum(1 for name, _ in headers if name.lower() == b"dkim-signature")
+verifier = dkim.DKIM(message)
+for idx in range(count):
+    print("pass" if verifier.verify(idx=idx, dnsfunc=dnsfunc) else "fail")
+"#;
+
+/// dkimpy's verdict on each signature of `message`, with the key records `records`. Fails
+/// the test, with the command that installs it, when python3-dkim is missing: this check is
+/// the point of the test and is never skipped.
+fn dkimpy_verdicts(dir: &Path, message: &[u8], records: &[(&str, &str)]) -> Vec<String> {
+    let script = dir.join("dkimpy_verify.py");
+    fs::write(&script, DKIMPY_VERIFY).unwrap();
+    let file = dir.join("received.eml");
+    fs::write(&file, message).unwrap();
+    // Debian's interpreter, where apt puts python3-dkim (not a python3 earlier on PATH).
+    let out = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&file)
+        .args(records.iter().map(|(name, text)| format!("{name}={text}")))
+        .output()
+        .expect("run /usr/bin/python3 (apt-get install -y python3-dkim)");
+    assert!(
+        out.status.success(),
+        "dkimpy did not run (.ci/run installs it; locally: apt-get install -y python3-dkim): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("verdicts are text")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// `message` with `field` (a whole line with its CRLF) put in after the first line that
+/// starts with `after`, or at the top when `after` is empty.
+fn with_field(message: &[u8], after: &str, field: &str) -> Vec<u8> {
+    let at = if after.is_empty() {
+        0
+    } else {
+        let start = message
+            .windows(after.len() + 2)
+            .position(|w| w == format!("\r\n{after}").as_bytes())
+            .unwrap_or_else(|| panic!("no {after} field"))
+            + 2;
+        start
+            + message[start..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("the field ends")
+            + 2
+    };
+    [&message[..at], field.as_bytes(), &message[at..]].concat()
+}
+
+/// Sends like Mastodon: EHLO, `MAIL FROM:<…> BODY=8BITMIME SMTPUTF8`, one recipient, DATA.
+async fn send_8bit(port: u16, to: &str, message: &'static str) {
+    let to = to.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut c = Client::connect(([127, 0, 0, 1], port).into()).expect("connect to the daemon");
+        assert_eq!(c.code(), 220);
+        assert_eq!(c.command("EHLO ublog.tech"), 250);
+        assert_eq!(
+            c.command("MAIL FROM:<notifications@ublog.tech> BODY=8BITMIME SMTPUTF8"),
+            250
+        );
+        assert_eq!(c.command(&format!("RCPT TO:<{to}>")), 250);
+        assert_eq!(c.command("DATA"), 354);
+        assert!(!message.contains("\r\n."), "no line needs dot-stuffing");
+        c.send(message.as_bytes());
+        assert_eq!(c.command("."), 250);
+        assert_eq!(c.command("QUIT"), 221);
+    })
+    .await
+    .expect("the client thread");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mastodon_notification_verifies_with_dkimpy_and_its_unsubscribe_fields_are_oversigned() {
+    let dir = tempfile::tempdir().unwrap();
+    let (rsa_key, rsa_name, rsa_text) = keygen(dir.path(), "rsa2026", "rsa2048");
+    let (ed_key, ed_name, ed_text) = keygen(dir.path(), "ed2026", "ed25519");
+    let records = [
+        (rsa_name.as_str(), rsa_text.as_str()),
+        (ed_name.as_str(), ed_text.as_str()),
+    ];
+    let up = upstream(dir.path()).await;
+    let port = free_port();
+    let dkim = dkim_line(&[("rsa2026", &rsa_key), ("ed2026", &ed_key)]);
+    let daemon = config(port, dir.path(), &up, &[("outbound", &dkim)]).start(Path::new(BIN));
+
+    send_8bit(port, "pim@example.org", MASTODON_MENTION).await;
+    let got = relayed(&up, 1, &daemon).await;
+    let m = &got[0].data;
+    assert!(
+        m.ends_with(MASTODON_MENTION.as_bytes()),
+        "the message changed in transit:\n{}",
+        String::from_utf8_lossy(m)
+    );
+    let added = fields_before(m, MASTODON_MENTION.as_bytes());
+    let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["DKIM-Signature", "DKIM-Signature", "Received"]);
+    let selectors: Vec<String> = added[..2].iter().map(|(_, v)| tag(v, "s")).collect();
+    assert_eq!(selectors, ["rsa2026", "ed2026"]);
+    for (_, value) in &added[..2] {
+        let h: Vec<String> = tag(value, "h")
+            .split(':')
+            .map(str::to_ascii_lowercase)
+            .collect();
+        // The fields present, bottom up, then one more of each oversigned name: present ones
+        // twice in all, absent ones (Cc, Reply-To) once, as null entries.
+        assert_eq!(
+            h,
+            [
+                "list-unsubscribe",
+                "list-unsubscribe-post",
+                "list-id",
+                "content-transfer-encoding",
+                "content-type",
+                "mime-version",
+                "subject",
+                "references",
+                "in-reply-to",
+                "message-id",
+                "to",
+                "from",
+                "date",
+                "from",
+                "to",
+                "cc",
+                "subject",
+                "date",
+                "message-id",
+                "reply-to",
+                "list-unsubscribe",
+                "list-unsubscribe-post"
+            ]
+        );
+    }
+
+    assert_eq!(
+        dkimpy_verdicts(dir.path(), m, &records),
+        ["pass", "pass"],
+        "dkimpy verifies both signatures of the relayed message"
+    );
+    // A field outside the signed set may be added: still verified.
+    let tagged = with_field(m, "", "X-Spam-Score: 0.1\r\n");
+    assert_eq!(
+        dkimpy_verdicts(dir.path(), &tagged, &records),
+        ["pass", "pass"]
+    );
+    // A second List-Unsubscribe, above the signature (as a later hop adds fields) or next to
+    // the original, breaks both: the null entry in h= covers it.
+    let evil = "List-Unsubscribe: <https://evil.example/unsubscribe>\r\n";
+    for after in ["", "List-Unsubscribe:", "Date:"] {
+        let forged = with_field(m, after, evil);
+        assert_eq!(
+            dkimpy_verdicts(dir.path(), &forged, &records),
+            ["fail", "fail"],
+            "a second List-Unsubscribe inserted after {after:?} must fail verification"
+        );
+    }
+    let post = "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n";
+    assert_eq!(
+        dkimpy_verdicts(dir.path(), &with_field(m, "", post), &records),
+        ["fail", "fail"],
+        "a second List-Unsubscribe-Post must fail verification"
+    );
 }

@@ -898,6 +898,7 @@ impl<'a> Builder<'a> {
             }
             self.remember(format!("actions.{action}.dkim[{i}].key"), &k.key.span());
             let key = self.path(&k.key, "dkim key");
+            let headers = self.dkim_headers(k, span.clone());
             let Some(domain) = domain else { continue };
             if out
                 .iter()
@@ -913,7 +914,55 @@ impl<'a> Builder<'a> {
                 domain,
                 selector: selector.clone(),
                 key,
+                headers,
             });
+        }
+        out
+    }
+
+    /// `sign_headers` and `oversign_headers`, each replacing its default when given.
+    fn dkim_headers(&mut self, k: &RawDkim, entry: Range<usize>) -> DkimHeaders {
+        let default = DkimHeaders::default();
+        let sign = match &k.sign_headers {
+            Some(list) => self.header_names(list, "sign_headers"),
+            None => default.sign,
+        };
+        let oversign = match &k.oversign_headers {
+            Some(list) => self.header_names(list, "oversign_headers"),
+            None => default.oversign,
+        };
+        let from_signed = sign
+            .iter()
+            .chain(&oversign)
+            .any(|n| n.eq_ignore_ascii_case("From"));
+        if !from_signed {
+            let span = k.sign_headers.as_ref().map_or(entry, |l| l.span());
+            self.sink.at(
+                &span,
+                "dkim sign_headers: From must be signed (RFC 6376 §5.4)".to_string(),
+            );
+        }
+        DkimHeaders { sign, oversign }
+    }
+
+    /// A list of header field names, each valid (RFC 5322 §3.6.8) and listed once.
+    fn header_names(&mut self, list: &S<Vec<S<String>>>, key: &str) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for name in list.get_ref() {
+            let text = name.get_ref();
+            if !is_field_name(text) {
+                self.sink.at(
+                    &name.span(),
+                    format!("dkim {key}: invalid header field name `{text}`"),
+                );
+            } else if out.iter().any(|o| o.eq_ignore_ascii_case(text)) {
+                self.sink.at(
+                    &name.span(),
+                    format!("dkim {key}: `{text}` is listed twice"),
+                );
+            } else {
+                out.push(text.clone());
+            }
         }
         out
     }
@@ -1187,6 +1236,11 @@ fn is_user_name(s: &str) -> bool {
                 || matches!(c, '_' | '-' | '.')
                 || (c == '$' && i == s.len() - 1)
         })
+}
+
+/// A header field name: printable ASCII but the colon (RFC 5322 §3.6.8).
+fn is_field_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| matches!(b, 33..=57 | 59..=126))
 }
 
 /// A DKIM selector: dot-separated DNS labels (RFC 6376 §3.1).

@@ -213,6 +213,66 @@ pub struct DkimKey {
     pub selector: String,
     /// PEM private key.
     pub key: PathBuf,
+    /// The header fields this key signs.
+    pub headers: DkimHeaders,
+}
+
+/// The header fields a DKIM key signs (RFC 6376 §5.4): each occurrence present of a name in
+/// `sign` or `oversign`; each name in `oversign` is also listed in `h=` once more than it
+/// occurs (§5.4.2), so a field of that name added later breaks the signature. Names compare
+/// case-insensitively; each appears once per list, and `From` is always signed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DkimHeaders {
+    pub sign: Vec<String>,
+    pub oversign: Vec<String>,
+}
+
+/// The fields signed by default when present: what identifies and presents a message, the
+/// MIME fields, and the list and feedback fields that receivers act on (RFC 8058 §4 offers
+/// one-click unsubscribe only when both List-Unsubscribe fields are signed).
+pub const DEFAULT_SIGNED_HEADERS: [&str; 19] = [
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "Reply-To",
+    "In-Reply-To",
+    "References",
+    "MIME-Version",
+    "Content-Type",
+    "Content-Transfer-Encoding",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "List-Help",
+    "List-Post",
+    "Feedback-ID",
+    "Auto-Submitted",
+];
+
+/// The fields oversigned by default: the ones a reader sees or acts on, where a second
+/// instance added in transit would change what the message says.
+pub const DEFAULT_OVERSIGNED_HEADERS: [&str; 9] = [
+    "From",
+    "Subject",
+    "Date",
+    "To",
+    "Cc",
+    "Reply-To",
+    "Message-ID",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+];
+
+impl Default for DkimHeaders {
+    fn default() -> DkimHeaders {
+        DkimHeaders {
+            sign: DEFAULT_SIGNED_HEADERS.map(String::from).to_vec(),
+            oversign: DEFAULT_OVERSIGNED_HEADERS.map(String::from).to_vec(),
+        }
+    }
 }
 
 /// One `[[match]]` rule.

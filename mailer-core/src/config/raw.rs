@@ -67,6 +67,8 @@ pub(crate) struct RawDkim {
     pub domain: S<String>,
     pub selector: S<String>,
     pub key: S<String>,
+    pub sign_headers: Option<S<Vec<S<String>>>>,
+    pub oversign_headers: Option<S<Vec<S<String>>>>,
 }
 
 #[derive(Deserialize)]

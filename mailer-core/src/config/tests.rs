@@ -286,7 +286,7 @@ relay = "smtp://10.1.2.3"
 insecure = true
 dkim = [
   { domain = "a.example", selector = "s1", key = "/k1" },
-  { domain = "a.example", selector = "s2", key = "/k2" },
+  { domain = "a.example", selector = "s2", key = "/k2", sign_headers = ["From", "Subject", "X-Campaign"], oversign_headers = [] },
 ]
 
 [queue]
@@ -388,6 +388,7 @@ fn every_contract_key_parses_to_its_value() {
                 domain: "ublog.tech".into(),
                 selector: "mailer2026".into(),
                 key: "/etc/mailer/dkim/k.key".into(),
+                headers: DkimHeaders::default(),
             }],
             sign_unaligned: true,
         })
@@ -411,6 +412,14 @@ fn every_contract_key_parses_to_its_value() {
             .map(|k| k.selector.as_str())
             .collect::<Vec<_>>(),
         ["s1", "s2"]
+    );
+    assert_eq!(lan.dkim[0].headers, DkimHeaders::default());
+    assert_eq!(
+        lan.dkim[1].headers,
+        DkimHeaders {
+            sign: vec!["From".into(), "Subject".into(), "X-Campaign".into()],
+            oversign: vec![],
+        }
     );
     assert_eq!(
         c.queue,
@@ -525,7 +534,7 @@ fn unknown_keys_are_errors_everywhere() {
     );
     assert_eq!(
         errors("[actions.o]\nrelay = \"smtps://x.example\"\ndkim = { domain = \"a.example\", selector = \"s\", key = \"/k\", algo = \"rsa\" }\n"),
-        ["t.toml:3:60: unknown field `algo`, expected one of `domain`, `selector`, `key`"]
+        ["t.toml:3:60: unknown field `algo`, expected one of `domain`, `selector`, `key`, `sign_headers`, `oversign_headers`"]
     );
 }
 
@@ -715,6 +724,45 @@ fn action_shape_errors() {
             "t.toml:3:129: dkim domain: invalid domain `a_b`",
             "t.toml:3:147: dkim selector: invalid selector `x y`",
         ]
+    );
+}
+
+#[test]
+fn dkim_header_lists_must_name_valid_fields_once_and_sign_from() {
+    let head = "[actions.y]\nrelay = \"smtps://r.example\"\n";
+    assert_eq!(
+        errors(&format!("{head}dkim = {{ domain = \"a.example\", selector = \"s\", key = \"/k\", sign_headers = [\"To\", \"List Id\", \"to\", \"\"], oversign_headers = [\"Reply-To:\"] }}\n")),
+        [
+            "t.toml:3:75: dkim sign_headers: From must be signed (RFC 6376 §5.4)",
+            "t.toml:3:82: dkim sign_headers: invalid header field name `List Id`",
+            "t.toml:3:93: dkim sign_headers: `to` is listed twice",
+            "t.toml:3:99: dkim sign_headers: invalid header field name ``",
+            "t.toml:3:124: dkim oversign_headers: invalid header field name `Reply-To:`",
+        ]
+    );
+    // From oversigned is From signed; oversign_headers alone keeps the default signed set.
+    let c = parse(&format!("{head}dkim = [{{ domain = \"a.example\", selector = \"s\", key = \"/k\", sign_headers = [\"Subject\"], oversign_headers = [\"FROM\"] }}, {{ domain = \"a.example\", selector = \"t\", key = \"/k\", oversign_headers = [\"From\"] }}]\n"));
+    let Action::Relay(y) = &c.actions["y"] else {
+        panic!("y relays")
+    };
+    assert_eq!(y.dkim[0].headers.sign, ["Subject"]);
+    assert_eq!(y.dkim[0].headers.oversign, ["FROM"]);
+    assert_eq!(y.dkim[1].headers.sign, DkimHeaders::default().sign);
+    assert_eq!(y.dkim[1].headers.oversign, ["From"]);
+    // README's form: an array of tables.
+    let c = parse("[actions.outbound]\nrelay = \"smtps://r.example\"\n\n[[actions.outbound.dkim]]\ndomain = \"ublog.tech\"\nselector = \"mailer2026\"\nkey = \"/etc/mailer/dkim/mailer2026.key\"\nsign_headers = [\"From\", \"To\", \"Subject\", \"Date\", \"Message-ID\", \"List-Unsubscribe\", \"List-Unsubscribe-Post\"]\noversign_headers = [\"From\", \"List-Unsubscribe\", \"List-Unsubscribe-Post\"]\n");
+    let Action::Relay(o) = &c.actions["outbound"] else {
+        panic!("outbound relays")
+    };
+    assert_eq!(o.dkim.len(), 1);
+    assert_eq!(o.dkim[0].headers.sign.len(), 7);
+    assert_eq!(
+        o.dkim[0].headers.oversign,
+        ["From", "List-Unsubscribe", "List-Unsubscribe-Post"]
+    );
+    assert_eq!(
+        errors(&format!("{head}dkim = {{ domain = \"a.example\", selector = \"s\", key = \"/k\", sign_headers = [], oversign_headers = [\"Subject\"] }}\n")),
+        ["t.toml:3:75: dkim sign_headers: From must be signed (RFC 6376 §5.4)"]
     );
 }
 

@@ -1,6 +1,7 @@
 //! DKIM signing of relayed mail (RFC 6376, RFC 8463): keys loaded from PEM files, one
-//! signature per configured key, relaxed/relaxed, the header From oversigned. Also key
-//! generation and the TXT record that publishes a key.
+//! signature per configured key, relaxed/relaxed, each key signing the header fields its
+//! configuration names ([`DkimHeaders`], by default the identifying, MIME and list fields) and
+//! oversigning the ones it says. Also key generation and the TXT record that publishes a key.
 //!
 //! A message is signed once, when it is accepted, so every delivery attempt relays the same
 //! bytes. A key signs only mail whose header From aligns (relaxed, RFC 7489 §3.1.1) with the
@@ -23,25 +24,8 @@ use mail_auth::dkim::{Canonicalization, DkimSigner as MailAuthSigner};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 
-use crate::config::{Action, Config, DkimKey};
+use crate::config::{Action, Config, DkimHeaders, DkimKey};
 use crate::policy::align::{aligned, header_from_domain, AlignmentMode};
-
-/// The header fields signed when present (RFC 6376 §5.4.1's recommendation, trimmed to what
-/// identifies and presents a message). `From` is also signed once more than it occurs, so a
-/// second From field added in transit breaks the signature.
-pub const SIGNED_HEADERS: [&str; 11] = [
-    "From",
-    "To",
-    "Cc",
-    "Subject",
-    "Date",
-    "Message-ID",
-    "Reply-To",
-    "In-Reply-To",
-    "References",
-    "MIME-Version",
-    "Content-Type",
-];
 
 /// Loosest mode a key file may have: owner read/write, group read.
 const MAX_KEY_MODE: u32 = 0o640;
@@ -226,6 +210,7 @@ struct SigningEntry {
     domain: String,
     selector: String,
     key: Arc<PrivateKey>,
+    headers: DkimHeaders,
 }
 
 /// Shares one loaded key between the signatures of many messages.
@@ -287,6 +272,7 @@ impl DkimSigner {
                     domain: k.domain.clone(),
                     selector: k.selector.clone(),
                     key: Arc::new(key),
+                    headers: k.headers.clone(),
                 }),
                 Err(e) => errors.push((i, e)),
             }
@@ -309,9 +295,9 @@ impl DkimSigner {
             header_from: header_from_domain(message).ok(),
             ..Signed::default()
         };
-        let headers = headers_to_sign(message);
+        let present: Vec<&[u8]> = header_names(message).collect();
         for entry in &self.entries {
-            sign_entry(entry, message, &headers, sign_unaligned, &mut signed);
+            sign_entry(entry, message, &present, sign_unaligned, &mut signed);
         }
         signed
     }
@@ -324,7 +310,7 @@ fn key_name(selector: &str, domain: &str) -> String {
 fn sign_entry(
     entry: &SigningEntry,
     message: &[u8],
-    headers: &[String],
+    present: &[&[u8]],
     sign_unaligned: bool,
     signed: &mut Signed,
 ) {
@@ -340,7 +326,7 @@ fn sign_entry(
     let signature = MailAuthSigner::from_key(SharedKey(entry.key.clone()))
         .domain(entry.domain.clone())
         .selector(entry.selector.clone())
-        .headers(headers.iter().cloned())
+        .headers(headers_to_sign(present, &entry.headers))
         .header_canonicalization(Canonicalization::Relaxed)
         .body_canonicalization(Canonicalization::Relaxed)
         .sign(message);
@@ -357,24 +343,34 @@ fn sign_entry(
     }
 }
 
-/// The `h=` list handed to the signer: each name of [`SIGNED_HEADERS`] present in the message,
-/// plus `From` once more. The signer signs every occurrence of a listed name and lists a name
-/// it cannot find once more: the extra `From` is the oversigning.
-fn headers_to_sign(message: &[u8]) -> Vec<String> {
-    let present: HashSet<usize> = header_names(message)
-        .filter_map(|name| {
-            SIGNED_HEADERS
-                .iter()
-                .position(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-        })
-        .collect();
-    let mut names: Vec<String> = SIGNED_HEADERS
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| present.contains(i))
-        .map(|(_, h)| h.to_string())
-        .collect();
-    names.push("From".to_string());
+/// The list handed to the signer, for a message whose header has the fields `present`. The
+/// signer (mail-auth 0.13) signs every occurrence of a listed name, and puts in `h=` once more
+/// each list entry that matched nothing, which a second entry of a name never does. So a name
+/// is listed once if present; an oversigned name once more whether present or not, which puts
+/// it in `h=` one time more than it occurs (RFC 6376 §5.4.2: the extra, "null" entry makes a
+/// field of that name added later break the signature).
+fn headers_to_sign(present: &[&[u8]], headers: &DkimHeaders) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for name in headers.sign.iter().chain(&headers.oversign) {
+        if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        seen.push(name);
+        if present
+            .iter()
+            .any(|p| p.eq_ignore_ascii_case(name.as_bytes()))
+        {
+            names.push(name.clone());
+        }
+        if headers
+            .oversign
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(name))
+        {
+            names.push(name.clone());
+        }
+    }
     names
 }
 
@@ -444,7 +440,7 @@ impl DkimSigning {
             header_from: header_from_domain(message).ok(),
             ..Signed::default()
         };
-        let headers = headers_to_sign(message);
+        let present: Vec<&[u8]> = header_names(message).collect();
         let mut seen_actions = HashSet::new();
         let mut seen_keys = HashSet::new();
         for action in actions {
@@ -456,7 +452,7 @@ impl DkimSigning {
             };
             for entry in &signer.entries {
                 if seen_keys.insert((entry.domain.as_str(), entry.selector.as_str())) {
-                    sign_entry(entry, message, &headers, *sign_unaligned, &mut signed);
+                    sign_entry(entry, message, &present, *sign_unaligned, &mut signed);
                 }
             }
         }
@@ -639,6 +635,7 @@ You have a new follower.\r\n";
                 domain: domain.to_string(),
                 selector: "s1".to_string(),
                 key: Arc::new(key),
+                headers: DkimHeaders::default(),
             }],
         }
     }
@@ -651,20 +648,95 @@ You have a new follower.\r\n";
             .unwrap_or_else(|| panic!("no {name}= in {field}"))
     }
 
+    /// The `h=` of the one signature in `fields`, lower-cased.
+    fn h_list(fields: &[u8]) -> Vec<String> {
+        let field = String::from_utf8(fields.to_vec()).unwrap();
+        let unfolded = field.replace("\r\n\t", " ");
+        tag(&unfolded, "h")
+            .split(':')
+            .map(|h| h.trim().to_ascii_lowercase())
+            .collect()
+    }
+
     #[test]
-    fn signs_present_headers_relaxed_with_from_oversigned() {
+    fn signs_present_headers_relaxed_and_oversigns_the_default_set() {
         let signed = signer("ublog.tech", ed25519()).sign(MESSAGE, false);
         assert_eq!(signed.signed_by, vec!["s1._domainkey.ublog.tech"]);
-        let field = String::from_utf8(signed.fields).unwrap();
+        let field = String::from_utf8(signed.fields.clone()).unwrap();
         assert!(field.starts_with("DKIM-Signature: v=1; a=ed25519-sha256; s=s1; d=ublog.tech;"));
         assert!(field.ends_with("\r\n"));
         let unfolded = field.replace("\r\n\t", " ");
         assert_eq!(tag(&unfolded, "c"), "relaxed/relaxed");
-        let h: Vec<String> = tag(&unfolded, "h")
-            .split(':')
-            .map(|h| h.trim().to_ascii_lowercase())
-            .collect();
-        assert_eq!(h, ["message-id", "subject", "to", "from", "from"]);
+        // The fields present, bottom up; then one null entry per oversigned name.
+        assert_eq!(
+            h_list(&signed.fields),
+            [
+                "message-id",
+                "subject",
+                "to",
+                "from",
+                "from",
+                "to",
+                "cc",
+                "subject",
+                "date",
+                "message-id",
+                "reply-to",
+                "list-unsubscribe",
+                "list-unsubscribe-post"
+            ]
+        );
+    }
+
+    #[test]
+    fn list_fields_are_signed_and_an_oversigned_name_appears_once_more_than_it_occurs() {
+        let message = b"From: \"Mastodon\" <notifications@ublog.tech>\r\n\
+To: a@example.org\r\n\
+To: b@example.org\r\n\
+List-ID: <ublog.tech>\r\n\
+List-Unsubscribe: <https://ublog.tech/unsubscribe?token=x>\r\n\
+List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n\
+Auto-Submitted: auto-generated\r\n\
+X-Mailer: x\r\n\
+\r\n\
+Hi.\r\n";
+        let h = h_list(&signer("ublog.tech", ed25519()).sign(message, false).fields);
+        // Every instance present, bottom up; then one null entry per oversigned name.
+        assert_eq!(
+            h,
+            [
+                "auto-submitted",
+                "list-unsubscribe-post",
+                "list-unsubscribe",
+                "list-id",
+                "to",
+                "to",
+                "from",
+                "from",
+                "to",
+                "cc",
+                "subject",
+                "date",
+                "message-id",
+                "reply-to",
+                "list-unsubscribe",
+                "list-unsubscribe-post"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_key_signs_the_fields_its_configuration_names() {
+        let mut s = signer("ublog.tech", ed25519());
+        s.entries[0].headers = DkimHeaders {
+            sign: vec!["from".into(), "Subject".into(), "X-Mailer".into()],
+            oversign: vec!["List-Unsubscribe".into()],
+        };
+        let message = b"From: a@ublog.tech\r\nTo: b@example.org\r\nSubject: s\r\n\r\nx\r\n";
+        assert_eq!(
+            h_list(&s.sign(message, false).fields),
+            ["subject", "from", "list-unsubscribe"]
+        );
     }
 
     #[test]
@@ -770,6 +842,7 @@ U3k7nixMgYGlGyWzK/q72NwUI5G99GFL6g==
             domain: "ublog.tech".into(),
             selector: "s".into(),
             key: path.clone(),
+            headers: DkimHeaders::default(),
         }];
         assert_eq!(DkimSigner::load(&keys).unwrap_err(), vec![(0, err)]);
     }
