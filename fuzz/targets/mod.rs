@@ -11,6 +11,7 @@ pub mod bdat;
 pub mod config;
 pub mod data;
 pub mod dmarc;
+pub mod dotenv;
 pub mod dsn;
 pub mod memory;
 pub mod mta_sts;
@@ -43,6 +44,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("bdat", bdat::run),
     ("relay_session", relay_session::run),
     ("offline", offline::run),
+    ("dotenv", dotenv::run),
 ];
 
 /// A small deterministic generator: split points and choices come from the input itself,

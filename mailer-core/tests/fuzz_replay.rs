@@ -82,4 +82,5 @@ replay_tests!(
     bdat,
     relay_session,
     offline,
+    dotenv,
 );

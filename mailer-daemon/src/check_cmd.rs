@@ -10,13 +10,14 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use mailer_core::check::dkim::ExpectedKey;
-use mailer_core::check::{run_checks, CheckInput};
+use mailer_core::check::{mastodon, run_checks, CheckInput, Report};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
 /// Check that the sending domain's SPF, DMARC, DKIM, MTA-STS, TLS-RPT and MX let mail leaving
-/// through the relay be delivered. Exit 0: no failure; 1: a check fails; 2: usage, configuration
-/// or DNS error.
+/// through the relay be delivered; with --mastodon-env, check Mastodon's mail settings against
+/// the configuration instead. Exit 0: no failure; 1: a check fails; 2: usage, configuration,
+/// file or DNS error.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// The sending domain [default: the rewrite domain of the configured relay action]
@@ -40,6 +41,11 @@ pub struct Args {
     /// Print the report as JSON
     #[arg(long)]
     pub json: bool,
+    /// Mastodon's `.env.production`: judge its SMTP_* and BULK_SMTP_* settings against the
+    /// configuration (listener, AUTH, STARTTLS, From alignment, sendmail). Only these checks
+    /// run; no DNS is queried
+    #[arg(long, value_name = "FILE")]
+    pub mastodon_env: Option<PathBuf>,
     /// Port of the MTA-STS policy host (443 by RFC 8461); for tests only
     #[arg(long, hide = true, default_value_t = 443)]
     pub mta_sts_port: u16,
@@ -48,6 +54,9 @@ pub struct Args {
 /// `mailer check`: defaults from the configuration when there is one. A missing configuration
 /// is an error only when DOMAIN or `--relay` would have come from it.
 pub fn main(config_path: Option<&std::path::Path>, args: Args) -> ExitCode {
+    if let Some(env_path) = &args.mastodon_env {
+        return mastodon(config_path, env_path, args.json);
+    }
     let explicit = config_path.is_some();
     let defaults = match mailer_core::config::Config::load(crate::config_path(config_path)) {
         Ok(config) => defaults_from(&config),
@@ -72,6 +81,70 @@ pub fn main(config_path: Option<&std::path::Path>, args: Args) -> ExitCode {
         }
     };
     runtime.block_on(run(args, defaults))
+}
+
+/// `mailer check --mastodon-env FILE`: the Mastodon checks alone, against the configuration.
+fn mastodon(
+    config_path: Option<&std::path::Path>,
+    env_path: &std::path::Path,
+    json: bool,
+) -> ExitCode {
+    let config = match mailer_core::config::Config::load(crate::config_path(config_path)) {
+        Ok(config) => config,
+        Err(diagnostics) => {
+            for d in diagnostics {
+                eprintln!("{d}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let text = match std::fs::read_to_string(env_path) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("mailer check: {}: {e}", env_path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let env = match mastodon::parse(&text) {
+        Ok(env) => env,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{}:{e}", env_path.display());
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let report = mastodon::judge(&env, &config, &FileSystem, &env_path.display().to_string());
+    print_report(&report, json)
+}
+
+/// The host's answers to the Mastodon checks: links resolved on this file system.
+struct FileSystem;
+
+impl mastodon::Host for FileSystem {
+    fn canonical(&self, path: &std::path::Path) -> Option<PathBuf> {
+        std::fs::canonicalize(path).ok()
+    }
+
+    fn current_exe(&self) -> Option<PathBuf> {
+        std::env::current_exe().and_then(std::fs::canonicalize).ok()
+    }
+}
+
+/// Prints `report` as text or JSON and returns its exit code.
+fn print_report(report: &Report, json: bool) -> ExitCode {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("mailer check: cannot encode the report: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", report.render_text());
+    }
+    ExitCode::from(report.exit_code())
 }
 
 /// The relay action's rewrite domain, hosts and DKIM selectors and keys.
@@ -172,19 +245,6 @@ pub async fn run(args: Args, defaults: CheckDefaults) -> ExitCode {
             eprintln!("mailer check: {e}");
             ExitCode::from(e.exit_code())
         }
-        Ok(report) => {
-            if json {
-                match serde_json::to_string_pretty(&report) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => {
-                        eprintln!("mailer check: cannot encode the report: {e}");
-                        return ExitCode::from(2);
-                    }
-                }
-            } else {
-                print!("{}", report.render_text());
-            }
-            ExitCode::from(report.exit_code())
-        }
+        Ok(report) => print_report(&report, json),
     }
 }

@@ -5,10 +5,12 @@
 //! The parsers of the records (SPF terms, DMARC tags, MTA-STS TXT and policy file, TLS-RPT,
 //! DKIM key tags) are pure functions in the submodules; [`run_checks`] does the DNS and HTTPS
 //! work through one hickory resolver, every query bounded by [`CheckInput::timeout`].
+//! [`mastodon`] judges Mastodon's `.env.production` against the configuration, without DNS.
 
 pub mod dkim;
 pub mod dmarc;
 mod dns;
+pub mod mastodon;
 pub mod mta_sts;
 pub mod spf;
 pub mod tags;
@@ -142,10 +144,13 @@ pub enum Area {
     TlsRpt,
     #[serde(rename = "mx")]
     Mx,
+    /// Mastodon's mail settings (`.env.production`) against this relay's configuration.
+    #[serde(rename = "mastodon")]
+    Mastodon,
 }
 
 impl Area {
-    pub const ALL: [Area; 7] = [
+    pub const ALL: [Area; 8] = [
         Area::Spf,
         Area::Dmarc,
         Area::Dkim,
@@ -153,6 +158,7 @@ impl Area {
         Area::MtaSts,
         Area::TlsRpt,
         Area::Mx,
+        Area::Mastodon,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -164,6 +170,7 @@ impl Area {
             Area::MtaSts => "mta-sts",
             Area::TlsRpt => "tls-rpt",
             Area::Mx => "mx",
+            Area::Mastodon => "mastodon",
         }
     }
 }
