@@ -55,6 +55,14 @@ pub fn run(data: &[u8]) {
             single.push_str(&format!("{key} = {}\n", double_quoted(value)));
         }
     }
-    assert_eq!(parse(&written).as_ref(), Ok(&env), "written back as {written:?}");
-    assert_eq!(parse(&single).as_ref(), Ok(&env), "written back as {single:?}");
+    assert_eq!(
+        parse(&written).as_ref(),
+        Ok(&env),
+        "written back as {written:?}"
+    );
+    assert_eq!(
+        parse(&single).as_ref(),
+        Ok(&env),
+        "written back as {single:?}"
+    );
 }
