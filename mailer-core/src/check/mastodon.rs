@@ -90,8 +90,14 @@ fn parse_line(line: &str) -> Result<Option<(&str, String)>, &'static str> {
     if rest.is_empty() || rest.starts_with('#') {
         return Ok(None);
     }
+    // `export KEY=v`, but `export = v` sets a variable named `export`.
     let rest = match rest.strip_prefix("export") {
-        Some(after) if after.starts_with(is_blank) => after.trim_start_matches(is_blank),
+        Some(after)
+            if after.starts_with(is_blank)
+                && !after.trim_start_matches(is_blank).starts_with('=') =>
+        {
+            after.trim_start_matches(is_blank)
+        }
         _ => rest,
     };
     let key_end = rest
@@ -702,6 +708,7 @@ mod tests {
         assert_eq!(one("A=  spaced  "), "spaced");
         assert_eq!(one("A="), "");
         assert_eq!(one("A = b"), "b");
+        assert_eq!(vars("export = b"), vec![("export".into(), "b".into())]);
     }
 
     #[test]
