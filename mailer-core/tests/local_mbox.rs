@@ -158,7 +158,9 @@ fn held_dotlock_makes_delivery_wait_then_fail_temporarily() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mbox = dir.path().join("pim");
     let lock = dir.path().join("pim.lock");
-    std::fs::write(&lock, b"4242\n").expect("lock");
+    // Held by a running process: this one.
+    let holder = format!("{}\n", std::process::id());
+    std::fs::write(&lock, &holder).expect("lock");
     let start = Instant::now();
     let failure = deliver_mbox(&mbox, None, arrival(), b"x\r\n", &opts(300)).expect_err("locked");
     let waited = start.elapsed();
@@ -173,7 +175,7 @@ fn held_dotlock_makes_delivery_wait_then_fail_temporarily() {
             lock.display()
         )
     );
-    assert_eq!(std::fs::read(&lock).expect("lock kept"), b"4242\n");
+    assert_eq!(std::fs::read(&lock).expect("lock kept"), holder.as_bytes());
     assert!(!mbox.exists(), "nothing written");
 }
 
@@ -211,6 +213,27 @@ fn stale_dotlock_is_removed() {
     deliver_mbox(&mbox, Some(&sender()), arrival(), MESSAGE, &opts(5000)).expect("delivered");
     assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(std::fs::read(&mbox).expect("read"), EXPECTED);
+}
+
+#[test]
+fn a_dotlock_left_by_a_process_that_died_is_taken_over_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mbox = dir.path().join("pim");
+    let lock = dir.path().join("pim.lock");
+    // A writer killed mid-delivery (kill -9) leaves its lock with its pid in it.
+    let mut dead = Command::new("true").spawn().expect("spawn");
+    let pid = dead.id();
+    dead.wait().expect("reap");
+    std::fs::write(&lock, format!("{pid}\n")).expect("lock");
+    let start = Instant::now();
+    deliver_mbox(&mbox, Some(&sender()), arrival(), MESSAGE, &opts(5000)).expect("delivered");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(std::fs::read(&mbox).expect("read"), EXPECTED);
+    assert!(!lock.exists(), "our own dotlock removed after the delivery");
 }
 
 /// A python3 process holding an fcntl write lock on `path` for `secs` seconds; returns once

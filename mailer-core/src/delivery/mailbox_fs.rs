@@ -537,6 +537,25 @@ pub(crate) fn modified_at(dir: &Dir, name: &OsStr) -> io::Result<SystemTime> {
     File::from(fd).metadata()?.modified()
 }
 
+/// The first `max` bytes of the regular file `name` in `dir`, never through a link and never
+/// waiting on a FIFO.
+pub(crate) fn read_head(dir: &Dir, name: &OsStr, max: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let fd = openat(
+        &dir.fd,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let file = File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut head = Vec::with_capacity(max);
+    file.take(max as u64).read_to_end(&mut head)?;
+    Ok(head)
+}
+
 pub(crate) fn remove(dir: &Dir, name: &OsStr) -> io::Result<()> {
     Ok(unlinkat(&dir.fd, name, AtFlags::empty())?)
 }

@@ -340,11 +340,32 @@ impl Drop for DotLock<'_> {
     }
 }
 
+/// A dotlock is stale when it is older than [`STALE_DOTLOCK`], or when it names a process
+/// that no longer runs (as Dovecot decides): a writer killed mid-delivery, this daemon
+/// included, must not hold the mailbox for minutes. A lock without a pid (mutt leaves it
+/// empty) is judged by age alone. Mail spools are local, so the pid is one of this host's.
 fn is_stale(dir: &Dir, lock: &OsStr) -> bool {
-    mailbox_fs::modified_at(dir, lock)
+    let old = mailbox_fs::modified_at(dir, lock)
         .ok()
         .and_then(|t| t.elapsed().ok())
-        .is_some_and(|age| age > STALE_DOTLOCK)
+        .is_some_and(|age| age > STALE_DOTLOCK);
+    old || holder_is_gone(dir, lock)
+}
+
+fn holder_is_gone(dir: &Dir, lock: &OsStr) -> bool {
+    let Ok(head) = mailbox_fs::read_head(dir, lock, 32) else {
+        return false;
+    };
+    let pid = std::str::from_utf8(&head)
+        .ok()
+        .and_then(|text| text.trim().parse::<libc::pid_t>().ok())
+        .filter(|&pid| pid > 0);
+    let Some(pid) = pid else {
+        return false;
+    };
+    // SAFETY: signal 0 only asks whether `pid` exists; nothing is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 enum LockError {
