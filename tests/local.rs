@@ -3,17 +3,16 @@
 //! refusal of unknown local users at RCPT.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use lettre::address::Envelope;
 use lettre::{SmtpTransport, Transport};
 use mailer_testkit::certs::TestCa;
 use mailer_testkit::config::{write_secrets, TestConfig};
-use mailer_testkit::daemon::{eventually, free_port, Daemon};
+use mailer_testkit::daemon::{eventually, free_port, run_with_stdin, Daemon};
 use mailer_testkit::sink::{Received, Sink, SinkOptions};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mailer");
@@ -118,33 +117,6 @@ fn client(port: u16) -> SmtpTransport {
 
 fn envelope(from: &str, to: &str) -> Envelope {
     Envelope::new(Some(from.parse().unwrap()), vec![to.parse().unwrap()]).unwrap()
-}
-
-/// Runs `program args` with `stdin` as standard input, bounded in time.
-fn run_with_stdin(mut command: Command, stdin: &[u8], within: Duration) -> (Output, Duration) {
-    let started = Instant::now();
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start mailer");
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(stdin)
-        .expect("write the message");
-    let deadline = started + within;
-    while child.try_wait().expect("poll the child").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("{command:?} did not finish within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("collect the output");
-    (output, started.elapsed())
 }
 
 fn sendmail(config: &Path, args: &[&str]) -> Command {

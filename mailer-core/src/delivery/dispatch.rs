@@ -90,6 +90,8 @@ pub struct Ways {
     router: Router,
     locals: HashMap<String, LocalDelivery>,
     relays: HashMap<String, RelayDelivery>,
+    /// Where each action's mail goes, as log lines name it: made once, read per outcome.
+    via: HashMap<String, String>,
 }
 
 impl Ways {
@@ -116,10 +118,22 @@ impl Ways {
                 }
             }
         }
+        let via = config
+            .actions
+            .keys()
+            .map(|name| {
+                let via = match relays.get(name) {
+                    Some(relay) => relay.hosts().collect::<Vec<_>>().join(","),
+                    None => "mailbox".to_string(),
+                };
+                (name.clone(), via)
+            })
+            .collect();
         Ok(Ways {
             router: Router::new(config),
             locals,
             relays,
+            via,
         })
     }
 
@@ -166,12 +180,8 @@ impl Ways {
     }
 
     /// Where an action's mail goes, for log lines: relay hosts, or `mailbox`.
-    pub fn via(&self, action: &str) -> String {
-        match self.relays.get(action) {
-            Some(relay) => relay.hosts().collect::<Vec<_>>().join(","),
-            None if self.locals.contains_key(action) => "mailbox".to_string(),
-            None => "none".to_string(),
-        }
+    pub fn via(&self, action: &str) -> &str {
+        self.via.get(action).map_or("none", String::as_str)
     }
 
     /// The state of every relay pool member, for metrics.

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A port on 127.0.0.1 that was free a moment ago.
@@ -355,4 +355,32 @@ pub fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Opti
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Runs `command` with `stdin` as standard input; kills it and fails the test if it has not
+/// finished `within`. Returns its output and how long it took.
+pub fn run_with_stdin(mut command: Command, stdin: &[u8], within: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mailer");
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(stdin)
+        .expect("write the message");
+    let deadline = started + within;
+    while child.try_wait().expect("poll the child").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{command:?} did not finish within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("collect the output");
+    (output, started.elapsed())
 }
