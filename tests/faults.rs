@@ -215,19 +215,15 @@ fn queued_as(reply: &Reply) -> String {
         .to_string()
 }
 
-/// Envelopes (`q/*.env`) present in `queue` (as seen by the test: pass the daemon's view for
+/// Envelopes of the messages present in `queue` (as seen by the test: pass the daemon's view for
 /// a queue on a private tmpfs).
 fn envelopes(queue: &Path) -> Vec<Value> {
-    let Ok(entries) = fs::read_dir(queue.join("q")) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "env"))
-        .filter_map(|p| {
-            let bytes = fs::read(&p).ok()?;
+    mailer_testkit::queue::ids(queue)
+        .into_iter()
+        .filter_map(|id| {
+            let bytes = mailer_testkit::queue::envelope_json(queue, &id)?;
             Some(serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                panic!("{}: not an envelope: {e}", p.display());
+                panic!("{id}: not an envelope: {e}");
             }))
         })
         .collect()

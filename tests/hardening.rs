@@ -41,12 +41,12 @@ fn server(limits: &str) -> Server {
 
 impl Server {
     fn queued(&self) -> Vec<PathBuf> {
-        self.daemon.queued_envelopes(&self.queue)
+        self.daemon.queued_messages(&self.queue)
     }
 
     /// The stored message of queue id `id`.
     fn message(&self, id: &str) -> Vec<u8> {
-        fs::read(self.queue.join(format!("q/{id}.msg"))).expect("queued message file")
+        mailer_testkit::queue::message(&self.queue, id).expect("queued message file")
     }
 
     fn connect(&self) -> Client {
@@ -203,7 +203,7 @@ fn ten_thousand_recipients_get_452_past_the_limit_with_bounded_memory() {
     let (code, text) = c.reply().expect("a verdict");
     assert_eq!(code, 250, "{text}");
     let envelope: serde_json::Value = serde_json::from_slice(
-        &fs::read(s.queue.join(format!("q/{}.env", queue_id(&text)))).expect("envelope"),
+        &mailer_testkit::queue::envelope_json(&s.queue, &queue_id(&text)).expect("envelope"),
     )
     .expect("envelope JSON");
     assert_eq!(envelope["recipients"].as_array().map(Vec::len), Some(100));

@@ -62,7 +62,8 @@ fn acknowledged_mail_survives_kill_9_byte_exact() {
     daemon.kill9();
     daemon.restart();
 
-    let queued = fs::read(dir.path().join(format!("queue/q/{id}.msg"))).expect("message file kept");
+    let queue = dir.path().join("queue");
+    let queued = mailer_testkit::queue::message(&queue, &id).expect("message file kept");
     let received_end =
         find(&queued, b"\r\nFrom: Mastodon").expect("original headers follow ours") + 2;
     assert!(
@@ -78,8 +79,7 @@ fn acknowledged_mail_survives_kill_9_byte_exact() {
     );
 
     let envelope: serde_json::Value =
-        serde_json::from_slice(&fs::read(dir.path().join(format!("queue/q/{id}.env"))).unwrap())
-            .unwrap();
+        serde_json::from_slice(&mailer_testkit::queue::envelope_json(&queue, &id).unwrap()).unwrap();
     assert_eq!(envelope["sender"], "notifications@ublog.tech");
     assert_eq!(envelope["recipients"][0]["address"], "pim@example.org");
     assert_eq!(envelope["recipients"][0]["state"], "pending");
@@ -99,7 +99,7 @@ fn sigterm_stops_the_daemon_cleanly_and_keeps_the_queue() {
         .unwrap();
     let status = daemon.terminate(Duration::from_secs(15));
     assert!(status.success(), "exit status {status}\n{}", daemon.log());
-    assert_eq!(daemon.queued_envelopes(&dir.path().join("queue")).len(), 1);
+    assert_eq!(daemon.queued_messages(&dir.path().join("queue")).len(), 1);
 }
 
 #[test]
@@ -117,7 +117,7 @@ fn a_non_matching_recipient_is_refused_and_nothing_is_queued() {
         .unwrap_err();
     assert!(err.to_string().contains("5.7.1"), "{err}");
     assert!(daemon
-        .queued_envelopes(&dir.path().join("queue"))
+        .queued_messages(&dir.path().join("queue"))
         .is_empty());
 }
 
@@ -228,6 +228,7 @@ action = "outbound"
         .expect("accepted over STARTTLS");
     let id = response.message().collect::<Vec<_>>().join(" ");
     let id = id.rsplit(' ').next().unwrap();
-    let queued = fs::read_to_string(dir.path().join(format!("queue/q/{id}.msg"))).unwrap();
+    let queued = mailer_testkit::queue::message(&dir.path().join("queue"), id).unwrap();
+    let queued = String::from_utf8(queued).unwrap();
     assert!(queued.contains(&format!("with ESMTPS id {id}")), "{queued}");
 }

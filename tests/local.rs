@@ -425,7 +425,7 @@ fn unknown_local_recipient_is_refused_at_rcpt_with_550_5_1_1() {
     );
     s.wait_for_mbox(OTHER_LOCAL_USER, 1);
     assert!(!s.mbox("no-such-user").exists());
-    let queued = s.daemon.queued_envelopes(&s.dir.path().join("queue"));
+    let queued = s.daemon.queued_messages(&s.dir.path().join("queue"));
     for env in queued {
         let text = fs::read_to_string(&env).unwrap();
         assert!(!text.contains("no-such-user"), "{text}");
@@ -521,7 +521,7 @@ fn an_alias_to_a_domain_no_rule_routes_bounces_and_config_check_warns() {
     let queue = dir.path().join("queue");
     assert!(
         eventually(Duration::from_secs(10), || daemon
-            .queued_envelopes(&queue)
+            .queued_messages(&queue)
             .is_empty()
             .then_some(()))
         .is_some(),

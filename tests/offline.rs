@@ -127,12 +127,12 @@ impl Setup {
         // Bounded generously: on a loaded 2-core machine a restart and one delivery can take
         // several seconds.
         eventually(Duration::from_secs(30), || {
-            self.daemon.queued_envelopes(queue).is_empty().then_some(())
+            self.daemon.queued_messages(queue).is_empty().then_some(())
         })
         .unwrap_or_else(|| {
             panic!(
                 "the queue still holds {:?}:\n{}",
-                self.daemon.queued_envelopes(queue),
+                self.daemon.queued_messages(queue),
                 self.daemon.log()
             )
         });

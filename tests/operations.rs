@@ -206,7 +206,7 @@ async fn a_held_message_is_not_delivered_until_released() {
     );
     assert_eq!(queue_json(&daemon)[0]["held"], true);
     let env: Value =
-        serde_json::from_slice(&fs::read(setup.queue_dir().join(format!("q/{id}.env"))).unwrap())
+        serde_json::from_slice(&mailer_testkit::queue::envelope_json(&setup.queue_dir(), &id).unwrap())
             .unwrap();
     assert_eq!(env["held"], true, "the hold is durable");
 
@@ -236,7 +236,7 @@ async fn a_removed_message_is_deleted_and_never_delivered() {
     .expect("remove succeeds");
     setup.down.store(false, Ordering::SeqCst);
     assert!(queue_json(&daemon).is_empty());
-    assert!(daemon.queued_envelopes(&setup.queue_dir()).is_empty());
+    assert!(daemon.queued_messages(&setup.queue_dir()).is_empty());
     assert!(!setup.queue_dir().join(format!("q/{id}.msg")).exists());
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(setup.sink.messages().is_empty());
@@ -597,7 +597,7 @@ async fn sigterm_during_delivery_loses_nothing_and_new_sessions_hear_421() {
     let status = daemon.terminate(WAIT);
     assert!(status.success(), "{status}\n{}", daemon.log());
     let delivered = setup.sink.messages().len();
-    let queued = daemon.queued_envelopes(&setup.queue_dir()).len();
+    let queued = daemon.queued_messages(&setup.queue_dir()).len();
     assert_eq!(
         (delivered, queued),
         (1, 0),

@@ -90,7 +90,7 @@ fn message_id(r: &Received) -> String {
 }
 
 fn envelope_json(queue: &Path, id: &str) -> Option<serde_json::Value> {
-    let bytes = fs::read(queue.join(format!("q/{id}.env"))).ok()?;
+    let bytes = mailer_testkit::queue::envelope_json(queue, id)?;
     serde_json::from_slice(&bytes).ok()
 }
 
@@ -143,7 +143,7 @@ async fn relays_100_messages_byte_exact_rewritten_over_verified_tls_with_auth() 
             .contains("\r\nFrom: Mastodon <notifications@mastodon.local>\r\n"));
     }
     assert!(eventually(Duration::from_secs(10), || daemon
-        .queued_envelopes(&world.queue_dir())
+        .queued_messages(&world.queue_dir())
         .is_empty()
         .then_some(()))
     .is_some());
@@ -381,7 +381,7 @@ async fn kill_9_during_delivery_loses_nothing_and_repeats_no_recorded_delivery()
     daemon.kill9();
     // What the queue no longer holds was recorded as delivered before the kill.
     let remaining: std::collections::HashSet<String> = daemon
-        .queued_envelopes(&world.queue_dir())
+        .queued_messages(&world.queue_dir())
         .iter()
         .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
         .collect();

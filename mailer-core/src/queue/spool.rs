@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! <queue_dir>/tmp/          files being written (removed at start)
-//! <queue_dir>/q/<id>.msg    the message, exactly as it will be delivered
-//! <queue_dir>/q/<id>.env    its envelope (JSON): sender, recipients and their state
+//! <queue_dir>/q/<id>.msg    the message, exactly as it will be delivered, then its envelope
+//! <queue_dir>/q/<id>.env    the envelope as updated after an attempt, when it changed
 //! <queue_dir>/corrupt/      files the start could not use, each with `<name>.reason`
 //! <queue_dir>/offline/      submissions kept by `mailer sendmail` while the daemon is down
 //! <queue_dir>/submit.sock   the local submission socket (SMTP, with the peer's uid)
@@ -18,11 +18,39 @@
 //! and keep safe; here the kernel vouches for each file's owner, which the daemon takes as
 //! the submitter, and the daemon treats the contents as untrusted input.
 //!
-//! A message is written to `tmp/`, fsynced, renamed into `q/`; then its envelope the same way;
-//! then `q/` is fsynced. Only after that does the client hear `250`. The envelope is the commit
-//! record: at start, an envelope without its message, or a message without its envelope, is a
-//! write that never completed, so it was never acknowledged and is removed. Envelope updates
-//! are whole-file replacements by rename, so an envelope is always either the old or the new.
+//! # One file per message
+//!
+//! A queue file holds the message, then its envelope (JSON), then a fixed-size trailer that
+//! says where the envelope starts:
+//!
+//! ```text
+//! <message: N octets><envelope JSON>\nmailer-queue-file-2 <N as 16 hex digits>\n
+//! ```
+//!
+//! It is written to `tmp/` in one go, fsynced, and renamed into `q/`; then `q/` is fsynced.
+//! Only after that does the client hear `250`: one file fsync per message, and the directory
+//! fsync is shared. The rename is the commit: a file in `q/` is complete, and what is left in
+//! `tmp/` at start was never acknowledged and is removed. The message comes first so that it
+//! can be written as it arrives and the envelope, known in full only at the end, follows it.
+//!
+//! When an attempt changes the envelope (a recipient delivered, deferred or failed, a hold),
+//! the new envelope is written whole to `<id>.env`, fsynced, renamed and made durable the same
+//! way; from then on it is the envelope, and the one inside `<id>.msg` is the arrival's. An
+//! envelope is therefore always either the old or the new. A `.env` without its `.msg` is the
+//! remains of a removal and is deleted at start. A `.msg` whose trailer does not read, with
+//! no `.env` beside it, is damage (or an incomplete write of a version before this layout,
+//! which kept the envelope only in `.env`): it is set aside, not deleted.
+//!
+//! A message leaves the queue by unlinking `<id>.msg`, then `<id>.env`, without waiting for
+//! the directory to reach the disk: if the machine loses power in the seconds after, the
+//! message comes back and its last attempts repeat. A repeated delivery is the failure SMTP
+//! prefers to a lost one (RFC 5321 §6.1), and waiting here would cost every message a second
+//! synchronous write. The unlinks are journalled in order, so a surviving `.env` never comes
+//! back without its `.msg`.
+//!
+//! Queues written by the previous layout (the message alone in `.msg`, the envelope in
+//! `.env`) are read as they are: a `.msg` without a trailer is all message.
+//!
 //! A file that cannot be read, parsed or removed at start does not stop the daemon: it moves to
 //! `corrupt/` with the reason beside it (as Postfix's `corrupt` queue), for the admin.
 //!
@@ -238,7 +266,8 @@ impl Spool {
     }
 
     /// Writes `bytes` to a new temporary file, fsynced, and returns its path.
-    fn write_tmp(&self, id: QueueId, kind: &str, bytes: &[u8]) -> io::Result<PathBuf> {
+    /// Writes `parts` to a new file in `tmp/` and fsyncs it; its path.
+    fn write_tmp(&self, id: QueueId, kind: &str, parts: &[&[u8]]) -> io::Result<PathBuf> {
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp.join(format!("{id}.{kind}.{seq}"));
         let result = (|| {
@@ -247,7 +276,7 @@ impl Spool {
                 .create_new(true)
                 .mode(0o600)
                 .open(&path)?;
-            f.write_all(bytes)?;
+            write_all_vectored(&mut f, parts)?;
             f.sync_all()
         })();
         if let Err(e) = result {
@@ -257,37 +286,24 @@ impl Spool {
         Ok(path)
     }
 
-    /// Stores a new message durably. When this returns Ok the message survives a crash.
+    /// Makes a message and its envelope durable: one file, one fsync, and a share of one
+    /// directory fsync.
     pub fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
-        let msg_tmp = self.write_tmp(envelope.id, "msg", message)?;
-        let env_tmp = match self.write_tmp(envelope.id, "env", &encode(envelope)?) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = fs::remove_file(&msg_tmp);
-                return Err(e);
-            }
-        };
-        let result = fs::rename(&msg_tmp, self.message_path(envelope.id))
-            .and_then(|()| fs::rename(&env_tmp, self.envelope_path(envelope.id)))
-            .and_then(|()| self.q_sync.sync());
+        let json = encode(envelope)?;
+        let trailer = trailer(message.len() as u64);
+        let tmp = self.write_tmp(envelope.id, "msg", &[message, &json, &trailer])?;
+        let path = self.message_path(envelope.id);
+        let result = fs::rename(&tmp, &path).and_then(|()| self.q_sync.sync());
         if let Err(e) = result {
-            // Not acknowledged: leave nothing behind that a restart would mistake for mail.
-            for p in [
-                msg_tmp,
-                env_tmp,
-                self.envelope_path(envelope.id),
-                self.message_path(envelope.id),
-            ] {
-                let _ = fs::remove_file(p);
-            }
+            let _ = fs::remove_file(&tmp);
+            let _ = fs::remove_file(&path);
             return Err(e);
         }
         Ok(())
     }
 
-    /// Replaces the envelope durably (recipient states, attempts, hold).
     pub fn update(&self, envelope: &Envelope) -> io::Result<()> {
-        let tmp = self.write_tmp(envelope.id, "env", &encode(envelope)?)?;
+        let tmp = self.write_tmp(envelope.id, "env", &[&encode(envelope)?])?;
         if let Err(e) = fs::rename(&tmp, self.envelope_path(envelope.id)) {
             let _ = fs::remove_file(&tmp);
             return Err(e);
@@ -295,34 +311,38 @@ impl Spool {
         self.q_sync.sync()
     }
 
-    /// Removes a message whose recipients are all done. The envelope goes first, and its
-    /// removal is made durable, so a crash can neither bring back an envelope whose last
-    /// written state still had recipients pending, nor leave more than an orphaned message
-    /// file, which the next start removes.
+    /// Takes a message out of the queue. Not synced: see the module's documentation.
     pub fn remove(&self, id: QueueId) -> io::Result<()> {
-        match fs::remove_file(self.envelope_path(id)) {
-            Ok(()) => self.q_sync.sync()?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        for path in [self.message_path(id), self.envelope_path(id)] {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
-        match fs::remove_file(self.message_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
+    /// The message as it will be delivered (without the envelope stored after it).
     pub fn read_message(&self, id: QueueId) -> io::Result<Vec<u8>> {
-        fs::read(self.message_path(id))
+        let mut bytes = fs::read(self.message_path(id))?;
+        if let Some((size, _)) = split_queue_file(&bytes) {
+            bytes.truncate(size);
+        }
+        Ok(bytes)
     }
 
+    /// The envelope as it stands: the last update, or the one stored with the message.
     pub fn read_envelope(&self, id: QueueId) -> io::Result<Envelope> {
-        decode(&fs::read(self.envelope_path(id))?)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        match fs::read(self.envelope_path(id)) {
+            Ok(bytes) => decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                stored_envelope(&self.message_path(id))
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    /// Reads every envelope, sorted by arrival. Used at start with `clean = true`: incomplete
-    /// writes are removed and unusable files moved to `corrupt/`; and read-only by `mailer
-    /// queue list` without a daemon. Only a queue directory that cannot be listed is an error.
     pub fn load(&self, clean: bool) -> io::Result<LoadReport> {
         let mut report = LoadReport::default();
         if clean {
@@ -376,7 +396,7 @@ impl Spool {
         }
         for (id, path) in envelopes {
             if !messages.remove(&id) {
-                // The message rename never became durable: the client got no 250.
+                // What a removal left: its message is gone (unlinked first).
                 if clean {
                     if let Err(e) = fs::remove_file(&path) {
                         let reason = format!("envelope without a message cannot be removed: {e}");
@@ -391,34 +411,25 @@ impl Spool {
                 .map_err(|e| e.to_string())
                 .and_then(|b| decode(&b))
                 .map_err(|e| format!("unreadable envelope: {e}"))
-                .and_then(|env| {
-                    if env.id == id {
-                        Ok(env)
-                    } else {
-                        Err("envelope id does not match its file name".to_string())
-                    }
-                });
+                .and_then(|env| matching(env, id));
             match read {
                 Ok(env) => report.envelopes.push(env),
                 Err(reason) if clean => {
-                    // The message goes with its envelope: the admin may repair the pair.
+                    // The message goes with its envelope: the admin may repair the pair. The
+                    // envelope inside the message is not used instead: it predates attempts
+                    // that may have delivered to some recipients already.
                     self.set_aside(&path, &reason, &mut report);
-                    // Left in q/, it would be taken for an incomplete write next time.
                     self.set_aside(&self.message_path(id), &reason, &mut report);
                 }
                 Err(reason) => report.corrupt.push((path, reason)),
             }
         }
         for id in messages {
-            if clean {
-                let path = self.message_path(id);
-                match fs::remove_file(&path) {
-                    Ok(()) => report.removed_incomplete += 1,
-                    Err(e) => {
-                        let reason = format!("message without an envelope cannot be removed: {e}");
-                        self.set_aside(&path, &reason, &mut report);
-                    }
-                }
+            let path = self.message_path(id);
+            match stored_envelope(&path).and_then(|env| matching(env, id)) {
+                Ok(env) => report.envelopes.push(env),
+                Err(reason) if clean => self.set_aside(&path, &reason, &mut report),
+                Err(reason) => report.corrupt.push((path, reason)),
             }
         }
         report.envelopes.sort_by_key(|e| e.id);
@@ -512,6 +523,96 @@ impl Spool {
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
     }
+}
+
+/// Starts the fixed-size trailer of a queue file; the message's length follows in hex.
+const TRAILER_MAGIC: &[u8] = b"\nmailer-queue-file-2 ";
+const TRAILER_LEN: usize = TRAILER_MAGIC.len() + 16 + 1;
+
+fn trailer(message_len: u64) -> Vec<u8> {
+    let mut t = Vec::with_capacity(TRAILER_LEN);
+    t.extend_from_slice(TRAILER_MAGIC);
+    t.extend_from_slice(format!("{message_len:016x}\n").as_bytes());
+    t
+}
+
+/// The message length a trailer gives; `None` unless `tail` is a well-formed trailer. A
+/// message cannot end like one: its lines end in CRLF, and a trailer in a bare LF.
+fn parse_trailer(tail: &[u8]) -> Option<u64> {
+    let hex = tail.strip_prefix(TRAILER_MAGIC)?.strip_suffix(b"\n")?;
+    if hex.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+}
+
+/// Where a queue file's message ends (and its envelope starts), and where the envelope ends;
+/// `None` for a file without a well-formed trailer: a message in the earlier layout.
+fn split_queue_file(bytes: &[u8]) -> Option<(usize, usize)> {
+    let json_end = bytes.len().checked_sub(TRAILER_LEN)?;
+    let size = usize::try_from(parse_trailer(&bytes[json_end..])?).ok()?;
+    (size <= json_end).then_some((size, json_end))
+}
+
+/// The envelope stored with a message at its arrival. Reads the trailer and the envelope
+/// only, not the message: a start with a deep queue of large messages reads little.
+fn stored_envelope(path: &Path) -> Result<Envelope, String> {
+    use std::os::unix::fs::FileExt;
+    let unreadable = |e: io::Error| format!("unreadable message: {e}");
+    let file = File::open(path).map_err(unreadable)?;
+    let len = file.metadata().map_err(unreadable)?.len();
+    let missing = "a message without an envelope (no queue file trailer)";
+    let mut tail = [0u8; TRAILER_LEN];
+    let tail_at = len.checked_sub(TRAILER_LEN as u64).ok_or(missing)?;
+    file.read_exact_at(&mut tail, tail_at).map_err(unreadable)?;
+    let size = parse_trailer(&tail)
+        .filter(|&size| size <= tail_at)
+        .ok_or(missing)?;
+    let json_len = usize::try_from(tail_at - size).map_err(|_| missing)?;
+    if json_len > MAX_ENVELOPE {
+        return Err(format!("an envelope of {json_len} octets is past any this daemon writes"));
+    }
+    let mut json = vec![0u8; json_len];
+    file.read_exact_at(&mut json, size).map_err(unreadable)?;
+    let env = decode(&json).map_err(|e| format!("unreadable envelope: {e}"))?;
+    if env.size != size {
+        return Err(format!(
+            "the envelope gives {} octets of message, the file holds {size}",
+            env.size
+        ));
+    }
+    Ok(env)
+}
+
+/// Far above the envelope of the most recipients a session accepts, and small enough that a
+/// damaged trailer cannot make the start allocate the whole file.
+const MAX_ENVELOPE: usize = 64 << 20;
+
+fn matching(env: Envelope, id: QueueId) -> Result<Envelope, String> {
+    if env.id == id {
+        Ok(env)
+    } else {
+        Err("envelope id does not match its file name".to_string())
+    }
+}
+
+/// Writes every part, in as few system calls as the kernel allows.
+fn write_all_vectored(f: &mut File, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<io::IoSlice<'_>> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| io::IoSlice::new(p))
+        .collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match f.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn encode(envelope: &Envelope) -> io::Result<Vec<u8>> {

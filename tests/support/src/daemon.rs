@@ -295,17 +295,9 @@ impl Daemon {
         PathBuf::from(format!("/proc/{}/root", self.pid())).join(relative)
     }
 
-    /// Queued envelopes (`q/*.env`) under `queue_dir`.
-    pub fn queued_envelopes(&self, queue_dir: &Path) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(queue_dir.join("q"))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|e| e == "env"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+    /// The queued messages' files (`q/*.msg`) under `queue_dir`.
+    pub fn queued_messages(&self, queue_dir: &Path) -> Vec<PathBuf> {
+        crate::queue::message_files(queue_dir)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod https;
+pub mod queue;
 pub mod sink;
 pub mod smtp;
 pub mod world;
