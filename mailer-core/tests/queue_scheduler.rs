@@ -464,3 +464,41 @@ async fn an_unrouted_alias_target_left_pending_is_routed_again_or_bounced() {
     assert!(dsn.contains("Status: 5.4.4"), "{dsn}");
     assert!(scheduler.get(m.id).is_none(), "the message is done");
 }
+
+#[tokio::test]
+async fn a_flush_makes_a_deep_queue_due_without_a_write_per_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Arc::new(Spool::open(dir.path()).unwrap());
+    let deliverer = Arc::new(Counting::default());
+    let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), timing(), "mx.test".into());
+    // 200 messages deferred for an hour, as after an upstream outage.
+    let later = mailer_core::time::unix_seconds(SystemTime::now()) + 3600;
+    for _ in 0..200 {
+        let m = incoming();
+        let mut env = m.envelope();
+        env.recipients[0].attempts = 1;
+        env.recipients[0].next_attempt = later;
+        spool.store(&env, &m.message).unwrap();
+        scheduler.enqueue(env);
+    }
+    let files = || std::fs::read_dir(dir.path().join("q")).unwrap().count();
+    assert_eq!(files(), 200);
+
+    assert_eq!(scheduler.flush(None, SystemTime::now()), 200);
+    assert_eq!(files(), 200, "no envelope was rewritten by the flush itself");
+    assert_eq!(deliverer.0.load(Ordering::SeqCst), 0);
+
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(scheduler.clone().run(shutdown));
+    for _ in 0..100 {
+        if deliverer.0.load(Ordering::SeqCst) == 200 && scheduler.snapshot().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = stop.send(true);
+    let _ = running.await;
+    assert_eq!(deliverer.0.load(Ordering::SeqCst), 200, "each delivered once");
+    assert!(scheduler.snapshot().is_empty());
+    assert_eq!(files(), 0);
+}

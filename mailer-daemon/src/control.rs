@@ -205,8 +205,7 @@ async fn run(
         Request::Flush { id } => {
             let qid = optional(&id)?;
             let now = std::time::SystemTime::now();
-            let n =
-                tokio::task::block_in_place(|| scheduler.flush(qid, now)).map_err(io_failure)?;
+            let n = scheduler.flush(qid, now);
             if qid.is_some() && n == 0 {
                 return Err(in_flight(id.as_deref().unwrap_or_default()));
             }

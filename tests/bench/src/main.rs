@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -81,6 +81,11 @@ struct Args {
     /// Rounds per daemon with --peer.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// A deep queue: the upstream pool answers every MAIL with 451 while the load is
+    /// accepted, then comes back and the queue is flushed (`mailer queue flush`). Reports the
+    /// time to drain it and the memory at the peak. mailer only; e.g. with --messages 10000.
+    #[arg(long, conflicts_with = "peer")]
+    backlog: bool,
 }
 
 /// How the clients use their connections.
@@ -232,6 +237,9 @@ struct Outcome {
     daemon_cpu_ms_per_message: f64,
     syscalls: Option<Syscalls>,
     bench_process_cpu_s: f64,
+    /// With --backlog: from the upstreams' return (and the flush) until the sinks held every
+    /// message.
+    backlog_drain_s: Option<f64>,
     checks: Checks,
 }
 
@@ -595,6 +603,8 @@ fn client_tls(ca: &TestCa) -> Result<Arc<rustls::ClientConfig>, String> {
 
 /// What every run of one scenario shares: the sinks, their ceiling, the message template.
 struct Bench {
+    /// While set, the sinks answer MAIL with 451 (--backlog).
+    down: Arc<AtomicBool>,
     scenario: Scenario,
     mode: Mode,
     run: usize,
@@ -622,13 +632,19 @@ async fn prepare(
     let ca = TestCa::new();
     // `localhost` for Postfix, which matches a certificate against DNS names only.
     let leaf = ca.issue(&["127.0.0.1", "localhost"]);
+    let down = Arc::new(AtomicBool::new(false));
     let mut sinks = Vec::new();
     for _ in 0..args.sinks.max(1) {
+        let down = down.clone();
         sinks.push(
             Sink::start(SinkOptions {
                 tls: Some(leaf.clone()),
                 require_tls: true,
                 auth: Some((SINK_USER.into(), SINK_PASSWORD.into())),
+                mail_reply: Some(Arc::new(move |_| {
+                    down.load(Ordering::SeqCst)
+                        .then(|| (451, "4.3.0 Down for the benchmark".to_string()))
+                })),
                 ..SinkOptions::default()
             })
             .await,
@@ -666,6 +682,7 @@ async fn prepare(
     }
     fs::write(dir.path().join("ca.pem"), ca.cert_pem()).map_err(|e| e.to_string())?;
     Ok(Bench {
+        down,
         scenario,
         mode,
         run,
@@ -769,19 +786,36 @@ async fn measure(
     let targets = [SocketAddr::from(([127, 0, 0, 1], port))];
     let start = Instant::now();
     let deadline = start + phase;
-    let ((sent, errors), delivered_at) = tokio::join!(
-        load(
-            scenario,
-            bench.mode,
-            &targets,
-            &Setup::Plain,
-            SENDER,
-            &bench.template,
-            bench.run,
-            deadline
-        ),
-        wait_delivered(&bench.sinks, scenario.messages, deadline + phase)
+    let sending = load(
+        scenario,
+        bench.mode,
+        &targets,
+        &Setup::Plain,
+        SENDER,
+        &bench.template,
+        bench.run,
+        deadline,
     );
+    let mut backlog_drain_s = None;
+    let ((sent, errors), delivered_at) = if args.backlog {
+        bench.down.store(true, Ordering::SeqCst);
+        let loaded = sending.await;
+        bench.down.store(false, Ordering::SeqCst);
+        let released = Instant::now();
+        let Running::Mailer(_, dir) = &running else {
+            return Err("--backlog measures mailer alone".into());
+        };
+        flush_queue(mailer, dir)?;
+        let delivered_at =
+            wait_delivered(&bench.sinks, scenario.messages, Instant::now() + phase).await;
+        backlog_drain_s = delivered_at.map(|t| (t - released).as_secs_f64());
+        (loaded, delivered_at)
+    } else {
+        tokio::join!(
+            sending,
+            wait_delivered(&bench.sinks, scenario.messages, deadline + phase)
+        )
+    };
     let accepted_time = sent
         .iter()
         .map(|s| s.accepted_at)
@@ -848,12 +882,32 @@ async fn measure(
         daemon_cpu_ms_per_message: cpu.as_secs_f64() * 1e3 / n,
         syscalls,
         bench_process_cpu_s: bench_cpu.as_secs_f64(),
+        backlog_drain_s,
         checks,
     };
     if !outcome.checks.ok() {
         eprintln!("mailer-bench: {} log tail:\n{log_tail}", daemon.name());
     }
     Ok(outcome)
+}
+
+/// Makes every queued message due now, as an admin would once the upstreams are back.
+fn flush_queue(mailer: &Path, dir: &Path) -> Result<(), String> {
+    let out = Command::new(mailer)
+        .arg("--config")
+        .arg(dir.join("mailer.toml"))
+        .args(["queue", "flush"])
+        .output()
+        .map_err(|e| format!("mailer queue flush: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "mailer queue flush: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 /// Messages mailer delivers at once (its scheduler's limit); Postfix gets as many
@@ -910,6 +964,13 @@ fn print(o: &Outcome) {
         o.daemon_peak_rss_mib,
         o.bench_process_cpu_s
     );
+    if let Some(drain) = o.backlog_drain_s {
+        println!(
+            "  backlog: all {} accepted while the upstreams answered 451; drained in {drain:.1} s after their return = {:.0} msgs/s",
+            o.scenario.messages,
+            o.scenario.messages as f64 / drain.max(1e-9)
+        );
+    }
     if let Some(sc) = &o.syscalls {
         let named: Vec<String> = sc
             .named_per_message
