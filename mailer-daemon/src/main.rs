@@ -72,9 +72,6 @@ enum Command {
     Mailq,
     /// Check the aliases files and have the daemon reload them (also invoked as `newaliases`).
     Newaliases,
-    /// Write manual pages or shell completions (for packaging).
-    #[command(hide = true)]
-    Generate(manuals::Args),
 }
 
 #[derive(Subcommand)]
@@ -92,6 +89,11 @@ fn main() -> ExitCode {
     let invoked_as = Path::new(&argv0).file_name().unwrap_or_default().to_owned();
     if invoked_as == "sendmail" {
         return sendmail::main_as_sendmail();
+    }
+    // The packaging helper stays out of the command line's definition, so that neither
+    // completions nor manual pages offer it.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "generate") {
+        return manuals::main(std::env::args_os().skip(1));
     }
     // `mailq` and `newaliases` take sendmail's options (e.g. `-v`), which mean nothing here.
     let cli = match invoked_as.to_str() {
@@ -118,7 +120,6 @@ fn main() -> ExitCode {
         Command::Sendmail(args) => sendmail::main(config_path.as_deref(), args),
         Command::Mailq => queue_cmd::mailq(config_path.as_deref()),
         Command::Newaliases => newaliases::main(config_path.as_deref()),
-        Command::Generate(args) => manuals::main(args),
     }
 }
 

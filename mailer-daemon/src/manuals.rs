@@ -1,4 +1,4 @@
-//! `mailer generate …` (hidden): manual pages and shell completions, made from the command
+//! `mailer generate …` (for packaging): manual pages and shell completions, made from the command
 //! line's own definition so they cannot drift from it. Packaging runs it at build time.
 
 use std::fs;
@@ -9,8 +9,10 @@ use std::process::ExitCode;
 /// mailer.toml(5), written by hand: the configuration is not a command line.
 const CONFIG_PAGE: &str = include_str!("../../docs/mailer.toml.5");
 
-#[derive(clap::Args)]
-pub struct Args {
+/// `mailer generate …`, parsed on its own: it is not part of [`crate::command`].
+#[derive(clap::Parser)]
+#[command(name = "mailer generate")]
+struct Args {
     #[command(subcommand)]
     what: What,
 }
@@ -29,7 +31,9 @@ enum What {
     },
 }
 
-pub fn main(args: Args) -> ExitCode {
+/// `args`: `generate` and what follows it.
+pub fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    let args = <Args as clap::Parser>::parse_from(args);
     let result = match args.what {
         What::Man { dir } => man_pages(&dir).map(|written| {
             for path in written {

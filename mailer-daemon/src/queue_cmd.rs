@@ -427,10 +427,10 @@ impl Clock for UtcTime {
         asctime_fields(
             weekday,
             c.month as usize - 1,
-            c.day as u32,
-            c.hour as u32,
-            c.minute as u32,
-            c.second as u32,
+            c.day,
+            c.hour,
+            c.minute,
+            c.second,
         )
     }
 }
@@ -456,9 +456,8 @@ fn render_mailq(envelopes: &[Envelope], clock: &dyn Clock) -> String {
     if envelopes.is_empty() {
         return "Mail queue is empty\n".to_string();
     }
-    let mut out = String::from(
-        "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------\n",
-    );
+    let mut out =
+        String::from("-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------\n");
     let mut bytes: u64 = 0;
     for (n, env) in envelopes.iter().enumerate() {
         if n > 0 {
