@@ -96,7 +96,8 @@ fn the_package_holds_the_binary_links_unit_conffile_man_pages_and_completions() 
     };
 
     let (mode, owner, _) = has("./usr/sbin/mailer");
-    assert_eq!((mode.as_str(), owner.as_str()), ("-rwxr-xr-x", "root/root"));
+    assert_eq!(mode, "-rwxr-xr-x");
+    assert!(["root/root", "0/0"].contains(&owner.as_str()), "{owner}");
     for (link, target) in [
         ("./usr/sbin/sendmail", "mailer"),
         ("./usr/bin/mailq", "../sbin/mailer"),
