@@ -447,9 +447,9 @@ fn asctime_fields(wday: usize, mon: usize, mday: u32, hour: u32, min: u32, sec: 
     )
 }
 
-/// Postfix's showq layout: a header; per message the id (with `!` when held), size, arrival
-/// time and sender, then each distinct reason in parentheses above the recipients it holds
-/// back, recipients indented to the sender's column; a blank line between messages; then
+/// Postfix's mailq layout (showq_compat, short queue ids): a header; per message the id
+/// (with `!` when held), size, arrival time and sender, then each distinct reason in
+/// parentheses above the recipients it holds back, recipients indented to the sender's column; a blank line between messages; then
 /// `-- N Kbytes in M Requests.`, or `Mail queue is empty`. Delivered and failed recipients
 /// are no longer queued and are not listed, as in Postfix.
 fn render_mailq(envelopes: &[Envelope], clock: &dyn Clock) -> String {
@@ -472,17 +472,24 @@ fn render_mailq(envelopes: &[Envelope], clock: &dyn Clock) -> String {
         // asctime's 24 characters cut to 20, the trailing space included, as showq's %20.20s.
         let arrived = format!("{:<20.20}", format!("{} ", clock.asctime(env.arrived)));
         out.push_str(&format!("{id:<11} {:>7} {arrived} {sender}\n", env.size));
-        let mut last_reason: Option<&str> = None;
+        // As showq_compat: a reason line when it differs from the previous recipient's,
+        // right-aligned to 78 columns; "reason unavailable" after a recipient that had one.
+        let mut last_reason = String::new();
         for r in env
             .recipients
             .iter()
             .filter(|r| r.state == RecipientState::Pending)
         {
-            if let Some(reason) = r.last_error.as_deref() {
-                if last_reason != Some(reason) {
-                    out.push_str(&format!("({})\n", one_line(reason)));
-                    last_reason = Some(reason);
-                }
+            let reason = r.last_error.as_deref().map(one_line).unwrap_or_default();
+            if reason != last_reason {
+                let shown = if reason.is_empty() {
+                    "reason unavailable"
+                } else {
+                    reason.as_str()
+                };
+                let padding = 76usize.saturating_sub(shown.chars().count());
+                out.push_str(&format!("{:padding$}({shown})\n", ""));
+                last_reason = reason;
             }
             out.push_str(&format!("{:41}{}\n", "", r.address));
         }
@@ -552,6 +559,8 @@ fn show_offline(config: &Config, id: &str) -> Result<Shown, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer_core::address::Address;
+    use mailer_core::queue::Recipient;
 
     #[test]
     fn rfc3339_formats_utc() {
@@ -568,6 +577,68 @@ mod tests {
     #[test]
     fn mailq_of_an_empty_queue_says_so() {
         assert_eq!(render_mailq(&[], &UtcTime), "Mail queue is empty\n");
+    }
+
+    fn recipient(address: &str, state: RecipientState, error: Option<&str>) -> Recipient {
+        Recipient {
+            address: Address::parse(address).expect("a test address"),
+            action: "outbound".into(),
+            state,
+            attempts: 1,
+            next_attempt: 0,
+            last_error: error.map(str::to_string),
+            original: None,
+        }
+    }
+
+    #[test]
+    fn mailq_lists_pending_recipients_under_their_reasons_as_postfix_does() {
+        let busy = "host mx.example.net said: 451 4.3.0 busy";
+        let bounce = Envelope {
+            version: 1,
+            id: QueueId::parse("0000000000000000000A").expect("an id"),
+            arrived: 1_700_000_000,
+            sender: None,
+            recipients: vec![
+                recipient("a@example.net", RecipientState::Pending, Some(busy)),
+                recipient("b@example.net", RecipientState::Pending, Some(busy)),
+                recipient("c@example.net", RecipientState::Delivered, None),
+                recipient("d@example.net", RecipientState::Pending, None),
+            ],
+            size: 2048,
+            smtputf8: false,
+            eightbit: false,
+            helo: "localhost".into(),
+            peer: "local".into(),
+            held: true,
+            warned: false,
+        };
+        let mut other = bounce.clone();
+        other.id = QueueId::parse("0000000000000000000B").expect("an id");
+        other.sender = Some(Address::parse("alice@ublog.tech").expect("an address"));
+        other.recipients = vec![recipient("e@example.org", RecipientState::Pending, None)];
+        other.held = false;
+        other.size = 100;
+        let pad = |reason: &str| format!("{}({reason})", " ".repeat(76 - reason.len()));
+        let indent = " ".repeat(41);
+        let want = [
+            "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------".to_string(),
+            "0000000000000000000A!    2048 Tue Nov 14 22:13:20  MAILER-DAEMON".to_string(),
+            pad(busy),
+            format!("{indent}a@example.net"),
+            format!("{indent}b@example.net"),
+            pad("reason unavailable"),
+            format!("{indent}d@example.net"),
+            String::new(),
+            "0000000000000000000B     100 Tue Nov 14 22:13:20  alice@ublog.tech".to_string(),
+            format!("{indent}e@example.org"),
+            String::new(),
+            "-- 2 Kbytes in 2 Requests.".to_string(),
+        ];
+        assert_eq!(
+            render_mailq(&[bounce, other], &UtcTime),
+            want.join("\n") + "\n"
+        );
     }
 
     #[test]
