@@ -19,7 +19,8 @@ struct Args {
 
 #[derive(clap::Subcommand)]
 enum What {
-    /// Write mailer(8), one page per subcommand and mailer.toml(5) into DIR.
+    /// Write mailer(8), one page per subcommand, sendmail(8), mailq(8), newaliases(8) and
+    /// mailer.toml(5) into DIR.
     Man {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
@@ -78,6 +79,17 @@ fn man_pages(dir: &Path) -> io::Result<Vec<PathBuf>> {
         page(sub.clone())?;
     }
     page(cmd)?;
+    // The names the package links to `mailer` get their pages too, as roff includes of the
+    // subcommand's page.
+    for (name, page) in [
+        ("sendmail.8", "mailer-sendmail.8"),
+        ("mailq.8", "mailer-mailq.8"),
+        ("newaliases.8", "mailer-newaliases.8"),
+    ] {
+        let path = dir.join(name);
+        fs::write(&path, format!(".so man8/{page}\n"))?;
+        written.push(path);
+    }
     let config_page = dir.join("mailer.toml.5");
     fs::write(&config_page, CONFIG_PAGE)?;
     written.push(config_page);
