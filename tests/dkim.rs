@@ -650,9 +650,30 @@ for idx in range(count):
     print("pass" if verifier.verify(idx=idx, dnsfunc=dnsfunc) else "fail")
 "#;
 
+/// Whether dkimpy can run. Under CI (`CI` set: `.ci/run` installs python3-dkim) its absence
+/// fails the test; elsewhere the test says why and skips, so a machine with nothing but a
+/// Rust toolchain runs the rest of the suite.
+fn dkimpy_present_or_skip() -> bool {
+    let present = Command::new("/usr/bin/python3")
+        .args(["-c", "import dkim"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !present {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "python3-dkim is missing under CI: .ci/run installs it (apt-get install -y python3-dkim)"
+        );
+        eprintln!(
+            "skipped: the second DKIM verifier, Debian's python3-dkim, is not installed \
+             (apt-get install -y python3-dkim; .ci/run installs it)"
+        );
+    }
+    present
+}
+
 /// dkimpy's verdict on each signature of `message`, with the key records `records`. Fails
-/// the test, with the command that installs it, when python3-dkim is missing: this check is
-/// the point of the test and is never skipped.
+/// the test, with the command that installs it, when python3-dkim is missing (callers ask
+/// [`dkimpy_present_or_skip`] first).
 fn dkimpy_verdicts(dir: &Path, message: &[u8], records: &[(&str, &str)]) -> Vec<String> {
     let script = dir.join("dkimpy_verify.py");
     fs::write(&script, DKIMPY_VERIFY).unwrap();
@@ -722,6 +743,9 @@ async fn send_8bit(port: u16, to: &str, message: &'static str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mastodon_notification_verifies_with_dkimpy_and_its_unsubscribe_fields_are_oversigned() {
+    if !dkimpy_present_or_skip() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let (rsa_key, rsa_name, rsa_text) = keygen(dir.path(), "rsa2026", "rsa2048");
     let (ed_key, ed_name, ed_text) = keygen(dir.path(), "ed2026", "ed25519");

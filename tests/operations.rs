@@ -734,7 +734,7 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     ))
     .unwrap();
     // verify checks that ExecStart exists: point it at the binary under test.
-    let unit = unit.replace("/usr/local/bin/mailer", BIN);
+    let unit = unit.replace("/usr/sbin/mailer", BIN);
     let path = dir.path().join("mailer.service");
     fs::write(&path, unit).unwrap();
     let out = Command::new("systemd-analyze")

@@ -58,7 +58,7 @@ pub fn main(config_path: Option<&std::path::Path>, args: Args) -> ExitCode {
         return mastodon(config_path, env_path, args.json);
     }
     let explicit = config_path.is_some();
-    let defaults = match mailer_core::config::Config::load(crate::config_path(config_path)) {
+    let defaults = match crate::read_config(config_path) {
         Ok(config) => defaults_from(&config),
         Err(diagnostics) => {
             if explicit || args.domain.is_none() || args.relays.is_empty() {
@@ -89,7 +89,7 @@ fn mastodon(
     env_path: &std::path::Path,
     json: bool,
 ) -> ExitCode {
-    let config = match mailer_core::config::Config::load(crate::config_path(config_path)) {
+    let config = match crate::read_config(config_path) {
         Ok(config) => config,
         Err(diagnostics) => {
             for d in diagnostics {

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use mailer_core::config::{Action, Config};
+use mailer_core::config::Action;
 use mailer_core::delivery::dkim::{
     check_key_mode, generate_key, read_key, write_key_file, DkimRecord, KeyAlgorithm,
 };
@@ -27,7 +27,7 @@ enum DkimCommand {
         /// The signing domain (`d=`), e.g. the header From domain
         #[arg(long)]
         domain: String,
-        /// Key algorithm; RSA keys are generated with the openssl command
+        /// Key algorithm
         #[arg(long, value_enum, default_value = "rsa2048")]
         algorithm: AlgorithmArg,
         /// Where to write the key; an existing file is never replaced [default: SELECTOR.key]
@@ -134,7 +134,7 @@ fn record(
 
 /// The selector and domain a relay action gives the key at `path`, if the configuration loads.
 fn configured_names(config: Option<&Path>, path: &Path) -> (Option<String>, Option<String>) {
-    let Ok(config) = Config::load(crate::config_path(config)) else {
+    let Ok(config) = crate::read_config(config) else {
         return (None, None);
     };
     let wanted = std::fs::canonicalize(path).ok();

@@ -1,4 +1,5 @@
-//! Logs: tracing to stderr, quiet at the default level (one line per message event).
+//! Logs: tracing to stderr, or natively to the journal under systemd; quiet at the default
+//! level (one line per message event).
 
 use tracing_subscriber::{fmt, prelude::*, reload, EnvFilter, Registry};
 
@@ -36,7 +37,7 @@ pub fn init(config_level: &str, format: Format) -> Level {
         .or_else(|| EnvFilter::try_new(config_level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    // journald stamps every line itself.
+    // systemd sets JOURNAL_STREAM when stderr is the journal.
     let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let lines = fmt::layer()
         .with_writer(std::io::stderr)
@@ -44,11 +45,33 @@ pub fn init(config_level: &str, format: Format) -> Level {
         .with_ansi(false);
     let lines = match (format, journal) {
         (Format::Json, _) => lines.json().boxed(),
-        (Format::Text, true) => lines.without_time().boxed(),
+        (Format::Text, true) => match journald() {
+            Some(native) => native.boxed(),
+            // journald stamps every line itself.
+            None => lines.without_time().boxed(),
+        },
         (Format::Text, false) => lines.boxed(),
     };
     let _ = Registry::default().with(filter).with(lines).try_init();
     Level {
         handle: (!fixed).then_some(handle),
+    }
+}
+
+/// The journal's native protocol: each event's fields become journal fields (`QUEUE_ID`,
+/// `RECIPIENT`, `ACTION`, `STATUS` on message events), unprefixed, so that
+/// `journalctl -u mailer QUEUE_ID=…` shows one message's whole story; journald adds the time.
+/// None when the journal's socket cannot be reached: the caller falls back to stderr.
+fn journald() -> Option<tracing_journald::Layer> {
+    match tracing_journald::layer() {
+        Ok(layer) => Some(
+            layer
+                .with_field_prefix(None)
+                .with_syslog_identifier("mailer".to_string()),
+        ),
+        Err(e) => {
+            eprintln!("mailer: the journal's socket cannot be reached ({e}); logging to stderr");
+            None
+        }
     }
 }

@@ -10,7 +10,9 @@ mod control;
 mod dkim_cmd;
 mod engine;
 mod logging;
+mod manuals;
 mod metrics;
+mod newaliases;
 mod offline;
 mod privileges;
 mod queue_cmd;
@@ -21,9 +23,10 @@ mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Parser, Subcommand};
-use mailer_core::config::Config;
+use mailer_core::config::{Config, Diagnostic};
 
 /// Where the configuration is looked for when neither --config nor MAILER_CONFIG is given.
 pub const DEFAULT_CONFIG: &str = "/etc/mailer/mailer.toml";
@@ -38,6 +41,10 @@ struct Cli {
     /// Configuration file [default: /etc/mailer/mailer.toml].
     #[arg(long, global = true, env = "MAILER_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Use the built-in configuration (127.0.0.1:2525, state under ./mailer-state) instead of
+    /// a file, as `mailer serve --embedded` does.
+    #[arg(long, global = true)]
+    embedded: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -61,6 +68,10 @@ enum Command {
     Dkim(dkim_cmd::Args),
     /// Submit a message from standard input, as sendmail(8) does.
     Sendmail(sendmail::Args),
+    /// List the queue as Postfix's mailq(1) prints it (also invoked as `mailq`).
+    Mailq,
+    /// Check the aliases files and have the daemon reload them (also invoked as `newaliases`).
+    Newaliases,
 }
 
 #[derive(Subcommand)]
@@ -79,12 +90,17 @@ fn main() -> ExitCode {
     if invoked_as == "sendmail" {
         return sendmail::main_as_sendmail();
     }
-    let cli = if invoked_as == "mailq" {
-        let list = ["mailer", "queue", "list"].map(std::ffi::OsString::from);
-        Cli::parse_from(list.into_iter().chain(std::env::args_os().skip(1)))
-    } else {
-        Cli::parse()
+    // The packaging helper stays out of the command line's definition, so that neither
+    // completions nor manual pages offer it.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "generate") {
+        return manuals::main(std::env::args_os().skip(1));
+    }
+    // `mailq` and `newaliases` take sendmail's options (e.g. `-v`), which mean nothing here.
+    let cli = match invoked_as.to_str() {
+        Some(name @ ("mailq" | "newaliases")) => Cli::parse_from(["mailer", name]),
+        _ => Cli::parse(),
     };
+    EMBEDDED.store(cli.embedded, Ordering::Relaxed);
     let config_path = cli.config.clone();
     match cli.command {
         Command::Serve(args) => serve::main(config_path.as_deref(), args),
@@ -102,6 +118,31 @@ fn main() -> ExitCode {
         Command::Check(args) => check_cmd::main(config_path.as_deref(), args),
         Command::Dkim(args) => dkim_cmd::main(config_path.as_deref(), args),
         Command::Sendmail(args) => sendmail::main(config_path.as_deref(), args),
+        Command::Mailq => queue_cmd::mailq(config_path.as_deref()),
+        Command::Newaliases => newaliases::main(config_path.as_deref()),
+    }
+}
+
+/// The clap definition of the command line, for manual pages and completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+/// Set once from `--embedded`, before any subcommand runs: every subcommand that reads the
+/// configuration then takes the built-in one.
+static EMBEDDED: AtomicBool = AtomicBool::new(false);
+
+/// Whether `--embedded` was given.
+pub fn embedded() -> bool {
+    EMBEDDED.load(Ordering::Relaxed)
+}
+
+/// The configuration in effect: the built-in one with `--embedded`, else the file.
+pub fn read_config(path: Option<&Path>) -> Result<Config, Vec<Diagnostic>> {
+    if embedded() {
+        Ok(Config::embedded_default())
+    } else {
+        Config::load(config_path(path))
     }
 }
 
@@ -112,7 +153,7 @@ pub fn config_path(path: Option<&Path>) -> &Path {
 
 /// Loads the configuration, printing each problem as `FILE:LINE:COL: message`.
 pub fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
-    Config::load(config_path(path)).map_err(|diagnostics| {
+    read_config(path).map_err(|diagnostics| {
         for d in diagnostics {
             eprintln!("{d}");
         }

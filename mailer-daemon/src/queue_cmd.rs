@@ -111,7 +111,7 @@ pub fn reload(config_path: Option<&Path>) -> ExitCode {
 }
 
 /// Why a call failed.
-enum CallError {
+pub enum CallError {
     /// Nothing answers on the socket.
     Down(String),
     /// The daemon answered with an error, or the exchange broke.
@@ -130,7 +130,7 @@ impl std::fmt::Display for CallError {
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One request, one response over the control socket.
-fn call(socket: &Path, request: &Request) -> Result<Value, CallError> {
+pub fn call(socket: &Path, request: &Request) -> Result<Value, CallError> {
     let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => CallError::Down(format!(
             "the daemon is not running (no answer on the control socket {}: {e})",
@@ -180,34 +180,53 @@ fn spool(config: &Config) -> Result<Spool, String> {
         .map_err(|e| format!("cannot open the queue {}: {e}", config.queue_dir.display()))
 }
 
-fn list(config: &Config, as_json: bool) -> ExitCode {
-    let envelopes: Vec<Envelope> = match call(&config.control_socket, &Request::List) {
-        Ok(v) => match serde_json::from_value(v) {
-            Ok(list) => list,
-            Err(e) => {
-                eprintln!("mailer queue list: malformed answer from the daemon: {e}");
-                return ExitCode::from(EXIT_FAILED);
-            }
-        },
+/// The queued messages, from the daemon, or from the queue directory when it is down.
+fn queued(config: &Config, command: &str) -> Result<Vec<Envelope>, ExitCode> {
+    match call(&config.control_socket, &Request::List) {
+        Ok(v) => serde_json::from_value(v).map_err(|e| {
+            eprintln!("{command}: malformed answer from the daemon: {e}");
+            ExitCode::from(EXIT_FAILED)
+        }),
         Err(CallError::Down(why)) => {
-            eprintln!("mailer queue list: {why}; reading the queue directory");
-            let report = match spool(config).and_then(|s| s.load(false).map_err(|e| e.to_string()))
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("mailer queue list: {e}");
-                    return ExitCode::from(EXIT_FAILED);
-                }
-            };
+            eprintln!("{command}: {why}; reading the queue directory");
+            let report = spool(config)
+                .and_then(|s| s.load(false).map_err(|e| e.to_string()))
+                .map_err(|e| {
+                    eprintln!("{command}: {e}");
+                    ExitCode::from(EXIT_FAILED)
+                })?;
             for (path, reason) in &report.corrupt {
                 eprintln!("{}: {reason}", path.display());
             }
-            report.envelopes
+            Ok(report.envelopes)
         }
         Err(e) => {
-            eprintln!("mailer queue list: {e}");
-            return ExitCode::from(EXIT_FAILED);
+            eprintln!("{command}: {e}");
+            Err(ExitCode::from(EXIT_FAILED))
         }
+    }
+}
+
+/// `mailq` (and `mailer mailq`): the queue as Postfix's mailq(1) prints it, for the scripts
+/// and eyes that know that format.
+pub fn mailq(config_path: Option<&Path>) -> ExitCode {
+    let config = match crate::load_config(config_path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match queued(&config, "mailq") {
+        Ok(envelopes) => {
+            print!("{}", render_mailq(&envelopes, &LocalTime));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+fn list(config: &Config, as_json: bool) -> ExitCode {
+    let envelopes = match queued(config, "mailer queue list") {
+        Ok(list) => list,
+        Err(code) => return code,
     };
     let now = unix_seconds(SystemTime::now());
     // Files the daemon set aside: read from the directory, readable by whoever may use the
@@ -370,6 +389,125 @@ fn render_table(envelopes: &[Envelope], now: i64) -> String {
     out
 }
 
+/// Turns a Unix time into the `asctime(3)` form mailq prints, `Wed Dec  2 04:30:01`.
+trait Clock {
+    fn asctime(&self, secs: i64) -> String;
+}
+
+/// The local time zone, as Postfix's showq uses it.
+struct LocalTime;
+
+impl Clock for LocalTime {
+    fn asctime(&self, secs: i64) -> String {
+        // SAFETY: localtime_r only writes the `tm` it is given; a zeroed `tm` is valid.
+        let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+        let t = secs as libc::time_t;
+        if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+            return UtcTime.asctime(secs);
+        }
+        asctime_fields(
+            tm.tm_wday as usize,
+            tm.tm_mon as usize,
+            tm.tm_mday as u32,
+            tm.tm_hour as u32,
+            tm.tm_min as u32,
+            tm.tm_sec as u32,
+        )
+    }
+}
+
+/// UTC, when the local time cannot be had (and in tests, which need a fixed zone).
+struct UtcTime;
+
+impl Clock for UtcTime {
+    fn asctime(&self, secs: i64) -> String {
+        let c = Civil::from_unix(secs);
+        // 1970-01-01 was a Thursday.
+        let weekday = (secs.div_euclid(86_400) + 4).rem_euclid(7) as usize;
+        asctime_fields(
+            weekday,
+            c.month as usize - 1,
+            c.day,
+            c.hour,
+            c.minute,
+            c.second,
+        )
+    }
+}
+
+fn asctime_fields(wday: usize, mon: usize, mday: u32, hour: u32, min: u32, sec: u32) -> String {
+    const DAYS: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{} {} {mday:>2} {hour:02}:{min:02}:{sec:02}",
+        DAYS.get(wday).unwrap_or(&"???"),
+        MONTHS.get(mon).unwrap_or(&"???")
+    )
+}
+
+/// Postfix's mailq layout (showq_compat, short queue ids): a header; per message the id
+/// (with `!` when held), size, arrival time and sender, then each distinct reason in
+/// parentheses above the recipients it holds back, recipients indented to the sender's column; a blank line between messages; then
+/// `-- N Kbytes in M Requests.`, or `Mail queue is empty`. Delivered and failed recipients
+/// are no longer queued and are not listed, as in Postfix.
+fn render_mailq(envelopes: &[Envelope], clock: &dyn Clock) -> String {
+    if envelopes.is_empty() {
+        return "Mail queue is empty\n".to_string();
+    }
+    let mut out =
+        String::from("-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------\n");
+    let mut bytes: u64 = 0;
+    for (n, env) in envelopes.iter().enumerate() {
+        if n > 0 {
+            out.push('\n');
+        }
+        bytes += env.size;
+        let id = format!("{}{}", env.id, if env.held { "!" } else { "" });
+        let sender = env
+            .sender
+            .as_ref()
+            .map_or_else(|| "MAILER-DAEMON".to_string(), |a| a.to_string());
+        // asctime's 24 characters cut to 20, the trailing space included, as showq's %20.20s.
+        let arrived = format!("{:<20.20}", format!("{} ", clock.asctime(env.arrived)));
+        out.push_str(&format!("{id:<11} {:>7} {arrived} {sender}\n", env.size));
+        // As showq_compat: a reason line when it differs from the previous recipient's,
+        // right-aligned to 78 columns; "reason unavailable" after a recipient that had one.
+        let mut last_reason = String::new();
+        for r in env
+            .recipients
+            .iter()
+            .filter(|r| r.state == RecipientState::Pending)
+        {
+            let reason = r.last_error.as_deref().map(one_line).unwrap_or_default();
+            if reason != last_reason {
+                let shown = if reason.is_empty() {
+                    "reason unavailable"
+                } else {
+                    reason.as_str()
+                };
+                let padding = 76usize.saturating_sub(shown.chars().count());
+                out.push_str(&format!("{:padding$}({shown})\n", ""));
+                last_reason = reason;
+            }
+            out.push_str(&format!("{:41}{}\n", "", r.address));
+        }
+    }
+    let count = envelopes.len();
+    out.push_str(&format!(
+        "\n-- {} Kbytes in {count} Request{}.\n",
+        bytes / 1024,
+        if count == 1 { "" } else { "s" }
+    ));
+    out
+}
+
+/// A reason on one line: a multi-line upstream reply would break the block structure.
+fn one_line(reason: &str) -> String {
+    reason.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 fn show(config: &Config, id: &str) -> ExitCode {
     let shown = match call(
         &config.control_socket,
@@ -421,11 +559,86 @@ fn show_offline(config: &Config, id: &str) -> Result<Shown, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mailer_core::address::Address;
+    use mailer_core::queue::Recipient;
 
     #[test]
     fn rfc3339_formats_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[test]
+    fn asctime_is_the_mailq_arrival_form() {
+        assert_eq!(UtcTime.asctime(1_700_000_000), "Tue Nov 14 22:13:20");
+        assert_eq!(UtcTime.asctime(0), "Thu Jan  1 00:00:00");
+    }
+
+    #[test]
+    fn mailq_of_an_empty_queue_says_so() {
+        assert_eq!(render_mailq(&[], &UtcTime), "Mail queue is empty\n");
+    }
+
+    fn recipient(address: &str, state: RecipientState, error: Option<&str>) -> Recipient {
+        Recipient {
+            address: Address::parse(address).expect("a test address"),
+            action: "outbound".into(),
+            state,
+            attempts: 1,
+            next_attempt: 0,
+            last_error: error.map(str::to_string),
+            original: None,
+        }
+    }
+
+    #[test]
+    fn mailq_lists_pending_recipients_under_their_reasons_as_postfix_does() {
+        let busy = "host mx.example.net said: 451 4.3.0 busy";
+        let bounce = Envelope {
+            version: 1,
+            id: QueueId::parse("0000000000000000000A").expect("an id"),
+            arrived: 1_700_000_000,
+            sender: None,
+            recipients: vec![
+                recipient("a@example.net", RecipientState::Pending, Some(busy)),
+                recipient("b@example.net", RecipientState::Pending, Some(busy)),
+                recipient("c@example.net", RecipientState::Delivered, None),
+                recipient("d@example.net", RecipientState::Pending, None),
+            ],
+            size: 2048,
+            smtputf8: false,
+            eightbit: false,
+            helo: "localhost".into(),
+            peer: "local".into(),
+            held: true,
+            warned: false,
+        };
+        let mut other = bounce.clone();
+        other.id = QueueId::parse("0000000000000000000B").expect("an id");
+        other.sender = Some(Address::parse("alice@ublog.tech").expect("an address"));
+        other.recipients = vec![recipient("e@example.org", RecipientState::Pending, None)];
+        other.held = false;
+        other.size = 100;
+        let pad = |reason: &str| format!("{}({reason})", " ".repeat(76 - reason.len()));
+        let indent = " ".repeat(41);
+        let want = [
+            "-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------".to_string(),
+            "0000000000000000000A!    2048 Tue Nov 14 22:13:20  MAILER-DAEMON".to_string(),
+            pad(busy),
+            format!("{indent}a@example.net"),
+            format!("{indent}b@example.net"),
+            pad("reason unavailable"),
+            format!("{indent}d@example.net"),
+            String::new(),
+            "0000000000000000000B     100 Tue Nov 14 22:13:20  alice@ublog.tech".to_string(),
+            format!("{indent}e@example.org"),
+            String::new(),
+            "-- 2 Kbytes in 2 Requests.".to_string(),
+        ];
+        assert_eq!(
+            render_mailq(&[bounce, other], &UtcTime),
+            want.join("\n") + "\n"
+        );
     }
 
     #[test]

@@ -95,12 +95,12 @@ fn run(program: &str, config: Option<PathBuf>, args: &[OsString]) -> ExitCode {
 
 fn submit_from_stdin(config: Option<PathBuf>, args: &[OsString]) -> Result<(), Failure> {
     let options = parse_args(args)?;
-    let config_path = options
-        .config
-        .clone()
-        .or(config)
-        .unwrap_or_else(|| PathBuf::from(crate::DEFAULT_CONFIG));
-    let config = Config::load(&config_path).map_err(|diagnostics| {
+    // `-C FILE` names a file: it wins over `mailer --embedded sendmail`.
+    let loaded = match &options.config {
+        Some(path) => Config::load(path),
+        None => crate::read_config(config.as_deref()),
+    };
+    let config = loaded.map_err(|diagnostics| {
         let lines: Vec<String> = diagnostics.iter().map(|d| d.to_string()).collect();
         Failure::new(
             EX_CONFIG,

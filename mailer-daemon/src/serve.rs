@@ -31,9 +31,6 @@ use crate::smtp::{self, Intake};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Use the built-in configuration (127.0.0.1:2525, state under ./mailer-state).
-    #[arg(long)]
-    embedded: bool,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: logging::Format,
@@ -62,7 +59,7 @@ impl Source {
 }
 
 pub fn main(config_path: Option<&Path>, args: Args) -> ExitCode {
-    let (config, source) = if args.embedded {
+    let (config, source) = if crate::embedded() {
         (Config::embedded_default(), Source::Embedded)
     } else {
         let path = crate::config_path(config_path);

@@ -265,7 +265,7 @@ impl<O: Observer> Deliverer for Dispatch<O> {
         let event = o.event();
         tracing::info!(
             queue_id = %o.queue_id,
-            to = %o.to,
+            recipient = %o.to,
             action = %o.action,
             relay = %self.current().via(o.action),
             status = %status,

@@ -469,8 +469,9 @@ pub enum KeyAlgorithm {
     Ed25519,
 }
 
-/// Generates a private key: Ed25519 with ring; RSA-2048 with the `openssl` command, since ring
-/// cannot generate RSA keys. Returns the PEM text (PKCS#8) and the parsed key.
+/// Generates a private key: Ed25519 with ring; RSA-2048 with RustCrypto's `rsa` (ring cannot
+/// generate RSA keys). Both draw on the operating system's random source. Returns the PEM
+/// text (PKCS#8) and the parsed key.
 pub fn generate_key(algorithm: KeyAlgorithm) -> Result<(String, PrivateKey), String> {
     let pem = match algorithm {
         KeyAlgorithm::Ed25519 => {
@@ -478,38 +479,21 @@ pub fn generate_key(algorithm: KeyAlgorithm) -> Result<(String, PrivateKey), Str
                 .map_err(|e| format!("cannot generate an Ed25519 key: {e}"))?;
             pem_encode("PRIVATE KEY", &der)
         }
-        KeyAlgorithm::Rsa2048 => openssl_rsa2048()?,
+        KeyAlgorithm::Rsa2048 => rsa2048_pkcs8()?,
     };
     let key = PrivateKey::from_pem(pem.as_bytes())
         .map_err(|e| format!("the generated key does not load: {e}"))?;
     Ok((pem, key))
 }
 
-fn openssl_rsa2048() -> Result<String, String> {
-    let output = std::process::Command::new("openssl")
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| {
-            format!(
-                "RSA keys are generated with the openssl command, which could not be run ({e}); \
-                 install openssl or use --algorithm ed25519"
-            )
-        })?;
-    if !output.status.success() {
-        return Err(format!(
-            "openssl genpkey failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ));
-    }
-    String::from_utf8(output.stdout).map_err(|_| "openssl genpkey wrote non-UTF-8 PEM".to_string())
+fn rsa2048_pkcs8() -> Result<String, String> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let key = rsa::PrivateKey::new(&mut getrandom::SysRng, 2048)
+        .map_err(|e| format!("cannot generate an RSA key: {e}"))?;
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|e| format!("cannot encode the RSA key: {e}"))?;
+    Ok(pem_encode("PRIVATE KEY", der.as_bytes()))
 }
 
 fn pem_encode(label: &str, der: &[u8]) -> String {
@@ -770,7 +754,7 @@ Hi.\r\n";
 
     #[test]
     fn rsa_record_is_subject_public_key_info_of_2048_bits() {
-        let (pem, key) = generate_key(KeyAlgorithm::Rsa2048).expect("openssl is installed");
+        let (pem, key) = generate_key(KeyAlgorithm::Rsa2048).expect("an RSA key is generated");
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
         assert_eq!(key.kind(), KeyKind::Rsa { bits: 2048 });
         // SEQUENCE { SEQUENCE { rsaEncryption, NULL }, BIT STRING … }

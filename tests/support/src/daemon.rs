@@ -54,6 +54,32 @@ impl Wrapper {
         }
     }
 
+    /// Runs the daemon in a private mount namespace where `/run/systemd/journal` is
+    /// `journal_dir`, so a socket the test binds at `journal_dir/socket` is the journal's
+    /// socket for the daemon alone (`/run` is a fresh tmpfs there: nothing of the host's
+    /// `/run` is touched). Needs root.
+    pub fn private_journal(journal_dir: &Path) -> Wrapper {
+        let script = "mount -t tmpfs -o mode=0755 tmpfs /run && \
+                      mkdir -p /run/systemd/journal && \
+                      mount --bind \"$JOURNAL_DIR\" /run/systemd/journal && \
+                      exec \"$0\" \"$@\"";
+        Wrapper {
+            args: [
+                "unshare",
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                script,
+            ]
+            .into_iter()
+            .map(OsString::from)
+            .collect(),
+            env: vec![("JOURNAL_DIR".into(), journal_dir.into())],
+        }
+    }
+
     /// Runs the daemon with the credentials config/mailer.service gives it: uid `uid`, gid
     /// `gid`, supplementary groups `groups` (the unit's `SupplementaryGroups=mail`), the
     /// ambient capabilities CAP_NET_BIND_SERVICE and CAP_CHOWN and no others, no new
