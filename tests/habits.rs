@@ -659,11 +659,7 @@ fn under_journald_message_events_carry_queue_id_recipient_action_and_status() {
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let port = free_port();
-    let mut wrapper = Wrapper::private_journal(&journal_dir);
-    // As systemd sets it when stderr is the journal (device:inode of the stream).
-    wrapper
-        .env
-        .push(("JOURNAL_STREAM".into(), "8:12345".into()));
+    let wrapper = Wrapper::private_journal(&journal_dir);
     let daemon: Daemon = TestConfig::new(dir.path(), port)
         .local_mail(&dir.path().join("mail"))
         .start_wrapped(Path::new(BIN), wrapper);

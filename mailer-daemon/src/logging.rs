@@ -37,8 +37,7 @@ pub fn init(config_level: &str, format: Format) -> Level {
         .or_else(|| EnvFilter::try_new(config_level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let (filter, handle) = reload::Layer::new(filter);
-    // systemd sets JOURNAL_STREAM when stderr is the journal.
-    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    let journal = stderr_is_the_journal();
     let lines = fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(false)
@@ -56,6 +55,24 @@ pub fn init(config_level: &str, format: Format) -> Level {
     Level {
         handle: (!fixed).then_some(handle),
     }
+}
+
+/// systemd sets `JOURNAL_STREAM=DEV:INODE` for a service whose stderr is the journal. The
+/// variable is inherited by whatever the service starts, and a child's stderr may be
+/// something else (a pipe, a file), so it counts only when it names our stderr (as
+/// systemd.exec(5) advises).
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var("JOURNAL_STREAM").ok() else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
 /// The journal's native protocol: each event's fields become journal fields (`QUEUE_ID`,

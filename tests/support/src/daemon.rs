@@ -57,11 +57,13 @@ impl Wrapper {
     /// Runs the daemon in a private mount namespace where `/run/systemd/journal` is
     /// `journal_dir`, so a socket the test binds at `journal_dir/socket` is the journal's
     /// socket for the daemon alone (`/run` is a fresh tmpfs there: nothing of the host's
-    /// `/run` is touched). Needs root.
+    /// `/run` is touched). `JOURNAL_STREAM` names the daemon's stderr, as systemd sets it when
+    /// stderr is the journal. Needs root.
     pub fn private_journal(journal_dir: &Path) -> Wrapper {
         let script = "mount -t tmpfs -o mode=0755 tmpfs /run && \
                       mkdir -p /run/systemd/journal && \
                       mount --bind \"$JOURNAL_DIR\" /run/systemd/journal && \
+                      export JOURNAL_STREAM=\"$(stat -L -c %d:%i /proc/self/fd/2)\" && \
                       exec \"$0\" \"$@\"";
         Wrapper {
             args: [
