@@ -79,7 +79,8 @@ fn acknowledged_mail_survives_kill_9_byte_exact() {
     );
 
     let envelope: serde_json::Value =
-        serde_json::from_slice(&mailer_testkit::queue::envelope_json(&queue, &id).unwrap()).unwrap();
+        serde_json::from_slice(&mailer_testkit::queue::envelope_json(&queue, &id).unwrap())
+            .unwrap();
     assert_eq!(envelope["sender"], "notifications@ublog.tech");
     assert_eq!(envelope["recipients"][0]["address"], "pim@example.org");
     assert_eq!(envelope["recipients"][0]["state"], "pending");
@@ -116,9 +117,7 @@ fn a_non_matching_recipient_is_refused_and_nothing_is_queued() {
         )
         .unwrap_err();
     assert!(err.to_string().contains("5.7.1"), "{err}");
-    assert!(daemon
-        .queued_messages(&dir.path().join("queue"))
-        .is_empty());
+    assert!(daemon.queued_messages(&dir.path().join("queue")).is_empty());
 }
 
 #[test]

@@ -205,9 +205,10 @@ async fn a_held_message_is_not_delivered_until_released() {
         "a held message was delivered"
     );
     assert_eq!(queue_json(&daemon)[0]["held"], true);
-    let env: Value =
-        serde_json::from_slice(&mailer_testkit::queue::envelope_json(&setup.queue_dir(), &id).unwrap())
-            .unwrap();
+    let env: Value = serde_json::from_slice(
+        &mailer_testkit::queue::envelope_json(&setup.queue_dir(), &id).unwrap(),
+    )
+    .unwrap();
     assert_eq!(env["held"], true, "the hold is durable");
 
     assert_eq!(

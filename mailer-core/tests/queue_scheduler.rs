@@ -485,7 +485,11 @@ async fn a_flush_makes_a_deep_queue_due_without_a_write_per_message() {
     assert_eq!(files(), 200);
 
     assert_eq!(scheduler.flush(None, SystemTime::now()), 200);
-    assert_eq!(files(), 200, "no envelope was rewritten by the flush itself");
+    assert_eq!(
+        files(),
+        200,
+        "no envelope was rewritten by the flush itself"
+    );
     assert_eq!(deliverer.0.load(Ordering::SeqCst), 0);
 
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -498,7 +502,11 @@ async fn a_flush_makes_a_deep_queue_due_without_a_write_per_message() {
     }
     let _ = stop.send(true);
     let _ = running.await;
-    assert_eq!(deliverer.0.load(Ordering::SeqCst), 200, "each delivered once");
+    assert_eq!(
+        deliverer.0.load(Ordering::SeqCst),
+        200,
+        "each delivered once"
+    );
     assert!(scheduler.snapshot().is_empty());
     assert_eq!(files(), 0);
 }

@@ -184,7 +184,9 @@ fn an_envelope_inside_the_message_file_that_disagrees_with_it_is_set_aside() {
     let report = spool.load(true).unwrap();
     assert!(report.envelopes.is_empty());
     assert!(
-        report.corrupt[0].1.contains("the envelope gives 4 octets of message, the file holds 3"),
+        report.corrupt[0]
+            .1
+            .contains("the envelope gives 4 octets of message, the file holds 3"),
         "{:?}",
         report.corrupt
     );

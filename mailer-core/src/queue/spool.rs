@@ -570,7 +570,9 @@ fn stored_envelope(path: &Path) -> Result<Envelope, String> {
         .ok_or(missing)?;
     let json_len = usize::try_from(tail_at - size).map_err(|_| missing)?;
     if json_len > MAX_ENVELOPE {
-        return Err(format!("an envelope of {json_len} octets is past any this daemon writes"));
+        return Err(format!(
+            "an envelope of {json_len} octets is past any this daemon writes"
+        ));
     }
     let mut json = vec![0u8; json_len];
     file.read_exact_at(&mut json, size).map_err(unreadable)?;
