@@ -102,11 +102,15 @@ fn shipped_ublog_config_translates_smtpd_conf() {
             MatchRule {
                 from: FromSpec::Local,
                 recipients: ForSpec::Local,
+                mail_from: None,
+                rcpt_to: None,
                 action: "local_mail".into()
             },
             MatchRule {
                 from: FromSpec::Local,
                 recipients: ForSpec::Any,
+                mail_from: None,
+                rcpt_to: None,
                 action: "outbound".into()
             },
         ]
@@ -167,6 +171,8 @@ fn embedded_default_is_a_rootless_local_only_setup() {
         [MatchRule {
             from: FromSpec::Local,
             recipients: ForSpec::Local,
+            mail_from: None,
+            rcpt_to: None,
             action: "local_mail".into()
         }]
     );
@@ -444,16 +450,22 @@ fn every_contract_key_parses_to_its_value() {
             MatchRule {
                 from: FromSpec::Any,
                 recipients: ForSpec::Local,
+                mail_from: None,
+                rcpt_to: None,
                 action: "local_mail".into()
             },
             MatchRule {
                 from: FromSpec::Local,
                 recipients: ForSpec::Domains(vec!["lan.example".into(), "lan2.example".into()]),
+                mail_from: None,
+                rcpt_to: None,
                 action: "lan".into(),
             },
             MatchRule {
                 from: FromSpec::Local,
                 recipients: ForSpec::Any,
+                mail_from: None,
+                rcpt_to: None,
                 action: "outbound".into()
             },
         ]
@@ -772,7 +784,7 @@ fn match_value_errors() {
     assert_eq!(
         errors(&format!("{head}[[match]]\nfrom = \"localhost\"\nfor = \"example.org\"\naction = \"a\"\n[[match]]\nfrom = \"any\"\nfor = []\naction = \"a\"\n")),
         [
-            "t.toml:4:8: from: unknown value \"localhost\", expected \"local\" or \"any\"",
+            "t.toml:4:8: from: unknown value \"localhost\", expected \"local\", \"any\", \"socket\" or { source = [\"127.0.0.0/8\", \"::1\"] }",
             "t.toml:5:7: for: unknown value \"example.org\", expected \"local\", \"any\" or a list of domains such as [\"example.org\"]",
             "t.toml:9:7: for: empty list of domains",
         ]
@@ -823,7 +835,7 @@ fn unused_actions_and_tables_are_warnings_not_errors() {
             .map(ToString::to_string)
             .collect::<Vec<_>>(),
         [
-            "t.toml:2:1: table `aliases` is not used by any action",
+            "t.toml:2:1: table `aliases` is not used by any action or match rule",
             "t.toml:3:10: action `spare` is not used by any [[match]] rule",
         ]
     );
