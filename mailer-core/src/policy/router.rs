@@ -161,3 +161,208 @@ impl Router {
         found != condition.negated
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::AddressPattern;
+
+    const ACTIONS: &str = r#"
+local_domains = ["localhost", "ublog.tech"]
+[tables]
+secrets = "/etc/mail/secrets"
+vip = "/etc/mailer/vip"
+[actions.local_mail]
+mbox = "/var/mail/%u"
+[actions.one]
+relay = "smtp+tls://one@relay.one.example"
+auth = "secrets"
+[actions.two]
+relay = "smtp+tls://two@relay.two.example"
+auth = "secrets"
+[actions.lan]
+relay = "smtp+tls://relay.lan.example"
+[actions.vip]
+relay = "smtp+tls://relay.vip.example"
+"#;
+
+    fn router(rules: &str) -> Router {
+        let config = Config::parse(&format!("{ACTIONS}{rules}"), Path::new("t.toml"))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let vip = AddressTable {
+            patterns: vec![AddressPattern::Address("ceo@ublog.tech".into())],
+        };
+        Router::new(&config).with_lists(HashMap::from([("vip".to_string(), Arc::new(vip))]))
+    }
+
+    fn a(s: &str) -> Address {
+        Address::parse(s).unwrap()
+    }
+
+    fn ip(s: &str) -> Origin {
+        Origin::Ip(s.parse().unwrap())
+    }
+
+    /// The action for each (origin, sender, recipient) of `table`.
+    fn decide(router: &Router, table: &[(Origin, &str, &str)]) -> Vec<Option<String>> {
+        table
+            .iter()
+            .map(|(origin, from, to)| {
+                let from = (!from.is_empty()).then(|| a(from));
+                router
+                    .action_for(*origin, from.as_ref(), &a(to))
+                    .map(str::to_string)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sender_dependent_relaying_first_match_wins_per_recipient() {
+        let r = router(
+            r#"
+[[match]]
+from = "local"
+for = "local"
+action = "local_mail"
+[[match]]
+from = "local"
+mail_from = { table = "vip" }
+rcpt_to = { not = ["@ublog.tech"] }
+action = "vip"
+[[match]]
+from = "local"
+for = "any"
+mail_from = "@two.example"
+action = "two"
+[[match]]
+from = "local"
+for = "any"
+mail_from = ["@one.example", "postmaster@ublog.tech"]
+action = "one"
+"#,
+        );
+        let lo = ip("127.0.0.1");
+        let got = decide(
+            &r,
+            &[
+                (lo, "a@one.example", "x@gmail.com"),
+                (lo, "b@two.example", "x@gmail.com"),
+                (lo, "B@TWO.Example", "x@gmail.com"),
+                (lo, "postmaster@ublog.tech", "x@gmail.com"),
+                (lo, "other@ublog.tech", "x@gmail.com"),
+                (lo, "", "x@gmail.com"),
+                (lo, "b@two.example", "root@ublog.tech"),
+                (lo, "ceo@ublog.tech", "x@gmail.com"),
+                (lo, "ceo@ublog.tech", "ops@ublog.tech"),
+                (Origin::Socket, "a@one.example", "x@gmail.com"),
+                (Origin::Internal, "b@two.example", "x@gmail.com"),
+            ],
+        );
+        let want = [
+            Some("one"),
+            Some("two"),
+            Some("two"),
+            Some("one"),
+            None,
+            None,
+            Some("local_mail"),
+            Some("vip"),
+            Some("local_mail"),
+            Some("one"),
+            Some("two"),
+        ];
+        assert_eq!(got, want.map(|w| w.map(String::from)));
+    }
+
+    #[test]
+    fn source_networks_socket_and_negated_senders() {
+        let r = router(
+            r#"
+[[match]]
+from = "socket"
+for = "any"
+mail_from = { not = "@spam.example" }
+action = "lan"
+[[match]]
+from = { source = ["127.0.0.2", "::1"] }
+for = "any"
+action = "one"
+[[match]]
+from = { source = ["192.0.2.0/24", "2001:db8::/32"] }
+for = "local"
+action = "local_mail"
+[[match]]
+from = "local"
+for = "any"
+action = "two"
+"#,
+        );
+        let got = decide(
+            &r,
+            &[
+                (Origin::Socket, "a@x.example", "x@gmail.com"),
+                // The null sender is in no list, so it is "not in" every list.
+                (Origin::Socket, "", "x@gmail.com"),
+                (Origin::Socket, "a@spam.example", "x@gmail.com"),
+                (ip("127.0.0.2"), "a@x.example", "x@gmail.com"),
+                (ip("::1"), "a@x.example", "x@gmail.com"),
+                (ip("::ffff:127.0.0.2"), "a@x.example", "x@gmail.com"),
+                (ip("127.0.0.1"), "a@x.example", "x@gmail.com"),
+                (ip("192.0.2.7"), "a@x.example", "root@ublog.tech"),
+                (ip("2001:db8::25"), "a@x.example", "root@localhost"),
+                (ip("192.0.2.7"), "a@x.example", "x@gmail.com"),
+                (ip("198.51.100.1"), "a@x.example", "root@ublog.tech"),
+            ],
+        );
+        let want = [
+            Some("lan"),
+            Some("lan"),
+            Some("two"),
+            Some("one"),
+            Some("one"),
+            Some("one"),
+            Some("two"),
+            Some("local_mail"),
+            Some("local_mail"),
+            None,
+            None,
+        ];
+        assert_eq!(got, want.map(|w| w.map(String::from)));
+    }
+
+    #[test]
+    fn a_relay_is_never_chosen_for_a_client_not_on_this_host() {
+        // Built by hand: the configuration refuses such a rule, the router still skips it.
+        let mut config = Config::parse(
+            &format!("{ACTIONS}[[match]]\nfrom = \"local\"\nfor = \"any\"\naction = \"one\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        config.matches[0].from = FromSpec::Any;
+        let r = Router::new(&config);
+        assert_eq!(
+            r.action_for(ip("203.0.113.9"), None, &a("x@gmail.com")),
+            None
+        );
+        assert_eq!(
+            r.action_for(ip("127.0.0.1"), None, &a("x@gmail.com")),
+            Some("one")
+        );
+    }
+
+    #[test]
+    fn a_table_whose_contents_are_missing_matches_nothing_even_negated() {
+        let config = Config::parse(
+            &format!("{ACTIONS}[[match]]\nfrom = \"local\"\nfor = \"any\"\nmail_from = {{ not = {{ table = \"vip\" }} }}\naction = \"one\"\n"),
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let r = Router::new(&config);
+        assert_eq!(
+            r.action_for(ip("127.0.0.1"), Some(&a("a@b.example")), &a("x@gmail.com")),
+            None
+        );
+    }
+}
