@@ -1080,7 +1080,7 @@ impl<'a> Builder<'a> {
         let mut earlier: Vec<(MatchRule, usize)> = Vec::new();
         for (span, rule) in &raw.matches {
             let Some(rule) = rule else { continue };
-            let from = self.from_spec(&rule.from);
+            let from = self.sources(&rule.from);
             let recipients = match &rule.recipients {
                 Some(r) => self.for_spec(r),
                 None if rule.rcpt_to.is_some() => Some(ForSpec::Any),
@@ -1169,7 +1169,7 @@ impl<'a> Builder<'a> {
         out
     }
 
-    fn from_spec(&mut self, value: &S<RawFrom>) -> Option<FromSpec> {
+    fn sources(&mut self, value: &S<RawFrom>) -> Option<FromSpec> {
         match value.get_ref() {
             RawFrom::Name(name) => match name.as_str() {
                 "local" => Some(FromSpec::Local),
