@@ -16,6 +16,8 @@ mod raw;
 mod relay_url;
 mod units;
 
+pub mod import;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
