@@ -57,12 +57,16 @@ pub fn main(args: Args) -> ExitCode {
         Ok(t) => {
             print!("{}", t.toml);
             for u in &t.unsupported {
-                eprintln!(
-                    "{}:{}: not translated: {}",
-                    args.file.display(),
-                    u.line,
-                    u.why
-                );
+                if u.line == 0 {
+                    eprintln!("{}: {}: {}", args.file.display(), u.text, u.why);
+                } else {
+                    eprintln!(
+                        "{}:{}: not translated: {}",
+                        args.file.display(),
+                        u.line,
+                        u.why
+                    );
+                }
             }
             if t.complete() {
                 ExitCode::SUCCESS

@@ -88,8 +88,10 @@ pub fn detect(text: &str) -> Option<Format> {
             continue;
         }
         let first = line.split_whitespace().next().unwrap_or("");
-        if matches!(first, "match" | "action" | "table" | "pki" | "queue" | "smtp" | "bounce")
-            || line.starts_with("listen on")
+        if matches!(
+            first,
+            "match" | "action" | "table" | "pki" | "queue" | "smtp" | "bounce"
+        ) || line.starts_with("listen on")
         {
             smtpd += 1;
         }
@@ -120,6 +122,7 @@ pub fn import(text: &str, options: &Options<'_>) -> Result<Translation, Unrecogn
         Format::Smtpd => smtpd::translate(text, options),
         Format::Postfix => postfix::translate(text, options),
     };
+    out.unsupported.sort_by_key(|u| u.line);
     // What mailer itself would refuse is named too, so that the output is never silently
     // unusable.
     let mut toml = out.render(format);
@@ -200,7 +203,12 @@ pub(crate) struct Out {
 }
 
 impl Out {
-    pub fn unsupported(&mut self, origin: &Origin, why: impl Into<String>, todo: impl Into<String>) {
+    pub fn unsupported(
+        &mut self,
+        origin: &Origin,
+        why: impl Into<String>,
+        todo: impl Into<String>,
+    ) {
         self.unsupported.push(Unsupported {
             line: origin.line,
             text: origin.text.clone(),
@@ -211,6 +219,18 @@ impl Out {
 
     pub fn ignored(&mut self, origin: &Origin, why: impl Into<String>) {
         self.ignored.push((origin.clone(), why.into()));
+    }
+
+    /// Every block of the output.
+    pub fn blocks(&self) -> impl Iterator<Item = &Block> {
+        self.top
+            .iter()
+            .chain(&self.tables)
+            .chain(&self.listen)
+            .chain(self.actions.iter().map(|(_, b)| b))
+            .chain(&self.matches)
+            .chain(&self.limits)
+            .chain(&self.queue)
     }
 
     pub fn has_action(&self, name: &str) -> bool {
@@ -254,7 +274,12 @@ impl Out {
         }
         for (name, block) in &self.actions {
             t.push('\n');
-            write_block(&mut t, file, Some(&format!("[actions.{}]", key(name))), block);
+            write_block(
+                &mut t,
+                file,
+                Some(&format!("[actions.{}]", key(name))),
+                block,
+            );
         }
         for (header, blocks) in [("[limits]", &self.limits), ("[queue]", &self.queue)] {
             if blocks.is_empty() {
@@ -282,7 +307,11 @@ impl Out {
             t.push('\n');
             let _ = writeln!(t, "# NOT TRANSLATED:");
             for u in &self.unsupported {
-                let _ = writeln!(t, "# {file}:{}: {}", u.line, one_line(&u.text));
+                if u.line == 0 {
+                    let _ = writeln!(t, "# {}:", one_line(&u.text));
+                } else {
+                    let _ = writeln!(t, "# {file}:{}: {}", u.line, one_line(&u.text));
+                }
                 let _ = writeln!(t, "#   why: {}", one_line(&u.why));
                 let _ = writeln!(t, "#   what to do: {}", one_line(&u.todo));
             }
@@ -363,3 +392,5 @@ pub(crate) fn name(raw: &str) -> String {
     }
 }
 
+#[cfg(test)]
+mod tests;

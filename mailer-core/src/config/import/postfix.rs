@@ -28,34 +28,77 @@ const KNOWN: &[&str] = &[
     "message_size_limit",
     "maximal_queue_lifetime",
     "mynetworks",
+    "smtp_sender_dependent_authentication",
 ];
 
 /// Parameters with nothing to translate, and why.
 const IGNORED: &[(&str, &str)] = &[
-    ("smtpd_banner", "mailer's greeting names the host; it is not configurable"),
+    (
+        "smtpd_banner",
+        "mailer's greeting names the host; it is not configurable",
+    ),
     ("biff", "mailer sends no biff notifications"),
-    ("append_dot_mydomain", "mailer never rewrites recipient domains"),
+    (
+        "append_dot_mydomain",
+        "mailer never rewrites recipient domains",
+    ),
     ("readme_directory", "documentation location"),
     ("compatibility_level", "Postfix release defaults"),
-    ("alias_database", "mailer reads the aliases text file itself (no newaliases database)"),
-    ("myorigin", "mailer's sendmail completes bare local senders with hostname"),
+    (
+        "alias_database",
+        "mailer reads the aliases text file itself (no newaliases database)",
+    ),
+    (
+        "myorigin",
+        "mailer's sendmail completes bare local senders with hostname",
+    ),
     ("inet_protocols", "mailer listens on the addresses given"),
     ("mailbox_size_limit", "mailer sets no mailbox quota"),
-    ("smtp_sasl_security_options", "mailer sends PLAIN or LOGIN only over verified TLS"),
-    ("smtp_sasl_tls_security_options", "mailer sends PLAIN or LOGIN only over verified TLS"),
+    (
+        "smtp_sasl_security_options",
+        "mailer sends PLAIN or LOGIN only over verified TLS",
+    ),
+    (
+        "smtp_sasl_tls_security_options",
+        "mailer sends PLAIN or LOGIN only over verified TLS",
+    ),
     ("smtp_tls_session_cache_database", "a cache"),
     ("smtpd_tls_session_cache_database", "a cache"),
-    ("smtp_tls_CApath", "mailer trusts the system's roots plus ca_file"),
+    (
+        "smtp_tls_CApath",
+        "mailer trusts the system's roots plus ca_file",
+    ),
     ("smtp_use_tls", "superseded by smtp_tls_security_level"),
-    ("smtpd_use_tls", "listener TLS: STARTTLS is offered when [[listen]] has tls_cert and tls_key"),
-    ("smtpd_tls_cert_file", "listener TLS: give tls_cert in [[listen]] to offer STARTTLS"),
-    ("smtpd_tls_key_file", "listener TLS: give tls_key in [[listen]] to offer STARTTLS"),
-    ("smtpd_tls_security_level", "listener TLS: STARTTLS is offered when [[listen]] has a certificate"),
-    ("smtpd_relay_restrictions", "mailer relays only for clients on this host, whatever this says"),
-    ("smtpd_recipient_restrictions", "mailer relays only for clients on this host, whatever this says"),
+    (
+        "smtpd_use_tls",
+        "listener TLS: STARTTLS is offered when [[listen]] has tls_cert and tls_key",
+    ),
+    (
+        "smtpd_tls_cert_file",
+        "listener TLS: give tls_cert in [[listen]] to offer STARTTLS",
+    ),
+    (
+        "smtpd_tls_key_file",
+        "listener TLS: give tls_key in [[listen]] to offer STARTTLS",
+    ),
+    (
+        "smtpd_tls_security_level",
+        "listener TLS: STARTTLS is offered when [[listen]] has a certificate",
+    ),
+    (
+        "smtpd_relay_restrictions",
+        "mailer relays only for clients on this host, whatever this says",
+    ),
+    (
+        "smtpd_recipient_restrictions",
+        "mailer relays only for clients on this host, whatever this says",
+    ),
     ("disable_vrfy_command", "mailer has no VRFY"),
     ("smtputf8_enable", "mailer supports SMTPUTF8"),
-    ("maillog_file", "mailer logs to standard error (the journal)"),
+    (
+        "maillog_file",
+        "mailer logs to standard error (the journal)",
+    ),
 ];
 
 /// One parameter as written.
@@ -85,10 +128,19 @@ fn params(text: &str) -> (Vec<(String, Param)>, Vec<Origin>) {
                 continue;
             }
         }
-        let origin = Origin { line: i + 1, text: trimmed.to_string() };
+        let origin = Origin {
+            line: i + 1,
+            text: trimmed.to_string(),
+        };
         match trimmed.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() && !k.trim().contains(char::is_whitespace) => {
-                out.push((k.trim().to_string(), Param { origin, value: v.trim().to_string() }));
+                out.push((
+                    k.trim().to_string(),
+                    Param {
+                        origin,
+                        value: v.trim().to_string(),
+                    },
+                ));
             }
             _ => bad.push(origin),
         }
@@ -159,23 +211,41 @@ fn items(v: &str) -> Vec<String> {
 
 pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
     let (params, bad) = params(text);
-    let mut cx = Cx { values: HashMap::new(), out: Out::default(), options };
+    let mut cx = Cx {
+        values: HashMap::new(),
+        out: Out::default(),
+        options,
+    };
     for o in &bad {
-        cx.out.unsupported(o, "not a `name = value` line", "fix or remove the line");
+        cx.out
+            .unsupported(o, "not a `name = value` line", "fix or remove the line");
     }
-    let origins: HashMap<String, Origin> =
-        params.iter().map(|(k, p)| (k.clone(), p.origin.clone())).collect();
+    let origins: HashMap<String, Origin> = params
+        .iter()
+        .map(|(k, p)| (k.clone(), p.origin.clone()))
+        .collect();
     for (k, p) in &params {
         cx.values.insert(k.clone(), p.value.clone());
     }
     // Postfix's defaults that expansions refer to.
-    let hostname = cx.values.get("myhostname").map(|h| cx.expand(h)).or_else(|| options.hostname.clone());
+    let hostname = cx
+        .values
+        .get("myhostname")
+        .map(|h| cx.expand(h))
+        .or_else(|| options.hostname.clone());
     if let Some(h) = &hostname {
-        cx.values.entry("myhostname".into()).or_insert_with(|| h.clone());
-        let domain = h.split_once('.').map_or("localdomain", |(_, d)| d).to_string();
+        cx.values
+            .entry("myhostname".into())
+            .or_insert_with(|| h.clone());
+        let domain = h
+            .split_once('.')
+            .map_or("localdomain", |(_, d)| d)
+            .to_string();
         cx.values.entry("mydomain".into()).or_insert(domain);
     }
-    cx.values.entry("mydestination".into()).or_insert_with(|| "$myhostname, localhost.$mydomain, localhost".into());
+    cx.values
+        .entry("mydestination".into())
+        .or_insert_with(|| "$myhostname, localhost.$mydomain, localhost".into());
     let at = |k: &str| origins.get(k).cloned();
 
     // Top level: host name and local domains.
@@ -186,7 +256,8 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
     if let Some(h) = &hostname {
         top.entries.push(Entry::new("hostname", q(h)));
     } else {
-        top.remarks.push("hostname: the system host name, as Postfix's default myhostname".into());
+        top.remarks
+            .push("hostname: the system host name, as Postfix's default myhostname".into());
     }
     let mut local_domains: Vec<String> = Vec::new();
     let dest_origin = at("mydestination");
@@ -194,7 +265,11 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
     for d in items(&dest) {
         if d.contains(':') {
             if let Some(o) = &dest_origin {
-                cx.out.unsupported(o, format!("`{d}`: a lookup table of destinations"), "list the domains in local_domains");
+                cx.out.unsupported(
+                    o,
+                    format!("`{d}`: a lookup table of destinations"),
+                    "list the domains in local_domains",
+                );
             }
             continue;
         }
@@ -202,7 +277,10 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
         if hostname.is_none() && (d.is_empty() || d.contains("$")) {
             continue;
         }
-        if !d.is_empty() && !local_domains.contains(&d) && crate::config::AddressPattern::parse(&format!("@{d}")).is_ok() {
+        if !d.is_empty()
+            && !local_domains.contains(&d)
+            && crate::config::AddressPattern::parse(&format!("@{d}")).is_ok()
+        {
             local_domains.push(d);
         }
     }
@@ -210,7 +288,10 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
         top.origins.push(o);
     }
     let has_local = !local_domains.is_empty();
-    top.entries.push(Entry::new("local_domains", list(&local_domains)).note("mydestination: what `for = \"local\"` matches"));
+    top.entries.push(
+        Entry::new("local_domains", list(&local_domains))
+            .note("mydestination: what `for = \"local\"` matches"),
+    );
     cx.out.top.push(top);
 
     // Listeners.
@@ -220,12 +301,17 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
     let mut addresses: Vec<String> = Vec::new();
     for i in items(&ifaces) {
         match i.as_str() {
-            "loopback-only" | "localhost" => addresses.extend(["127.0.0.1:25".to_string(), "[::1]:25".to_string()]),
+            "loopback-only" | "localhost" => {
+                addresses.extend(["127.0.0.1:25".to_string(), "[::1]:25".to_string()])
+            }
             "all" => {
                 open_to_all = true;
                 addresses.extend(["0.0.0.0:25".to_string(), "[::]:25".to_string()]);
             }
-            ip => match ip.trim_matches(|c| c == '[' || c == ']').parse::<std::net::IpAddr>() {
+            ip => match ip
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+            {
                 Ok(std::net::IpAddr::V4(v4)) => {
                     open_to_all |= !v4.is_loopback();
                     addresses.push(format!("{v4}:25"));
@@ -235,19 +321,31 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
                     addresses.push(format!("[{v6}]:25"));
                 }
                 Err(_) => {
-                    let o = iface_origin.clone().unwrap_or(Origin { line: 0, text: "inet_interfaces".into() });
-                    cx.out.unsupported(&o, format!("`{ip}` is not an address"), "write [[listen]] address = \"ADDRESS:25\"");
+                    let o = iface_origin.clone().unwrap_or(Origin {
+                        line: 0,
+                        text: "inet_interfaces".into(),
+                    });
+                    cx.out.unsupported(
+                        &o,
+                        format!("`{ip}` is not an address"),
+                        "write [[listen]] address = \"ADDRESS:25\"",
+                    );
                 }
             },
         }
     }
     addresses.dedup();
     for (n, a) in addresses.iter().enumerate() {
-        let mut b = Block { entries: vec![Entry::new("address", q(a))], ..Block::default() };
+        let mut b = Block {
+            entries: vec![Entry::new("address", q(a))],
+            ..Block::default()
+        };
         if n == 0 {
             match &iface_origin {
                 Some(o) => b.origins.push(o.clone()),
-                None => b.remarks.push("inet_interfaces not set: Postfix's default is all".into()),
+                None => b
+                    .remarks
+                    .push("inet_interfaces not set: Postfix's default is all".into()),
             }
         }
         cx.out.listen.push(b);
@@ -265,13 +363,17 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
                 b.entries.push(Entry::new("mbox", q(&format!("~/{h}"))));
             }
         } else {
-            let spool = cx.get("mail_spool_directory").unwrap_or_else(|| "/var/mail".into());
+            let spool = cx
+                .get("mail_spool_directory")
+                .unwrap_or_else(|| "/var/mail".into());
             b.origins.extend(at("mail_spool_directory"));
             if at("mail_spool_directory").is_none() {
-                b.remarks.push("Postfix's default mailbox: /var/mail/USER".into());
+                b.remarks
+                    .push("Postfix's default mailbox: /var/mail/USER".into());
             }
             let spool = spool.trim_end_matches('/');
-            b.entries.push(Entry::new("mbox", q(&format!("{spool}/%u"))));
+            b.entries
+                .push(Entry::new("mbox", q(&format!("{spool}/%u"))));
         }
         if let Some(aliases) = cx.get("alias_maps") {
             let o = at("alias_maps").expect("alias_maps was read from the file");
@@ -279,12 +381,25 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
             let mut used = false;
             for map in items(&aliases) {
                 match map.split_once(':') {
-                    Some(("hash" | "lmdb" | "btree" | "texthash" | "cdb" | "dbm", path)) if !used => {
+                    Some(("hash" | "lmdb" | "btree" | "texthash" | "cdb" | "dbm", path))
+                        if !used =>
+                    {
                         used = true;
-                        cx.out.tables.push(Block { origins: vec![o.clone()], remarks: Vec::new(), entries: vec![Entry::new("aliases", q(path))] });
-                        b.entries.push(Entry::new("alias", q("aliases")).note("mailer reads the text file; no newaliases database"));
+                        cx.out.tables.push(Block {
+                            origins: vec![o.clone()],
+                            remarks: Vec::new(),
+                            entries: vec![Entry::new("aliases", q(path))],
+                        });
+                        b.entries.push(
+                            Entry::new("alias", q("aliases"))
+                                .note("mailer reads the text file; no newaliases database"),
+                        );
                     }
-                    _ => cx.out.unsupported(&o, format!("alias map `{map}`: mailer reads one aliases(5) text file"), "merge its entries into the first aliases file"),
+                    _ => cx.out.unsupported(
+                        &o,
+                        format!("alias map `{map}`: mailer reads one aliases(5) text file"),
+                        "merge its entries into the first aliases file",
+                    ),
                 }
             }
         }
@@ -293,70 +408,115 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
 
     // Relaying.
     let sasl_origin = at("smtp_sasl_password_maps");
-    let sasl = cx.get("smtp_sasl_auth_enable").is_some_and(|v| v.eq_ignore_ascii_case("yes"))
-        && cx.get("smtp_sasl_password_maps").is_some_and(|v| !v.is_empty());
-    let wrapper = cx.get("smtp_tls_wrappermode").is_some_and(|v| v.eq_ignore_ascii_case("yes"));
+    let sasl = cx
+        .get("smtp_sasl_auth_enable")
+        .is_some_and(|v| v.eq_ignore_ascii_case("yes"))
+        && cx
+            .get("smtp_sasl_password_maps")
+            .is_some_and(|v| !v.is_empty());
+    let wrapper = cx
+        .get("smtp_tls_wrappermode")
+        .is_some_and(|v| v.eq_ignore_ascii_case("yes"));
     let level = cx.get("smtp_tls_security_level").unwrap_or_default();
     let ca_file = cx.get("smtp_tls_CAfile").filter(|c| !c.is_empty());
     let mail_from = sender_rewrite(&mut cx, at("sender_canonical_maps"));
     let mut labels: Vec<(String, String)> = Vec::new();
-    let mut relay_block = |cx: &mut Cx<'_>, hosts: &str, origin: &Origin, label_hint: &str| -> Option<Block> {
-        let mut b = Block { origins: vec![origin.clone()], ..Block::default() };
-        let mut urls = Vec::new();
-        for (n, h) in items(hosts).iter().enumerate() {
-            let label = if sasl { Some(if n == 0 { label_hint.to_string() } else { format!("{label_hint}{}", n + 1) }) } else { None };
-            match relay_url(h, wrapper, &level, label.as_deref()) {
-                Ok((u, remarks)) => {
-                    b.remarks.extend(remarks);
-                    if let Some(l) = label {
-                        labels.push((l, h.clone()));
+    let mut relay_block =
+        |cx: &mut Cx<'_>, hosts: &str, origin: &Origin, label_hint: &str| -> Option<Block> {
+            let mut b = Block {
+                origins: vec![origin.clone()],
+                ..Block::default()
+            };
+            let mut urls = Vec::new();
+            for (n, h) in items(hosts).iter().enumerate() {
+                let label = if sasl {
+                    Some(if n == 0 {
+                        label_hint.to_string()
+                    } else {
+                        format!("{label_hint}{}", n + 1)
+                    })
+                } else {
+                    None
+                };
+                match relay_url(h, wrapper, &level, label.as_deref()) {
+                    Ok((u, remarks)) => {
+                        b.remarks.extend(remarks);
+                        if let Some(l) = label {
+                            labels.push((l, h.clone()));
+                        }
+                        urls.push(u);
                     }
-                    urls.push(u);
-                }
-                Err(why) => {
-                    cx.out.unsupported(origin, why, "write relay = \"smtp+tls://[label@]host[:port]\"");
-                    return None;
-                }
-            }
-        }
-        if urls.is_empty() {
-            return None;
-        }
-        b.entries.push(Entry::new("relay", if urls.len() == 1 { q(&urls[0]) } else { list(&urls) }));
-        if sasl {
-            b.entries.push(Entry::new("auth", q("secrets")));
-        }
-        if let Some((m, o)) = &mail_from {
-            b.origins.push(o.clone());
-            b.entries.push(Entry::new("mail_from", q(m)));
-        }
-        if let Some(ca) = &ca_file {
-            b.entries.push(Entry::new("ca_file", q(ca)));
-        }
-        for k in ["smtp_tls_security_level", "smtp_tls_wrappermode", "smtp_sasl_password_maps"] {
-            if let Some(o) = origins.get(k) {
-                if !b.origins.iter().any(|x| x.line == o.line) {
-                    b.origins.push(o.clone());
+                    Err(why) => {
+                        cx.out.unsupported(
+                            origin,
+                            why,
+                            "write relay = \"smtp+tls://[label@]host[:port]\"",
+                        );
+                        return None;
+                    }
                 }
             }
-        }
-        Some(b)
-    };
+            if urls.is_empty() {
+                return None;
+            }
+            b.entries.push(Entry::new(
+                "relay",
+                if urls.len() == 1 {
+                    q(&urls[0])
+                } else {
+                    list(&urls)
+                },
+            ));
+            if sasl {
+                b.entries.push(Entry::new("auth", q("secrets")));
+            }
+            if let Some((m, o)) = &mail_from {
+                b.origins.push(o.clone());
+                b.entries.push(Entry::new("mail_from", q(m)));
+            }
+            if let Some(ca) = &ca_file {
+                b.entries.push(Entry::new("ca_file", q(ca)));
+            }
+            for k in [
+                "smtp_tls_security_level",
+                "smtp_tls_wrappermode",
+                "smtp_sasl_password_maps",
+            ] {
+                if let Some(o) = origins.get(k) {
+                    if !b.origins.iter().any(|x| x.line == o.line) {
+                        b.origins.push(o.clone());
+                    }
+                }
+            }
+            Some(b)
+        };
     let relayhost = cx.get("relayhost").filter(|r| !r.is_empty());
     let mut relay_rules: Vec<Block> = Vec::new();
     if let Some(o) = at("sender_dependent_relayhost_maps") {
-        let map = cx.get("sender_dependent_relayhost_maps").unwrap_or_default();
+        let map = cx
+            .get("sender_dependent_relayhost_maps")
+            .unwrap_or_default();
         match read_map(&map, options) {
             Ok(entries) => {
                 for (sender, host) in entries {
-                    let pattern = if sender.starts_with('@') || sender.contains('@') { sender.clone() } else { format!("@{sender}") };
+                    let pattern = if sender.starts_with('@') || sender.contains('@') {
+                        sender.clone()
+                    } else {
+                        format!("@{sender}")
+                    };
                     if crate::config::AddressPattern::parse(&pattern).is_err() {
-                        cx.out.unsupported(&o, format!("map entry `{sender}` is not an address or @domain"), "add a rule with mail_from for it");
+                        cx.out.unsupported(
+                            &o,
+                            format!("map entry `{sender}` is not an address or @domain"),
+                            "add a rule with mail_from for it",
+                        );
                         continue;
                     }
                     let action = format!("relay_{}", super::name(pattern.trim_start_matches('@')));
                     let hint = super::name(pattern.trim_start_matches('@')).replace('_', "-");
-                    let Some(mut b) = relay_block(&mut cx, &host, &o, &hint) else { continue };
+                    let Some(mut b) = relay_block(&mut cx, &host, &o, &hint) else {
+                        continue;
+                    };
                     b.remarks.insert(0, format!("{map}: {sender} {host}"));
                     cx.out.actions.push((action.clone(), b));
                     relay_rules.push(Block {
@@ -371,7 +531,11 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
                     });
                 }
             }
-            Err(why) => cx.out.unsupported(&o, why, "add a relay action and a [[match]] rule with mail_from for each sender"),
+            Err(why) => cx.out.unsupported(
+                &o,
+                why,
+                "add a relay action and a [[match]] rule with mail_from for each sender",
+            ),
         }
     }
     if let Some(hosts) = &relayhost {
@@ -381,14 +545,21 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
         }
     }
     if sasl {
-        let o = sasl_origin.clone().expect("smtp_sasl_password_maps was read from the file");
+        let o = sasl_origin
+            .clone()
+            .expect("smtp_sasl_password_maps was read from the file");
         let map = cx.get("smtp_sasl_password_maps").unwrap_or_default();
         cx.out.tables.push(Block {
             origins: vec![o.clone()],
-            remarks: vec!["mailer's secrets file: `LABEL USER:PASSWORD` per line, mode 0600".into()],
+            remarks: vec![
+                "mailer's secrets file: `LABEL USER:PASSWORD` per line, mode 0600".into(),
+            ],
             entries: vec![Entry::new("secrets", q("/etc/mailer/secrets"))],
         });
-        let shown: Vec<String> = labels.iter().map(|(l, h)| format!("`{l}` for {h}")).collect();
+        let shown: Vec<String> = labels
+            .iter()
+            .map(|(l, h)| format!("`{l}` for {h}"))
+            .collect();
         cx.out.unsupported(&o, format!("the passwords of {map} stay where they are: mailer reads its own secrets file, keyed by a label in the relay URL"), format!("create /etc/mailer/secrets (mode 0600, owner mailer) with one `LABEL USER:PASSWORD` line per relay: {}", shown.join(", ")));
     }
 
@@ -397,7 +568,10 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
         let mut b = Block::default();
         b.remarks.push("mydestination: delivered here".into());
         b.origins.extend(dest_origin.clone());
-        b.entries.push(Entry::new("from", q(if open_to_all { "any" } else { "local" })));
+        b.entries.push(Entry::new(
+            "from",
+            q(if open_to_all { "any" } else { "local" }),
+        ));
         b.entries.push(Entry::new("for", q("local")));
         b.entries.push(Entry::new("action", q("local_mail")));
         cx.out.matches.push(b);
@@ -419,23 +593,51 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
     // Limits.
     if let (Some(o), Some(v)) = (at("message_size_limit"), cx.get("message_size_limit")) {
         match v.parse::<u64>() {
-            Ok(0) => cx.out.unsupported(&o, "0 means no limit; mailer always has one", "set [limits] max_message_size to the largest size you accept"),
-            Ok(n) => cx.out.limits.push(Block { origins: vec![o], remarks: Vec::new(), entries: vec![Entry::new("max_message_size", n.to_string())] }),
-            Err(_) => cx.out.unsupported(&o, "not a number of bytes", "set [limits] max_message_size"),
+            Ok(0) => cx.out.unsupported(
+                &o,
+                "0 means no limit; mailer always has one",
+                "set [limits] max_message_size to the largest size you accept",
+            ),
+            Ok(n) => cx.out.limits.push(Block {
+                origins: vec![o],
+                remarks: Vec::new(),
+                entries: vec![Entry::new("max_message_size", n.to_string())],
+            }),
+            Err(_) => {
+                cx.out
+                    .unsupported(&o, "not a number of bytes", "set [limits] max_message_size")
+            }
         }
     }
-    if let (Some(o), Some(v)) = (at("maximal_queue_lifetime"), cx.get("maximal_queue_lifetime")) {
+    if let (Some(o), Some(v)) = (
+        at("maximal_queue_lifetime"),
+        cx.get("maximal_queue_lifetime"),
+    ) {
         match postfix_duration(&v) {
-            Some(d) => cx.out.queue.push(Block { origins: vec![o], remarks: Vec::new(), entries: vec![Entry::new("lifetime", q(&d))] }),
-            None => cx.out.unsupported(&o, format!("`{v}` is not a duration"), "set [queue] lifetime = \"5d\""),
+            Some(d) => cx.out.queue.push(Block {
+                origins: vec![o],
+                remarks: Vec::new(),
+                entries: vec![Entry::new("lifetime", q(&d))],
+            }),
+            None => cx.out.unsupported(
+                &o,
+                format!("`{v}` is not a duration"),
+                "set [queue] lifetime = \"5d\"",
+            ),
         }
     }
     if let (Some(o), Some(v)) = (at("mynetworks"), cx.get("mynetworks")) {
         let all_loopback = items(&v).iter().all(|n| {
-            IpNet::parse(n.trim_matches(|c| c == '[' || c == ']').replace("]/", "/").as_str()).is_ok_and(|n| n.is_loopback())
+            IpNet::parse(
+                n.trim_matches(|c| c == '[' || c == ']')
+                    .replace("]/", "/")
+                    .as_str(),
+            )
+            .is_ok_and(|n| n.is_loopback())
         });
         if all_loopback {
-            cx.out.ignored(&o, "loopback only: mailer relays for this host alone");
+            cx.out
+                .ignored(&o, "loopback only: mailer relays for this host alone");
         } else {
             cx.out.unsupported(&o, "it lets other hosts relay; mailer relays only for clients on this host", "have those hosts send through their own relay, or through a submission server with AUTH");
         }
@@ -451,21 +653,51 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
         } else if k == "recipient_delimiter" && p.value.is_empty() {
             cx.out.ignored(&p.origin, "empty: no sub-addressing");
         } else if k == "mailbox_command" && p.value.is_empty() {
-            cx.out.ignored(&p.origin, "empty: mailer writes mailboxes itself");
+            cx.out
+                .ignored(&p.origin, "empty: mailer writes mailboxes itself");
         } else {
-            cx.out.unsupported(&p.origin, format!("`{k}` has no equivalent in mailer"), "remove it, or keep this function outside mailer");
+            cx.out.unsupported(
+                &p.origin,
+                format!("`{k}` has no equivalent in mailer"),
+                "remove it, or keep this function outside mailer",
+            );
         }
     }
-    for k in ["mydomain", "smtp_sasl_auth_enable", "smtp_tls_CAfile"] {
+    for k in [
+        "mydomain",
+        "smtp_sasl_auth_enable",
+        "smtp_tls_CAfile",
+        "smtp_sender_dependent_authentication",
+    ] {
         if let Some(o) = origins.get(k) {
-            if !cx.out.actions.iter().any(|(_, b)| b.origins.iter().any(|x| x.line == o.line)) {
+            if !cx
+                .out
+                .actions
+                .iter()
+                .any(|(_, b)| b.origins.iter().any(|x| x.line == o.line))
+            {
                 cx.out.ignored(o, "used by the lines that refer to it");
             }
         }
     }
-    if (relayhost.is_some() || at("sender_dependent_relayhost_maps").is_some()) && !sasl {
-        if let Some(o) = sasl_origin {
-            cx.out.ignored(&o, "smtp_sasl_auth_enable is not yes: no AUTH");
+    // Every line is accounted for: what no block quotes had no effect here.
+    let quoted: std::collections::HashSet<usize> = cx
+        .out
+        .blocks()
+        .flat_map(|b| b.origins.iter().map(|o| o.line))
+        .chain(cx.out.ignored.iter().map(|(o, _)| o.line))
+        .chain(cx.out.unsupported.iter().map(|u| u.line))
+        .collect();
+    for (k, p) in &params {
+        if !quoted.contains(&p.origin.line) {
+            let why = match k.as_str() {
+                "home_mailbox" | "mail_spool_directory" | "alias_maps" => {
+                    "no local delivery here: mydestination is empty"
+                }
+                "smtp_sasl_password_maps" => "smtp_sasl_auth_enable is not yes: no AUTH",
+                _ => "no effect in this setup",
+            };
+            cx.out.ignored(&p.origin, why);
         }
     }
     cx.out
@@ -480,16 +712,31 @@ fn sender_rewrite(cx: &mut Cx<'_>, origin: Option<Origin>) -> Option<(String, Or
         Ok(addr.trim().to_string())
     } else {
         match read_map(&map, cx.options) {
-            Ok(entries) if entries.len() == 1 && entries[0].1.starts_with('@') && (map.starts_with("regexp:") || map.starts_with("pcre:") || entries[0].0.starts_with('@')) => Ok(entries[0].1.clone()),
-            Ok(entries) if entries.len() == 1 && entries[0].1.contains("${1}@") => Ok(format!("@{}", entries[0].1.rsplit('@').next().unwrap_or(""))),
-            Ok(_) => Err("it maps senders one by one; mailer applies a single rewrite to every sender".to_string()),
+            Ok(entries)
+                if entries.len() == 1
+                    && entries[0].1.starts_with('@')
+                    && (map.starts_with("regexp:")
+                        || map.starts_with("pcre:")
+                        || entries[0].0.starts_with('@')) =>
+            {
+                Ok(entries[0].1.clone())
+            }
+            Ok(entries) if entries.len() == 1 && entries[0].1.contains("${1}@") => Ok(format!(
+                "@{}",
+                entries[0].1.rsplit('@').next().unwrap_or("")
+            )),
+            Ok(_) => Err(
+                "it maps senders one by one; mailer applies a single rewrite to every sender"
+                    .to_string(),
+            ),
             Err(why) => Err(why),
         }
     };
     match result {
         Ok(m) if crate::config::AddressPattern::parse(&m).is_ok() => Some((m, o)),
         Ok(m) => {
-            cx.out.unsupported(&o, format!("`{m}` is not an address or @domain"), todo);
+            cx.out
+                .unsupported(&o, format!("`{m}` is not an address or @domain"), todo);
             None
         }
         Err(why) => {
@@ -530,8 +777,13 @@ fn read_map(map: &str, options: &Options<'_>) -> Result<Vec<(String, String)>, S
         }
         if regexp {
             // `/pattern/ replacement`
-            let Some(end) = line[1..].find('/') else { continue };
-            out.push((line[..end + 2].to_string(), line[end + 2..].trim().to_string()));
+            let Some(end) = line[1..].find('/') else {
+                continue;
+            };
+            out.push((
+                line[..end + 2].to_string(),
+                line[end + 2..].trim().to_string(),
+            ));
         } else if let Some((k, v)) = line.split_once(char::is_whitespace) {
             out.push((k.to_string(), v.trim().to_string()));
         }
@@ -554,20 +806,35 @@ fn postfix_duration(v: &str) -> Option<String> {
 }
 
 /// A relayhost entry as a mailer relay URL, with remarks on what changed.
-fn relay_url(host: &str, wrapper: bool, level: &str, label: Option<&str>) -> Result<(String, Vec<String>), String> {
+fn relay_url(
+    host: &str,
+    wrapper: bool,
+    level: &str,
+    label: Option<&str>,
+) -> Result<(String, Vec<String>), String> {
     let mut remarks = Vec::new();
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
-        let (name, after) = rest.split_once(']').ok_or_else(|| format!("`{host}`: unclosed ["))?;
-        (name.to_string(), after.strip_prefix(':').map(str::to_string))
+        let (name, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("`{host}`: unclosed ["))?;
+        (
+            name.to_string(),
+            after.strip_prefix(':').map(str::to_string),
+        )
     } else {
-        remarks.push(format!("{host}: Postfix looks up its MX; mailer connects to the host's own addresses"));
+        remarks.push(format!(
+            "{host}: Postfix looks up its MX; mailer connects to the host's own addresses"
+        ));
         match host.rsplit_once(':') {
             Some((n, p)) => (n.to_string(), Some(p.to_string())),
             None => (host.to_string(), None),
         }
     };
     let port: Option<u16> = match port {
-        Some(p) => Some(p.parse().map_err(|_| format!("`{host}`: port `{p}` is not a number"))?),
+        Some(p) => Some(
+            p.parse()
+                .map_err(|_| format!("`{host}`: port `{p}` is not a number"))?,
+        ),
         None => None,
     };
     let scheme = if wrapper || port == Some(465) {
@@ -582,14 +849,20 @@ fn relay_url(host: &str, wrapper: bool, level: &str, label: Option<&str>) -> Res
             }
         }
     };
-    let host_part = if name.contains(':') { format!("[{name}]") } else { name.clone() };
+    let host_part = if name.contains(':') {
+        format!("[{name}]")
+    } else {
+        name.clone()
+    };
     let text = match (label, port) {
         (Some(l), Some(p)) => format!("{scheme}://{l}@{host_part}:{p}"),
         (Some(l), None) => format!("{scheme}://{l}@{host_part}"),
         (None, Some(p)) => format!("{scheme}://{host_part}:{p}"),
         (None, None) => format!("{scheme}://{host_part}"),
     };
-    let url: RelayUrl = text.parse().map_err(|e: crate::config::RelayUrlError| e.to_string())?;
+    let url: RelayUrl = text
+        .parse()
+        .map_err(|e: crate::config::RelayUrlError| e.to_string())?;
     if scheme == "smtp" {
         return Err(format!("`{host}` without TLS (smtp_tls_security_level = none): write relay = \"{url}\" with insecure = true if the relay really has no TLS"));
     }

@@ -59,7 +59,10 @@ fn statements(text: &str) -> Vec<Statement> {
             out.push(Statement {
                 origin: Origin {
                     line: first,
-                    text: strip_comment(&stmt).split_whitespace().collect::<Vec<_>>().join(" "),
+                    text: strip_comment(&stmt)
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" "),
                 },
                 toks,
             });
@@ -192,28 +195,45 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
     }
     for s in &stmts {
         if let [Tok::Word(n), Tok::Eq, rest @ ..] = s.toks.as_slice() {
-            let value = rest.iter().filter_map(Tok::text).collect::<Vec<_>>().join(" ");
+            let value = rest
+                .iter()
+                .filter_map(Tok::text)
+                .collect::<Vec<_>>()
+                .join(" ");
             cx.macros.insert(n.clone(), value);
-            cx.out.ignored(&s.origin, "a macro, expanded where it is used");
+            cx.out
+                .ignored(&s.origin, "a macro, expanded where it is used");
             continue;
         }
         let toks = cx.expand(&s.toks);
         let origin = &s.origin;
         match toks.first().and_then(Tok::text) {
             Some("table") => {}
-            Some("pki") => cx.out.ignored(origin, "certificate paths, used where the pki is named"),
+            Some("pki") => cx
+                .out
+                .ignored(origin, "certificate paths, used where the pki is named"),
             Some("listen") => cx.listen(origin, &toks),
             Some("action") => cx.action(origin, &toks),
             Some("match") => cx.rule(origin, &toks),
             Some("smtp") => cx.smtp(origin, &toks),
             Some("queue") => cx.queue(origin, &toks),
             Some("bounce") => cx.bounce(origin, &toks),
-            Some("include") => cx.out.unsupported(origin, "included files are not read", "translate the included file separately and merge the output"),
+            Some("include") => cx.out.unsupported(
+                origin,
+                "included files are not read",
+                "translate the included file separately and merge the output",
+            ),
             Some(other) => {
                 let other = other.to_string();
-                cx.out.unsupported(origin, format!("`{other}` has no equivalent in mailer"), "remove it, or keep this function outside mailer");
+                cx.out.unsupported(
+                    origin,
+                    format!("`{other}` has no equivalent in mailer"),
+                    "remove it, or keep this function outside mailer",
+                );
             }
-            None => cx.out.unsupported(origin, "not a statement", "fix or remove the line"),
+            None => cx
+                .out
+                .unsupported(origin, "not a statement", "fix or remove the line"),
         }
     }
     cx.finish();
@@ -236,23 +256,25 @@ impl Cx<'_> {
 
     fn table(&mut self, origin: &Origin, toks: &[Tok]) {
         let Some(tname) = toks.get(1).and_then(Tok::text) else {
-            self.out.unsupported(origin, "a table needs a name", "fix the line");
+            self.out
+                .unsupported(origin, "a table needs a name", "fix the line");
             return;
         };
         let def = match toks.get(2) {
             Some(Tok::LBrace) => {
                 let mut items = Vec::new();
-                let mut rest = toks[3..].iter();
-                while let Some(t) = rest.next() {
+                for t in &toks[3..] {
                     match t {
                         Tok::RBrace => break,
                         Tok::Comma => {}
                         Tok::Eq => {
                             // `key = value` pairs: a mapping, not a list.
-                            items.clear();
                             self.tables.insert(
                                 tname.to_string(),
-                                (TableDef::Other("a key = value mapping".into()), origin.clone()),
+                                (
+                                    TableDef::Other("a key = value mapping".into()),
+                                    origin.clone(),
+                                ),
                             );
                             return;
                         }
@@ -294,7 +316,11 @@ impl Cx<'_> {
         match self.tables.get(tname).cloned() {
             Some((TableDef::File(path), origin)) => {
                 let n = name(tname);
-                let declared = self.out.tables.iter().any(|b| b.entries.iter().any(|e| e.key == n));
+                let declared = self
+                    .out
+                    .tables
+                    .iter()
+                    .any(|b| b.entries.iter().any(|e| e.key == n));
                 if !declared {
                     self.out.tables.push(Block {
                         origins: vec![origin],
@@ -304,8 +330,12 @@ impl Cx<'_> {
                 }
                 Ok(n)
             }
-            Some((TableDef::Inline(_), _)) => Err(format!("<{tname}> is an inline list; mailer needs a file here")),
-            Some((TableDef::Other(kind), _)) => Err(format!("<{tname}> is `{kind}`, a table backend mailer does not read; use a file: table")),
+            Some((TableDef::Inline(_), _)) => Err(format!(
+                "<{tname}> is an inline list; mailer needs a file here"
+            )),
+            Some((TableDef::Other(kind), _)) => Err(format!(
+                "<{tname}> is `{kind}`, a table backend mailer does not read; use a file: table"
+            )),
             None => Err(format!("table <{tname}> is not defined")),
         }
     }
@@ -315,11 +345,18 @@ impl Cx<'_> {
         match tok {
             Some(Tok::Table(t)) => match self.tables.get(t) {
                 Some((TableDef::Inline(items), _)) => Ok(items.clone()),
-                Some((TableDef::File(path), _)) => Err(format!("<{t}> is the file {path}; mailer needs the values written in the rule here")),
-                Some((TableDef::Other(kind), _)) => Err(format!("<{t}> is `{kind}`, a table backend mailer does not read")),
+                Some((TableDef::File(path), _)) => Err(format!(
+                    "<{t}> is the file {path}; mailer needs the values written in the rule here"
+                )),
+                Some((TableDef::Other(kind), _)) => Err(format!(
+                    "<{t}> is `{kind}`, a table backend mailer does not read"
+                )),
                 None => Err(format!("table <{t}> is not defined")),
             },
-            Some(t) => t.text().map(|v| vec![v.to_string()]).ok_or_else(|| "a value is missing".to_string()),
+            Some(t) => t
+                .text()
+                .map(|v| vec![v.to_string()])
+                .ok_or_else(|| "a value is missing".to_string()),
             None => Err("a value is missing".to_string()),
         }
     }
@@ -329,7 +366,8 @@ impl Cx<'_> {
             Some(h) => h.eq_ignore_ascii_case(host),
             None => {
                 self.hostname = Some(host.to_string());
-                self.out.ignored(origin, format!("its name `{host}` becomes `hostname`"));
+                self.out
+                    .ignored(origin, format!("its name `{host}` becomes `hostname`"));
                 true
             }
         }
@@ -337,7 +375,8 @@ impl Cx<'_> {
 
     fn listen(&mut self, origin: &Origin, toks: &[Tok]) {
         if toks.get(1).and_then(Tok::text) != Some("on") {
-            self.out.unsupported(origin, "expected `listen on`", "fix the line");
+            self.out
+                .unsupported(origin, "expected `listen on`", "fix the line");
             return;
         }
         let Some(iface) = toks.get(2).and_then(Tok::text).map(str::to_string) else {
@@ -345,7 +384,10 @@ impl Cx<'_> {
             return;
         };
         if iface == "socket" {
-            self.out.ignored(origin, "mailer always takes sendmail submissions on <queue_dir>/submit.sock");
+            self.out.ignored(
+                origin,
+                "mailer always takes sendmail submissions on <queue_dir>/submit.sock",
+            );
             return;
         }
         let mut port: u16 = 25;
@@ -360,7 +402,8 @@ impl Cx<'_> {
                 "port" => {
                     match arg.and_then(Tok::text).and_then(|p| p.parse().ok()) {
                         Some(p) => port = p,
-                        None => problems.push(("the port is not a number".into(), "fix the port".into())),
+                        None => problems
+                            .push(("the port is not a number".into(), "fix the port".into())),
                     }
                     i += 1;
                 }
@@ -377,7 +420,10 @@ impl Cx<'_> {
                     if let Some(h) = arg.and_then(Tok::text) {
                         let h = h.to_string();
                         if !self.set_hostname(&h, origin) {
-                            problems.push((format!("a second host name `{h}`: mailer has one `hostname`"), "keep one name".into()));
+                            problems.push((
+                                format!("a second host name `{h}`: mailer has one `hostname`"),
+                                "keep one name".into(),
+                            ));
                         }
                     }
                     i += 1;
@@ -396,7 +442,10 @@ impl Cx<'_> {
                 }
                 "" => {}
                 other => {
-                    problems.push((format!("listener option `{other}` has no equivalent"), "remove it".into()));
+                    problems.push((
+                        format!("listener option `{other}` has no equivalent"),
+                        "remove it".into(),
+                    ));
                     if matches!(arg, Some(Tok::Table(_)) | Some(Tok::Str(_))) {
                         i += 1;
                     }
@@ -405,7 +454,9 @@ impl Cx<'_> {
             i += 1;
         }
         let addresses: Vec<String> = match iface.as_str() {
-            "localhost" | "lo" | "lo0" => vec![format!("127.0.0.1:{port}"), format!("[::1]:{port}")],
+            "localhost" | "lo" | "lo0" => {
+                vec![format!("127.0.0.1:{port}"), format!("[::1]:{port}")]
+            }
             "0.0.0.0" | "::" | "all" => {
                 if iface == "::" {
                     vec![format!("[::]:{port}")]
@@ -432,17 +483,30 @@ impl Cx<'_> {
                     tls_entries.push(Entry::new("tls_cert", q(cert)));
                     tls_entries.push(Entry::new("tls_key", q(key)));
                 }
-                _ => problems.push((format!("no `pki {p} cert` and `pki {p} key` to offer STARTTLS with"), "add tls_cert and tls_key to this [[listen]]".into())),
+                _ => problems.push((
+                    format!("no `pki {p} cert` and `pki {p} key` to offer STARTTLS with"),
+                    "add tls_cert and tls_key to this [[listen]]".into(),
+                )),
             }
         }
-        for (why, todo) in problems {
-            self.out.unsupported(origin, why, todo);
+        if !problems.is_empty() {
+            // A listener that cannot be set up as written is left out rather than opened
+            // with weaker settings.
+            for (why, todo) in problems {
+                self.out
+                    .unsupported(origin, format!("{why}; the listener is left out"), todo);
+            }
+            return;
         }
         for (n, address) in addresses.iter().enumerate() {
             let mut entries = vec![Entry::new("address", q(address))];
             entries.extend(tls_entries.iter().cloned());
             self.out.listen.push(Block {
-                origins: if n == 0 { vec![origin.clone()] } else { Vec::new() },
+                origins: if n == 0 {
+                    vec![origin.clone()]
+                } else {
+                    Vec::new()
+                },
                 remarks: Vec::new(),
                 entries,
             });
@@ -451,20 +515,27 @@ impl Cx<'_> {
 
     fn action(&mut self, origin: &Origin, toks: &[Tok]) {
         let Some(raw_name) = toks.get(1).and_then(Tok::text) else {
-            self.out.unsupported(origin, "an action needs a name", "fix the line");
+            self.out
+                .unsupported(origin, "an action needs a name", "fix the line");
             return;
         };
         let action = name(raw_name);
         let Some(method) = toks.get(2).and_then(Tok::text).map(str::to_string) else {
-            self.out.unsupported(origin, "an action needs a method", "fix the line");
+            self.out
+                .unsupported(origin, "an action needs a method", "fix the line");
             return;
         };
-        let mut block = Block { origins: vec![origin.clone()], ..Block::default() };
+        let mut block = Block {
+            origins: vec![origin.clone()],
+            ..Block::default()
+        };
         let mut problems: Vec<(String, String)> = Vec::new();
         let mut relays = false;
         let mut i = 3;
         match method.as_str() {
-            "mbox" => block.entries.push(Entry::new("mbox", q("/var/mail/%u")).note("OpenSMTPD's mbox location")),
+            "mbox" => block
+                .entries
+                .push(Entry::new("mbox", q("/var/mail/%u")).note("OpenSMTPD's mbox location")),
             "maildir" => {
                 let path = match toks.get(3) {
                     Some(Tok::Str(p)) => {
@@ -475,7 +546,10 @@ impl Cx<'_> {
                 };
                 match path {
                     Ok(p) => block.entries.push(Entry::new("maildir", q(&p))),
-                    Err(why) => problems.push((why, "write maildir = \"...\" with %u (user) and %d (domain)".into())),
+                    Err(why) => problems.push((
+                        why,
+                        "write maildir = \"...\" with %u (user) and %d (domain)".into(),
+                    )),
                 }
             }
             "relay" => relays = true,
@@ -484,7 +558,11 @@ impl Cx<'_> {
                 return;
             }
             other => {
-                self.out.unsupported(origin, format!("unknown delivery method `{other}`"), "fix the line");
+                self.out.unsupported(
+                    origin,
+                    format!("unknown delivery method `{other}`"),
+                    "fix the line",
+                );
                 return;
             }
         }
@@ -499,35 +577,52 @@ impl Cx<'_> {
                 ("alias", false) => match arg {
                     Some(Tok::Table(t)) => match self.file_table(t) {
                         Ok(n) => block.entries.push(Entry::new("alias", q(&n))),
-                        Err(why) => problems.push((why, "name an aliases(5) file in a file: table".into())),
+                        Err(why) => {
+                            problems.push((why, "name an aliases(5) file in a file: table".into()))
+                        }
                     },
                     _ => problems.push(("alias needs <table>".into(), "fix the line".into())),
                 },
                 ("junk", false) => {
                     takes_arg = false;
-                    problems.push(("`junk` (spam folder) has no equivalent".into(), "remove it; filter in the mail client".into()));
+                    problems.push((
+                        "`junk` (spam folder) has no equivalent".into(),
+                        "remove it; filter in the mail client".into(),
+                    ));
                 }
                 ("host", true) => {
                     has_host = true;
                     match arg.and_then(Tok::text) {
                         Some(u) => url = Some(u.to_string()),
-                        None => problems.push(("a pool of relay hosts in a table".into(), "write relay = [\"smtp+tls://…\", …]".into())),
+                        None => problems.push((
+                            "a pool of relay hosts in a table".into(),
+                            "write relay = [\"smtp+tls://…\", …]".into(),
+                        )),
                     }
                 }
                 ("auth", true) => match arg {
                     Some(Tok::Table(t)) => match self.file_table(t) {
                         Ok(n) => auth = Some(n),
-                        Err(why) => problems.push((why, "name an OpenSMTPD secrets file in a file: table".into())),
+                        Err(why) => problems.push((
+                            why,
+                            "name an OpenSMTPD secrets file in a file: table".into(),
+                        )),
                     },
                     _ => problems.push(("auth needs <table>".into(), "fix the line".into())),
                 },
                 ("mail-from", true) => match arg.and_then(Tok::text) {
                     Some(m) => block.entries.push(Entry::new("mail_from", q(m))),
-                    None => problems.push(("mail-from needs an address".into(), "fix the line".into())),
+                    None => {
+                        problems.push(("mail-from needs an address".into(), "fix the line".into()))
+                    }
                 },
                 ("tls", true) => {
                     if arg.and_then(Tok::text) == Some("no-verify") {
-                        problems.push(("`tls no-verify`: mailer always verifies the relay's certificate".into(), "give the relay's CA with ca_file = \"/path/ca.pem\"".into()));
+                        problems.push((
+                            "`tls no-verify`: mailer always verifies the relay's certificate"
+                                .into(),
+                            "give the relay's CA with ca_file = \"/path/ca.pem\"".into(),
+                        ));
                     } else {
                         takes_arg = false;
                     }
@@ -543,7 +638,10 @@ impl Cx<'_> {
                 ("", _) => takes_arg = false,
                 (other, _) => {
                     takes_arg = matches!(arg, Some(Tok::Table(_)) | Some(Tok::Str(_)));
-                    problems.push((format!("action option `{other}` has no equivalent"), "remove it, or keep this function outside mailer".into()));
+                    problems.push((
+                        format!("action option `{other}` has no equivalent"),
+                        "remove it, or keep this function outside mailer".into(),
+                    ));
                 }
             }
             i += if takes_arg { 2 } else { 1 };
@@ -575,7 +673,10 @@ impl Cx<'_> {
                 block.entries.insert(1, Entry::new("auth", q(&a)));
             }
         }
-        let failed = block.entries.iter().all(|e| e.key != "relay" && e.key != "mbox" && e.key != "maildir");
+        let failed = block
+            .entries
+            .iter()
+            .all(|e| e.key != "relay" && e.key != "mbox" && e.key != "maildir");
         for (why, todo) in problems {
             self.out.unsupported(origin, why, todo);
         }
@@ -619,18 +720,33 @@ impl Cx<'_> {
                             let shown: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
                             from = Some(format!("{{ source = {} }}", list(&shown)));
                         }
-                        Err(why) => problems.push((why, "write from = { source = [\"ADDRESS/PREFIX\", …] }".into())),
+                        Err(why) => problems.push((
+                            why,
+                            "write from = { source = [\"ADDRESS/PREFIX\", …] }".into(),
+                        )),
                     }
                 }
                 ("from", Some("mail-from")) | ("mail-from", _) => {
-                    let value = if word == "from" { used = 3; arg } else { used = 2; toks.get(i + 1) };
+                    let value = if word == "from" {
+                        used = 3;
+                        arg
+                    } else {
+                        used = 2;
+                        toks.get(i + 1)
+                    };
                     match self.addresses(value, negated) {
                         Ok(v) => mail_from = Some(v),
                         Err(why) => problems.push((why, "write mail_from = [\"user@domain\", \"@domain\"] or { table = \"NAME\" }".into())),
                     }
                 }
                 ("for", Some("rcpt-to")) | ("rcpt-to", _) => {
-                    let value = if word == "for" { used = 3; arg } else { used = 2; toks.get(i + 1) };
+                    let value = if word == "for" {
+                        used = 3;
+                        arg
+                    } else {
+                        used = 2;
+                        toks.get(i + 1)
+                    };
                     match self.addresses(value, negated) {
                         Ok(v) => rcpt_to = Some(v),
                         Err(why) => problems.push((why, "write rcpt_to = [\"user@domain\", \"@domain\"] or { table = \"NAME\" }".into())),
@@ -652,12 +768,26 @@ impl Cx<'_> {
                 ("action", Some(a)) if !negated => action = Some(a.to_string()),
                 ("reject", _) if !negated => {
                     used = 1;
-                    problems.push(("`reject` rules: mailer refuses what no rule matches".into(), "remove it; make sure no later rule matches these recipients".into()));
+                    problems.push((
+                        "`reject` rules: mailer refuses what no rule matches".into(),
+                        "remove it; make sure no later rule matches these recipients".into(),
+                    ));
                 }
                 (w, s) => {
-                    let shown = if negated { format!("! {w} {}", s.unwrap_or("")) } else { format!("{w} {}", s.unwrap_or("")) };
-                    problems.push((format!("condition `{}` has no equivalent", shown.trim()), "remove it, or express it with from, for, mail_from and rcpt_to".into()));
-                    used = if matches!(arg, Some(Tok::Table(_))) { 3 } else { 2 };
+                    let shown = if negated {
+                        format!("! {w} {}", s.unwrap_or(""))
+                    } else {
+                        format!("{w} {}", s.unwrap_or(""))
+                    };
+                    problems.push((
+                        format!("condition `{}` has no equivalent", shown.trim()),
+                        "remove it, or express it with from, for, mail_from and rcpt_to".into(),
+                    ));
+                    used = if matches!(arg, Some(Tok::Table(_))) {
+                        3
+                    } else {
+                        2
+                    };
                 }
             }
             i += used;
@@ -670,22 +800,34 @@ impl Cx<'_> {
             return;
         }
         let Some(action) = action else {
-            self.out.unsupported(origin, "a match without an action", "fix the line");
+            self.out
+                .unsupported(origin, "a match without an action", "fix the line");
             return;
         };
         let Some(&relays) = self.actions.get(&action) else {
-            self.out.unsupported(origin, format!("action `{action}` was not translated; {what}"), "see the action's line");
+            self.out.unsupported(
+                origin,
+                format!("action `{action}` was not translated; {what}"),
+                "see the action's line",
+            );
             return;
         };
         if relays && !local_only {
             self.out.unsupported(origin, format!("it relays for clients not on this host; mailer never does (no SMTP AUTH): {what}"), "send from this host, or use loopback sources only");
             return;
         }
-        let mut block = Block { origins: vec![origin.clone()], ..Block::default() };
+        let mut block = Block {
+            origins: vec![origin.clone()],
+            ..Block::default()
+        };
         // smtpd.conf's defaults: from local, for local.
-        block.entries.push(Entry::new("from", from.unwrap_or_else(|| q("local"))));
+        block
+            .entries
+            .push(Entry::new("from", from.unwrap_or_else(|| q("local"))));
         if recipients.is_some() || rcpt_to.is_none() {
-            block.entries.push(Entry::new("for", recipients.unwrap_or_else(|| q("local"))));
+            block
+                .entries
+                .push(Entry::new("for", recipients.unwrap_or_else(|| q("local"))));
         }
         if let Some(m) = mail_from {
             block.entries.push(Entry::new("mail_from", m));
@@ -713,10 +855,18 @@ impl Cx<'_> {
                 for v in &items {
                     crate::config::AddressPattern::parse(v)?;
                 }
-                if items.len() == 1 { q(&items[0]) } else { list(&items) }
+                if items.len() == 1 {
+                    q(&items[0])
+                } else {
+                    list(&items)
+                }
             }
         };
-        Ok(if negated { format!("{{ not = {value} }}") } else { value })
+        Ok(if negated {
+            format!("{{ not = {value} }}")
+        } else {
+            value
+        })
     }
 
     fn smtp(&mut self, origin: &Origin, toks: &[Tok]) {
@@ -724,30 +874,61 @@ impl Cx<'_> {
         match words.as_slice() {
             ["smtp", "max-message-size", size] => match crate::config::parse_size(size) {
                 Ok(_) => self.limit(origin, "max_message_size", q(size)),
-                Err(why) => self.out.unsupported(origin, why, "write [limits] max_message_size = \"35M\""),
+                Err(why) => {
+                    self.out
+                        .unsupported(origin, why, "write [limits] max_message_size = \"35M\"")
+                }
             },
             ["smtp", "limit", "max-rcpt", n] => match n.parse::<u64>() {
                 Ok(n) => self.limit(origin, "max_recipients", n.to_string()),
-                Err(_) => self.out.unsupported(origin, "not a number", "write [limits] max_recipients = N"),
+                Err(_) => self.out.unsupported(
+                    origin,
+                    "not a number",
+                    "write [limits] max_recipients = N",
+                ),
             },
-            ["smtp", "sub-addr-delim", ..] => self.out.unsupported(origin, "sub-addressing (user+tag) is not supported", "use aliases for the tagged addresses"),
-            _ => self.out.unsupported(origin, "this smtp option has no equivalent", "see [limits] in mailer.toml(5)"),
+            ["smtp", "sub-addr-delim", ..] => self.out.unsupported(
+                origin,
+                "sub-addressing (user+tag) is not supported",
+                "use aliases for the tagged addresses",
+            ),
+            _ => self.out.unsupported(
+                origin,
+                "this smtp option has no equivalent",
+                "see [limits] in mailer.toml(5)",
+            ),
         }
     }
 
     fn limit(&mut self, origin: &Origin, key: &str, value: String) {
-        self.out.limits.push(Block { origins: vec![origin.clone()], remarks: Vec::new(), entries: vec![Entry::new(key, value)] });
+        self.out.limits.push(Block {
+            origins: vec![origin.clone()],
+            remarks: Vec::new(),
+            entries: vec![Entry::new(key, value)],
+        });
     }
 
     fn queue(&mut self, origin: &Origin, toks: &[Tok]) {
         let words: Vec<&str> = toks.iter().filter_map(Tok::text).collect();
         match words.as_slice() {
             ["queue", "ttl", d] => match crate::config::parse_duration(d) {
-                Ok(_) => self.out.queue.push(Block { origins: vec![origin.clone()], remarks: Vec::new(), entries: vec![Entry::new("lifetime", q(d))] }),
-                Err(why) => self.out.unsupported(origin, why, "write [queue] lifetime = \"4d\""),
+                Ok(_) => self.out.queue.push(Block {
+                    origins: vec![origin.clone()],
+                    remarks: Vec::new(),
+                    entries: vec![Entry::new("lifetime", q(d))],
+                }),
+                Err(why) => self
+                    .out
+                    .unsupported(origin, why, "write [queue] lifetime = \"4d\""),
             },
-            ["queue", "compression"] => self.out.ignored(origin, "mailer stores queued messages as they are"),
-            _ => self.out.unsupported(origin, "this queue option has no equivalent", "see [queue] in mailer.toml(5)"),
+            ["queue", "compression"] => self
+                .out
+                .ignored(origin, "mailer stores queued messages as they are"),
+            _ => self.out.unsupported(
+                origin,
+                "this queue option has no equivalent",
+                "see [queue] in mailer.toml(5)",
+            ),
         }
     }
 
@@ -756,16 +937,30 @@ impl Cx<'_> {
         match words.as_slice() {
             ["bounce", "warn-interval", first, rest @ ..] => {
                 if crate::config::parse_duration(first).is_err() {
-                    self.out.unsupported(origin, format!("`{first}` is not a duration"), "write [queue] warn_after = \"4h\"");
+                    self.out.unsupported(
+                        origin,
+                        format!("`{first}` is not a duration"),
+                        "write [queue] warn_after = \"4h\"",
+                    );
                     return;
                 }
-                let mut block = Block { origins: vec![origin.clone()], remarks: Vec::new(), entries: vec![Entry::new("warn_after", q(first))] };
+                let mut block = Block {
+                    origins: vec![origin.clone()],
+                    remarks: Vec::new(),
+                    entries: vec![Entry::new("warn_after", q(first))],
+                };
                 if !rest.is_empty() {
-                    block.remarks.push("mailer sends one delay notice, at the first interval".into());
+                    block
+                        .remarks
+                        .push("mailer sends one delay notice, at the first interval".into());
                 }
                 self.out.queue.push(block);
             }
-            _ => self.out.unsupported(origin, "this bounce option has no equivalent", "see [queue] in mailer.toml(5)"),
+            _ => self.out.unsupported(
+                origin,
+                "this bounce option has no equivalent",
+                "see [queue] in mailer.toml(5)",
+            ),
         }
     }
 
@@ -784,7 +979,8 @@ impl Cx<'_> {
             None => top.remarks.push("hostname and local_domains: the system host name, as OpenSMTPD takes it (set hostname if /etc/mailname says otherwise)".into()),
         }
         if self.options.hostname.is_some() {
-            top.remarks.push("hostname: the mail name of this host, given to the import".into());
+            top.remarks
+                .push("hostname: the mail name of this host, given to the import".into());
         }
         self.out.top.insert(0, top);
     }
@@ -800,9 +996,15 @@ fn maildir_path(p: &str) -> Result<String, String> {
         .replace("%{rcpt.domain}", "%d")
         .replace("%{user.directory}", "~");
     if out.contains("%{") {
-        return Err(format!("maildir path `{p}` uses a format mailer does not know"));
+        return Err(format!(
+            "maildir path `{p}` uses a format mailer does not know"
+        ));
     }
-    Ok(if out.ends_with('/') { out } else { format!("{out}/") })
+    Ok(if out.ends_with('/') {
+        out
+    } else {
+        format!("{out}/")
+    })
 }
 
 /// Networks from `src` values.
@@ -827,7 +1029,19 @@ fn relay_url(url: &str, auth: bool) -> Result<(String, Option<String>, bool), (S
     };
     let text = format!("{scheme}://{rest}");
     match text.parse::<RelayUrl>() {
-        Ok(u) => Ok((u.to_string(), remark, insecure)),
+        Ok(mut u) => {
+            let mut remark = remark;
+            if auth && u.label.is_none() {
+                // OpenSMTPD looks a relay without a label up by its host name.
+                u.label = Some(u.host.clone());
+                remark = Some(format!(
+                    "{}the secrets table is searched for the label `{}`, as OpenSMTPD searches it for the host name",
+                    remark.map(|r| format!("{r}; ")).unwrap_or_default(),
+                    u.host
+                ));
+            }
+            Ok((u.to_string(), remark, insecure))
+        }
         Err(e) => Err((e.to_string(), "fix the relay URL".into())),
     }
 }
