@@ -13,6 +13,7 @@ pub mod data;
 pub mod dmarc;
 pub mod dotenv;
 pub mod dsn;
+pub mod import;
 pub mod memory;
 pub mod mta_sts;
 pub mod offline;
@@ -32,6 +33,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("data", data::run),
     ("address", address::run),
     ("config", config::run),
+    ("import", import::run),
     ("aliases", aliases::run),
     ("secrets", secrets::run),
     ("align", align::run),

@@ -256,7 +256,7 @@ fn check_incoming(
             r.address
         );
         assert_eq!(
-            router.action_for(incoming.peer.is_local(), &r.address),
+            router.action_for(incoming.peer.origin(), incoming.sender.as_ref(), &r.address),
             Some(r.action.as_str()),
             "recipient {} accepted against the match rules",
             r.address

@@ -76,7 +76,11 @@ impl Engine {
             ways(config, &tables)?,
             Counting(metrics.clone()),
         ));
-        let router = Arc::new(Router::new(config).with_local_check(dispatch.local_check()));
+        let router = Arc::new(
+            Router::new(config)
+                .with_lists(tables.lists())
+                .with_local_check(dispatch.local_check()),
+        );
         let scheduler = Scheduler::new(
             spool.clone(),
             dispatch.clone(),
@@ -121,7 +125,11 @@ impl Engine {
         let ways = ways(config, &tables)?;
         self.dispatch.replace(ways);
         *self.dkim.write().unwrap_or_else(|p| p.into_inner()) = tables.dkim.clone();
-        let router = Arc::new(Router::new(config).with_local_check(self.dispatch.local_check()));
+        let router = Arc::new(
+            Router::new(config)
+                .with_lists(tables.lists())
+                .with_local_check(self.dispatch.local_check()),
+        );
         *self.router.write().unwrap_or_else(|p| p.into_inner()) = router;
         self.scheduler.set_timing(Timing::from(config));
         *self.tables.lock().unwrap_or_else(|p| p.into_inner()) =

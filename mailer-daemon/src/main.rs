@@ -9,6 +9,7 @@ mod check_cmd;
 mod control;
 mod dkim_cmd;
 mod engine;
+mod import_cmd;
 mod logging;
 mod manuals;
 mod metrics;
@@ -80,6 +81,10 @@ enum ConfigCommand {
     Check,
     /// Print the built-in configuration.
     Embedded,
+    /// Translate an OpenSMTPD smtpd.conf or a Postfix main.cf into a commented mailer.toml
+    /// on standard output; exit 0 if complete, 1 if some lines are not translated, 2 if the
+    /// file cannot be read.
+    Import(import_cmd::Args),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +118,9 @@ fn main() -> ExitCode {
             print!("{}", Config::embedded_default_text());
             ExitCode::SUCCESS
         }
+        Command::Config {
+            command: ConfigCommand::Import(args),
+        } => import_cmd::main(args),
         Command::Queue(args) => queue_cmd::main(config_path.as_deref(), args),
         Command::Reload => queue_cmd::reload(config_path.as_deref()),
         Command::Check(args) => check_cmd::main(config_path.as_deref(), args),

@@ -15,6 +15,7 @@ use super::raw::*;
 use super::relay_url::{is_host_name, RelaySecurity, RelayUrl};
 use super::units::{format_duration, parse_duration, parse_size};
 use super::*;
+use super::{AddressList, AddressMatch, AddressPattern, IpNet};
 use crate::diagnostic::Sink;
 
 const TOP_LEVEL_KEYS: &[&str] = &[
@@ -252,7 +253,7 @@ impl<'a> Builder<'a> {
         let metrics = raw.metrics.as_ref().and_then(|m| self.metrics(m));
         let check = self.check(raw.check.as_ref());
         let log = self.log(raw.log.as_ref());
-        let matches = self.matches(&raw, &actions, &local_domains);
+        let matches = self.matches(&raw, &actions, &tables, &local_domains);
         self.unused(&raw, &actions, &matches);
         if let Some(user) = &user {
             self.mailboxes_in_homes(&raw, user);
@@ -1066,6 +1067,7 @@ impl<'a> Builder<'a> {
         &mut self,
         raw: &RawConfig,
         actions: &BTreeMap<String, Action>,
+        tables: &BTreeMap<String, PathBuf>,
         local_domains: &[String],
     ) -> Vec<MatchRule> {
         let defined: BTreeSet<&str> = raw
@@ -1078,12 +1080,26 @@ impl<'a> Builder<'a> {
         let mut earlier: Vec<(MatchRule, usize)> = Vec::new();
         for (span, rule) in &raw.matches {
             let Some(rule) = rule else { continue };
-            let from = self.choice(
-                &rule.from,
-                "from",
-                &[("local", FromSpec::Local), ("any", FromSpec::Any)],
-            );
-            let recipients = self.for_spec(&rule.recipients);
+            let from = self.sources(&rule.from);
+            let recipients = match &rule.recipients {
+                Some(r) => self.for_spec(r),
+                None if rule.rcpt_to.is_some() => Some(ForSpec::Any),
+                None => {
+                    self.sink.at(
+                        span,
+                        "missing field `for`: give for = \"local\", \"any\" or [domains] (or an rcpt_to list)",
+                    );
+                    None
+                }
+            };
+            let mail_from = rule
+                .mail_from
+                .as_ref()
+                .map(|m| self.address_match(m, "mail_from", tables));
+            let rcpt_to = rule
+                .rcpt_to
+                .as_ref()
+                .map(|m| self.address_match(m, "rcpt_to", tables));
             let action = rule.action.get_ref();
             if !defined.contains(action.as_str()) {
                 let known = if defined.is_empty() {
@@ -1099,15 +1115,43 @@ impl<'a> Builder<'a> {
                     format!("no action named `{action}` ({known})"),
                 );
             }
-            let (Some(from), Some(recipients)) = (from, recipients) else {
+            let (Some(from), Some(recipients), Some(mail_from), Some(rcpt_to)) = (
+                from,
+                recipients,
+                mail_from.map_or(Some(None), |m| m.map(Some)),
+                rcpt_to.map_or(Some(None), |m| m.map(Some)),
+            ) else {
                 continue;
             };
+            // The relay is closed to clients that are not on this host, whatever the rules
+            // say: there is no SMTP AUTH on the listeners to let anyone else in.
+            if matches!(actions.get(action), Some(Action::Relay(_))) && !from.is_local_only() {
+                let what = match &from {
+                    FromSpec::Source(nets) => {
+                        let open: Vec<String> = nets
+                            .iter()
+                            .filter(|n| !n.is_loopback())
+                            .map(|n| n.to_string())
+                            .collect();
+                        format!("sources {} are not on this host", open.join(", "))
+                    }
+                    _ => "from = \"any\" includes clients that are not on this host".to_string(),
+                };
+                self.sink.at(
+                    &rule.from.span(),
+                    format!("action `{action}` relays, and {what}: that would be an open relay; use from = \"local\", \"socket\" or loopback sources"),
+                );
+            }
             let rule_out = MatchRule {
                 from,
                 recipients,
+                mail_from,
+                rcpt_to,
                 action: action.clone(),
             };
-            if let Some((_, line)) = earlier
+            if let Some(why) = never_matches(&rule_out, local_domains) {
+                self.warn(span, format!("this rule can never match: {why}"));
+            } else if let Some((_, line)) = earlier
                 .iter()
                 .find(|(e, _)| covers(e, &rule_out, local_domains))
             {
@@ -1123,6 +1167,47 @@ impl<'a> Builder<'a> {
             }
         }
         out
+    }
+
+    fn sources(&mut self, value: &S<RawFrom>) -> Option<FromSpec> {
+        match value.get_ref() {
+            RawFrom::Name(name) => match name.as_str() {
+                "local" => Some(FromSpec::Local),
+                "any" => Some(FromSpec::Any),
+                "socket" => Some(FromSpec::Socket),
+                other => {
+                    self.sink.at(
+                        &value.span(),
+                        format!("from: unknown value \"{other}\", expected \"local\", \"any\", \"socket\" or {{ source = [\"127.0.0.0/8\", \"::1\"] }}"),
+                    );
+                    None
+                }
+            },
+            RawFrom::Source(list) => {
+                let items: Vec<S<String>> = match list.get_ref() {
+                    OneOrMany::One(n) => vec![toml::Spanned::new(list.span(), n.clone())],
+                    OneOrMany::Many(ns) => ns.clone(),
+                };
+                if items.is_empty() {
+                    self.sink
+                        .at(&list.span(), "from source: empty list of networks");
+                    return None;
+                }
+                let mut nets: Vec<IpNet> = Vec::new();
+                let mut ok = true;
+                for item in &items {
+                    match IpNet::parse(item.get_ref()) {
+                        Ok(n) if !nets.contains(&n) => nets.push(n),
+                        Ok(_) => {}
+                        Err(why) => {
+                            self.sink.at(&item.span(), format!("from source: {why}"));
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(FromSpec::Source(nets))
+            }
+        }
     }
 
     fn for_spec(&mut self, value: &S<OneOrMany<String, S<String>>>) -> Option<ForSpec> {
@@ -1153,6 +1238,59 @@ impl<'a> Builder<'a> {
                 ok.then_some(ForSpec::Domains(domains))
             }
         }
+    }
+
+    /// A `mail_from` or `rcpt_to` condition; `None` after recording what is wrong.
+    fn address_match(
+        &mut self,
+        value: &S<RawAddresses>,
+        key: &str,
+        tables: &BTreeMap<String, PathBuf>,
+    ) -> Option<AddressMatch> {
+        let span = value.span();
+        let (negated, inner) = match value.get_ref() {
+            RawAddresses::Not(inner) => (true, inner.as_ref()),
+            _ => (false, value),
+        };
+        let items: Vec<S<String>> = match inner.get_ref() {
+            RawAddresses::Not(_) => {
+                self.sink.at(
+                    &inner.span(),
+                    format!("{key}: `not` inside `not` cancels out: remove both"),
+                );
+                return None;
+            }
+            RawAddresses::Table(name) => {
+                let name = self.table_ref(name, tables);
+                return Some(AddressMatch {
+                    negated,
+                    list: AddressList::Table(name),
+                });
+            }
+            RawAddresses::One(text) => vec![toml::Spanned::new(inner.span(), text.clone())],
+            RawAddresses::Many(items) => items.clone(),
+        };
+        if items.is_empty() {
+            self.sink
+                .at(&span, format!("{key}: empty list of addresses"));
+            return None;
+        }
+        let mut patterns: Vec<AddressPattern> = Vec::new();
+        let mut ok = true;
+        for item in &items {
+            match AddressPattern::parse(item.get_ref()) {
+                Ok(p) if !patterns.contains(&p) => patterns.push(p),
+                Ok(_) => {}
+                Err(why) => {
+                    self.sink.at(&item.span(), format!("{key}: {why}"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(AddressMatch {
+            negated,
+            list: AddressList::Inline(patterns),
+        })
     }
 
     /// Home directories are closed to a daemon that has become `user` (0700 homes, and the
@@ -1193,27 +1331,46 @@ impl<'a> Builder<'a> {
                 );
             }
         }
-        let used: BTreeSet<&str> = actions
+        let mut used: BTreeSet<&str> = actions
             .values()
             .filter_map(|a| match a {
                 Action::Local(l) => l.alias.as_deref(),
                 Action::Relay(r) => r.auth.as_deref(),
             })
             .collect();
+        for rule in matches {
+            for condition in [&rule.mail_from, &rule.rcpt_to].into_iter().flatten() {
+                if let AddressList::Table(name) = &condition.list {
+                    used.insert(name);
+                }
+            }
+        }
         for (name, _) in &raw.tables {
             if !used.contains(name.get_ref().as_str()) {
                 self.warn(
                     &name.span(),
-                    format!("table `{}` is not used by any action", name.get_ref()),
+                    format!(
+                        "table `{}` is not used by any action or match rule",
+                        name.get_ref()
+                    ),
                 );
             }
         }
     }
 }
 
-/// Whether every recipient `later` matches is matched by `earlier` first.
+/// Whether every recipient `later` matches is matched by `earlier` first. Conservative: false
+/// when it cannot be told from the text (tables, negations against lists).
 fn covers(earlier: &MatchRule, later: &MatchRule, local_domains: &[String]) -> bool {
-    let from = earlier.from == FromSpec::Any || earlier.from == later.from;
+    let from = match (&earlier.from, &later.from) {
+        (FromSpec::Any, _) => true,
+        (FromSpec::Local, l) => l.is_local_only(),
+        (FromSpec::Socket, FromSpec::Socket) => true,
+        (FromSpec::Source(e), FromSpec::Source(l)) => {
+            l.iter().all(|ln| e.iter().any(|en| en.covers(ln)))
+        }
+        _ => false,
+    };
     let domains_in = |set: &[String], domains: &[String]| domains.iter().all(|d| set.contains(d));
     let recipients = match (&earlier.recipients, &later.recipients) {
         (ForSpec::Any, _) => true,
@@ -1224,6 +1381,52 @@ fn covers(earlier: &MatchRule, later: &MatchRule, local_domains: &[String]) -> b
         (ForSpec::Domains(e), ForSpec::Domains(d)) => domains_in(e, d),
     };
     from && recipients
+        && list_covers(earlier.mail_from.as_ref(), later.mail_from.as_ref())
+        && list_covers(earlier.rcpt_to.as_ref(), later.rcpt_to.as_ref())
+}
+
+/// Whether every address `later` admits is admitted by `earlier` (`None`: every address).
+fn list_covers(earlier: Option<&AddressMatch>, later: Option<&AddressMatch>) -> bool {
+    let Some(e) = earlier else { return true };
+    let Some(l) = later else { return false };
+    match (&e.list, &l.list, e.negated, l.negated) {
+        (AddressList::Table(a), AddressList::Table(b), en, ln) => a == b && en == ln,
+        // Every pattern of the later list is inside the earlier one.
+        (AddressList::Inline(ep), AddressList::Inline(lp), false, false) => {
+            lp.iter().all(|l| ep.iter().any(|e| e.covers(l)))
+        }
+        // Not in L implies not in E when E is inside L.
+        (AddressList::Inline(ep), AddressList::Inline(lp), true, true) => {
+            ep.iter().all(|e| lp.iter().any(|l| l.covers(e)))
+        }
+        _ => false,
+    }
+}
+
+/// Why a rule matches no recipient at all, if it is plain from the text: every `rcpt_to`
+/// address lies outside the domains of `for`.
+fn never_matches(rule: &MatchRule, local_domains: &[String]) -> Option<String> {
+    let Some(AddressMatch {
+        negated: false,
+        list: AddressList::Inline(patterns),
+    }) = &rule.rcpt_to
+    else {
+        return None;
+    };
+    let (domains, what): (&[String], &str) = match &rule.recipients {
+        ForSpec::Any => return None,
+        ForSpec::Local => (local_domains, "the local domains"),
+        ForSpec::Domains(d) => (d, "the domains of `for`"),
+    };
+    let outside = patterns
+        .iter()
+        .all(|p| !domains.iter().any(|d| d == p.domain()));
+    outside.then(|| {
+        format!(
+            "every rcpt_to address is outside {what} ({})",
+            domains.join(", ")
+        )
+    })
 }
 
 /// A name useradd(8) could have made: no separators, no option look-alike, at most 32 bytes.

@@ -16,6 +16,8 @@ mod raw;
 mod relay_url;
 mod units;
 
+pub mod import;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -275,21 +277,136 @@ impl Default for DkimHeaders {
     }
 }
 
-/// One `[[match]]` rule.
+/// One `[[match]]` rule. Every condition given must hold; the first rule that matches a
+/// recipient decides its action.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MatchRule {
     pub from: FromSpec,
     pub recipients: ForSpec,
+    /// The envelope sender (`mail_from`); `None`: any. The null sender `<>` is matched only by
+    /// a negated list (it is in no list).
+    pub mail_from: Option<AddressMatch>,
+    /// The recipient address (`rcpt_to`); `None`: any.
+    pub rcpt_to: Option<AddressMatch>,
     /// Name of an action in [`Config::actions`].
     pub action: String,
 }
 
 /// Which clients a rule applies to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FromSpec {
-    /// Loopback or unix-socket peers.
+    /// Loopback or unix-socket peers, and mail the daemon makes itself (bounces, alias
+    /// targets).
     Local,
     Any,
+    /// Submissions that did not come over IP: the sendmail submission socket and the offline
+    /// drop directory.
+    Socket,
+    /// SMTP clients whose address is in one of these networks.
+    Source(Vec<IpNet>),
+}
+
+impl FromSpec {
+    /// Whether every client this matches is on this host (the only clients allowed to relay).
+    pub fn is_local_only(&self) -> bool {
+        match self {
+            FromSpec::Local | FromSpec::Socket => true,
+            FromSpec::Any => false,
+            FromSpec::Source(nets) => nets.iter().all(IpNet::is_loopback),
+        }
+    }
+}
+
+/// An IP network: an address and a prefix length (`127.0.0.0/8`, `::1/128`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    /// With the host bits cleared.
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// `ADDRESS` (a host) or `ADDRESS/PREFIX`; host bits set below the prefix are an error, as
+    /// they usually mean a typo.
+    pub fn parse(text: &str) -> Result<IpNet, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("`{addr}` is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("prefix `/{p}` must be 0 to {max}")),
+            },
+        };
+        let net = IpNet { addr, prefix };
+        if net.masked(addr) != addr {
+            return Err(format!(
+                "`{text}` has host bits set: write {}/{prefix}",
+                net.masked(addr)
+            ));
+        }
+        Ok(net)
+    }
+
+    fn masked(&self, ip: std::net::IpAddr) -> std::net::IpAddr {
+        use std::net::IpAddr;
+        match ip {
+            IpAddr::V4(v4) => {
+                let bits = u32::from(v4);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V4((bits & mask).into())
+            }
+            IpAddr::V6(v6) => {
+                let bits = u128::from(v6);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                IpAddr::V6((bits & mask).into())
+            }
+        }
+    }
+
+    /// Whether `ip` is in this network; an IPv4-mapped IPv6 address counts as its IPv4 address.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_ipv4() == self.addr.is_ipv4() && self.masked(ip) == self.addr
+    }
+
+    /// Whether `other` lies wholly inside this network.
+    pub fn covers(&self, other: &IpNet) -> bool {
+        other.prefix >= self.prefix && self.contains(other.addr)
+    }
+
+    /// Whether every address of the network is a loopback address.
+    pub fn is_loopback(&self) -> bool {
+        const LO4: IpNet = IpNet {
+            addr: std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)),
+            prefix: 8,
+        };
+        const LO6: IpNet = IpNet {
+            addr: std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            prefix: 128,
+        };
+        LO4.covers(self) || LO6.covers(self)
+    }
+}
+
+impl std::fmt::Display for IpNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 /// Which recipients a rule applies to.
@@ -300,6 +417,82 @@ pub enum ForSpec {
     Any,
     /// Recipients in exactly these (lower-cased) domains.
     Domains(Vec<String>),
+}
+
+/// A `mail_from` or `rcpt_to` condition: an address in a list (or, negated, not in it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressMatch {
+    /// `{ not = ... }`: the condition holds for addresses *not* in the list.
+    pub negated: bool,
+    pub list: AddressList,
+}
+
+/// The addresses of a condition: written in the rule, or one per line in a table file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressList {
+    Inline(Vec<AddressPattern>),
+    /// Name of a table in [`Config::tables`] holding one pattern per line.
+    Table(String),
+}
+
+/// `user@domain` (one address) or `@domain` (every address of the domain); compared without
+/// regard to case.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AddressPattern {
+    /// Lower-cased.
+    Address(String),
+    /// Lower-cased, without the `@`.
+    Domain(String),
+}
+
+impl AddressPattern {
+    /// `user@domain` or `@domain`.
+    pub fn parse(text: &str) -> Result<AddressPattern, String> {
+        match text.strip_prefix('@') {
+            Some(domain) if relay_url::is_host_name(domain) => Ok(AddressPattern::Domain(
+                domain.trim_end_matches('.').to_ascii_lowercase(),
+            )),
+            Some(domain) => Err(format!("`{domain}` is not a domain name")),
+            None => match Address::parse(text) {
+                Ok(a) => Ok(AddressPattern::Address(a.to_string().to_lowercase())),
+                Err(e) => Err(format!("{e}: expected \"user@domain\" or \"@domain\"")),
+            },
+        }
+    }
+
+    pub fn matches(&self, address: &Address) -> bool {
+        match self {
+            AddressPattern::Domain(d) => address.domain().eq_ignore_ascii_case(d),
+            AddressPattern::Address(a) => address.to_string().to_lowercase() == *a,
+        }
+    }
+
+    /// Whether every address `other` matches is matched by this pattern.
+    pub fn covers(&self, other: &AddressPattern) -> bool {
+        match (self, other) {
+            (AddressPattern::Domain(d), AddressPattern::Address(a)) => {
+                a.rsplit_once('@').is_some_and(|(_, ad)| ad == d)
+            }
+            _ => self == other,
+        }
+    }
+
+    /// The domain every address matched is in.
+    pub fn domain(&self) -> &str {
+        match self {
+            AddressPattern::Domain(d) => d,
+            AddressPattern::Address(a) => a.rsplit_once('@').map_or("", |(_, d)| d),
+        }
+    }
+}
+
+impl std::fmt::Display for AddressPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddressPattern::Address(a) => f.write_str(a),
+            AddressPattern::Domain(d) => write!(f, "@{d}"),
+        }
+    }
 }
 
 /// Retry schedule and lifetime of queued messages.

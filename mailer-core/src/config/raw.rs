@@ -103,10 +103,95 @@ pub(crate) struct RawLog {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawMatch {
-    pub from: S<String>,
+    pub from: S<RawFrom>,
     #[serde(rename = "for")]
-    pub recipients: S<OneOrMany<String, S<String>>>,
+    pub recipients: Option<S<OneOrMany<String, S<String>>>>,
+    pub mail_from: Option<S<RawAddresses>>,
+    pub rcpt_to: Option<S<RawAddresses>>,
     pub action: S<String>,
+}
+
+/// `from = "local"` (a name) or `from = { source = ["127.0.0.0/8", "::1"] }`.
+pub(crate) enum RawFrom {
+    Name(String),
+    Source(S<OneOrMany<String, S<String>>>),
+}
+
+impl<'de> Deserialize<'de> for RawFrom {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawFrom;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"local\", \"any\", \"socket\" or { source = [networks] }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawFrom, E> {
+                Ok(RawFrom::Name(v.to_string()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawFrom, A::Error> {
+                let mut source = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "source" if source.is_none() => source = Some(map.next_value()?),
+                        "source" => return Err(de::Error::duplicate_field("source")),
+                        other => return Err(de::Error::unknown_field(other, &["source"])),
+                    }
+                }
+                source
+                    .map(RawFrom::Source)
+                    .ok_or_else(|| de::Error::missing_field("source"))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A `mail_from` or `rcpt_to` value: `"user@domain"` or `"@domain"`, a list of them,
+/// `{ table = "NAME" }`, or any of these inside `{ not = … }`.
+pub(crate) enum RawAddresses {
+    One(String),
+    Many(Vec<S<String>>),
+    Table(S<String>),
+    Not(Box<S<RawAddresses>>),
+}
+
+impl<'de> Deserialize<'de> for RawAddresses {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawAddresses;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"user@domain\", \"@domain\", a list of them, { table = \"NAME\" } or { not = ... }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawAddresses, E> {
+                Ok(RawAddresses::One(v.to_string()))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawAddresses, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(RawAddresses::Many(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawAddresses, A::Error> {
+                let mut out = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if out.is_some() {
+                        return Err(de::Error::custom(
+                            "give one of `table` or `not`, alone in its braces",
+                        ));
+                    }
+                    out = Some(match key.as_str() {
+                        "table" => RawAddresses::Table(map.next_value()?),
+                        "not" => RawAddresses::Not(Box::new(map.next_value()?)),
+                        other => return Err(de::Error::unknown_field(other, &["table", "not"])),
+                    });
+                }
+                out.ok_or_else(|| de::Error::custom("empty braces: give `table` or `not`"))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// A string or an integer: sizes may be either, durations are strings but a bare `0` is

@@ -102,11 +102,15 @@ fn shipped_ublog_config_translates_smtpd_conf() {
             MatchRule {
                 from: FromSpec::Local,
                 recipients: ForSpec::Local,
+                mail_from: None,
+                rcpt_to: None,
                 action: "local_mail".into()
             },
             MatchRule {
                 from: FromSpec::Local,
                 recipients: ForSpec::Any,
+                mail_from: None,
+                rcpt_to: None,
                 action: "outbound".into()
             },
         ]
@@ -167,6 +171,8 @@ fn embedded_default_is_a_rootless_local_only_setup() {
         [MatchRule {
             from: FromSpec::Local,
             recipients: ForSpec::Local,
+            mail_from: None,
+            rcpt_to: None,
             action: "local_mail".into()
         }]
     );
@@ -444,16 +450,22 @@ fn every_contract_key_parses_to_its_value() {
             MatchRule {
                 from: FromSpec::Any,
                 recipients: ForSpec::Local,
+                mail_from: None,
+                rcpt_to: None,
                 action: "local_mail".into()
             },
             MatchRule {
                 from: FromSpec::Local,
                 recipients: ForSpec::Domains(vec!["lan.example".into(), "lan2.example".into()]),
+                mail_from: None,
+                rcpt_to: None,
                 action: "lan".into(),
             },
             MatchRule {
                 from: FromSpec::Local,
                 recipients: ForSpec::Any,
+                mail_from: None,
+                rcpt_to: None,
                 action: "outbound".into()
             },
         ]
@@ -772,7 +784,7 @@ fn match_value_errors() {
     assert_eq!(
         errors(&format!("{head}[[match]]\nfrom = \"localhost\"\nfor = \"example.org\"\naction = \"a\"\n[[match]]\nfrom = \"any\"\nfor = []\naction = \"a\"\n")),
         [
-            "t.toml:4:8: from: unknown value \"localhost\", expected \"local\" or \"any\"",
+            "t.toml:4:8: from: unknown value \"localhost\", expected \"local\", \"any\", \"socket\" or { source = [\"127.0.0.0/8\", \"::1\"] }",
             "t.toml:5:7: for: unknown value \"example.org\", expected \"local\", \"any\" or a list of domains such as [\"example.org\"]",
             "t.toml:9:7: for: empty list of domains",
         ]
@@ -823,7 +835,7 @@ fn unused_actions_and_tables_are_warnings_not_errors() {
             .map(ToString::to_string)
             .collect::<Vec<_>>(),
         [
-            "t.toml:2:1: table `aliases` is not used by any action",
+            "t.toml:2:1: table `aliases` is not used by any action or match rule",
             "t.toml:3:10: action `spare` is not used by any [[match]] rule",
         ]
     );
@@ -1002,4 +1014,129 @@ fn a_mailbox_in_home_directories_with_user_set_is_a_warning_at_its_line() {
     );
     // Without `user` the daemon may run as root, which can enter them.
     assert_eq!(parse(&text.replace("user = \"mailer\"\n", "")).warnings, []);
+}
+
+const RULE_HEAD: &str = "[tables]\nsenders = \"/etc/mailer/senders\"\n[actions.l]\nmbox = \"/m/%u\"\n[actions.r]\nrelay = \"smtp+tls://relay.example\"\n";
+
+#[test]
+fn match_conditions_parse_to_their_values() {
+    let c = parse(&format!(
+        "{RULE_HEAD}[[match]]\nfrom = {{ source = [\"127.0.0.0/8\", \"::1\"] }}\nmail_from = [\"@One.Example\", \"Ops@two.example\"]\nrcpt_to = {{ not = {{ table = \"senders\" }} }}\naction = \"r\"\n\
+         [[match]]\nfrom = \"socket\"\nfor = \"local\"\nmail_from = {{ not = \"@spam.example\" }}\naction = \"l\"\n"
+    ));
+    assert_eq!(
+        c.matches[0],
+        MatchRule {
+            from: FromSpec::Source(vec![
+                IpNet::parse("127.0.0.0/8").unwrap(),
+                IpNet::parse("::1").unwrap()
+            ]),
+            recipients: ForSpec::Any,
+            mail_from: Some(AddressMatch {
+                negated: false,
+                list: AddressList::Inline(vec![
+                    AddressPattern::Domain("one.example".into()),
+                    AddressPattern::Address("ops@two.example".into()),
+                ]),
+            }),
+            rcpt_to: Some(AddressMatch {
+                negated: true,
+                list: AddressList::Table("senders".into()),
+            }),
+            action: "r".into(),
+        }
+    );
+    assert_eq!(c.matches[1].from, FromSpec::Socket);
+    assert!(c.matches[1].mail_from.as_ref().unwrap().negated);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+}
+
+#[test]
+fn match_condition_errors_point_at_the_value() {
+    let rule = |body: &str| errors(&format!("{RULE_HEAD}[[match]]\n{body}"));
+    assert_eq!(
+        rule("from = { source = [\"10.0.0.0/33\", \"127.0.0.1/8\", \"loopback\"] }\nfor = \"local\"\naction = \"l\"\n"),
+        [
+            "t.toml:8:20: from source: prefix `/33` must be 0 to 32",
+            "t.toml:8:35: from source: `127.0.0.1/8` has host bits set: write 127.0.0.0/8",
+            "t.toml:8:50: from source: `loopback` is not an IP address",
+        ]
+    );
+    assert_eq!(
+        rule("from = \"local\"\nfor = \"any\"\nmail_from = [\"@bad domain\", \"nobody\"]\nrcpt_to = { table = \"rcpts\" }\naction = \"r\"\n"),
+        [
+            "t.toml:10:14: mail_from: `bad domain` is not a domain name",
+            "t.toml:10:29: mail_from: address has no @domain: expected \"user@domain\" or \"@domain\"",
+            "t.toml:11:21: table `rcpts` is not defined in [tables] (defined: senders)",
+        ]
+    );
+    assert_eq!(
+        rule("from = { src = \"::1\" }\nfor = \"any\"\naction = \"r\"\n"),
+        ["t.toml:8:8: unknown field `src`, expected `source`"]
+    );
+    assert_eq!(
+        rule("from = \"local\"\nfor = \"any\"\nmail_from = { not = { not = \"@a.example\" } }\nrcpt_to = []\naction = \"r\"\n"),
+        [
+            "t.toml:10:21: mail_from: `not` inside `not` cancels out: remove both",
+            "t.toml:11:11: rcpt_to: empty list of addresses",
+        ]
+    );
+    assert_eq!(
+        rule("from = \"local\"\naction = \"r\"\n"),
+        ["t.toml:7:1: missing field `for`: give for = \"local\", \"any\" or [domains] (or an rcpt_to list)"]
+    );
+}
+
+#[test]
+fn a_relay_reachable_from_clients_not_on_this_host_is_an_error() {
+    let rule = |from: &str| {
+        errors(&format!(
+            "{RULE_HEAD}[[match]]\nfrom = {from}\nfor = \"any\"\naction = \"r\"\n"
+        ))
+    };
+    assert_eq!(
+        rule("\"any\""),
+        ["t.toml:8:8: action `r` relays, and from = \"any\" includes clients that are not on this host: that would be an open relay; use from = \"local\", \"socket\" or loopback sources"]
+    );
+    assert_eq!(
+        rule("{ source = [\"127.0.0.0/8\", \"192.168.0.0/16\", \"::/0\"] }"),
+        ["t.toml:8:8: action `r` relays, and sources 192.168.0.0/16, ::/0 are not on this host: that would be an open relay; use from = \"local\", \"socket\" or loopback sources"]
+    );
+    // Local delivery from anywhere is what a mail host does.
+    parse(&format!(
+        "{RULE_HEAD}[[match]]\nfrom = {{ source = \"192.168.0.0/16\" }}\nfor = \"local\"\naction = \"l\"\n[[match]]\nfrom = {{ source = \"127.0.0.0/8\" }}\nfor = \"any\"\naction = \"r\"\n"
+    ));
+}
+
+#[test]
+fn shadowed_and_never_matching_rules_with_the_new_conditions() {
+    let text = format!(
+        "{RULE_HEAD}\
+         [[match]]\nfrom = \"local\"\nfor = \"any\"\nmail_from = \"@one.example\"\naction = \"r\"\n\
+         [[match]]\nfrom = \"socket\"\nfor = [\"gmail.com\"]\nmail_from = [\"a@ONE.example\"]\naction = \"r\"\n\
+         [[match]]\nfrom = {{ source = \"127.0.0.0/8\" }}\nfor = \"any\"\nmail_from = {{ table = \"senders\" }}\naction = \"r\"\n\
+         [[match]]\nfrom = {{ source = \"127.0.0.1\" }}\nfor = \"any\"\nmail_from = {{ table = \"senders\" }}\naction = \"r\"\n\
+         [[match]]\nfrom = \"local\"\nfor = [\"x.example\"]\nrcpt_to = [\"a@y.example\"]\naction = \"r\"\n"
+    );
+    assert_eq!(
+        errors(&text),
+        [
+            "t.toml:13:8: this rule is never reached: the rule on line 7 matches all its recipients first",
+            "t.toml:23:8: this rule is never reached: the rule on line 17 matches all its recipients first",
+        ]
+    );
+    let ok = text
+        .replace("\"a@ONE.example\"", "\"a@three.example\"")
+        .replace(
+            "\"127.0.0.1\" }\nfor = \"any\"\nmail_from = { table = \"senders\" }",
+            "\"127.0.0.1\" }\nfor = \"any\"\nmail_from = { not = { table = \"senders\" } }",
+        );
+    let c = parse(&ok);
+    assert_eq!(
+        c.warnings.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "t.toml:3:10: action `l` is not used by any [[match]] rule",
+            "t.toml:27:1: this rule can never match: every rcpt_to address is outside the domains of `for` (x.example)",
+        ]
+    );
 }

@@ -17,7 +17,7 @@ use crate::config::{Action, Config};
 use crate::delivery::local::LocalDelivery;
 use crate::delivery::relay::{MemberFault, MemberStatus, RelayDelivery, Resolve};
 use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome, Tables};
-use crate::policy::router::LocalCheck;
+use crate::policy::router::{LocalCheck, Origin};
 use crate::policy::Router;
 
 /// One delivery attempt: the recipients of one message that one action handles.
@@ -81,6 +81,12 @@ pub trait Deliverer: Send + Sync + 'static {
     /// The action for a new recipient (a bounce's, or an alias target's); `None` if no rule
     /// matches.
     fn route(&self, recipient: &Address) -> Option<String>;
+    /// The action for a new recipient of a message from `sender` (an alias target keeps the
+    /// message's sender, so `mail_from` rules see it).
+    fn route_from(&self, sender: Option<&Address>, recipient: &Address) -> Option<String> {
+        let _ = sender;
+        self.route(recipient)
+    }
     /// Called once per recipient outcome, for logs and metrics.
     fn observe(&self, _observation: &Observation<'_>) {}
 }
@@ -130,7 +136,7 @@ impl Ways {
             })
             .collect();
         Ok(Ways {
-            router: Router::new(config),
+            router: Router::new(config).with_lists(tables.lists()),
             locals,
             relays,
             via,
@@ -246,9 +252,13 @@ impl<O: Observer> Deliverer for Dispatch<O> {
     }
 
     fn route(&self, recipient: &Address) -> Option<String> {
+        self.route_from(None, recipient)
+    }
+
+    fn route_from(&self, sender: Option<&Address>, recipient: &Address) -> Option<String> {
         self.current()
             .router
-            .action_for(true, recipient)
+            .action_for(Origin::Internal, sender, recipient)
             .map(str::to_string)
     }
 

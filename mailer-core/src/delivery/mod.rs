@@ -22,7 +22,7 @@ pub use tables::Tables;
 /// a bounce.
 pub fn alias_warnings(config: &crate::config::Config, tables: &Tables) -> Vec<String> {
     use crate::tables::aliases::AliasTarget;
-    let router = crate::policy::Router::new(config);
+    let router = crate::policy::Router::new(config).with_lists(tables.lists());
     let mut out = Vec::new();
     for name in config.actions.keys() {
         let Some(aliases) = tables.aliases(name) else {
@@ -34,7 +34,10 @@ pub fn alias_warnings(config: &crate::config::Config, tables: &Tables) -> Vec<St
             };
             for target in targets {
                 if let AliasTarget::Address(address) = target {
-                    if router.action_for(true, &address).is_none() {
+                    if router
+                        .action_for(crate::policy::router::Origin::Internal, None, &address)
+                        .is_none()
+                    {
                         out.push(format!(
                             "{}:{line}: alias `{alias}` expands to {address}, which no match rule routes: mail to it will bounce",
                             aliases.source().display()

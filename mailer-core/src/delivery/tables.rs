@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{Action, Config, Diagnostic, LocalAction};
+use crate::config::{Action, AddressList, Config, Diagnostic, LocalAction};
 use crate::delivery::dkim::DkimSigning;
+use crate::tables::addresses::AddressTable;
 use crate::tables::aliases::{AliasOptions, Aliases};
 use crate::tables::secrets::Secrets;
 
@@ -20,6 +21,8 @@ pub struct Tables {
     secrets: HashMap<String, Arc<Secrets>>,
     /// The relay actions' DKIM keys.
     pub dkim: Arc<DkimSigning>,
+    /// Address tables of the match rules, by table name.
+    lists: HashMap<String, Arc<AddressTable>>,
 }
 
 impl Tables {
@@ -84,6 +87,25 @@ impl Tables {
                 }
             }
         }
+        for rule in &config.matches {
+            for condition in [&rule.mail_from, &rule.rcpt_to].into_iter().flatten() {
+                let AddressList::Table(name) = &condition.list else {
+                    continue;
+                };
+                if tables.lists.contains_key(name) {
+                    continue;
+                }
+                let Some(path) = config.tables.get(name) else {
+                    continue;
+                };
+                match AddressTable::load(path) {
+                    Ok(list) => {
+                        tables.lists.insert(name.clone(), Arc::new(list));
+                    }
+                    Err(errors) => problems.extend(errors.iter().map(|e| e.to_string())),
+                }
+            }
+        }
         match DkimSigning::from_config(config) {
             Ok(dkim) => tables.dkim = Arc::new(dkim),
             Err(errors) => problems.extend(errors),
@@ -100,6 +122,11 @@ impl Tables {
     /// The aliases table of a local action, if it has one.
     pub fn aliases(&self, action: &str) -> Option<Arc<Aliases>> {
         self.aliases.get(action).cloned()
+    }
+
+    /// The match rules' address tables, for [`crate::policy::Router::with_lists`].
+    pub fn lists(&self) -> HashMap<String, Arc<AddressTable>> {
+        self.lists.clone()
     }
 
     /// A secrets table by name.

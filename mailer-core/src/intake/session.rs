@@ -106,14 +106,15 @@ impl Peer {
     /// Whether the client is on this host: loopback (127.0.0.0/8, ::1, IPv4-mapped loopback)
     /// or a local submission. This is what `from = "local"` in a match rule means.
     pub fn is_local(&self) -> bool {
+        self.origin().is_local()
+    }
+
+    /// Where the message comes from, for the match rules.
+    pub fn origin(&self) -> crate::policy::router::Origin {
+        use crate::policy::router::Origin;
         match self.addr {
-            None => true,
-            Some(a) => match a.ip() {
-                std::net::IpAddr::V4(v4) => v4.is_loopback(),
-                std::net::IpAddr::V6(v6) => {
-                    v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-                }
-            },
+            None => Origin::Socket,
+            Some(a) => Origin::Ip(a.ip()),
         }
     }
 }
@@ -134,11 +135,11 @@ impl RecipientPolicy for crate::policy::Router {
     fn route(
         &self,
         peer: &Peer,
-        _sender: Option<&Address>,
+        sender: Option<&Address>,
         rcpt: &Address,
     ) -> Result<String, Reply> {
         let action = self
-            .action_for(peer.is_local(), rcpt)
+            .action_for(peer.origin(), sender, rcpt)
             .ok_or_else(replies::relay_denied)?;
         if self.local_exists(action, rcpt) == Some(false) {
             return Err(Reply::status(

@@ -599,7 +599,7 @@ impl<D: Deliverer> Scheduler<D> {
                 let Some(&from) = indices.get(pos) else {
                     continue;
                 };
-                let action = self.deliverer.route(&address);
+                let action = self.deliverer.route_from(env.sender.as_ref(), &address);
                 if let Some(unrouted) = add_forward(env, from, address, action, now_s) {
                     let i = env.recipients.len() - 1;
                     self.observe(env, i, &Outcome::Failed(unrouted.clone()), now);
@@ -646,7 +646,7 @@ impl<D: Deliverer> Scheduler<D> {
             if r.state != RecipientState::Pending || !r.action.is_empty() || r.next_attempt > now {
                 continue;
             }
-            match self.deliverer.route(&r.address) {
+            match self.deliverer.route_from(env.sender.as_ref(), &r.address) {
                 Some(action) => env.recipients[i].action = action,
                 None => {
                     let failure = unrouted(r.original.as_ref().unwrap_or(&r.address), &r.address);
