@@ -106,13 +106,15 @@ impl CheckInput {
     }
 }
 
-/// The outcome of one check. Ordered from best to worst.
+/// The outcome of one check. Ordered from best to worst; `Unknown` (a query it depends on
+/// failed, so neither pass nor fail can be said) ranks above warn and below fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
     Info,
     Warn,
+    Unknown,
     Fail,
 }
 
@@ -122,6 +124,7 @@ impl fmt::Display for Status {
             Status::Pass => "pass",
             Status::Info => "info",
             Status::Warn => "warn",
+            Status::Unknown => "unknown",
             Status::Fail => "fail",
         })
     }
@@ -246,8 +249,8 @@ impl Report {
         self.checks.iter().any(|c| c.id.ends_with(DNS_ERROR_SUFFIX))
     }
 
-    /// The exit code of `mailer check`: 2 when DNS could not be queried, 1 when a check fails,
-    /// 0 otherwise (warnings allowed).
+    /// The exit code of `mailer check`: 2 when DNS could not be queried (some checks are then
+    /// `unknown`), 1 when a check fails, 0 otherwise (warnings allowed).
     pub fn exit_code(&self) -> u8 {
         if self.dns_failed() {
             2
@@ -276,10 +279,11 @@ impl Report {
         }
         let count = |s: Status| self.checks.iter().filter(|c| c.status == s).count();
         out.push_str(&format!(
-            "\n{}: {} — {} failed, {} warnings, {} passed, {} info\n",
+            "\n{}: {} — {} failed, {} unknown, {} warnings, {} passed, {} info\n",
             self.domain,
             self.status,
             count(Status::Fail),
+            count(Status::Unknown),
             count(Status::Warn),
             count(Status::Pass),
             count(Status::Info),
@@ -332,8 +336,16 @@ pub async fn run_checks(input: &CheckInput) -> Result<Report, CheckError> {
     let apex_txt = dns.txt(&domain).await.map_err(CheckError::Dns)?;
 
     let mut checks = Vec::new();
-    let pool = resolve_pool(&dns, &input.relays, &mut checks).await;
-    let spf = spf::check(&dns, &domain, apex_txt.as_deref(), &pool, input.timeout).await;
+    let (pool, pool_complete) = resolve_pool(&dns, &input.relays, &mut checks).await;
+    let spf = spf::check(
+        &dns,
+        &domain,
+        apex_txt.as_deref(),
+        &pool,
+        pool_complete,
+        input.timeout,
+    )
+    .await;
     checks.extend(spf.checks);
     let dmarc = dmarc::check(&dns, &domain, apex_txt.as_deref()).await;
     checks.extend(dmarc.checks.iter().cloned());
@@ -359,9 +371,15 @@ pub async fn run_checks(input: &CheckInput) -> Result<Report, CheckError> {
     Ok(Report::new(&domain, checks))
 }
 
-/// Addresses of the relay pool; relays that do not resolve are reported under `spf.pool`.
-async fn resolve_pool(dns: &Dns, relays: &[String], checks: &mut Vec<Check>) -> Vec<IpAddr> {
+/// Addresses of the relay pool, and whether every relay name could be looked up; relays that
+/// do not resolve are reported under `spf.pool`.
+async fn resolve_pool(
+    dns: &Dns,
+    relays: &[String],
+    checks: &mut Vec<Check>,
+) -> (Vec<IpAddr>, bool) {
     let mut pool = Vec::new();
+    let mut complete = true;
     for relay in relays {
         let relay = relay.trim();
         if let Ok(ip) = relay
@@ -383,12 +401,21 @@ async fn resolve_pool(dns: &Dns, relays: &[String], checks: &mut Vec<Check>) -> 
                 )
                 .hint(format!("fix the relay name {relay} or publish its address")),
             ),
-            Err(e) => checks.push(dns_error(Area::Spf, "spf.dns-error", &e)),
+            Err(e) => {
+                complete = false;
+                checks.push(dns_error(Area::Spf, "spf.dns-error", &e));
+            }
         }
     }
     pool.sort();
     pool.dedup();
-    pool
+    (pool, complete)
+}
+
+/// A check whose input could not be fetched: neither pass nor fail.
+fn unknown(area: Area, id: &'static str, why: impl Into<String>) -> Check {
+    Check::new(area, id, Status::Unknown, why)
+        .hint("check the name servers, then run the check again")
 }
 
 fn dns_error(area: Area, id: &'static str, failure: &DnsFailure) -> Check {
