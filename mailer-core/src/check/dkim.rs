@@ -120,6 +120,8 @@ pub(crate) struct Outcome {
     pub checks: Vec<Check>,
     /// Selectors whose key is published and usable.
     pub usable_selectors: Vec<String>,
+    /// Some selector's lookup failed.
+    pub failed: bool,
 }
 
 pub(crate) async fn check(
@@ -132,6 +134,7 @@ pub(crate) async fn check(
     let mut out = Outcome {
         checks: Vec::new(),
         usable_selectors: Vec::new(),
+        failed: false,
     };
     if selectors.is_empty() {
         out.checks.push(Check::new(
@@ -146,7 +149,13 @@ pub(crate) async fn check(
         let name = format!("{sel}._domainkey.{domain}");
         let txts = match dns.txt(&name).await {
             Err(e) => {
+                out.failed = true;
                 out.checks.push(dns_error(area, "dkim.dns-error", &e));
+                out.checks.push(super::unknown(
+                    area,
+                    "dkim.key",
+                    format!("the key at {name} is unknown: its lookup failed"),
+                ));
                 continue;
             }
             Ok(t) => t.unwrap_or_default(),

@@ -413,7 +413,7 @@ async fn resolve_pool(
 }
 
 /// A check whose input could not be fetched: neither pass nor fail.
-fn unknown(area: Area, id: &'static str, why: impl Into<String>) -> Check {
+pub(crate) fn unknown(area: Area, id: &'static str, why: impl Into<String>) -> Check {
     Check::new(area, id, Status::Unknown, why)
         .hint("check the name servers, then run the check again")
 }
@@ -451,7 +451,13 @@ async fn alignment(
         return checks;
     }
     let aspf_strict = dmarc.aspf_strict;
-    let spf_aligned = !pool.is_empty() && spf_pool.unauthorized.is_empty() && spf_pool.errors == 0;
+    let spf_aligned = !pool.is_empty()
+        && spf_pool.unauthorized.is_empty()
+        && spf_pool.errors == 0
+        && !spf_pool.incomplete;
+    // Only failed lookups stand between the pool and a verdict.
+    let spf_unknown = (spf_pool.errors > 0 || spf_pool.incomplete)
+        && spf_pool.unauthorized.len() == spf_pool.errors;
     let mut subdomain_pass = None;
     if !spf_aligned && !pool.is_empty() {
         // A relay host under the domain may carry its own SPF record for the pool.
@@ -467,7 +473,15 @@ async fn alignment(
             }
         }
     }
-    let spf_status = if spf_aligned {
+    let spf_status = if spf_unknown && subdomain_pass.is_none() {
+        unknown(
+            area,
+            "alignment.spf",
+            format!(
+                "whether the pool passes SPF for MAIL FROM @{domain} is unknown: a lookup failed"
+            ),
+        )
+    } else if spf_aligned {
         Check::new(
             area,
             "alignment.spf",
@@ -504,9 +518,17 @@ async fn alignment(
         .hint(format!("authorize the pool in the SPF record of {domain}"))
     };
     let spf_ok = spf_status.status == Status::Pass;
+    let spf_unknown = spf_status.status == Status::Unknown;
     checks.push(spf_status);
     let dkim_ok = !dkim.usable_selectors.is_empty();
-    checks.push(if dkim_ok {
+    let dkim_unknown = !dkim_ok && dkim.failed;
+    checks.push(if dkim_unknown {
+        unknown(
+            area,
+            "alignment.dkim",
+            format!("whether a DKIM key for {domain} is published is unknown: a lookup failed"),
+        )
+    } else if dkim_ok {
         Check::new(
             area,
             "alignment.dkim",
@@ -539,6 +561,12 @@ async fn alignment(
                     _ => "DKIM",
                 }
             ),
+        )
+    } else if spf_unknown || dkim_unknown {
+        unknown(
+            area,
+            "alignment.dmarc",
+            format!("whether DMARC can pass for From @{domain} is unknown: a lookup failed"),
         )
     } else {
         Check::new(

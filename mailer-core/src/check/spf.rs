@@ -1156,6 +1156,8 @@ pub struct PoolResult {
     pub unauthorized: Vec<(IpAddr, String)>,
     /// Evaluations that hit a DNS error (temperror) or the time bound.
     pub errors: usize,
+    /// Some relay name could not be looked up: the pool may have more addresses.
+    pub incomplete: bool,
 }
 
 /// Evaluates `check_host()` (mail-auth) for each pool address with MAIL FROM `sender`.
@@ -1646,7 +1648,10 @@ async fn pool_check(
     let area = Area::Spf;
     let sender = format!("postmaster@{domain}");
     let mut checks = Vec::new();
-    let mut result = PoolResult::default();
+    let mut result = PoolResult {
+        incomplete: !pool_complete,
+        ..PoolResult::default()
+    };
     let mut failed = Vec::new();
     let mut unknown = Vec::new();
     let mut add = Vec::new();
@@ -1663,8 +1668,17 @@ async fn pool_check(
             None => None,
         };
         // mail-auth does not apply the void-lookup limit; a receiver that does says permerror.
+        // mail-auth applies neither the void-lookup limit nor the MX limit before a match;
+        // receivers that do (RFC 7208 §4.6.4) say permerror.
         let verdict = match &eval {
-            Some(e) if matches!(e.stop, Stop::Problem(Problem::VoidLimit(_))) => e.verdict,
+            Some(e)
+                if matches!(
+                    e.stop,
+                    Stop::Problem(Problem::VoidLimit(_) | Problem::MxLimit { .. })
+                ) =>
+            {
+                e.verdict
+            }
             _ => receiver,
         };
         if verdict == Verdict::Pass {
