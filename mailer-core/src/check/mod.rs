@@ -614,6 +614,11 @@ async fn mx_checks(dns: &Dns, domain: &str) -> MxOutcome {
         }
         Err(e) => {
             checks.push(dns_error(area, "mx.dns-error", &e));
+            checks.push(unknown(
+                area,
+                "mx.record",
+                format!("the MX records of {domain} are unknown: their lookup failed"),
+            ));
             return MxOutcome {
                 checks,
                 hosts: None,
@@ -646,14 +651,24 @@ async fn mx_checks(dns: &Dns, domain: &str) -> MxOutcome {
         ),
     ));
     let mut missing = Vec::new();
+    let mut failed = false;
     for host in &hosts {
         match dns.ips(host).await {
             Ok(Some(_)) => {}
             Ok(None) => missing.push(host.clone()),
-            Err(e) => checks.push(dns_error(area, "mx.dns-error", &e)),
+            Err(e) => {
+                failed = true;
+                checks.push(dns_error(area, "mx.dns-error", &e));
+            }
         }
     }
-    checks.push(if missing.is_empty() {
+    checks.push(if missing.is_empty() && failed {
+        unknown(
+            area,
+            "mx.address",
+            "whether every MX host has an address is unknown: a lookup failed",
+        )
+    } else if missing.is_empty() {
         Check::new(
             area,
             "mx.address",
