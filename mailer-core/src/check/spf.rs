@@ -519,8 +519,6 @@ struct Findings {
     /// Per record: the domain, the terms never reached, and the `all` term that hides them.
     dead: Vec<(String, Vec<String>, String)>,
     ptr_in: Vec<String>,
-    /// `+all` reached through an include: the include path.
-    pass_all: Vec<Vec<String>>,
     records: usize,
 }
 
@@ -529,13 +527,16 @@ const MAX_WALKED_RECORDS: usize = 40;
 /// Lookup terms beyond this are not evaluated even when measuring.
 const MAX_MEASURED_LOOKUPS: usize = 60;
 
+/// A DNS answer: records, none, or a failed query.
+type Answer<T> = Result<Option<Vec<T>>, DnsFailure>;
+
 /// DNS answers already fetched during one `mailer check` run.
 #[derive(Default)]
 pub(crate) struct Cache {
-    txt: HashMap<String, Result<Option<Vec<String>>, DnsFailure>>,
-    addrs: HashMap<(String, bool), Result<Option<Vec<IpAddr>>, DnsFailure>>,
-    mx: HashMap<String, Result<Option<Vec<(u16, String)>>, DnsFailure>>,
-    ptr: HashMap<IpAddr, Result<Option<Vec<String>>, DnsFailure>>,
+    txt: HashMap<String, Answer<String>>,
+    addrs: HashMap<(String, bool), Answer<IpAddr>>,
+    mx: HashMap<String, Answer<(u16, String)>>,
+    ptr: HashMap<IpAddr, Answer<String>>,
 }
 
 impl Cache {
@@ -755,6 +756,7 @@ struct Evaluator<'a> {
 }
 
 type Step = Result<Option<(Verdict, Stop)>, Problem>;
+type Evaluated = Result<(Verdict, Stop), Problem>;
 
 impl<'a> Evaluator<'a> {
     fn new(dns: &'a Dns, cache: &'a mut Cache, ip: IpAddr, domain: &str, mode: Mode) -> Self {
@@ -840,7 +842,7 @@ impl<'a> Evaluator<'a> {
         domain: &'b str,
         record: &'b SpfRecord,
         path: Vec<String>,
-    ) -> Pin<Box<dyn Future<Output = Result<(Verdict, Stop), Problem>> + Send + 'b>> {
+    ) -> Pin<Box<dyn Future<Output = Evaluated> + Send + 'b>> {
         Box::pin(async move {
             self.found.records += 1;
             if self.mode == Mode::Measure {
@@ -892,24 +894,20 @@ impl<'a> Evaluator<'a> {
         let mut dead = Vec::new();
         for term in &record.terms {
             match term {
-                Term::Mechanism(q, Mechanism::All) if all.is_none() => {
+                Term::Mechanism(_, Mechanism::All) if all.is_none() => {
                     all = Some(term_text(term));
-                    if *q == Qualifier::Pass {
-                        // Noted by the caller through the verdict; nothing dead yet.
-                    }
                 }
                 Term::Mechanism(..) if all.is_some() => dead.push(term_text(term)),
-                Term::Mechanism(_, Mechanism::Ptr(_)) => {
-                    if !self.found.ptr_in.iter().any(|d| d == domain) {
-                        self.found.ptr_in.push(domain.to_string());
-                    }
+                Term::Mechanism(_, Mechanism::Ptr(_))
+                    if !self.found.ptr_in.iter().any(|d| d == domain) =>
+                {
+                    self.found.ptr_in.push(domain.to_string());
                 }
                 _ => {}
             }
         }
-        if let (Some(all), Some(target)) = (&all, record.redirect()) {
+        if let (Some(_), Some(target)) = (&all, record.redirect()) {
             dead.push(format!("redirect={target}"));
-            let _ = all;
         }
         if let Some(all) = all {
             if !dead.is_empty() {
@@ -971,8 +969,7 @@ impl<'a> Evaluator<'a> {
         let ip = self.vars.ip;
         let v6 = ip.is_ipv6();
         let label = term_text(&Term::Mechanism(q, m.clone()));
-        let matched = |this: &Self| {
-            let _ = this;
+        let matched = || {
             Some((
                 Verdict::of(q),
                 Stop::Matched {
@@ -1089,18 +1086,7 @@ impl<'a> Evaluator<'a> {
                 match self.follow(domain, &name, &label, path).await? {
                     // RFC 7208 §5.2: only the target's pass makes the include match; its
                     // errors are the including record's errors.
-                    Some((Verdict::Pass, stop)) => {
-                        if self.mode == Mode::Measure {
-                            if let Stop::Matched { term, path, .. } = &stop {
-                                if term == "all" {
-                                    let mut p = path.clone();
-                                    p.push(term.clone());
-                                    self.found.pass_all.push(p);
-                                }
-                            }
-                        }
-                        return Ok(Some((Verdict::of(q), stop)));
-                    }
+                    Some((Verdict::Pass, stop)) => return Ok(Some((Verdict::of(q), stop))),
                     Some((Verdict::TempError, stop)) => {
                         return Ok(Some((Verdict::TempError, stop)))
                     }
@@ -1111,7 +1097,7 @@ impl<'a> Evaluator<'a> {
                 }
             }
         };
-        Ok(if hit { matched(self) } else { None })
+        Ok(if hit { matched() } else { None })
     }
 
     /// RFC 7208 §5.5: the validated PTR names of the address (at most 10 are tried) at or
@@ -1343,7 +1329,7 @@ async fn record_checks(
     for f in &found.dns {
         checks.push(dns_error(area, "spf.dns-error", f));
     }
-    checks.push(all_check(domain, &eval, &found));
+    checks.push(all_check(domain, &eval));
     checks.push(if text.len() > MAX_RECORD_LEN {
         Check::new(
             area,
@@ -1536,7 +1522,7 @@ async fn record_checks(
 }
 
 /// The result an unlisted sender gets: `+all` anywhere on its path lets everyone pass.
-fn all_check(domain: &str, eval: &Evaluation, found: &Findings) -> Check {
+fn all_check(domain: &str, eval: &Evaluation) -> Check {
     let area = Area::Spf;
     match (&eval.verdict, &eval.stop) {
         (Verdict::Pass, Stop::Matched { domain: d, term, path }) => {
@@ -1554,7 +1540,6 @@ fn all_check(domain: &str, eval: &Evaluation, found: &Findings) -> Check {
                 ),
                 None => format!("replace {term} with -all (or ~all) in the SPF record of {domain}"),
             };
-            let _ = found;
             Check::new(
                 area,
                 "spf.all",
@@ -1882,8 +1867,6 @@ async fn diagnose(
             if let (Some(target), true) = (record.redirect(), record.all().is_some()) {
                 let target = normalize(target);
                 if let Fetched::Record(t) = fetch_record(dns, cache, &target).await {
-                    let sender = format!("postmaster@{domain}");
-                    let _ = sender;
                     let passes = tokio::time::timeout(
                         timeout * 4,
                         Evaluator::new(dns, cache, ip, domain, Mode::Receiver).run(&target, &t),
