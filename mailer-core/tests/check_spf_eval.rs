@@ -384,3 +384,33 @@ async fn ptr_names_beyond_the_tenth_are_ignored() {
     let r = c.run().await;
     assert_eq!(status(&r, "spf.pool"), Status::Fail, "{}", r.render_text());
 }
+
+#[tokio::test]
+async fn range_covering_every_address_lets_anyone_pass() {
+    let r = spf("v=spf1 ip4:0.0.0.0/0 -all").run().await;
+    assert_eq!(status(&r, "spf.all"), Status::Fail);
+    assert_eq!(
+        hint(&r, "spf.all"),
+        "narrow \"ip4:0.0.0.0/0\" in the SPF record of ublog.test to the addresses that send"
+    );
+}
+
+#[tokio::test]
+async fn documentation_ranges_listed_as_senders_stay_clean() {
+    // Zones use RFC 5737 ranges for real senders; listing one is not "anyone passes".
+    let r = spf("v=spf1 ip4:192.0.2.0/24 ip4:198.51.100.0/24 ip4:203.0.113.0/24 ip4:127.0.0.10 ip4:127.0.0.11 -all")
+        .run()
+        .await;
+    assert_clean(&r);
+}
+
+#[tokio::test]
+async fn syntax_error_is_the_fix_for_the_pool_not_an_added_term() {
+    let r = spf("v=spf1 ip4:127.0.0.10 ip4:127.0.0.11 ip4:127.0.0.300 -all")
+        .run()
+        .await;
+    assert_eq!(status(&r, "spf.pool"), Status::Fail);
+    assert!(
+        hint(&r, "spf.pool").starts_with("fix the syntax error of the SPF record of ublog.test")
+    );
+}

@@ -278,12 +278,15 @@ impl Report {
             }
         }
         let count = |s: Status| self.checks.iter().filter(|c| c.status == s).count();
+        let unknown = match count(Status::Unknown) {
+            0 => String::new(),
+            n => format!("{n} unknown, "),
+        };
         out.push_str(&format!(
-            "\n{}: {} — {} failed, {} unknown, {} warnings, {} passed, {} info\n",
+            "\n{}: {} — {} failed, {unknown}{} warnings, {} passed, {} info\n",
             self.domain,
             self.status,
             count(Status::Fail),
-            count(Status::Unknown),
             count(Status::Warn),
             count(Status::Pass),
             count(Status::Info),

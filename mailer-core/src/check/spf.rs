@@ -711,6 +711,17 @@ impl MacroVars {
     }
 }
 
+/// Expands a domain-spec as `check_host(ip, domain, sender)` does (RFC 7208 §7), the HELO
+/// name taken to be `domain`; `None` when the expansion is not a name.
+pub fn expand_macros(spec: &str, ip: IpAddr, domain: &str, sender: &str) -> Option<String> {
+    MacroVars {
+        ip,
+        sender: sender.to_string(),
+        helo: domain.to_string(),
+    }
+    .expand(spec, domain)
+}
+
 fn prefix_matches(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
     match (ip, net) {
         (IpAddr::V4(a), IpAddr::V4(n)) => {
@@ -1131,9 +1142,10 @@ fn target_of(label: &str) -> &str {
         .map_or(label, |(_, d)| d)
 }
 
-/// An address no sender list includes (RFC 5737): the measuring walk takes the path of an
-/// unlisted sender, which evaluates every term before `all`.
-const UNLISTED: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+/// An address no sender list includes (0.0.0.0/8 never sends mail; the documentation ranges
+/// are avoided because zones use them for real senders): the measuring walk takes the path of
+/// an unlisted sender, which evaluates every term before `all`.
+const UNLISTED: IpAddr = IpAddr::V4(Ipv4Addr::new(0, 0, 0, 1));
 
 /// The pool's SPF results at the domain.
 #[derive(Debug, Default, Clone)]
@@ -1294,11 +1306,22 @@ pub(crate) async fn check(
         ));
         PoolResult::default()
     } else {
+        // A record receivers cannot use gives every address permerror: its repair comes first.
+        let broken = match (records.len(), &parsed) {
+            (0, _) | (1, Some(_)) => None,
+            (1, None) => Some(format!(
+                "fix the syntax error of the SPF record of {domain} (see spf.syntax): receivers return permerror for every address"
+            )),
+            _ => Some(format!(
+                "merge the SPF records of {domain} into one: receivers return permerror for every address"
+            )),
+        };
         let (check, result) = pool_check(
             dns,
             &mut cache,
             domain,
             parsed.as_ref(),
+            broken,
             pool,
             pool_complete,
             timeout,
@@ -1532,6 +1555,9 @@ fn all_check(domain: &str, eval: &Evaluation) -> Check {
                 String::new()
             };
             let hint = match path.get(1) {
+                _ if !term.ends_with("all") => format!(
+                    "narrow \"{term}\" in the SPF record of {d} to the addresses that send"
+                ),
                 Some(first) if first.starts_with("include:") => format!(
                     "remove {first} from the SPF record of {domain}: its evaluation ends in \"{term}\" at {d}, which authorizes every sender"
                 ),
@@ -1621,11 +1647,13 @@ fn lookup_hint(domain: &str, rec: &SpfRecord, path: &[String]) -> String {
 
 /// `spf.pool`: the receiver's verdict (mail-auth) for every pool address, and for each that
 /// does not pass, where evaluation stopped and the fix of that cause.
+#[allow(clippy::too_many_arguments)]
 async fn pool_check(
     dns: &Dns,
     cache: &mut Cache,
     domain: &str,
     rec: Option<&SpfRecord>,
+    broken: Option<String>,
     pool: &[IpAddr],
     pool_complete: bool,
     timeout: Duration,
@@ -1664,6 +1692,9 @@ async fn pool_check(
             {
                 e.verdict
             }
+            // RFC 7208 §4.6: a record that does not parse is permerror, even where mail-auth
+            // reads past the bad term.
+            _ if broken.is_some() && receiver != Verdict::TempError => Verdict::PermError,
             _ => receiver,
         };
         if verdict == Verdict::Pass {
@@ -1684,8 +1715,9 @@ async fn pool_check(
             continue;
         }
         result.unauthorized.push((ip, verdict.as_str().into()));
-        let (place, fix) = match (&eval, rec) {
-            (Some(e), Some(rec)) => diagnose(dns, cache, domain, rec, ip, e, timeout).await,
+        let (place, fix) = match (&eval, rec, &broken) {
+            (Some(e), Some(rec), _) => diagnose(dns, cache, domain, rec, ip, e, timeout).await,
+            (_, _, Some(h)) => (String::new(), Fix::Other(h.clone())),
             _ => (String::new(), Fix::Add),
         };
         failed.push(format!("{ip} ({}){place}", verdict.as_str()));
@@ -2022,6 +2054,34 @@ mod tests {
     fn accepts_macros_and_unknown_modifiers() {
         let r = parse("v=spf1 exists:%{ir}.%{l1r+-}._spf.%{d} foo=bar -all").unwrap();
         assert_eq!(r.terms.len(), 3);
+    }
+
+    #[test]
+    fn macros_expand_as_rfc_7208_section_7_4_shows() {
+        let ip: IpAddr = "192.0.2.3".parse().unwrap();
+        let s = "strong-bad@email.example.com";
+        let d = "email.example.com";
+        let x = |spec: &str| expand_macros(spec, ip, d, s);
+        assert_eq!(x("%{s}").as_deref(), Some("strong-bad@email.example.com"));
+        assert_eq!(x("%{o}").as_deref(), Some("email.example.com"));
+        assert_eq!(x("%{d4}").as_deref(), Some("email.example.com"));
+        assert_eq!(x("%{d2}").as_deref(), Some("example.com"));
+        assert_eq!(x("%{d1}").as_deref(), Some("com"));
+        assert_eq!(x("%{dr}").as_deref(), Some("com.example.email"));
+        assert_eq!(x("%{d2r}").as_deref(), Some("example.email"));
+        assert_eq!(x("%{l}").as_deref(), Some("strong-bad"));
+        assert_eq!(x("%{l-}").as_deref(), Some("strong.bad"));
+        assert_eq!(x("%{lr-}").as_deref(), Some("bad.strong"));
+        assert_eq!(x("%{l1r-}").as_deref(), Some("strong"));
+        assert_eq!(
+            x("%{ir}.%{v}._spf.%{d2}").as_deref(),
+            Some("3.2.0.192.in-addr._spf.example.com")
+        );
+        let v6: IpAddr = "2001:db8::cb01".parse().unwrap();
+        assert_eq!(
+            expand_macros("%{ir}.%{v}._spf.%{d2}", v6, d, s).as_deref(),
+            Some("1.0.b.c.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6._spf.example.com")
+        );
     }
 
     #[test]
