@@ -414,3 +414,15 @@ async fn syntax_error_is_the_fix_for_the_pool_not_an_added_term() {
         hint(&r, "spf.pool").starts_with("fix the syntax error of the SPF record of ublog.test")
     );
 }
+
+#[tokio::test]
+async fn each_passing_address_names_the_term_that_authorizes_it() {
+    let r = spf("v=spf1 include:_spf.ublog.test ip4:127.0.0.11 -all")
+        .add("_spf.ublog.test", "TXT", "v=spf1 ip4:127.0.0.10 -all")
+        .run()
+        .await;
+    assert_eq!(
+        message(&r, "spf.pool"),
+        "every pool address passes SPF for postmaster@ublog.test: 127.0.0.10 (\"ip4:127.0.0.10\" of _spf.ublog.test), 127.0.0.11 (\"ip4:127.0.0.11\" of ublog.test)"
+    );
+}

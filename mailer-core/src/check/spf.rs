@@ -1666,6 +1666,7 @@ async fn pool_check(
         ..PoolResult::default()
     };
     let mut failed = Vec::new();
+    let mut passed = Vec::new();
     let mut unknown = Vec::new();
     let mut add = Vec::new();
     let mut hints: Vec<String> = Vec::new();
@@ -1698,6 +1699,14 @@ async fn pool_check(
             _ => receiver,
         };
         if verdict == Verdict::Pass {
+            passed.push(match eval.as_ref().map(|e| &e.stop) {
+                Some(Stop::Matched {
+                    domain: d, term, ..
+                }) => {
+                    format!("{ip} (\"{term}\" of {d})")
+                }
+                _ => ip.to_string(),
+            });
             continue;
         }
         if verdict == Verdict::TempError
@@ -1782,7 +1791,7 @@ async fn pool_check(
             Status::Pass,
             format!(
                 "every pool address passes SPF for {sender}: {}",
-                list_ips(pool)
+                passed.join(", ")
             ),
         )
     });
@@ -1983,13 +1992,6 @@ async fn mechanism_matches(
         }
         _ => false,
     }
-}
-
-fn list_ips(pool: &[IpAddr]) -> String {
-    pool.iter()
-        .map(IpAddr::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn pool_terms(pool: &[IpAddr]) -> String {
