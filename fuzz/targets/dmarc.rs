@@ -14,7 +14,7 @@ pub fn run(data: &[u8]) {
     };
     // `v` *WSP "=" (RFC 7489 §6.4) parses, though `is_dmarc` selects only `v=DMARC1`.
     assert!(
-        text.trim_start().starts_with('v'),
+        text.trim_start().starts_with(['v', 'V']),
         "parsed a record not starting with v"
     );
     let _ = is_dmarc(text);

@@ -1,9 +1,12 @@
 //! The SPF record parser (RFC 7208 §4.5, §5, §6).
 //!
 //! Invariants: a parsed record is one `is_spf` recognises, with prefixes in range and at most
-//! one redirect and one exp; written back in canonical form it parses to the same terms.
+//! one redirect and one exp; every domain-spec expands (RFC 7208 §7) to a name of at most 253
+//! octets or to nothing; written back in canonical form it parses to the same terms.
 
-use mailer_core::check::spf::{is_spf, parse, Mechanism, Qualifier, SpfRecord, Term};
+use mailer_core::check::spf::{
+    expand_macros, is_spf, parse, Mechanism, Qualifier, SpfRecord, Term,
+};
 
 fn write_domain_cidr(out: &mut String, d: &Option<String>, c4: Option<u8>, c6: Option<u8>) {
     if let Some(d) = d {
@@ -97,6 +100,35 @@ pub fn run(data: &[u8]) {
                     assert!(cidr6.is_none_or(|c| c <= 128));
                 }
                 _ => {}
+            }
+        }
+    }
+    // Macro expansion (RFC 7208 §7) of every domain-spec: bounded output, no panic.
+    for term in &record.terms {
+        let spec = match term {
+            Term::Mechanism(_, Mechanism::Include(d) | Mechanism::Exists(d)) => Some(d),
+            Term::Mechanism(_, Mechanism::A { domain, .. } | Mechanism::Mx { domain, .. }) => {
+                domain.as_ref()
+            }
+            Term::Mechanism(_, Mechanism::Ptr(d)) => d.as_ref(),
+            Term::Redirect(d) | Term::Exp(d) => Some(d),
+            _ => None,
+        };
+        if let Some(spec) = spec {
+            for ip in ["192.0.2.3", "2001:db8::cb01"] {
+                let ip = ip.parse().expect("literal address");
+                if let Some(name) = expand_macros(
+                    spec,
+                    ip,
+                    "email.example.com",
+                    "strong-bad@email.example.com",
+                ) {
+                    assert!(
+                        name.len() <= 253,
+                        "expansion of {spec:?} is {} octets",
+                        name.len()
+                    );
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! The TLS-RPT record parser (RFC 8460 §3).
 //!
-//! Invariants: a parsed record has at least one `mailto:` or `https:` URI; written back as
+//! Invariants: a parsed record has at least one `mailto:` or `https:` URI (schemes in any
+//! case); written back as
 //! `v=TLSRPTv1; rua=URI,URI` it parses to the same record.
 
 use mailer_core::check::tlsrpt::{is_tlsrpt, parse};
@@ -19,8 +20,10 @@ pub fn run(data: &[u8]) {
     );
     assert!(!record.rua.is_empty(), "a record without rua");
     for uri in &record.rua {
+        // URI schemes are case-insensitive (RFC 3986 §3.1).
+        let lower = uri.to_ascii_lowercase();
         assert!(
-            uri.starts_with("mailto:") || uri.starts_with("https://"),
+            lower.starts_with("mailto:") || lower.starts_with("https://"),
             "{uri:?} is neither mailto: nor https:"
         );
     }

@@ -182,7 +182,7 @@ impl Metrics {
         );
         r.register(
             "mailer_check_status",
-            "Deliverability check result per check: 0 ok, 1 warning, 2 failure",
+            "Deliverability check result per check: 0 ok, 1 warning, 2 failure, 3 unknown",
             m.check_status.clone(),
         );
         r.register(
@@ -201,13 +201,15 @@ impl Metrics {
         m
     }
 
-    /// The latest result of a deliverability check: 0 pass or info, 1 warning, 2 failure.
+    /// The latest result of a deliverability check: 0 pass or info, 1 warning, 2 failure,
+    /// 3 unknown (a DNS query it rests on failed).
     pub fn check_status(&self, id: &str, status: mailer_core::check::Status) {
         use mailer_core::check::Status;
         let level = match status {
             Status::Pass | Status::Info => 0,
             Status::Warn => 1,
             Status::Fail => 2,
+            Status::Unknown => 3,
         };
         self.check_status
             .get_or_create(&Check {

@@ -28,6 +28,10 @@ pub async fn run(
                 }
                 for check in &report.checks {
                     metrics.check_status(check.id, check.status);
+                    if check.status == Status::Unknown {
+                        // Neither failed nor recovered: the next run tells.
+                        continue;
+                    }
                     let fails = check.status == Status::Fail;
                     if fails && failing.insert(check.id) {
                         tracing::warn!(

@@ -21,8 +21,14 @@ pub struct KeyRecord {
     pub key_type: KeyType,
     /// The decoded public key; empty when revoked (`p=`).
     pub public_key: Vec<u8>,
-    /// `t=y`: the domain is testing DKIM.
+    /// `t=y`: the domain is testing DKIM; verifiers may treat its signatures as absent.
     pub testing: bool,
+    /// `t=s`: the `i=` domain must equal `d=`, no subdomain.
+    pub strict: bool,
+    /// `h=`: the hash algorithms the key may be used with; empty means all.
+    pub hashes: Vec<String>,
+    /// `s=`: the service types; empty means all (`*`).
+    pub services: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,15 +43,30 @@ impl fmt::Display for KeyError {
     }
 }
 
-/// Parses a DKIM key record's tag list.
+/// Parses a DKIM key record's tag list (RFC 6376 §3.2, §3.6.1): `v=DKIM1` first if present,
+/// each tag at most once, `k` rsa or ed25519 (RFC 8463), `p` base64 (blanks allowed, empty =
+/// revoked); `h`, `s`, `t` are colon-separated lists; unknown tags are ignored.
 pub fn parse(record: &str) -> Result<KeyRecord, KeyError> {
     let err = |tag: &str, reason: &str| KeyError {
         tag: tag.into(),
         reason: reason.into(),
     };
-    let mut key_type = KeyType::Rsa;
+    let mut key = KeyRecord {
+        key_type: KeyType::Rsa,
+        public_key: Vec::new(),
+        testing: false,
+        strict: false,
+        hashes: Vec::new(),
+        services: Vec::new(),
+    };
     let mut public_key = None;
-    let mut testing = false;
+    let mut seen: Vec<&str> = Vec::new();
+    let list = |v: &str| -> Vec<String> {
+        v.split(':')
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect()
+    };
     for (i, part) in record.split(';').enumerate() {
         let part = part.trim();
         if part.is_empty() {
@@ -55,11 +76,15 @@ pub fn parse(record: &str) -> Result<KeyRecord, KeyError> {
             .split_once('=')
             .ok_or_else(|| err(part, "expected tag=value"))?;
         let (tag, value) = (tag.trim(), value.trim());
+        if seen.contains(&tag) {
+            return Err(err(tag, "appears more than once (the record is invalid)"));
+        }
+        seen.push(tag);
         match tag {
             "v" if i == 0 && value == "DKIM1" => {}
             "v" => return Err(err("v", "must be first and \"DKIM1\"")),
             "k" => {
-                key_type = match value {
+                key.key_type = match value {
                     "rsa" => KeyType::Rsa,
                     "ed25519" => KeyType::Ed25519,
                     _ => return Err(err("k", "unknown key type (rsa or ed25519)")),
@@ -72,15 +97,18 @@ pub fn parse(record: &str) -> Result<KeyRecord, KeyError> {
                     .map_err(|_| err("p", "not base64"))?;
                 public_key = Some(bytes);
             }
-            "t" => testing = value.split(':').any(|f| f.trim() == "y"),
+            "t" => {
+                let flags = list(value);
+                key.testing = flags.iter().any(|f| f == "y");
+                key.strict = flags.iter().any(|f| f == "s");
+            }
+            "h" => key.hashes = list(value),
+            "s" => key.services = list(value),
             _ => {}
         }
     }
-    Ok(KeyRecord {
-        key_type,
-        public_key: public_key.ok_or_else(|| err("p", "missing"))?,
-        testing,
-    })
+    key.public_key = public_key.ok_or_else(|| err("p", "missing"))?;
+    Ok(key)
 }
 
 /// The public half of a private key the relay signs with, to compare with what DNS publishes.
@@ -120,6 +148,8 @@ pub(crate) struct Outcome {
     pub checks: Vec<Check>,
     /// Selectors whose key is published and usable.
     pub usable_selectors: Vec<String>,
+    /// Some selector's lookup failed.
+    pub failed: bool,
 }
 
 pub(crate) async fn check(
@@ -132,6 +162,7 @@ pub(crate) async fn check(
     let mut out = Outcome {
         checks: Vec::new(),
         usable_selectors: Vec::new(),
+        failed: false,
     };
     if selectors.is_empty() {
         out.checks.push(Check::new(
@@ -146,7 +177,13 @@ pub(crate) async fn check(
         let name = format!("{sel}._domainkey.{domain}");
         let txts = match dns.txt(&name).await {
             Err(e) => {
+                out.failed = true;
                 out.checks.push(dns_error(area, "dkim.dns-error", &e));
+                out.checks.push(super::unknown(
+                    area,
+                    "dkim.key",
+                    format!("the key at {name} is unknown: its lookup failed"),
+                ));
                 continue;
             }
             Ok(t) => t.unwrap_or_default(),
@@ -182,7 +219,32 @@ pub(crate) async fn check(
             .hint(format!(
                 "sign with a selector whose key is published, or republish the key at {name}"
             )),
+            Ok(k) if !k.services.is_empty() && !k.services.iter().any(|s| s == "*" || s == "email") => Check::new(
+                area,
+                "dkim.key",
+                Status::Fail,
+                format!("the key at {name} is limited to s={}: receivers do not use it for email", k.services.join(":")),
+            )
+            .hint(format!("remove s= from the key record at {name} (or set s=email)")),
+            Ok(k) if !k.hashes.is_empty() && !k.hashes.iter().any(|h| h == "sha256") => Check::new(
+                area,
+                "dkim.key",
+                Status::Fail,
+                format!("the key at {name} allows only h={}: receivers refuse sha1 signatures (RFC 8301) and no other hash is allowed", k.hashes.join(":")),
+            )
+            .hint(format!("set h=sha256 in the key record at {name} (or remove h=) and sign with rsa-sha256")),
             Ok(k) => {
+                if k.testing {
+                    out.checks.push(
+                        Check::new(
+                            area,
+                            "dkim.testing",
+                            Status::Warn,
+                            format!("{name} has t=y: receivers may treat mail signed with it as unsigned (RFC 6376 §3.6.1)"),
+                        )
+                        .hint(format!("remove y from the t= tag at {name} once signatures verify")),
+                    );
+                }
                 let size = key_size_check(&name, sel, &k);
                 let in_use = expected
                     .iter()
@@ -278,11 +340,18 @@ fn key_size_check(name: &str, sel: &str, k: &KeyRecord) -> Check {
                 ),
             )
             .hint(format!("generate a 2048-bit key for selector {sel}")),
+            // RFC 8301 §3.2: 1024 bits is the minimum receivers accept; 2048 is advice.
             Some(bits) if bits < 2048 => Check::new(
                 area,
                 "dkim.key",
+                Status::Info,
+                format!("{name}: RSA key of {bits} bits, accepted by receivers; 2048 is advised (RFC 8301)"),
+            ),
+            Some(bits) if bits > 4096 => Check::new(
+                area,
+                "dkim.key",
                 Status::Warn,
-                format!("{name}: RSA key of {bits} bits; 2048 is advised"),
+                format!("{name}: RSA key of {bits} bits; receivers need only validate up to 4096 (RFC 8301 §3.2)"),
             )
             .hint(format!("generate a 2048-bit key for selector {sel}")),
             Some(bits) => Check::new(
@@ -304,6 +373,12 @@ mod tests {
         assert!(parse("v=DKIM1; k=rsa; p=").unwrap().public_key.is_empty());
         assert_eq!(parse("v=DKIM1; k=rsa").unwrap_err().tag, "p");
         assert_eq!(parse("v=DKIM1; k=dsa; p=AAAA").unwrap_err().tag, "k");
+        assert_eq!(parse("k=rsa; p=AAAA; p=AAAA").unwrap_err().tag, "p");
+        assert_eq!(parse("k=rsa; v=DKIM1; p=AAAA").unwrap_err().tag, "v");
+        let k =
+            parse("v=DKIM1; h=sha1:sha256; s=email:*; t=y:s; n=notes; x=ignored; p=AAAA").unwrap();
+        assert_eq!(k.hashes, ["sha1", "sha256"]);
+        assert!(k.testing && k.strict);
     }
 
     #[test]

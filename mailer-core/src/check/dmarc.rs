@@ -25,7 +25,14 @@ pub struct DmarcRecord {
     /// `rua` URIs as written (size suffix included).
     pub rua: Vec<String>,
     pub ruf: Vec<String>,
-    /// Tags RFC 7489 does not define (ignored by receivers).
+    /// `np` (DMARCbis): the policy for non-existent subdomains.
+    pub np: Option<Policy>,
+    /// `t=y` (DMARCbis): testing, receivers apply one level below `p`.
+    pub testing: bool,
+    /// `psd=y` (RFC 9091, DMARCbis): the domain declares itself a public suffix domain.
+    pub psd: Option<char>,
+    /// Tags neither RFC 7489, RFC 9091 nor DMARCbis define; receivers ignore them (RFC 7489
+    /// §6.3).
     pub unknown: Vec<String>,
 }
 
@@ -46,9 +53,63 @@ impl fmt::Display for DmarcError {
     }
 }
 
-/// Whether a TXT record claims to be DMARC (RFC 7489 §6.6.3: starts with `v=DMARC1`).
+/// Whether a TXT record is DMARC (RFC 7489 §6.4, §6.6.3: starts with `v`, optional blanks,
+/// `=`, optional blanks, then exactly `DMARC1`); receivers discard every other record.
 pub fn is_dmarc(txt: &str) -> bool {
-    txt.trim_start().starts_with("v=DMARC1")
+    let Some(rest) = txt.trim_start_matches([' ', '\t']).strip_prefix(['v', 'V']) else {
+        return false;
+    };
+    let Some(rest) = rest.trim_start_matches([' ', '\t']).strip_prefix('=') else {
+        return false;
+    };
+    let rest = rest.trim_start_matches([' ', '\t']);
+    // A separator other than ';' after the version is a syntax error, reported as such.
+    rest.strip_prefix("DMARC1")
+        .is_some_and(|r| !r.starts_with(|c: char| c.is_ascii_alphanumeric()))
+}
+
+/// Whether a TXT record that is not DMARC was meant to be: a version tag in another case or
+/// place, or a `p=` tag. Receivers discard it, so the domain has no policy.
+pub fn looks_like_dmarc(txt: &str) -> bool {
+    let lower = txt.to_ascii_lowercase();
+    let squeezed: String = lower.chars().filter(|c| !c.is_whitespace()).collect();
+    squeezed.contains("v=dmarc")
+        || squeezed
+            .split(';')
+            .any(|t| t.starts_with("p=") || t.starts_with("rua="))
+}
+
+/// The record rewritten with `v=DMARC1` first and its other tags kept as written.
+fn with_version_first(txt: &str) -> String {
+    let tags: Vec<&str> = txt
+        .split(';')
+        .map(|t| t.trim_matches([' ', '\t']))
+        .filter(|t| {
+            !t.is_empty()
+                && !t
+                    .split_once('=')
+                    .is_some_and(|(n, _)| n.trim().eq_ignore_ascii_case("v"))
+        })
+        .collect();
+    let mut out = String::from("v=DMARC1");
+    for t in tags {
+        out.push_str("; ");
+        out.push_str(t);
+    }
+    out
+}
+
+/// The policy an invalid `p` value most likely meant; the strictest when nothing is
+/// recognisable, so a fix never weakens what was intended.
+fn intended_policy(value: &str) -> &'static str {
+    let v = value.to_ascii_lowercase();
+    if v.starts_with('q') || v.contains("quar") {
+        "quarantine"
+    } else if v.starts_with("no") || v == "n" {
+        "none"
+    } else {
+        "reject"
+    }
 }
 
 /// Parses a DMARC record: `v=DMARC1` first, then `tag=value` pairs separated by `;`.
@@ -65,6 +126,9 @@ pub fn parse(record: &str) -> Result<DmarcRecord, DmarcError> {
         aspf: AlignmentMode::Relaxed,
         rua: Vec::new(),
         ruf: Vec::new(),
+        np: None,
+        testing: false,
+        psd: None,
         unknown: Vec::new(),
     };
     let mut seen: Vec<String> = Vec::new();
@@ -98,7 +162,7 @@ pub fn parse(record: &str) -> Result<DmarcRecord, DmarcError> {
         };
         let bad = |what: &str| err(tag, format!("{value:?} is not {what}{sep_hint}"));
         if i == 0 {
-            if tag != "v" || value != "DMARC1" {
+            if !tag.eq_ignore_ascii_case("v") || value != "DMARC1" {
                 return Err(err(
                     tag,
                     format!("the record must start with \"v=DMARC1\"{sep_hint}"),
@@ -107,9 +171,25 @@ pub fn parse(record: &str) -> Result<DmarcRecord, DmarcError> {
             continue;
         }
         match tag {
-            "v" => return Err(err(tag, "v must be the first tag".into())),
+            "v" | "V" => return Err(err(tag, "v must be the first tag".into())),
             "p" => rec.p = Some(policy(value).ok_or_else(|| bad("none, quarantine or reject"))?),
             "sp" => rec.sp = Some(policy(value).ok_or_else(|| bad("none, quarantine or reject"))?),
+            "np" => rec.np = Some(policy(value).ok_or_else(|| bad("none, quarantine or reject"))?),
+            "t" => {
+                rec.testing = match value {
+                    "y" => true,
+                    "n" => false,
+                    _ => return Err(bad("y or n")),
+                }
+            }
+            "psd" => {
+                rec.psd = Some(match value {
+                    "y" => 'y',
+                    "n" => 'n',
+                    "u" => 'u',
+                    _ => return Err(bad("y, n or u")),
+                })
+            }
             "adkim" => rec.adkim = mode(value).ok_or_else(|| bad("r or s"))?,
             "aspf" => rec.aspf = mode(value).ok_or_else(|| bad("r or s"))?,
             "pct" => {
@@ -186,13 +266,18 @@ fn uri_list(value: &str) -> Result<Vec<String>, String> {
                 return Err(format!("bad size limit in {uri:?}"));
             }
         }
-        if let Some(addr) = base.strip_prefix("mailto:") {
+        let scheme_end = base.find(':').map_or(0, |i| i + 1);
+        let scheme = base[..scheme_end].to_ascii_lowercase();
+        if let Some(addr) = (scheme == "mailto:").then(|| &base[scheme_end..]) {
             let domain = addr.rsplit_once('@');
             match domain {
                 Some((local, d)) if !local.is_empty() && super::spf::is_domain_name(d) => {}
                 _ => return Err(format!("{uri:?} is not a mailto: address")),
             }
-        } else if let Some(rest) = base.strip_prefix("https://") {
+        } else if let Some(rest) = (scheme == "https:")
+            .then(|| base[scheme_end..].strip_prefix("//"))
+            .flatten()
+        {
             if rest.is_empty() || rest.contains(' ') {
                 return Err(format!("{uri:?} is not an https: URI"));
             }
@@ -206,7 +291,10 @@ fn uri_list(value: &str) -> Result<Vec<String>, String> {
 
 /// The domain of a `mailto:` report URI.
 fn mailto_domain(uri: &str) -> Option<String> {
-    let addr = uri.strip_prefix("mailto:")?;
+    let addr = uri
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("mailto:"))
+        .map(|_| &uri[7..])?;
     let addr = addr.rsplit_once('!').map_or(addr, |(a, _)| a);
     addr.rsplit_once('@').map(|(_, d)| normalize(d))
 }
@@ -215,6 +303,8 @@ pub(crate) struct Outcome {
     pub checks: Vec<Check>,
     pub aspf_strict: bool,
     pub adkim_strict: bool,
+    /// The record's lookup failed: alignment modes are unknown.
+    pub failed: bool,
 }
 
 pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) -> Outcome {
@@ -223,9 +313,11 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
         checks: Vec::new(),
         aspf_strict: false,
         adkim_strict: false,
+        failed: false,
     };
     let org = organizational_domain(domain);
     let mut found = None;
+    let mut invalid = None;
     let candidates = if org == domain {
         vec![org.clone()]
     } else {
@@ -235,24 +327,47 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
         let name = format!("_dmarc.{at}");
         match dns.txt(&name).await {
             Err(e) => {
+                out.failed = true;
                 out.checks.push(dns_error(area, "dmarc.dns-error", &e));
+                out.checks.push(super::unknown(
+                    area,
+                    "dmarc.record",
+                    format!("the DMARC record at {name} is unknown: its lookup failed"),
+                ));
                 return out;
             }
             Ok(txts) => {
-                let recs: Vec<String> = txts
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|t| is_dmarc(t))
-                    .collect();
+                let txts = txts.unwrap_or_default();
+                let recs: Vec<String> = txts.iter().filter(|t| is_dmarc(t)).cloned().collect();
                 if !recs.is_empty() {
                     found = Some((at, name, recs));
                     break;
+                }
+                if invalid.is_none() {
+                    if let Some(t) = txts.iter().find(|t| looks_like_dmarc(t)) {
+                        invalid = Some((name, t.clone()));
+                    }
                 }
             }
         }
     }
     let Some((at, name, recs)) = found else {
-        if apex_txt.unwrap_or_default().iter().any(|t| is_dmarc(t)) {
+        if let Some((name, text)) = invalid {
+            // Present but not a DMARC record to receivers: the fix keeps every tag as written.
+            out.checks.push(
+                Check::new(
+                    area,
+                    "dmarc.record",
+                    Status::Fail,
+                    format!("{name} has \"{text}\", which is not a DMARC record: it must start with v=DMARC1 (exactly, as the first tag), so receivers discard it and no policy applies"),
+                )
+                .hint(format!("publish it as \"{}\" at {name}", with_version_first(&text))),
+            );
+        } else if apex_txt
+            .unwrap_or_default()
+            .iter()
+            .any(|t| is_dmarc(t) || looks_like_dmarc(t) && !super::spf::is_spf(t))
+        {
             out.checks.push(
                 Check::new(
                     area,
@@ -298,17 +413,27 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
     });
     let rec = match parse(text) {
         Err(e) => {
+            let fix = if e.tag == "p" {
+                let value = text
+                    .split(';')
+                    .filter_map(|t| t.split_once('='))
+                    .find(|(n, _)| n.trim() == "p")
+                    .map_or("", |(_, v)| v.trim());
+                format!(
+                    "set p={} in the DMARC record at {name}",
+                    intended_policy(value)
+                )
+            } else {
+                format!("fix the tag {:?} in the DMARC record at {name}", e.tag)
+            };
             out.checks.push(
                 Check::new(
                     area,
                     "dmarc.syntax",
                     Status::Fail,
-                    format!("syntax error in {name}: {e}"),
+                    format!("syntax error in {name}: {e}; receivers discard the record"),
                 )
-                .hint(format!(
-                    "fix the tag {:?} in the DMARC record at {name}",
-                    e.tag
-                )),
+                .hint(fix.clone()),
             );
             if e.tag == "p" {
                 out.checks.push(
@@ -318,7 +443,7 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
                         Status::Fail,
                         format!("invalid policy: {e}"),
                     )
-                    .hint(format!("set p=quarantine or p=reject at {name}")),
+                    .hint(fix),
                 );
             }
             return out;
@@ -331,21 +456,32 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
         Check::new(
             area,
             "dmarc.syntax",
-            Status::Warn,
+            Status::Pass,
             format!(
-                "unknown tags (ignored by receivers): {}",
+                "the record parses; receivers ignore the tags they do not know (RFC 7489 §6.3): {}",
                 rec.unknown.join(", ")
             ),
         )
-        .hint(format!(
-            "remove or correct the tags {} at {name}",
-            rec.unknown.join(", ")
-        ))
     });
     out.aspf_strict = rec.aspf == AlignmentMode::Strict;
     out.adkim_strict = rec.adkim == AlignmentMode::Strict;
     out.checks.push(match rec.p {
-        None => Check::new(area, "dmarc.policy", Status::Fail, "no p= tag").hint(format!(
+        None if !rec.rua.is_empty() => Check::new(
+            area,
+            "dmarc.policy",
+            Status::Fail,
+            "no p= tag: receivers act as if p=none (RFC 7489 §6.6.3)",
+        )
+        .hint(format!(
+            "add p=quarantine or p=reject to the DMARC record at {name}"
+        )),
+        None => Check::new(
+            area,
+            "dmarc.policy",
+            Status::Fail,
+            "no p= tag and no rua: receivers apply no DMARC processing (RFC 7489 §6.6.3)",
+        )
+        .hint(format!(
             "add p=quarantine or p=reject to the DMARC record at {name}"
         )),
         Some(Policy::None) => Check::new(
@@ -357,6 +493,21 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
         .hint(format!(
             "once reports show SPF/DKIM pass, set p=quarantine at {name}"
         )),
+        Some(p) if rec.testing => Check::new(
+            area,
+            "dmarc.policy",
+            Status::Warn,
+            format!(
+                "p={} with t=y: receivers apply the next weaker policy ({})",
+                policy_name(p),
+                if p == Policy::Reject {
+                    "quarantine"
+                } else {
+                    "none"
+                }
+            ),
+        )
+        .hint(format!("remove t=y from the DMARC record at {name}")),
         Some(p) => Check::new(
             area,
             "dmarc.policy",
@@ -364,25 +515,48 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
             format!("p={}", policy_name(p)),
         ),
     });
-    if let Some(sp) = rec.sp {
-        out.checks.push(
-            if sp == Policy::None && rec.p.is_some_and(|p| p != Policy::None) {
-                Check::new(
-                    area,
-                    "dmarc.subdomain-policy",
-                    Status::Warn,
-                    "sp=none: subdomains are unprotected",
-                )
-                .hint(format!("remove sp=none from {name} or set sp=quarantine"))
-            } else {
-                Check::new(
-                    area,
-                    "dmarc.subdomain-policy",
-                    Status::Pass,
-                    format!("sp={}", policy_name(sp)),
-                )
-            },
-        );
+    let stricter = |sub: Policy| rec.p.is_some_and(|p| p != Policy::None) && sub == Policy::None;
+    if rec.sp.is_some() || rec.np.is_some() || rec.psd == Some('y') {
+        let mut problems = Vec::new();
+        let mut fixes = Vec::new();
+        if rec.sp.is_some_and(stricter) {
+            problems.push("sp=none: subdomains are unprotected".to_string());
+            fixes.push("remove sp=none or set sp=quarantine");
+        }
+        if rec.np.is_some_and(stricter) {
+            problems
+                .push("np=none: mail from subdomains that do not exist is delivered".to_string());
+            fixes.push("remove np=none or set np=reject");
+        }
+        if rec.psd == Some('y') && at == domain {
+            problems.push(format!(
+                "psd=y declares {at} a public suffix (RFC 9091): its subdomains become organizations of their own and no longer align with each other"
+            ));
+            fixes.push("remove psd=y");
+        }
+        out.checks.push(if problems.is_empty() {
+            let mut tags = Vec::new();
+            if let Some(sp) = rec.sp {
+                tags.push(format!("sp={}", policy_name(sp)));
+            }
+            if let Some(np) = rec.np {
+                tags.push(format!("np={}", policy_name(np)));
+            }
+            Check::new(
+                area,
+                "dmarc.subdomain-policy",
+                Status::Pass,
+                tags.join(", "),
+            )
+        } else {
+            Check::new(
+                area,
+                "dmarc.subdomain-policy",
+                Status::Warn,
+                problems.join("; "),
+            )
+            .hint(format!("{} at {name}", fixes.join(", ")))
+        });
     }
     out.checks.push(if rec.pct < 100 {
         Check::new(
@@ -434,6 +608,7 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
         )
     });
     let mut unauthorized = Vec::new();
+    let mut lookup_failed = false;
     let mut checked = 0;
     for uri in rec.rua.iter().chain(rec.ruf.iter()) {
         let Some(dest) = mailto_domain(uri) else {
@@ -445,20 +620,16 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
         checked += 1;
         let auth_name = format!("{at}._report._dmarc.{dest}");
         match dns.txt(&auth_name).await {
-            Err(e) => out.checks.push(dns_error(area, "dmarc.dns-error", &e)),
+            Err(e) => {
+                lookup_failed = true;
+                out.checks.push(dns_error(area, "dmarc.dns-error", &e));
+            }
             Ok(Some(t)) if t.iter().any(|t| is_dmarc(t)) => {}
             Ok(_) => unauthorized.push(auth_name),
         }
     }
     if checked > 0 {
-        out.checks.push(if unauthorized.is_empty() {
-            Check::new(
-                area,
-                "dmarc.report-auth",
-                Status::Pass,
-                "every external report destination authorizes the domain",
-            )
-        } else {
+        out.checks.push(if !unauthorized.is_empty() {
             Check::new(
                 area,
                 "dmarc.report-auth",
@@ -472,6 +643,19 @@ pub(crate) async fn check(dns: &Dns, domain: &str, apex_txt: Option<&[String]>) 
                 "ask the destination to publish TXT \"v=DMARC1\" at {}",
                 unauthorized.join(", ")
             ))
+        } else if lookup_failed {
+            super::unknown(
+                area,
+                "dmarc.report-auth",
+                "whether the external report destinations authorize the domain is unknown: a lookup failed",
+            )
+        } else {
+            Check::new(
+                area,
+                "dmarc.report-auth",
+                Status::Pass,
+                "every external report destination authorizes the domain",
+            )
         });
     }
     out
@@ -526,6 +710,32 @@ mod tests {
     fn unknown_tags_are_kept() {
         let r = parse("v=DMARC1;p=none;foo=bar").unwrap();
         assert_eq!(r.unknown, vec!["foo"]);
+    }
+
+    #[test]
+    fn later_tags_are_known() {
+        let r = parse("v=DMARC1; p=reject; np=reject; t=n; psd=n").unwrap();
+        assert!(r.unknown.is_empty());
+        assert_eq!(r.np, Some(Policy::Reject));
+        assert_eq!(parse("v=DMARC1; p=reject; t=yes").unwrap_err().tag, "t");
+    }
+
+    #[test]
+    fn version_tag_is_exact_but_blanks_are_allowed() {
+        assert!(is_dmarc("v = DMARC1; p=reject"));
+        assert!(is_dmarc("v=DMARC1"));
+        assert!(!is_dmarc("v=dmarc1; p=reject"));
+        assert!(!is_dmarc("v=DMARC10; p=reject"));
+        assert!(looks_like_dmarc("v=dmarc1; p=reject"));
+        assert!(looks_like_dmarc("p=reject; v=DMARC1"));
+        assert!(!looks_like_dmarc("google-site-verification=abc"));
+        assert_eq!(
+            with_version_first("p=reject; v=DMARC1; rua=mailto:d@ublog.tech"),
+            "v=DMARC1; p=reject; rua=mailto:d@ublog.tech"
+        );
+        assert_eq!(intended_policy("rejct"), "reject");
+        assert_eq!(intended_policy("block"), "reject");
+        assert_eq!(intended_policy("quarantaine"), "quarantine");
     }
 }
 

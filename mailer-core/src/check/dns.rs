@@ -168,6 +168,72 @@ impl Dns {
             .collect();
         Ok((!ips.is_empty()).then_some(ips))
     }
+    /// The A (`v6` false) or AAAA (`v6` true) addresses of `name`, as SPF's `a`, `mx` and
+    /// `exists` mechanisms query them (RFC 7208 §5: only the family of the client's address).
+    pub(crate) async fn addrs(
+        &self,
+        name: &str,
+        v6: bool,
+    ) -> Result<Option<Vec<IpAddr>>, DnsFailure> {
+        let fq = fqdn(name);
+        let (rtype, label) = if v6 {
+            (RecordType::AAAA, "AAAA")
+        } else {
+            (RecordType::A, "A")
+        };
+        let lookup = self
+            .bounded(name, label, self.auth.resolver().lookup(fq.as_str(), rtype))
+            .await?;
+        let ips: Vec<IpAddr> = lookup
+            .iter()
+            .flat_map(|l| l.answers().iter())
+            .filter_map(|r| match &r.data {
+                RData::A(a) if !v6 => Some(IpAddr::V4(a.0)),
+                RData::AAAA(a) if v6 => Some(IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect();
+        Ok((!ips.is_empty()).then_some(ips))
+    }
+
+    /// The PTR names of `ip` (lowercase, no trailing dot), in the order of the answer.
+    pub(crate) async fn ptr(&self, ip: IpAddr) -> Result<Option<Vec<String>>, DnsFailure> {
+        let name = reverse_name(ip);
+        let lookup = self
+            .bounded(
+                &name,
+                "PTR",
+                self.auth.resolver().lookup(name.as_str(), RecordType::PTR),
+            )
+            .await?;
+        let names: Vec<String> = lookup
+            .iter()
+            .flat_map(|l| l.answers().iter())
+            .filter_map(|r| match &r.data {
+                RData::PTR(p) => Some(normalize(&p.0.to_ascii())),
+                _ => None,
+            })
+            .collect();
+        Ok((!names.is_empty()).then_some(names))
+    }
+}
+
+/// `4.3.2.1.in-addr.arpa.` or the nibble form under `ip6.arpa.`.
+pub(crate) fn reverse_name(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}.{}.in-addr.arpa.", o[3], o[2], o[1], o[0])
+        }
+        IpAddr::V6(v6) => {
+            let mut s = String::new();
+            for byte in v6.octets().iter().rev() {
+                s.push_str(&format!("{:x}.{:x}.", byte & 0xf, byte >> 4));
+            }
+            s.push_str("ip6.arpa.");
+            s
+        }
+    }
 }
 
 fn describe(e: &NetError) -> String {

@@ -106,13 +106,15 @@ impl CheckInput {
     }
 }
 
-/// The outcome of one check. Ordered from best to worst.
+/// The outcome of one check. Ordered from best to worst; `Unknown` (a query it depends on
+/// failed, so neither pass nor fail can be said) ranks above warn and below fail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pass,
     Info,
     Warn,
+    Unknown,
     Fail,
 }
 
@@ -122,6 +124,7 @@ impl fmt::Display for Status {
             Status::Pass => "pass",
             Status::Info => "info",
             Status::Warn => "warn",
+            Status::Unknown => "unknown",
             Status::Fail => "fail",
         })
     }
@@ -246,8 +249,8 @@ impl Report {
         self.checks.iter().any(|c| c.id.ends_with(DNS_ERROR_SUFFIX))
     }
 
-    /// The exit code of `mailer check`: 2 when DNS could not be queried, 1 when a check fails,
-    /// 0 otherwise (warnings allowed).
+    /// The exit code of `mailer check`: 2 when DNS could not be queried (some checks are then
+    /// `unknown`), 1 when a check fails, 0 otherwise (warnings allowed).
     pub fn exit_code(&self) -> u8 {
         if self.dns_failed() {
             2
@@ -275,8 +278,12 @@ impl Report {
             }
         }
         let count = |s: Status| self.checks.iter().filter(|c| c.status == s).count();
+        let unknown = match count(Status::Unknown) {
+            0 => String::new(),
+            n => format!("{n} unknown, "),
+        };
         out.push_str(&format!(
-            "\n{}: {} — {} failed, {} warnings, {} passed, {} info\n",
+            "\n{}: {} — {} failed, {unknown}{} warnings, {} passed, {} info\n",
             self.domain,
             self.status,
             count(Status::Fail),
@@ -332,8 +339,16 @@ pub async fn run_checks(input: &CheckInput) -> Result<Report, CheckError> {
     let apex_txt = dns.txt(&domain).await.map_err(CheckError::Dns)?;
 
     let mut checks = Vec::new();
-    let pool = resolve_pool(&dns, &input.relays, &mut checks).await;
-    let spf = spf::check(&dns, &domain, apex_txt.as_deref(), &pool, input.timeout).await;
+    let (pool, pool_complete) = resolve_pool(&dns, &input.relays, &mut checks).await;
+    let spf = spf::check(
+        &dns,
+        &domain,
+        apex_txt.as_deref(),
+        &pool,
+        pool_complete,
+        input.timeout,
+    )
+    .await;
     checks.extend(spf.checks);
     let dmarc = dmarc::check(&dns, &domain, apex_txt.as_deref()).await;
     checks.extend(dmarc.checks.iter().cloned());
@@ -359,9 +374,15 @@ pub async fn run_checks(input: &CheckInput) -> Result<Report, CheckError> {
     Ok(Report::new(&domain, checks))
 }
 
-/// Addresses of the relay pool; relays that do not resolve are reported under `spf.pool`.
-async fn resolve_pool(dns: &Dns, relays: &[String], checks: &mut Vec<Check>) -> Vec<IpAddr> {
+/// Addresses of the relay pool, and whether every relay name could be looked up; relays that
+/// do not resolve are reported under `spf.pool`.
+async fn resolve_pool(
+    dns: &Dns,
+    relays: &[String],
+    checks: &mut Vec<Check>,
+) -> (Vec<IpAddr>, bool) {
     let mut pool = Vec::new();
+    let mut complete = true;
     for relay in relays {
         let relay = relay.trim();
         if let Ok(ip) = relay
@@ -383,12 +404,21 @@ async fn resolve_pool(dns: &Dns, relays: &[String], checks: &mut Vec<Check>) -> 
                 )
                 .hint(format!("fix the relay name {relay} or publish its address")),
             ),
-            Err(e) => checks.push(dns_error(Area::Spf, "spf.dns-error", &e)),
+            Err(e) => {
+                complete = false;
+                checks.push(dns_error(Area::Spf, "spf.dns-error", &e));
+            }
         }
     }
     pool.sort();
     pool.dedup();
-    pool
+    (pool, complete)
+}
+
+/// A check whose input could not be fetched: neither pass nor fail.
+pub(crate) fn unknown(area: Area, id: &'static str, why: impl Into<String>) -> Check {
+    Check::new(area, id, Status::Unknown, why)
+        .hint("check the name servers, then run the check again")
 }
 
 fn dns_error(area: Area, id: &'static str, failure: &DnsFailure) -> Check {
@@ -424,7 +454,13 @@ async fn alignment(
         return checks;
     }
     let aspf_strict = dmarc.aspf_strict;
-    let spf_aligned = !pool.is_empty() && spf_pool.unauthorized.is_empty() && spf_pool.errors == 0;
+    let spf_aligned = !pool.is_empty()
+        && spf_pool.unauthorized.is_empty()
+        && spf_pool.errors == 0
+        && !spf_pool.incomplete;
+    // Only failed lookups stand between the pool and a verdict.
+    let spf_unknown = (spf_pool.errors > 0 || spf_pool.incomplete)
+        && spf_pool.unauthorized.len() == spf_pool.errors;
     let mut subdomain_pass = None;
     if !spf_aligned && !pool.is_empty() {
         // A relay host under the domain may carry its own SPF record for the pool.
@@ -440,7 +476,15 @@ async fn alignment(
             }
         }
     }
-    let spf_status = if spf_aligned {
+    let spf_status = if spf_unknown && subdomain_pass.is_none() {
+        unknown(
+            area,
+            "alignment.spf",
+            format!(
+                "whether the pool passes SPF for MAIL FROM @{domain} is unknown: a lookup failed"
+            ),
+        )
+    } else if spf_aligned {
         Check::new(
             area,
             "alignment.spf",
@@ -477,9 +521,17 @@ async fn alignment(
         .hint(format!("authorize the pool in the SPF record of {domain}"))
     };
     let spf_ok = spf_status.status == Status::Pass;
+    let spf_unknown = spf_status.status == Status::Unknown;
     checks.push(spf_status);
     let dkim_ok = !dkim.usable_selectors.is_empty();
-    checks.push(if dkim_ok {
+    let dkim_unknown = !dkim_ok && dkim.failed;
+    checks.push(if dkim_unknown {
+        unknown(
+            area,
+            "alignment.dkim",
+            format!("whether a DKIM key for {domain} is published is unknown: a lookup failed"),
+        )
+    } else if dkim_ok {
         Check::new(
             area,
             "alignment.dkim",
@@ -512,6 +564,12 @@ async fn alignment(
                     _ => "DKIM",
                 }
             ),
+        )
+    } else if spf_unknown || dkim_unknown {
+        unknown(
+            area,
+            "alignment.dmarc",
+            format!("whether DMARC can pass for From @{domain} is unknown: a lookup failed"),
         )
     } else {
         Check::new(
@@ -559,6 +617,11 @@ async fn mx_checks(dns: &Dns, domain: &str) -> MxOutcome {
         }
         Err(e) => {
             checks.push(dns_error(area, "mx.dns-error", &e));
+            checks.push(unknown(
+                area,
+                "mx.record",
+                format!("the MX records of {domain} are unknown: their lookup failed"),
+            ));
             return MxOutcome {
                 checks,
                 hosts: None,
@@ -591,14 +654,24 @@ async fn mx_checks(dns: &Dns, domain: &str) -> MxOutcome {
         ),
     ));
     let mut missing = Vec::new();
+    let mut failed = false;
     for host in &hosts {
         match dns.ips(host).await {
             Ok(Some(_)) => {}
             Ok(None) => missing.push(host.clone()),
-            Err(e) => checks.push(dns_error(area, "mx.dns-error", &e)),
+            Err(e) => {
+                failed = true;
+                checks.push(dns_error(area, "mx.dns-error", &e));
+            }
         }
     }
-    checks.push(if missing.is_empty() {
+    checks.push(if missing.is_empty() && failed {
+        unknown(
+            area,
+            "mx.address",
+            "whether every MX host has an address is unknown: a lookup failed",
+        )
+    } else if missing.is_empty() {
         Check::new(
             area,
             "mx.address",

@@ -25,10 +25,26 @@ pub struct StsTxt {
 /// Why a `_mta-sts` TXT record is invalid.
 pub type TxtError = super::tags::FieldError;
 
-/// Whether a TXT record claims to be MTA-STS.
+/// Whether a TXT record is MTA-STS: `v=STSv1` then `;`, a blank or the end (RFC 8461 §3.1).
 pub fn is_sts_txt(txt: &str) -> bool {
-    txt.starts_with("v=STSv1")
+    txt.strip_prefix("v=STSv1")
+        .is_some_and(|r| r.is_empty() || r.starts_with([';', ' ', '\t']))
 }
+
+/// Whether a TXT record that is not MTA-STS was meant to be (the version in another case or
+/// with blanks); senders discard it, so the domain has no policy.
+pub fn looks_like_sts(txt: &str) -> bool {
+    let squeezed: String = txt
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    squeezed.starts_with("v=sts")
+}
+
+/// Below a day, a policy barely outlives the fetch an attacker can block (RFC 8461 §3.2
+/// expects weeks).
+pub const MIN_USEFUL_MAX_AGE: u32 = 86_400;
 
 /// Parses `v=STSv1; id=ID;` (RFC 8461 §3.1; `id` is 1–32 letters and digits).
 pub fn parse_txt(record: &str) -> Result<StsTxt, TxtError> {
@@ -193,9 +209,10 @@ pub fn parse(text: &str) -> Result<Policy, PolicyError> {
                 if !name_ok {
                     return Err(err(format!("{ext:?} is not a field name")));
                 }
-                if value.is_empty() || !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                // RFC 8461 §3.2: visible characters, UTF-8 included, and inner blanks.
+                if value.is_empty() || value.chars().any(char::is_control) {
                     return Err(err(format!(
-                        "value of {ext:?} is empty or not printable ASCII"
+                        "value of {ext:?} is empty or holds control characters"
                     )));
                 }
                 if extensions.iter().any(|(k, _)| k == ext) {
@@ -330,11 +347,31 @@ pub(crate) async fn check(
     let mut checks = Vec::new();
     let name = format!("_mta-sts.{domain}");
     let txts = match dns.txt(&name).await {
-        Err(e) => return Ok(vec![dns_error(area, "mta-sts.dns-error", &e)]),
+        Err(e) => {
+            return Ok(vec![
+                dns_error(area, "mta-sts.dns-error", &e),
+                super::unknown(
+                    area,
+                    "mta-sts.record",
+                    format!("the MTA-STS record at {name} is unknown: its lookup failed"),
+                ),
+            ])
+        }
         Ok(t) => t.unwrap_or_default(),
     };
     let recs: Vec<&String> = txts.iter().filter(|t| is_sts_txt(t)).collect();
     match recs.as_slice() {
+        [] if txts.iter().any(|t| looks_like_sts(t)) => {
+            let text = txts
+                .iter()
+                .find(|t| looks_like_sts(t))
+                .map_or("", |t| t.as_str());
+            checks.push(
+                Check::new(area, "mta-sts.record", Status::Fail, format!("{name} has \"{text}\", which senders discard: the record must start with v=STSv1 exactly"))
+                    .hint(format!("publish \"v=STSv1; id=<1-32 letters and digits>\" at {name}")),
+            );
+            return Ok(checks);
+        }
         [] => {
             checks.push(
                 Check::new(area, "mta-sts.record", Status::Warn, format!("no MTA-STS record at {name}: inbound mail may be downgraded to plaintext"))
@@ -385,6 +422,11 @@ pub(crate) async fn check(
     match dns.ips(&host).await {
         Err(e) => {
             checks.push(dns_error(area, "mta-sts.dns-error", &e));
+            checks.push(super::unknown(
+                area,
+                "mta-sts.fetch",
+                format!("the policy host {host} could not be looked up"),
+            ));
             return Ok(checks);
         }
         Ok(None) => {
@@ -462,6 +504,29 @@ pub(crate) async fn check(
         Mode::None => Check::new(area, "mta-sts.mode", Status::Warn, "mode: none: the policy is withdrawn")
             .hint(format!("set \"mode: enforce\" in {url} or remove the record at {name}")),
     });
+    checks.push(if policy.max_age < MIN_USEFUL_MAX_AGE {
+        Check::new(
+            area,
+            "mta-sts.max-age",
+            Status::Warn,
+            format!("max_age {}: senders keep the policy less than a day, so an attacker who blocks its refresh can downgrade inbound mail", policy.max_age),
+        )
+        .hint(format!("set max_age to at least 604800 (a week) in {url}"))
+    } else {
+        Check::new(
+            area,
+            "mta-sts.max-age",
+            Status::Pass,
+            format!("senders keep the policy {} seconds", policy.max_age),
+        )
+    });
+    if policy.mode != Mode::None && mx_hosts.is_none() {
+        checks.push(super::unknown(
+            area,
+            "mta-sts.mx",
+            "whether the policy covers every MX host is unknown: the MX lookup failed",
+        ));
+    }
     if policy.mode != Mode::None {
         if let Some(hosts) = mx_hosts {
             let uncovered: Vec<&String> = hosts

@@ -1,9 +1,11 @@
 //! SPF (RFC 7208): the record's terms ([`parse`]), a walk through include/redirect that counts
 //! DNS-lookup terms and void lookups, and the pool's authorization via mail-auth's `check_host()`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::pin::Pin;
 use std::time::Duration;
 
 use mail_auth::spf::verify::SpfParameters;
@@ -363,138 +365,797 @@ pub fn is_domain_name(name: &str) -> bool {
             .is_some_and(|t| !t.chars().all(|c| c.is_ascii_digit()))
 }
 
-/// What the walk through a record and its includes found.
-#[derive(Debug, Default)]
-struct Walk {
-    lookups: usize,
-    /// The include/redirect chain at the term that went over the limit.
-    over_limit_path: Option<Vec<String>>,
-    void: Vec<String>,
-    include_without_spf: Vec<String>,
-    /// Syntax or multiple-record errors in included records.
-    include_errors: Vec<String>,
-    ptr_in: Vec<String>,
-    dns_failures: Vec<DnsFailure>,
-}
-
-const MAX_WALKED_RECORDS: usize = 30;
-
-/// Counts lookup terms of `record` (found at `domain`) through includes and redirect.
-async fn walk(dns: &Dns, domain: &str, record: &SpfRecord) -> Walk {
-    let mut w = Walk::default();
-    let mut visited = HashSet::from([domain.to_string()]);
-    // Depth-first, as evaluation proceeds; each entry is (record, path to it).
-    let mut stack = vec![(record.clone(), vec![domain.to_string()])];
-    while let Some((rec, path)) = stack.pop() {
-        let mut children = Vec::new();
-        let mut targets: Vec<(String, String)> = Vec::new();
-        for term in &rec.terms {
-            let (lookup, label) = match term {
-                Term::Mechanism(_, m) if m.is_lookup() => (true, mechanism_label(m)),
-                Term::Redirect(d) if rec.all().is_none() => (true, format!("redirect={d}")),
-                _ => (false, String::new()),
+/// The text of a term as an admin would write it (`+` left out).
+pub fn term_text(term: &Term) -> String {
+    match term {
+        Term::Mechanism(q, m) => {
+            let q = match q {
+                Qualifier::Pass => "",
+                Qualifier::Fail => "-",
+                Qualifier::SoftFail => "~",
+                Qualifier::Neutral => "?",
             };
-            if !lookup {
-                continue;
-            }
-            w.lookups += 1;
-            if w.lookups > MAX_LOOKUPS && w.over_limit_path.is_none() {
-                let mut p = path.clone();
-                p.push(label.clone());
-                w.over_limit_path = Some(p);
-            }
-            match term {
-                Term::Mechanism(_, Mechanism::Include(d)) | Term::Redirect(d) => {
-                    targets.push((d.clone(), label))
-                }
-                Term::Mechanism(_, Mechanism::A { domain: d, .. }) => {
-                    let host = d.clone().unwrap_or_else(|| path_domain(&path));
-                    if !host.contains('%') {
-                        match dns.ips(&host).await {
-                            Ok(Some(_)) => {}
-                            Ok(None) => w.void.push(format!("a:{host}")),
-                            Err(e) => w.dns_failures.push(e),
-                        }
-                    }
-                }
-                Term::Mechanism(_, Mechanism::Mx { domain: d, .. }) => {
-                    let host = d.clone().unwrap_or_else(|| path_domain(&path));
-                    if !host.contains('%') {
-                        match dns.mx(&host).await {
-                            Ok(Some(_)) => {}
-                            Ok(None) => w.void.push(format!("mx:{host}")),
-                            Err(e) => w.dns_failures.push(e),
-                        }
-                    }
-                }
-                Term::Mechanism(_, Mechanism::Ptr(_)) => w.ptr_in.push(path_domain(&path)),
-                _ => {}
-            }
+            format!("{q}{}", mechanism_label(m))
         }
-        for (target, label) in targets {
-            if target.contains('%') {
-                continue;
-            }
-            let target = normalize(&target);
-            if !visited.insert(target.clone()) || visited.len() > MAX_WALKED_RECORDS {
-                continue;
-            }
-            let mut child_path = path.clone();
-            child_path.push(label);
-            match dns.txt(&target).await {
-                Err(e) => w.dns_failures.push(e),
-                Ok(txts) => {
-                    let spfs: Vec<String> = txts
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|t| is_spf(t))
-                        .collect();
-                    match spfs.as_slice() {
-                        [] => {
-                            w.void.push(target.clone());
-                            w.include_without_spf.push(target.clone());
-                        }
-                        [one] => match parse(one) {
-                            Ok(r) => children.push((r, child_path.clone())),
-                            Err(e) => w.include_errors.push(format!("{target}: {e}")),
-                        },
-                        _ => w
-                            .include_errors
-                            .push(format!("{target}: {} SPF records", spfs.len())),
-                    }
-                }
-            }
-        }
-        // Reverse so the first include is walked first.
-        stack.extend(children.into_iter().rev());
+        Term::Redirect(d) => format!("redirect={d}"),
+        Term::Exp(d) => format!("exp={d}"),
+        Term::Unknown { name, value } => format!("{name}={value}"),
     }
-    w
-}
-
-/// The domain whose record is being walked: the last path element's target.
-fn path_domain(path: &[String]) -> String {
-    let last = path.last().map(String::as_str).unwrap_or("");
-    last.rsplit([':', '=']).next().unwrap_or(last).to_string()
 }
 
 fn mechanism_label(m: &Mechanism) -> String {
+    let cidr = |c4: &Option<u8>, c6: &Option<u8>| {
+        let mut s = String::new();
+        if let Some(c) = c4 {
+            s.push_str(&format!("/{c}"));
+        }
+        if let Some(c) = c6 {
+            s.push_str(&format!("//{c}"));
+        }
+        s
+    };
+    let named = |kind: &str, d: &Option<String>| match d {
+        Some(d) => format!("{kind}:{d}"),
+        None => kind.to_string(),
+    };
     match m {
+        Mechanism::All => "all".into(),
         Mechanism::Include(d) => format!("include:{d}"),
-        Mechanism::A { domain, .. } => domain.as_ref().map_or("a".into(), |d| format!("a:{d}")),
-        Mechanism::Mx { domain, .. } => domain.as_ref().map_or("mx".into(), |d| format!("mx:{d}")),
-        Mechanism::Ptr(d) => d.as_ref().map_or("ptr".into(), |d| format!("ptr:{d}")),
+        Mechanism::A {
+            domain,
+            cidr4,
+            cidr6,
+        } => format!("{}{}", named("a", domain), cidr(cidr4, cidr6)),
+        Mechanism::Mx {
+            domain,
+            cidr4,
+            cidr6,
+        } => format!("{}{}", named("mx", domain), cidr(cidr4, cidr6)),
+        Mechanism::Ptr(d) => named("ptr", d),
+        Mechanism::Ip4 { addr, prefix: 32 } => format!("ip4:{addr}"),
+        Mechanism::Ip4 { addr, prefix } => format!("ip4:{addr}/{prefix}"),
+        Mechanism::Ip6 { addr, prefix: 128 } => format!("ip6:{addr}"),
+        Mechanism::Ip6 { addr, prefix } => format!("ip6:{addr}/{prefix}"),
         Mechanism::Exists(d) => format!("exists:{d}"),
-        other => format!("{other:?}"),
     }
 }
 
-/// `check_host()` results for the pool.
+/// The result of `check_host()` (RFC 7208 §2.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    SoftFail,
+    Neutral,
+    None,
+    PermError,
+    TempError,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::SoftFail => "softfail",
+            Verdict::Neutral => "neutral",
+            Verdict::None => "none",
+            Verdict::PermError => "permerror",
+            Verdict::TempError => "temperror",
+        }
+    }
+
+    fn of(q: Qualifier) -> Verdict {
+        match q {
+            Qualifier::Pass => Verdict::Pass,
+            Qualifier::Fail => Verdict::Fail,
+            Qualifier::SoftFail => Verdict::SoftFail,
+            Qualifier::Neutral => Verdict::Neutral,
+        }
+    }
+}
+
+/// Why an evaluation ended in permerror or temperror.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// An include/redirect chain comes back to a record already being evaluated; receivers
+    /// recurse until the lookup limit. The path ends with the term that closes the loop.
+    Loop(Vec<String>),
+    /// The 11th DNS-lookup term (RFC 7208 §4.6.4), with the path to it.
+    LookupLimit(Vec<String>),
+    /// The third lookup without an answer (RFC 7208 §4.6.4), with every void name so far.
+    VoidLimit(Vec<String>),
+    /// An `mx` term whose domain has more than 10 MX hosts (RFC 7208 §4.6.4).
+    MxLimit {
+        domain: String,
+        term: String,
+        hosts: usize,
+    },
+    /// An include or redirect target without exactly one valid SPF record.
+    Target {
+        domain: String,
+        term: String,
+        why: String,
+    },
+    /// A query failed: the result is temperror.
+    Dns(DnsFailure),
+}
+
+/// Where the evaluation of one address ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// A mechanism matched: the record holding it, the term, the include/redirect path to it.
+    Matched {
+        domain: String,
+        term: String,
+        path: Vec<String>,
+    },
+    /// No mechanism matched and no redirect applied: neutral (RFC 7208 §4.7).
+    NoMatch {
+        domain: String,
+    },
+    Problem(Problem),
+}
+
+/// What a receiver's evaluation did for one address.
+#[derive(Clone, Debug)]
+pub struct Evaluation {
+    pub verdict: Verdict,
+    pub stop: Stop,
+    /// DNS-lookup terms evaluated (RFC 7208 §4.6.4), the ones past the limit included when
+    /// measuring.
+    pub lookups: usize,
+    pub voids: Vec<String>,
+}
+
+/// Everything the measuring walk met on its way, besides the result.
+#[derive(Debug, Default)]
+struct Findings {
+    over_limit: Option<Vec<String>>,
+    loops: Vec<Vec<String>>,
+    targets: Vec<(String, String, String)>,
+    mx_limit: Vec<(String, String, usize)>,
+    dns: Vec<DnsFailure>,
+    /// Per record: the domain, the terms never reached, and the `all` term that hides them.
+    dead: Vec<(String, Vec<String>, String)>,
+    ptr_in: Vec<String>,
+    records: usize,
+}
+
+/// Records (and their walks) beyond this are not followed, bounding a hostile tree.
+const MAX_WALKED_RECORDS: usize = 40;
+/// Lookup terms beyond this are not evaluated even when measuring.
+const MAX_MEASURED_LOOKUPS: usize = 60;
+
+/// A DNS answer: records, none, or a failed query.
+type Answer<T> = Result<Option<Vec<T>>, DnsFailure>;
+
+/// DNS answers already fetched during one `mailer check` run.
+#[derive(Default)]
+pub(crate) struct Cache {
+    txt: HashMap<String, Answer<String>>,
+    addrs: HashMap<(String, bool), Answer<IpAddr>>,
+    mx: HashMap<String, Answer<(u16, String)>>,
+    ptr: HashMap<IpAddr, Answer<String>>,
+}
+
+impl Cache {
+    async fn txt(&mut self, dns: &Dns, name: &str) -> Result<Option<Vec<String>>, DnsFailure> {
+        if let Some(r) = self.txt.get(name) {
+            return r.clone();
+        }
+        let r = dns.txt(name).await;
+        self.txt.insert(name.to_string(), r.clone());
+        r
+    }
+
+    async fn addrs(
+        &mut self,
+        dns: &Dns,
+        name: &str,
+        v6: bool,
+    ) -> Result<Option<Vec<IpAddr>>, DnsFailure> {
+        let key = (name.to_string(), v6);
+        if let Some(r) = self.addrs.get(&key) {
+            return r.clone();
+        }
+        let r = dns.addrs(name, v6).await;
+        self.addrs.insert(key, r.clone());
+        r
+    }
+
+    async fn mx(
+        &mut self,
+        dns: &Dns,
+        name: &str,
+    ) -> Result<Option<Vec<(u16, String)>>, DnsFailure> {
+        if let Some(r) = self.mx.get(name) {
+            return r.clone();
+        }
+        let r = dns.mx(name).await;
+        self.mx.insert(name.to_string(), r.clone());
+        r
+    }
+
+    async fn ptr(&mut self, dns: &Dns, ip: IpAddr) -> Result<Option<Vec<String>>, DnsFailure> {
+        if let Some(r) = self.ptr.get(&ip) {
+            return r.clone();
+        }
+        let r = dns.ptr(ip).await;
+        self.ptr.insert(ip, r.clone());
+        r
+    }
+}
+
+/// The one SPF record of `domain`, or why there is none usable.
+enum Fetched {
+    Record(SpfRecord),
+    Unusable(String),
+    Failed(DnsFailure),
+}
+
+async fn fetch_record(dns: &Dns, cache: &mut Cache, domain: &str) -> Fetched {
+    match cache.txt(dns, domain).await {
+        Err(e) => Fetched::Failed(e),
+        Ok(txts) => {
+            let spfs: Vec<String> = txts
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| is_spf(t))
+                .collect();
+            match spfs.as_slice() {
+                [] => Fetched::Unusable(format!("{domain} has no SPF record")),
+                [one] => match parse(one) {
+                    Ok(r) => Fetched::Record(r),
+                    Err(e) => Fetched::Unusable(format!("the SPF record of {domain}: {e}")),
+                },
+                many => Fetched::Unusable(format!("{domain} has {} SPF records", many.len())),
+            }
+        }
+    }
+}
+
+/// The inputs of `check_host()` macros (RFC 7208 §7.2) for one evaluation.
+struct MacroVars {
+    ip: IpAddr,
+    sender: String,
+    helo: String,
+}
+
+impl MacroVars {
+    /// Expands a domain-spec with `domain` as `%{d}`; `None` when the expansion is not a name.
+    fn expand(&self, spec: &str, domain: &str) -> Option<String> {
+        let mut out = String::new();
+        let b = spec.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] != b'%' {
+                out.push(b[i] as char);
+                i += 1;
+                continue;
+            }
+            match b.get(i + 1)? {
+                b'%' => out.push('%'),
+                b'_' => out.push(' '),
+                b'-' => out.push_str("%20"),
+                b'{' => {
+                    let end = spec[i..].find('}')? + i;
+                    out.push_str(&self.macro_value(&spec[i + 2..end], domain)?);
+                    i = end + 1;
+                    continue;
+                }
+                _ => return None,
+            }
+            i += 2;
+        }
+        let out = out.trim_end_matches('.').to_ascii_lowercase();
+        // RFC 7208 §7.3: an expansion over 253 octets loses its leftmost labels.
+        let mut name = out.as_str();
+        while name.len() > 253 {
+            name = name.split_once('.').map(|(_, rest)| rest)?;
+        }
+        (!name.is_empty()).then(|| name.to_string())
+    }
+
+    fn macro_value(&self, body: &str, domain: &str) -> Option<String> {
+        let mut chars = body.chars();
+        let letter = chars.next()?.to_ascii_lowercase();
+        let rest: String = chars.collect();
+        let (local, sender_domain) = self.sender.rsplit_once('@').unwrap_or(("postmaster", ""));
+        let value = match letter {
+            's' => self.sender.clone(),
+            'l' => local.to_string(),
+            'o' => sender_domain.to_string(),
+            'd' => domain.to_string(),
+            'i' => match self.ip {
+                IpAddr::V4(v4) => v4.to_string(),
+                IpAddr::V6(v6) => v6
+                    .octets()
+                    .iter()
+                    .flat_map(|b| [b >> 4, b & 0xf])
+                    .map(|n| format!("{n:x}"))
+                    .collect::<Vec<_>>()
+                    .join("."),
+            },
+            'p' => "unknown".into(),
+            'v' => match self.ip {
+                IpAddr::V4(_) => "in-addr".into(),
+                IpAddr::V6(_) => "ip6".into(),
+            },
+            'h' => self.helo.clone(),
+            'c' => self.ip.to_string(),
+            'r' => "unknown".into(),
+            't' => "0".into(),
+            _ => return None,
+        };
+        let digits_end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let keep: Option<usize> = rest[..digits_end].parse().ok();
+        let after = &rest[digits_end..];
+        let reverse = after.starts_with(['r', 'R']);
+        let delims: Vec<char> = after.trim_start_matches(['r', 'R']).chars().collect();
+        let delims = if delims.is_empty() { vec!['.'] } else { delims };
+        let mut parts: Vec<&str> = value.split(|c| delims.contains(&c)).collect();
+        if reverse {
+            parts.reverse();
+        }
+        if let Some(n) = keep {
+            if n == 0 {
+                return None;
+            }
+            let skip = parts.len().saturating_sub(n);
+            parts.drain(..skip);
+        }
+        Some(parts.join("."))
+    }
+}
+
+/// Expands a domain-spec as `check_host(ip, domain, sender)` does (RFC 7208 §7), the HELO
+/// name taken to be `domain`; `None` when the expansion is not a name.
+pub fn expand_macros(spec: &str, ip: IpAddr, domain: &str, sender: &str) -> Option<String> {
+    MacroVars {
+        ip,
+        sender: sender.to_string(),
+        helo: domain.to_string(),
+    }
+    .expand(spec, domain)
+}
+
+fn prefix_matches(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+fn cidr_matches(ip: IpAddr, addrs: &[IpAddr], cidr4: Option<u8>, cidr6: Option<u8>) -> bool {
+    addrs.iter().any(|&a| {
+        let prefix = if a.is_ipv4() {
+            cidr4.unwrap_or(32)
+        } else {
+            cidr6.unwrap_or(128)
+        };
+        prefix_matches(ip, a, prefix)
+    })
+}
+
+/// How the walk treats a limit or a broken target: a receiver stops there (per address), the
+/// measuring walk notes it and goes on, so that every term an unlisted sender costs is counted.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Receiver,
+    Measure,
+}
+
+/// `check_host()` (RFC 7208 §4) for one address, keeping the path to every term.
+struct Evaluator<'a> {
+    dns: &'a Dns,
+    cache: &'a mut Cache,
+    vars: MacroVars,
+    mode: Mode,
+    lookups: usize,
+    voids: Vec<String>,
+    found: Findings,
+}
+
+type Step = Result<Option<(Verdict, Stop)>, Problem>;
+type Evaluated = Result<(Verdict, Stop), Problem>;
+
+impl<'a> Evaluator<'a> {
+    fn new(dns: &'a Dns, cache: &'a mut Cache, ip: IpAddr, domain: &str, mode: Mode) -> Self {
+        Evaluator {
+            dns,
+            cache,
+            vars: MacroVars {
+                ip,
+                sender: format!("postmaster@{domain}"),
+                helo: domain.to_string(),
+            },
+            mode,
+            lookups: 0,
+            voids: Vec::new(),
+            found: Findings::default(),
+        }
+    }
+
+    /// Counts a DNS-lookup term; past the limit a receiver stops with permerror.
+    fn count_lookup(&mut self, path: &[String], label: &str) -> Result<bool, Problem> {
+        self.lookups += 1;
+        if self.lookups > MAX_LOOKUPS {
+            let mut p = path.to_vec();
+            p.push(label.to_string());
+            if self.mode == Mode::Receiver {
+                return Err(Problem::LookupLimit(p));
+            }
+            if self.found.over_limit.is_none() {
+                self.found.over_limit = Some(p);
+            }
+        }
+        Ok(self.lookups <= MAX_MEASURED_LOOKUPS)
+    }
+
+    fn void(&mut self, name: String) -> Result<(), Problem> {
+        self.voids.push(name);
+        if self.voids.len() > MAX_VOID_LOOKUPS && self.mode == Mode::Receiver {
+            return Err(Problem::VoidLimit(self.voids.clone()));
+        }
+        Ok(())
+    }
+
+    /// A problem that ends a receiver's evaluation; the measuring walk records it and treats
+    /// the term as not matching.
+    fn problem(&mut self, p: Problem) -> Result<(), Problem> {
+        if self.mode == Mode::Receiver {
+            return Err(p);
+        }
+        match p {
+            Problem::Loop(path) => self.found.loops.push(path),
+            Problem::Target { domain, term, why } => self.found.targets.push((domain, term, why)),
+            Problem::MxLimit {
+                domain,
+                term,
+                hosts,
+            } => self.found.mx_limit.push((domain, term, hosts)),
+            Problem::Dns(e) => self.found.dns.push(e),
+            Problem::LookupLimit(_) | Problem::VoidLimit(_) => {}
+        }
+        Ok(())
+    }
+
+    async fn run(mut self, domain: &str, record: &SpfRecord) -> (Evaluation, Findings) {
+        let path = vec![domain.to_string()];
+        let (verdict, stop) = match self.record(domain, record, path).await {
+            Ok(v) => v,
+            Err(Problem::Dns(e)) => (Verdict::TempError, Stop::Problem(Problem::Dns(e))),
+            Err(p) => (Verdict::PermError, Stop::Problem(p)),
+        };
+        let eval = Evaluation {
+            verdict,
+            stop,
+            lookups: self.lookups,
+            voids: self.voids.clone(),
+        };
+        (eval, self.found)
+    }
+
+    /// Evaluates `record` of `domain`; `path` leads to it (`domain`, then the include and
+    /// redirect terms followed).
+    fn record<'b>(
+        &'b mut self,
+        domain: &'b str,
+        record: &'b SpfRecord,
+        path: Vec<String>,
+    ) -> Pin<Box<dyn Future<Output = Evaluated> + Send + 'b>> {
+        Box::pin(async move {
+            self.found.records += 1;
+            if self.mode == Mode::Measure {
+                self.note_record(domain, record);
+            }
+            for term in &record.terms {
+                let Term::Mechanism(q, m) = term else {
+                    continue;
+                };
+                if let Some(done) = self.mechanism(domain, *q, m, &path).await? {
+                    return Ok(done);
+                }
+            }
+            // RFC 7208 §6.1: redirect applies only when no mechanism matched (so never
+            // alongside `all`).
+            if let Some(target) = record.redirect() {
+                let label = format!("redirect={target}");
+                if !self.count_lookup(&path, &label)? {
+                    return Ok((
+                        Verdict::Neutral,
+                        Stop::NoMatch {
+                            domain: domain.into(),
+                        },
+                    ));
+                }
+                let Some(name) = self.vars.expand(target, domain) else {
+                    return Err(Problem::Target {
+                        domain: domain.into(),
+                        term: label,
+                        why: format!("{target} does not expand to a domain"),
+                    });
+                };
+                return match self.follow(domain, &name, &label, &path).await? {
+                    Some(v) => Ok(v),
+                    None => Ok((Verdict::None, Stop::NoMatch { domain: name })),
+                };
+            }
+            Ok((
+                Verdict::Neutral,
+                Stop::NoMatch {
+                    domain: domain.into(),
+                },
+            ))
+        })
+    }
+
+    fn note_record(&mut self, domain: &str, record: &SpfRecord) {
+        let mut all = None;
+        let mut dead = Vec::new();
+        for term in &record.terms {
+            match term {
+                Term::Mechanism(_, Mechanism::All) if all.is_none() => {
+                    all = Some(term_text(term));
+                }
+                Term::Mechanism(..) if all.is_some() => dead.push(term_text(term)),
+                Term::Mechanism(_, Mechanism::Ptr(_))
+                    if !self.found.ptr_in.iter().any(|d| d == domain) =>
+                {
+                    self.found.ptr_in.push(domain.to_string());
+                }
+                _ => {}
+            }
+        }
+        if let (Some(_), Some(target)) = (&all, record.redirect()) {
+            dead.push(format!("redirect={target}"));
+        }
+        if let Some(all) = all {
+            if !dead.is_empty() {
+                self.found.dead.push((domain.to_string(), dead, all));
+            }
+        }
+    }
+
+    /// Follows an include or redirect to `name`: `None` when the target is unusable and the
+    /// measuring walk goes on.
+    async fn follow(
+        &mut self,
+        domain: &str,
+        name: &str,
+        label: &str,
+        path: &[String],
+    ) -> Result<Option<(Verdict, Stop)>, Problem> {
+        let mut next = path.to_vec();
+        next.push(label.to_string());
+        let on_path = path.iter().enumerate().any(|(i, p)| {
+            let d = if i == 0 { p.as_str() } else { target_of(p) };
+            d.eq_ignore_ascii_case(name)
+        });
+        if on_path {
+            self.problem(Problem::Loop(next))?;
+            return Ok(None);
+        }
+        if self.found.records >= MAX_WALKED_RECORDS {
+            return Ok(None);
+        }
+        match fetch_record(self.dns, self.cache, name).await {
+            Fetched::Failed(e) => {
+                self.problem(Problem::Dns(e))?;
+                Ok(None)
+            }
+            Fetched::Unusable(why) => {
+                if why.ends_with("has no SPF record") {
+                    // The query found nothing: a void lookup as well as a permerror.
+                    let _ = self.void(name.to_string());
+                }
+                self.problem(Problem::Target {
+                    domain: domain.into(),
+                    term: label.into(),
+                    why,
+                })?;
+                Ok(None)
+            }
+            Fetched::Record(rec) => Ok(Some(self.record(name, &rec, next).await?)),
+        }
+    }
+
+    async fn mechanism(
+        &mut self,
+        domain: &str,
+        q: Qualifier,
+        m: &Mechanism,
+        path: &[String],
+    ) -> Step {
+        let ip = self.vars.ip;
+        let v6 = ip.is_ipv6();
+        let label = term_text(&Term::Mechanism(q, m.clone()));
+        let matched = || {
+            Some((
+                Verdict::of(q),
+                Stop::Matched {
+                    domain: domain.to_string(),
+                    term: label.clone(),
+                    path: path.to_vec(),
+                },
+            ))
+        };
+        if m.is_lookup() && !self.count_lookup(path, &label)? {
+            return Ok(None);
+        }
+        let target = |this: &Self, spec: &Option<String>| match spec {
+            Some(s) => this.vars.expand(s, domain),
+            None => Some(domain.to_string()),
+        };
+        let hit = match m {
+            Mechanism::All => true,
+            Mechanism::Ip4 { addr, prefix } => prefix_matches(ip, IpAddr::V4(*addr), *prefix),
+            Mechanism::Ip6 { addr, prefix } => prefix_matches(ip, IpAddr::V6(*addr), *prefix),
+            Mechanism::A {
+                domain: spec,
+                cidr4,
+                cidr6,
+            } => {
+                let Some(name) = target(self, spec) else {
+                    return Ok(None);
+                };
+                match self.cache.addrs(self.dns, &name, v6).await {
+                    Err(e) => {
+                        self.problem(Problem::Dns(e))?;
+                        false
+                    }
+                    Ok(None) => {
+                        self.void(name)?;
+                        false
+                    }
+                    Ok(Some(addrs)) => cidr_matches(ip, &addrs, *cidr4, *cidr6),
+                }
+            }
+            Mechanism::Mx {
+                domain: spec,
+                cidr4,
+                cidr6,
+            } => {
+                let Some(name) = target(self, spec) else {
+                    return Ok(None);
+                };
+                match self.cache.mx(self.dns, &name).await {
+                    Err(e) => {
+                        self.problem(Problem::Dns(e))?;
+                        false
+                    }
+                    Ok(None) => {
+                        self.void(name)?;
+                        false
+                    }
+                    Ok(Some(mxs)) => {
+                        let hosts: Vec<String> = mxs
+                            .into_iter()
+                            .map(|(_, h)| h)
+                            .filter(|h| !h.is_empty())
+                            .collect();
+                        if hosts.len() > 10 {
+                            self.problem(Problem::MxLimit {
+                                domain: domain.to_string(),
+                                term: label.clone(),
+                                hosts: hosts.len(),
+                            })?;
+                            false
+                        } else {
+                            let mut hit = false;
+                            for host in hosts {
+                                match self.cache.addrs(self.dns, &host, v6).await {
+                                    Err(e) => self.problem(Problem::Dns(e))?,
+                                    Ok(Some(addrs)) if cidr_matches(ip, &addrs, *cidr4, *cidr6) => {
+                                        hit = true;
+                                        break;
+                                    }
+                                    Ok(_) => {}
+                                }
+                            }
+                            hit
+                        }
+                    }
+                }
+            }
+            Mechanism::Ptr(spec) => {
+                let Some(name) = target(self, spec) else {
+                    return Ok(None);
+                };
+                self.ptr_matches(&name).await?
+            }
+            Mechanism::Exists(spec) => {
+                let Some(name) = self.vars.expand(spec, domain) else {
+                    return Ok(None);
+                };
+                match self.cache.addrs(self.dns, &name, false).await {
+                    Err(e) => {
+                        self.problem(Problem::Dns(e))?;
+                        false
+                    }
+                    Ok(None) => {
+                        self.void(name)?;
+                        false
+                    }
+                    Ok(Some(_)) => true,
+                }
+            }
+            Mechanism::Include(spec) => {
+                let Some(name) = self.vars.expand(spec, domain) else {
+                    return Ok(None);
+                };
+                match self.follow(domain, &name, &label, path).await? {
+                    // RFC 7208 §5.2: only the target's pass makes the include match; its
+                    // errors are the including record's errors.
+                    Some((Verdict::Pass, stop)) => return Ok(Some((Verdict::of(q), stop))),
+                    Some((Verdict::TempError, stop)) => {
+                        return Ok(Some((Verdict::TempError, stop)))
+                    }
+                    Some((Verdict::PermError | Verdict::None, stop)) => {
+                        return Ok(Some((Verdict::PermError, stop)))
+                    }
+                    _ => false,
+                }
+            }
+        };
+        Ok(if hit { matched() } else { None })
+    }
+
+    /// RFC 7208 §5.5: the validated PTR names of the address (at most 10 are tried) at or
+    /// under `target`.
+    async fn ptr_matches(&mut self, target: &str) -> Result<bool, Problem> {
+        let ip = self.vars.ip;
+        let names = match self.cache.ptr(self.dns, ip).await {
+            Err(_) | Ok(None) => return Ok(false),
+            Ok(Some(names)) => names,
+        };
+        for name in names.into_iter().take(10) {
+            let under = name == target || name.ends_with(&format!(".{target}"));
+            if !under {
+                continue;
+            }
+            if let Ok(Some(addrs)) = self.cache.addrs(self.dns, &name, ip.is_ipv6()).await {
+                if addrs.contains(&ip) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The domain an `include:` or `redirect=` path element leads to.
+fn target_of(label: &str) -> &str {
+    label
+        .split_once(':')
+        .or_else(|| label.split_once('='))
+        .map_or(label, |(_, d)| d)
+}
+
+/// An address no sender list includes (0.0.0.0/8 never sends mail; the documentation ranges
+/// are avoided because zones use them for real senders): the measuring walk takes the path of
+/// an unlisted sender, which evaluates every term before `all`.
+const UNLISTED: IpAddr = IpAddr::V4(Ipv4Addr::new(0, 0, 0, 1));
+
+/// The pool's SPF results at the domain.
 #[derive(Debug, Default, Clone)]
 pub struct PoolResult {
     /// Addresses that do not get `pass`, with their result.
     pub unauthorized: Vec<(IpAddr, String)>,
     /// Evaluations that hit a DNS error (temperror) or the time bound.
     pub errors: usize,
+    /// Some relay name could not be looked up: the pool may have more addresses.
+    pub incomplete: bool,
 }
 
 /// Evaluates `check_host()` (mail-auth) for each pool address with MAIL FROM `sender`.
@@ -507,36 +1168,41 @@ pub(crate) async fn evaluate_pool(
 ) -> PoolResult {
     let mut r = PoolResult::default();
     for &ip in pool {
-        let params = SpfParameters::verify_mail_from(ip, domain, domain, sender);
-        // One evaluation makes up to 10 lookups plus their address lookups, each bounded.
-        let bound = timeout * 4;
-        match tokio::time::timeout(bound, dns.authenticator().verify_spf(params)).await {
-            Err(_) => {
+        let v = receiver_verdict(dns, domain, sender, ip, timeout).await;
+        match v {
+            Verdict::Pass => {}
+            Verdict::TempError => {
                 r.errors += 1;
-                r.unauthorized.push((ip, "timeout".into()));
+                r.unauthorized.push((ip, "temperror".into()));
             }
-            Ok(out) => match out.result() {
-                SpfResult::Pass => {}
-                SpfResult::TempError => {
-                    r.errors += 1;
-                    r.unauthorized.push((ip, "temperror".into()));
-                }
-                other => r.unauthorized.push((ip, result_name(other).into())),
-            },
+            other => r.unauthorized.push((ip, other.as_str().into())),
         }
     }
     r
 }
 
-fn result_name(r: SpfResult) -> &'static str {
-    match r {
-        SpfResult::Pass => "pass",
-        SpfResult::Fail => "fail",
-        SpfResult::SoftFail => "softfail",
-        SpfResult::Neutral => "neutral",
-        SpfResult::TempError => "temperror",
-        SpfResult::PermError => "permerror",
-        SpfResult::None => "none",
+/// mail-auth's `check_host()` result for one address; a timeout is a temperror.
+async fn receiver_verdict(
+    dns: &Dns,
+    domain: &str,
+    sender: &str,
+    ip: IpAddr,
+    timeout: Duration,
+) -> Verdict {
+    let params = SpfParameters::verify_mail_from(ip, domain, domain, sender);
+    // One evaluation makes up to 10 lookups plus their address lookups, each bounded.
+    let bound = timeout * 4;
+    match tokio::time::timeout(bound, dns.authenticator().verify_spf(params)).await {
+        Err(_) => Verdict::TempError,
+        Ok(out) => match out.result() {
+            SpfResult::Pass => Verdict::Pass,
+            SpfResult::Fail => Verdict::Fail,
+            SpfResult::SoftFail => Verdict::SoftFail,
+            SpfResult::Neutral => Verdict::Neutral,
+            SpfResult::TempError => Verdict::TempError,
+            SpfResult::PermError => Verdict::PermError,
+            SpfResult::None => Verdict::None,
+        },
     }
 }
 
@@ -546,15 +1212,18 @@ pub(crate) struct Outcome {
 }
 
 /// The `spf.*` checks of `domain`, whose TXT records were already fetched (`apex_txt`).
+/// `pool_complete` is false when some relay name could not be resolved.
 pub(crate) async fn check(
     dns: &Dns,
     domain: &str,
     apex_txt: Option<&[String]>,
     pool: &[IpAddr],
+    pool_complete: bool,
     timeout: Duration,
 ) -> Outcome {
     let area = Area::Spf;
     let mut checks = Vec::new();
+    let mut cache = Cache::default();
     let records: Vec<&String> = apex_txt
         .unwrap_or_default()
         .iter()
@@ -601,6 +1270,7 @@ pub(crate) async fn check(
             None
         }
     };
+    let mut parsed = None;
     if let Some(text) = record {
         match parse(text) {
             Err(e) => checks.push(
@@ -622,7 +1292,8 @@ pub(crate) async fn check(
                     Status::Pass,
                     "the record parses",
                 ));
-                checks.extend(record_checks(dns, domain, text, &rec).await);
+                checks.extend(record_checks(dns, &mut cache, domain, text, &rec).await);
+                parsed = Some(rec);
             }
         }
     }
@@ -635,58 +1306,29 @@ pub(crate) async fn check(
         ));
         PoolResult::default()
     } else {
-        let sender = format!("postmaster@{domain}");
-        let r = evaluate_pool(dns, domain, &sender, pool, timeout).await;
-        if r.errors > 0 {
-            checks.push(
-                Check::new(
-                    area,
-                    "spf.dns-error",
-                    Status::Fail,
-                    format!(
-                        "SPF evaluation for {domain} hit DNS errors (temperror) for {} address(es)",
-                        r.errors
-                    ),
-                )
-                .hint("check the name servers of the domain and of its includes"),
-            );
-        }
-        if r.unauthorized.is_empty() {
-            checks.push(Check::new(
-                area,
-                "spf.pool",
-                Status::Pass,
-                format!(
-                    "every pool address passes SPF for postmaster@{domain}: {}",
-                    list_ips(pool)
-                ),
-            ));
-        } else {
-            let named: Vec<String> = r
-                .unauthorized
-                .iter()
-                .map(|(ip, res)| format!("{ip} ({res})"))
-                .collect();
-            let missing: Vec<IpAddr> = r.unauthorized.iter().map(|(ip, _)| *ip).collect();
-            let which = if missing.len() == pool.len() {
-                "no pool address passes"
-            } else {
-                "pool addresses not authorized"
-            };
-            checks.push(
-                Check::new(
-                    area,
-                    "spf.pool",
-                    Status::Fail,
-                    format!("{which} SPF for postmaster@{domain}: {}", named.join(", ")),
-                )
-                .hint(format!(
-                    "add {} to the SPF record of {domain}",
-                    pool_terms(&missing)
-                )),
-            );
-        }
-        r
+        // A record receivers cannot use gives every address permerror: its repair comes first.
+        let broken = match (records.len(), &parsed) {
+            (0, _) | (1, Some(_)) => None,
+            (1, None) => Some(format!(
+                "fix the syntax error of the SPF record of {domain} (see spf.syntax): receivers return permerror for every address"
+            )),
+            _ => Some(format!(
+                "merge the SPF records of {domain} into one: receivers return permerror for every address"
+            )),
+        };
+        let (check, result) = pool_check(
+            dns,
+            &mut cache,
+            domain,
+            parsed.as_ref(),
+            broken,
+            pool,
+            pool_complete,
+            timeout,
+        )
+        .await;
+        checks.extend(check);
+        result
     };
     Outcome {
         checks,
@@ -694,52 +1336,23 @@ pub(crate) async fn check(
     }
 }
 
-async fn record_checks(dns: &Dns, domain: &str, text: &str, rec: &SpfRecord) -> Vec<Check> {
+/// The checks that come from walking the record as a receiver does for an unlisted sender.
+async fn record_checks(
+    dns: &Dns,
+    cache: &mut Cache,
+    domain: &str,
+    text: &str,
+    rec: &SpfRecord,
+) -> Vec<Check> {
     let area = Area::Spf;
     let mut checks = Vec::new();
-    checks.push(match rec.all() {
-        Some(Qualifier::Pass) => Check::new(
-            area,
-            "spf.all",
-            Status::Fail,
-            "\"+all\" lets anyone pass SPF for the domain",
-        )
-        .hint(format!(
-            "replace +all with -all (or ~all) in the SPF record of {domain}"
-        )),
-        Some(Qualifier::Neutral) => Check::new(
-            area,
-            "spf.all",
-            Status::Warn,
-            "\"?all\" gives unlisted senders a neutral result",
-        )
-        .hint(format!("end the SPF record of {domain} with -all or ~all")),
-        None if rec.redirect().is_none() => Check::new(
-            area,
-            "spf.all",
-            Status::Warn,
-            "no \"all\" mechanism: unlisted senders get neutral",
-        )
-        .hint(format!("end the SPF record of {domain} with -all or ~all")),
-        None => Check::new(
-            area,
-            "spf.all",
-            Status::Info,
-            "no \"all\": the redirect target decides",
-        ),
-        Some(Qualifier::SoftFail) => Check::new(
-            area,
-            "spf.all",
-            Status::Pass,
-            "\"~all\": unlisted senders softfail",
-        ),
-        Some(Qualifier::Fail) => Check::new(
-            area,
-            "spf.all",
-            Status::Pass,
-            "\"-all\": unlisted senders fail",
-        ),
-    });
+    let (eval, found) = Evaluator::new(dns, cache, UNLISTED, domain, Mode::Measure)
+        .run(domain, rec)
+        .await;
+    for f in &found.dns {
+        checks.push(dns_error(area, "spf.dns-error", f));
+    }
+    checks.push(all_check(domain, &eval));
     checks.push(if text.len() > MAX_RECORD_LEN {
         Check::new(
             area,
@@ -761,86 +1374,148 @@ async fn record_checks(dns: &Dns, domain: &str, text: &str, rec: &SpfRecord) -> 
             format!("{} octets", text.len()),
         )
     });
-    let w = walk(dns, domain, rec).await;
-    for f in &w.dns_failures {
-        checks.push(dns_error(area, "spf.dns-error", f));
-    }
-    checks.push(match &w.over_limit_path {
-        Some(path) => Check::new(
+    checks.push(if let Some(path) = found.loops.first() {
+        Check::new(
             area,
             "spf.lookups",
             Status::Fail,
             format!(
-                "{} DNS-lookup terms (limit {MAX_LOOKUPS}); the 11th is reached via {}",
-                w.lookups,
+                "unbounded: the include loop {} makes receivers evaluate lookups until the limit of {MAX_LOOKUPS} (permerror)",
                 path.join(" → ")
             ),
         )
-        .hint(format!(
-            "flatten includes into ip4/ip6 terms in the SPF record of {domain}"
-        )),
-        None => Check::new(
+        .hint(loop_hint(domain, path))
+    } else if let Some(path) = &found.over_limit {
+        Check::new(
+            area,
+            "spf.lookups",
+            Status::Fail,
+            format!(
+                "{} DNS-lookup terms (limit {MAX_LOOKUPS}) for an unlisted sender; the 11th is reached via {}: receivers return permerror there",
+                eval.lookups,
+                path.join(" → ")
+            ),
+        )
+        .hint(lookup_hint(domain, rec, path))
+    } else {
+        Check::new(
             area,
             "spf.lookups",
             Status::Pass,
-            format!("{} of {MAX_LOOKUPS} DNS-lookup terms", w.lookups),
-        ),
+            format!("{} of {MAX_LOOKUPS} DNS-lookup terms", eval.lookups),
+        )
     });
-    checks.push(if w.void.len() > MAX_VOID_LOOKUPS {
+    checks.push(if eval.voids.len() > MAX_VOID_LOOKUPS {
         Check::new(
             area,
             "spf.void-lookups",
             Status::Fail,
             format!(
-                "{} void lookups (limit {MAX_VOID_LOOKUPS}): {}",
-                w.void.len(),
-                w.void.join(", ")
+                "{} void lookups (limit {MAX_VOID_LOOKUPS}, RFC 7208 §4.6.4): {}; receivers return permerror at the third",
+                eval.voids.len(),
+                eval.voids.join(", ")
             ),
         )
         .hint(format!(
-            "remove the terms naming {} from the SPF record of {domain}",
-            w.void.join(", ")
+            "remove the terms naming {} from the SPF record of {domain}, or publish those names",
+            eval.voids.join(", ")
         ))
     } else {
         Check::new(
             area,
             "spf.void-lookups",
             Status::Pass,
-            format!("{} void lookups", w.void.len()),
+            format!("{} void lookups", eval.voids.len()),
         )
     });
-    let mut include_problems: Vec<String> = w
-        .include_without_spf
-        .iter()
-        .map(|d| format!("{d} has no SPF record"))
-        .collect();
-    include_problems.extend(w.include_errors.iter().cloned());
-    checks.push(if include_problems.is_empty() {
+    checks.push(if found.targets.is_empty() {
         Check::new(
             area,
             "spf.includes",
             Status::Pass,
-            "every include target has one valid SPF record",
+            "every include/redirect target has one valid SPF record",
         )
     } else {
+        let whys: Vec<String> = found.targets.iter().map(|(_, _, w)| w.clone()).collect();
+        let (holder, term, _) = &found.targets[0];
         Check::new(
             area,
             "spf.includes",
             Status::Fail,
             format!(
                 "include/redirect targets are broken (permerror): {}",
-                include_problems.join("; ")
+                whys.join("; ")
             ),
         )
         .hint(format!(
-            "remove or fix the include of {} in the SPF record of {domain}",
-            w.include_without_spf
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "the broken target".into())
+            "fix the target of {term} or remove {term} from the SPF record of {holder}"
         ))
     });
-    checks.push(if w.ptr_in.is_empty() {
+    checks.push(match found.loops.first() {
+        None => Check::new(area, "spf.loop", Status::Pass, "no include/redirect loop"),
+        Some(path) => Check::new(
+            area,
+            "spf.loop",
+            Status::Fail,
+            format!(
+                "include/redirect loop: {} leads back to a record being evaluated",
+                path.join(" → ")
+            ),
+        )
+        .hint(loop_hint(domain, path)),
+    });
+    checks.push(match found.dead.first() {
+        None => Check::new(
+            area,
+            "spf.dead-terms",
+            Status::Pass,
+            "every term is reachable",
+        ),
+        Some(_) => {
+            let parts: Vec<String> = found
+                .dead
+                .iter()
+                .map(|(d, terms, all)| {
+                    format!("in the record of {d}, {} after \"{all}\"", terms.join(" "))
+                })
+                .collect();
+            let (d, terms, all) = &found.dead[0];
+            Check::new(
+                area,
+                "spf.dead-terms",
+                Status::Warn,
+                format!(
+                    "terms never evaluated ({}): evaluation ends at \"all\" and redirect is ignored beside it (RFC 7208 §5.1, §6.1)",
+                    parts.join("; ")
+                ),
+            )
+            .hint(format!(
+                "move {} before \"{all}\" in the SPF record of {d}, or remove {}",
+                terms.join(" "),
+                if terms.len() == 1 { "it" } else { "them" }
+            ))
+        }
+    });
+    checks.push(match found.mx_limit.first() {
+        None => Check::new(
+            area,
+            "spf.mx-limit",
+            Status::Pass,
+            "no mx term names more than 10 MX hosts",
+        ),
+        Some((d, term, hosts)) => Check::new(
+            area,
+            "spf.mx-limit",
+            Status::Fail,
+            format!(
+                "\"{term}\" in the record of {d} names {hosts} MX hosts (limit 10 per mx term, RFC 7208 §4.6.4): permerror"
+            ),
+        )
+        .hint(format!(
+            "replace \"{term}\" in the SPF record of {d} by ip4/ip6 ranges or a: terms of the hosts that send"
+        )),
+    });
+    checks.push(if found.ptr_in.is_empty() {
         Check::new(area, "spf.ptr", Status::Pass, "no ptr mechanism")
     } else {
         Check::new(
@@ -849,22 +1524,474 @@ async fn record_checks(dns: &Dns, domain: &str, text: &str, rec: &SpfRecord) -> 
             Status::Warn,
             format!(
                 "ptr is used (in the record of {}); it is slow and many receivers skip it",
-                w.ptr_in.join(", ")
+                found.ptr_in.join(", ")
             ),
         )
         .hint(format!(
             "replace ptr with ip4/ip6 or a terms in the SPF record of {}",
-            w.ptr_in[0]
+            found.ptr_in[0]
         ))
     });
+    if !found.dns.is_empty() {
+        // The walk could not see every record: what it did not find may still be there.
+        for c in checks.iter_mut() {
+            if c.status == Status::Pass && c.id != "spf.length" {
+                c.status = Status::Unknown;
+                c.message = format!("{} so far; a lookup failed, the rest is unknown", c.message);
+            }
+        }
+    }
     checks
 }
 
-fn list_ips(pool: &[IpAddr]) -> String {
-    pool.iter()
-        .map(IpAddr::to_string)
-        .collect::<Vec<_>>()
-        .join(", ")
+/// The result an unlisted sender gets: `+all` anywhere on its path lets everyone pass.
+fn all_check(domain: &str, eval: &Evaluation) -> Check {
+    let area = Area::Spf;
+    match (&eval.verdict, &eval.stop) {
+        (Verdict::Pass, Stop::Matched { domain: d, term, path }) => {
+            let via = if path.len() > 1 {
+                format!(" (reached via {})", path.join(" → "))
+            } else {
+                String::new()
+            };
+            let hint = match path.get(1) {
+                _ if !term.ends_with("all") => format!(
+                    "narrow \"{term}\" in the SPF record of {d} to the addresses that send"
+                ),
+                Some(first) if first.starts_with("include:") => format!(
+                    "remove {first} from the SPF record of {domain}: its evaluation ends in \"{term}\" at {d}, which authorizes every sender"
+                ),
+                Some(first) => format!(
+                    "replace \"{term}\" with -all (or ~all) in the SPF record of {d}, or point {first} elsewhere"
+                ),
+                None => format!("replace {term} with -all (or ~all) in the SPF record of {domain}"),
+            };
+            Check::new(
+                area,
+                "spf.all",
+                Status::Fail,
+                format!("\"{term}\" in the record of {d}{via} lets anyone pass SPF for the domain"),
+            )
+            .hint(hint)
+        }
+        (Verdict::Neutral, Stop::Matched { domain: d, term, .. }) => Check::new(
+            area,
+            "spf.all",
+            Status::Warn,
+            format!("\"{term}\" in the record of {d} gives unlisted senders a neutral result"),
+        )
+        .hint(format!("end the SPF record of {d} with -all or ~all")),
+        (_, Stop::NoMatch { domain: d }) => Check::new(
+            area,
+            "spf.all",
+            Status::Warn,
+            if d == domain {
+                "no \"all\" mechanism: unlisted senders get neutral".to_string()
+            } else {
+                format!("no \"all\" in the record of {d}, where the redirect leads: unlisted senders get neutral")
+            },
+        )
+        .hint(format!("end the SPF record of {d} with -all or ~all")),
+        (v, Stop::Matched { domain: d, term, .. }) => {
+            let what = if *v == Verdict::Fail { "fail" } else { "softfail" };
+            let at = if d == domain {
+                String::new()
+            } else {
+                format!(" (in the record of {d})")
+            };
+            Check::new(
+                area,
+                "spf.all",
+                Status::Pass,
+                format!("\"{term}\"{at}: unlisted senders {what}"),
+            )
+        }
+        (v, Stop::Problem(_)) => Check::new(
+            area,
+            "spf.all",
+            Status::Info,
+            format!("unlisted senders get {}", v.as_str()),
+        ),
+    }
+}
+
+/// Where the term closing a loop sits, and the fix: remove it there.
+fn loop_hint(domain: &str, path: &[String]) -> String {
+    let last = path.last().map(String::as_str).unwrap_or("");
+    let holder = match path.len() {
+        0..=2 => domain,
+        n => target_of(&path[n - 2]),
+    };
+    format!("break the loop: remove {last} from the SPF record of {holder}")
+}
+
+/// The fix for too many lookups: the top-level term through which the 11th is reached costs
+/// the most; flattening it into ip4/ip6 ranges cuts its lookups.
+fn lookup_hint(domain: &str, rec: &SpfRecord, path: &[String]) -> String {
+    let first = path.get(1).cloned().unwrap_or_default();
+    let lookups = rec
+        .terms
+        .iter()
+        .filter(|t| matches!(t, Term::Mechanism(_, m) if m.is_lookup()))
+        .count();
+    if first.starts_with("include:") || first.starts_with("redirect=") {
+        format!(
+            "replace {first} in the SPF record of {domain} by the ip4/ip6 ranges it stands for, so that at most {MAX_LOOKUPS} lookups remain"
+        )
+    } else {
+        format!(
+            "cut the {lookups} DNS-lookup terms of the SPF record of {domain} (a, mx, include, exists, ptr) to at most {MAX_LOOKUPS}, e.g. by ip4/ip6 ranges"
+        )
+    }
+}
+
+/// `spf.pool`: the receiver's verdict (mail-auth) for every pool address, and for each that
+/// does not pass, where evaluation stopped and the fix of that cause.
+#[allow(clippy::too_many_arguments)]
+async fn pool_check(
+    dns: &Dns,
+    cache: &mut Cache,
+    domain: &str,
+    rec: Option<&SpfRecord>,
+    broken: Option<String>,
+    pool: &[IpAddr],
+    pool_complete: bool,
+    timeout: Duration,
+) -> (Vec<Check>, PoolResult) {
+    let area = Area::Spf;
+    let sender = format!("postmaster@{domain}");
+    let mut checks = Vec::new();
+    let mut result = PoolResult {
+        incomplete: !pool_complete,
+        ..PoolResult::default()
+    };
+    let mut failed = Vec::new();
+    let mut passed = Vec::new();
+    let mut unknown = Vec::new();
+    let mut add = Vec::new();
+    let mut hints: Vec<String> = Vec::new();
+    for &ip in pool {
+        let receiver = receiver_verdict(dns, domain, &sender, ip, timeout).await;
+        let eval = match rec {
+            Some(rec) => Some(
+                Evaluator::new(dns, cache, ip, domain, Mode::Receiver)
+                    .run(domain, rec)
+                    .await
+                    .0,
+            ),
+            None => None,
+        };
+        // mail-auth does not apply the void-lookup limit; a receiver that does says permerror.
+        // mail-auth applies neither the void-lookup limit nor the MX limit before a match;
+        // receivers that do (RFC 7208 §4.6.4) say permerror.
+        let verdict = match &eval {
+            Some(e)
+                if matches!(
+                    e.stop,
+                    Stop::Problem(Problem::VoidLimit(_) | Problem::MxLimit { .. })
+                ) =>
+            {
+                e.verdict
+            }
+            // RFC 7208 §4.6: a record that does not parse is permerror, even where mail-auth
+            // reads past the bad term.
+            _ if broken.is_some() && receiver != Verdict::TempError => Verdict::PermError,
+            _ => receiver,
+        };
+        if verdict == Verdict::Pass {
+            passed.push(match eval.as_ref().map(|e| &e.stop) {
+                Some(Stop::Matched {
+                    domain: d, term, ..
+                }) => {
+                    format!("{ip} (\"{term}\" of {d})")
+                }
+                _ => ip.to_string(),
+            });
+            continue;
+        }
+        if verdict == Verdict::TempError
+            || eval
+                .as_ref()
+                .is_some_and(|e| e.verdict == Verdict::TempError)
+        {
+            result.errors += 1;
+            result.unauthorized.push((ip, "temperror".into()));
+            let why = match eval.as_ref().map(|e| &e.stop) {
+                Some(Stop::Problem(Problem::Dns(f))) => f.to_string(),
+                _ => "a DNS query failed or timed out".to_string(),
+            };
+            unknown.push(format!("{ip} (temperror: {why})"));
+            continue;
+        }
+        result.unauthorized.push((ip, verdict.as_str().into()));
+        let (place, fix) = match (&eval, rec, &broken) {
+            (Some(e), Some(rec), _) => diagnose(dns, cache, domain, rec, ip, e, timeout).await,
+            (_, _, Some(h)) => (String::new(), Fix::Other(h.clone())),
+            _ => (String::new(), Fix::Add),
+        };
+        failed.push(format!("{ip} ({}){place}", verdict.as_str()));
+        match fix {
+            Fix::Add => add.push(ip),
+            Fix::Other(h) => {
+                if !hints.contains(&h) {
+                    hints.push(h);
+                }
+            }
+        }
+    }
+    if !add.is_empty() {
+        hints.insert(
+            0,
+            format!("add {} to the SPF record of {domain}", pool_terms(&add)),
+        );
+    }
+    if !unknown.is_empty() {
+        checks.push(
+            Check::new(
+                area,
+                "spf.dns-error",
+                Status::Fail,
+                format!(
+                    "SPF evaluation for {domain} hit DNS errors (temperror) for {} address(es)",
+                    unknown.len()
+                ),
+            )
+            .hint("check the name servers of the domain and of its includes"),
+        );
+    }
+    checks.push(if !failed.is_empty() {
+        let which = if failed.len() == pool.len() {
+            "no pool address passes"
+        } else {
+            "pool addresses not authorized"
+        };
+        Check::new(
+            area,
+            "spf.pool",
+            Status::Fail,
+            format!("{which} SPF for {sender}: {}", failed.join("; ")),
+        )
+        .hint(hints.join("; "))
+    } else if !unknown.is_empty() || !pool_complete {
+        let mut what = unknown.clone();
+        if !pool_complete {
+            what.push("some relay names could not be resolved".into());
+        }
+        Check::new(
+            area,
+            "spf.pool",
+            Status::Unknown,
+            format!("SPF for {sender} is unknown: {}", what.join("; ")),
+        )
+        .hint("check the name servers, then run the check again")
+    } else {
+        Check::new(
+            area,
+            "spf.pool",
+            Status::Pass,
+            format!(
+                "every pool address passes SPF for {sender}: {}",
+                passed.join(", ")
+            ),
+        )
+    });
+    (checks, result)
+}
+
+enum Fix {
+    /// Nothing in the tree authorizes the address: list it.
+    Add,
+    Other(String),
+}
+
+/// Where the evaluation of `ip` stopped (a message fragment) and the fix of that cause.
+async fn diagnose(
+    dns: &Dns,
+    cache: &mut Cache,
+    domain: &str,
+    rec: &SpfRecord,
+    ip: IpAddr,
+    eval: &Evaluation,
+    timeout: Duration,
+) -> (String, Fix) {
+    match &eval.stop {
+        Stop::Problem(p) => match p {
+            Problem::Loop(path) => (
+                format!(": include loop {}", path.join(" → ")),
+                Fix::Other(loop_hint(domain, path)),
+            ),
+            Problem::LookupLimit(path) => {
+                let place = format!(": the 11th DNS lookup is {}", path.join(" → "));
+                // An address listed by ip4/ip6 after the lookups passes once it comes first.
+                let first_lookup = rec
+                    .terms
+                    .iter()
+                    .position(|t| matches!(t, Term::Mechanism(_, m) if m.is_lookup()));
+                let listed = rec.terms.iter().enumerate().find(|(_, t)| {
+                    matches!(t, Term::Mechanism(Qualifier::Pass, m) if static_match(m, ip))
+                });
+                match (first_lookup, listed) {
+                    (Some(f), Some((i, t))) if i > f => (
+                        place,
+                        Fix::Other(format!(
+                            "move {} before {} in the SPF record of {domain}",
+                            term_text(t),
+                            term_text(&rec.terms[f])
+                        )),
+                    ),
+                    _ => (place, Fix::Other(lookup_hint(domain, rec, path))),
+                }
+            }
+            Problem::VoidLimit(names) => (
+                format!(": a third void lookup ({})", names.join(", ")),
+                Fix::Other(format!(
+                    "remove the terms naming {} from the SPF record of {domain}, or publish those names",
+                    names.join(", ")
+                )),
+            ),
+            Problem::MxLimit { domain: d, term, hosts } => (
+                format!(": \"{term}\" in the record of {d} names {hosts} MX hosts (limit 10)"),
+                Fix::Other(format!(
+                    "replace \"{term}\" in the SPF record of {d} by ip4/ip6 ranges or a: terms of the hosts that send"
+                )),
+            ),
+            Problem::Target { domain: d, term, why } => (
+                format!(": {term} in the record of {d}: {why}"),
+                Fix::Other(format!(
+                    "fix the target of {term} or remove {term} from the SPF record of {d}"
+                )),
+            ),
+            Problem::Dns(f) => (format!(": {f}"), Fix::Add),
+        },
+        Stop::NoMatch { domain: d } => (
+            format!(": no term matches in the record of {d}"),
+            Fix::Add,
+        ),
+        Stop::Matched { domain: d, term, .. } => {
+            let place = format!(": evaluation stops at \"{term}\" in the record of {d}");
+            let record = if d == domain {
+                Some(rec.clone())
+            } else {
+                match fetch_record(dns, cache, d).await {
+                    Fetched::Record(r) => Some(r),
+                    _ => None,
+                }
+            };
+            let Some(record) = record else {
+                return (place, Fix::Add);
+            };
+            let at = record.terms.iter().position(|t| term_text(t) == *term);
+            // A term after the stop that would have authorized the address: move it up.
+            if let Some(at) = at {
+                for later in &record.terms[at + 1..] {
+                    let Term::Mechanism(Qualifier::Pass, m) = later else {
+                        continue;
+                    };
+                    if mechanism_matches(dns, cache, d, m, ip).await {
+                        let tail = if matches!(record.terms[at], Term::Mechanism(_, Mechanism::All)) {
+                            " (terms after \"all\" are never evaluated)"
+                        } else {
+                            ""
+                        };
+                        return (
+                            place,
+                            Fix::Other(format!(
+                                "move {} before \"{term}\" in the SPF record of {d}{tail}",
+                                term_text(later)
+                            )),
+                        );
+                    }
+                }
+            }
+            // A redirect beside `all` is ignored; if its target authorizes the address, the
+            // `all` is what stands in the way.
+            if let (Some(target), true) = (record.redirect(), record.all().is_some()) {
+                let target = normalize(target);
+                if let Fetched::Record(t) = fetch_record(dns, cache, &target).await {
+                    let passes = tokio::time::timeout(
+                        timeout * 4,
+                        Evaluator::new(dns, cache, ip, domain, Mode::Receiver).run(&target, &t),
+                    )
+                    .await
+                    .is_ok_and(|(e, _)| e.verdict == Verdict::Pass);
+                    if passes {
+                        return (
+                            place,
+                            Fix::Other(format!(
+                                "remove \"{term}\" from the SPF record of {d}: redirect={target} is ignored while the record has \"all\""
+                            )),
+                        );
+                    }
+                }
+            }
+            (place, Fix::Add)
+        }
+    }
+}
+
+/// Whether an ip4/ip6 term covers `ip` (no DNS).
+fn static_match(m: &Mechanism, ip: IpAddr) -> bool {
+    match m {
+        Mechanism::Ip4 { addr, prefix } => prefix_matches(ip, IpAddr::V4(*addr), *prefix),
+        Mechanism::Ip6 { addr, prefix } => prefix_matches(ip, IpAddr::V6(*addr), *prefix),
+        _ => false,
+    }
+}
+
+/// Whether a mechanism that was never evaluated would match `ip` (for the hint only; its
+/// lookups are not counted).
+async fn mechanism_matches(
+    dns: &Dns,
+    cache: &mut Cache,
+    domain: &str,
+    m: &Mechanism,
+    ip: IpAddr,
+) -> bool {
+    let v6 = ip.is_ipv6();
+    match m {
+        Mechanism::Ip4 { .. } | Mechanism::Ip6 { .. } => static_match(m, ip),
+        Mechanism::A {
+            domain: d,
+            cidr4,
+            cidr6,
+        } => {
+            let name = d.as_deref().map_or(domain.to_string(), normalize);
+            matches!(cache.addrs(dns, &name, v6).await, Ok(Some(a)) if cidr_matches(ip, &a, *cidr4, *cidr6))
+        }
+        Mechanism::Mx {
+            domain: d,
+            cidr4,
+            cidr6,
+        } => {
+            let name = d.as_deref().map_or(domain.to_string(), normalize);
+            let Ok(Some(mxs)) = cache.mx(dns, &name).await else {
+                return false;
+            };
+            for (_, host) in mxs.into_iter().take(10) {
+                if matches!(cache.addrs(dns, &host, v6).await, Ok(Some(a)) if cidr_matches(ip, &a, *cidr4, *cidr6))
+                {
+                    return true;
+                }
+            }
+            false
+        }
+        Mechanism::Include(d) if !d.contains('%') => {
+            let target = normalize(d);
+            match fetch_record(dns, cache, &target).await {
+                Fetched::Record(r) => {
+                    Box::pin(
+                        Evaluator::new(dns, cache, ip, domain, Mode::Receiver).run(&target, &r),
+                    )
+                    .await
+                    .0
+                    .verdict
+                        == Verdict::Pass
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    }
 }
 
 fn pool_terms(pool: &[IpAddr]) -> String {
@@ -929,6 +2056,34 @@ mod tests {
     fn accepts_macros_and_unknown_modifiers() {
         let r = parse("v=spf1 exists:%{ir}.%{l1r+-}._spf.%{d} foo=bar -all").unwrap();
         assert_eq!(r.terms.len(), 3);
+    }
+
+    #[test]
+    fn macros_expand_as_rfc_7208_section_7_4_shows() {
+        let ip: IpAddr = "192.0.2.3".parse().unwrap();
+        let s = "strong-bad@email.example.com";
+        let d = "email.example.com";
+        let x = |spec: &str| expand_macros(spec, ip, d, s);
+        assert_eq!(x("%{s}").as_deref(), Some("strong-bad@email.example.com"));
+        assert_eq!(x("%{o}").as_deref(), Some("email.example.com"));
+        assert_eq!(x("%{d4}").as_deref(), Some("email.example.com"));
+        assert_eq!(x("%{d2}").as_deref(), Some("example.com"));
+        assert_eq!(x("%{d1}").as_deref(), Some("com"));
+        assert_eq!(x("%{dr}").as_deref(), Some("com.example.email"));
+        assert_eq!(x("%{d2r}").as_deref(), Some("example.email"));
+        assert_eq!(x("%{l}").as_deref(), Some("strong-bad"));
+        assert_eq!(x("%{l-}").as_deref(), Some("strong.bad"));
+        assert_eq!(x("%{lr-}").as_deref(), Some("bad.strong"));
+        assert_eq!(x("%{l1r-}").as_deref(), Some("strong"));
+        assert_eq!(
+            x("%{ir}.%{v}._spf.%{d2}").as_deref(),
+            Some("3.2.0.192.in-addr._spf.example.com")
+        );
+        let v6: IpAddr = "2001:db8::cb01".parse().unwrap();
+        assert_eq!(
+            expand_macros("%{ir}.%{v}._spf.%{d2}", v6, d, s).as_deref(),
+            Some("1.0.b.c.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6._spf.example.com")
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Records are `(name, type, value)` triples:
 //!
 //! * `A`, `AAAA`: an address; `MX`: `"10 mx.example.test"`; `CNAME`: the target name;
-//! * `TXT`: the text, split into 255-octet character-strings as a zone file would;
+//! * `TXT`: the text, split into 255-octet character-strings as a zone file would; a value
+//!   written as quoted strings (`"v=spf1 " "-all"`) is served as exactly those strings;
+//! * `PTR`: the target name;
 //! * two fault pseudo-types: `SERVFAIL` (every query for the name is answered SERVFAIL) and
 //!   `TIMEOUT` (queries for the name are dropped, so the client times out). Their value is ignored.
 //!
@@ -16,7 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, MX, PTR, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -67,6 +69,16 @@ fn record(name: &str, rtype: &str, value: &str) -> Record {
                 pref.parse().unwrap_or_else(|e| bad(&e)),
                 fqdn(host),
             ))
+        }
+        "PTR" => RData::PTR(PTR(fqdn(value))),
+        "TXT" if value.starts_with('"') => {
+            let strings: Vec<&str> = value
+                .split('"')
+                .enumerate()
+                .filter(|(i, _)| i % 2 == 1)
+                .map(|(_, s)| s)
+                .collect();
+            RData::TXT(TXT::new(strings.into_iter().map(String::from).collect()))
         }
         "TXT" => {
             let chunks: Vec<&[u8]> = if value.is_empty() {
