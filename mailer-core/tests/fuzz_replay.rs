@@ -83,4 +83,5 @@ replay_tests!(
     relay_session,
     offline,
     dotenv,
+    relay_probe,
 );

@@ -326,7 +326,8 @@ fn differences(members: &[MemberReport]) -> Vec<String> {
 }
 
 /// `fail at a, b; pass at c` when the values are not all the same. The most common value
-/// comes last as "the other N" when more than two members share it.
+/// comes last, as "the other N" when more than two members share it and no other value is
+/// as common.
 fn describe_split(values: &[(String, String)]) -> Option<String> {
     let mut groups: Vec<(String, Vec<String>)> = Vec::new();
     for (member, value) in values {
@@ -344,7 +345,10 @@ fn describe_split(values: &[(String, String)]) -> Option<String> {
         .iter()
         .enumerate()
         .map(|(i, (v, ms))| {
-            if i == last && ms.len() > 2 {
+            let largest = groups[..last]
+                .iter()
+                .all(|(_, others)| others.len() < ms.len());
+            if i == last && ms.len() > 2 && largest {
                 format!("{v} at the other {}", ms.len())
             } else {
                 format!("{v} at {}", ms.join(", "))
