@@ -299,7 +299,11 @@ impl ProbeSession {
                 self.dialogue.ehlo = Some(reply);
                 if self.tls_mode == Tls::StartTls && !self.dialogue.tls {
                     if !self.dialogue.capabilities.starttls {
-                        return self.stop(Step::StartTls, "STARTTLS not offered".into(), false);
+                        return self.stop(
+                            Step::StartTls,
+                            "not offered in the EHLO reply".into(),
+                            false,
+                        );
                     }
                     return self.send("STARTTLS\r\n", State::StartTls);
                 }
@@ -562,7 +566,7 @@ mod tests {
         assert_eq!(run.commands(), ["EHLO", "QUIT"]);
         assert_eq!(
             run.session.dialogue().stopped,
-            Some((Step::StartTls, "STARTTLS not offered".into()))
+            Some((Step::StartTls, "not offered in the EHLO reply".into()))
         );
     }
 
