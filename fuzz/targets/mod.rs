@@ -17,6 +17,7 @@ pub mod import;
 pub mod memory;
 pub mod mta_sts;
 pub mod offline;
+pub mod relay_probe;
 pub mod relay_reply;
 pub mod relay_session;
 pub mod secrets;
@@ -47,6 +48,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("relay_session", relay_session::run),
     ("offline", offline::run),
     ("dotenv", dotenv::run),
+    ("relay_probe", relay_probe::run),
 ];
 
 /// A small deterministic generator: split points and choices come from the input itself,

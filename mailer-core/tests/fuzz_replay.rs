@@ -84,4 +84,5 @@ replay_tests!(
     offline,
     dotenv,
     import,
+    relay_probe,
 );

@@ -16,7 +16,7 @@ use rustls::pki_types::CertificateDer;
 
 /// Check that the sending domain's SPF, DMARC, DKIM, MTA-STS, TLS-RPT and MX let mail leaving
 /// through the relay be delivered; with --mastodon-env, check Mastodon's mail settings against
-/// the configuration instead. Exit 0: no failure; 1: a check fails; 2: usage, configuration,
+/// the configuration instead; with --probe, talk to every relay pool member as far as MAIL FROM. Exit 0: no failure; 1: a check fails; 2: usage, configuration,
 /// file or DNS error.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -44,8 +44,15 @@ pub struct Args {
     /// Mastodon's `.env.production`: judge its SMTP_* and BULK_SMTP_* settings against the
     /// configuration (listener, AUTH, STARTTLS, From alignment, sendmail). Only these checks
     /// run; no DNS is queried
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "probe")]
     pub mastodon_env: Option<PathBuf>,
+    /// Probe every address of every relay host live, as the relay would: connect, STARTTLS or
+    /// TLS with the relay's verification, certificate expiry, AUTH with the configured
+    /// credentials, SIZE, and MAIL FROM with the rewritten postmaster address, then RSET and
+    /// QUIT. No recipient and no message is ever sent. Only these checks run; --timeout
+    /// bounds each step
+    #[arg(long)]
+    pub probe: bool,
     /// Port of the MTA-STS policy host (443 by RFC 8461); for tests only
     #[arg(long, hide = true, default_value_t = 443)]
     pub mta_sts_port: u16,
@@ -56,6 +63,9 @@ pub struct Args {
 pub fn main(config_path: Option<&std::path::Path>, args: Args) -> ExitCode {
     if let Some(env_path) = &args.mastodon_env {
         return mastodon(config_path, env_path, args.json);
+    }
+    if args.probe {
+        return probe(config_path, &args);
     }
     let explicit = config_path.is_some();
     let defaults = match crate::read_config(config_path) {
@@ -116,6 +126,67 @@ fn mastodon(
     };
     let report = mastodon::judge(&env, &config, &FileSystem, &env_path.display().to_string());
     print_report(&report, json)
+}
+
+/// `mailer check --probe`: the relay pool probe alone, from the configuration.
+fn probe(config_path: Option<&std::path::Path>, args: &Args) -> ExitCode {
+    let config = match crate::load_config(config_path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let plans = match mailer_core::delivery::preflight(&config)
+        .map_err(|problems| problems.join("\n"))
+        .and_then(|tables| mailer_core::check::probe::plan(&config, &tables))
+    {
+        Ok(plans) => plans,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if plans.is_empty() {
+        eprintln!(
+            "mailer check: {}: no relay action to probe",
+            config.source.display()
+        );
+        return ExitCode::from(2);
+    }
+    if args.timeout == 0 {
+        eprintln!("mailer check: --timeout must be at least 1 second");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mailer check: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = runtime.block_on(async {
+        let resolver = crate::watch::system_resolver();
+        mailer_core::check::probe::run(
+            &plans,
+            &*resolver,
+            Duration::from_secs(args.timeout),
+            std::time::SystemTime::now(),
+        )
+        .await
+    });
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("mailer check: cannot encode the report: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", report.render_text());
+    }
+    ExitCode::from(report.exit_code())
 }
 
 /// The host's answers to the Mastodon checks: links resolved on this file system.

@@ -63,7 +63,8 @@ enum Command {
     Queue(queue_cmd::Args),
     /// Ask the running daemon to reload its configuration, aliases and secrets.
     Reload,
-    /// Check the sending domain's DNS (SPF, DMARC, DKIM, MTA-STS, TLS-RPT, MX) against the relay.
+    /// Check the sending domain's DNS (SPF, DMARC, DKIM, MTA-STS, TLS-RPT, MX) against the relay;
+    /// --probe talks to every relay pool member, --mastodon-env judges Mastodon's settings.
     Check(check_cmd::Args),
     /// DKIM keys: generate, print the DNS record.
     Dkim(dkim_cmd::Args),

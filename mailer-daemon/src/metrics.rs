@@ -43,6 +43,22 @@ pub struct Check {
     pub check: String,
 }
 
+/// One address of a relay pool member, as the probe names it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayAddress {
+    /// `host:port` as configured.
+    pub relay: String,
+    /// `ip:port` probed, or `unresolved`.
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayAddressCheck {
+    pub relay: String,
+    pub address: String,
+    pub check: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Outcome {
     pub outcome: String,
@@ -71,6 +87,11 @@ pub struct Metrics {
     pub queue_oldest_age: Gauge,
     pub queue_corrupt: Gauge,
     pub check_status: Family<Check, Gauge>,
+    pub relay_probe_status: Family<RelayAddressCheck, Gauge>,
+    pub relay_cert_expiry: Family<RelayAddress, Gauge>,
+    /// When each probed certificate expires (unix seconds): the gauge counts down at each
+    /// scrape, between probes too.
+    relay_cert_not_after: Mutex<Vec<(RelayAddress, i64)>>,
     pub reloads: Family<Outcome, Counter>,
     registry: Mutex<Registry>,
 }
@@ -101,6 +122,9 @@ impl Metrics {
             queue_oldest_age: Gauge::default(),
             queue_corrupt: Gauge::default(),
             check_status: Family::default(),
+            relay_probe_status: Family::default(),
+            relay_cert_expiry: Family::default(),
+            relay_cert_not_after: Mutex::new(Vec::new()),
             reloads: Family::default(),
             registry: Mutex::new(Registry::default()),
         };
@@ -186,6 +210,16 @@ impl Metrics {
             m.check_status.clone(),
         );
         r.register(
+            "mailer_relay_probe_status",
+            "Relay pool probe result per member address and check: 0 ok, 1 warning, 2 failure, 3 not reached",
+            m.relay_probe_status.clone(),
+        );
+        r.register(
+            "mailer_relay_cert_expiry_seconds",
+            "Seconds until the TLS certificate of a relay pool member address expires (negative: expired)",
+            m.relay_cert_expiry.clone(),
+        );
+        r.register(
             "mailer_config_reloads",
             "Configuration reloads by outcome (applied, refused)",
             m.reloads.clone(),
@@ -201,21 +235,56 @@ impl Metrics {
         m
     }
 
-    /// The latest result of a deliverability check: 0 pass or info, 1 warning, 2 failure,
-    /// 3 unknown (a DNS query it rests on failed).
+    /// The latest result of a deliverability check (see [`status_level`]).
     pub fn check_status(&self, id: &str, status: mailer_core::check::Status) {
-        use mailer_core::check::Status;
-        let level = match status {
-            Status::Pass | Status::Info => 0,
-            Status::Warn => 1,
-            Status::Fail => 2,
-            Status::Unknown => 3,
-        };
         self.check_status
             .get_or_create(&Check {
                 check: id.to_string(),
             })
-            .set(level);
+            .set(status_level(Some(status)));
+    }
+
+    /// The latest probe of the relay pool, made at `probed_at` (unix seconds). Every check
+    /// of every address is set, as the DNS checks' status (see [`status_level`]); a check not
+    /// reached because an earlier step failed is unknown. Addresses no longer probed are
+    /// dropped.
+    pub fn relay_probe(&self, report: &mailer_core::check::probe::ProbeReport, probed_at: i64) {
+        use mailer_core::check::probe::IDS;
+        self.relay_probe_status.clear();
+        let mut not_after = Vec::new();
+        for member in &report.members {
+            let address = member
+                .address
+                .clone()
+                .unwrap_or_else(|| "unresolved".to_string());
+            for id in IDS {
+                let level = status_level(member.check(id).map(|c| c.status));
+                self.relay_probe_status
+                    .get_or_create(&RelayAddressCheck {
+                        relay: member.relay.clone(),
+                        address: address.clone(),
+                        check: id.to_string(),
+                    })
+                    .set(level);
+            }
+            if let Some(seconds) = member.cert_expiry_seconds {
+                let key = RelayAddress {
+                    relay: member.relay.clone(),
+                    address,
+                };
+                not_after.push((key, probed_at + seconds));
+            }
+        }
+        self.relay_cert_expiry.clear();
+        for (key, at) in &not_after {
+            self.relay_cert_expiry
+                .get_or_create(key)
+                .set(at - probed_at);
+        }
+        *self
+            .relay_cert_not_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = not_after;
     }
 
     pub fn session(&self) {
@@ -284,6 +353,14 @@ impl Metrics {
                 .map_or(0, |t| now.saturating_sub(t).max(0)),
         );
         self.queue_corrupt.set(snapshot.corrupt_files as i64);
+        for (key, at) in self
+            .relay_cert_not_after
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            self.relay_cert_expiry.get_or_create(key).set(at - now);
+        }
         self.relay_connections.clear();
         self.relay_breaker_open.clear();
         for status in snapshot.relays {
@@ -376,4 +453,17 @@ async fn respond(
     }
     stream.write_all(&response).await?;
     stream.shutdown().await
+}
+
+/// One encoding for every check's status on /metrics, so that one alert rule (`> 0`, or
+/// `>= 2`) reads them all: 0 pass or info, 1 warning, 2 failure, 3 unknown (a DNS query the
+/// check rests on failed, or a probe step not reached because an earlier one failed).
+fn status_level(status: Option<mailer_core::check::Status>) -> i64 {
+    use mailer_core::check::Status;
+    match status {
+        Some(Status::Pass | Status::Info) => 0,
+        Some(Status::Warn) => 1,
+        Some(Status::Fail) => 2,
+        Some(Status::Unknown) | None => 3,
+    }
 }

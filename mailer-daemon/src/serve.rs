@@ -372,6 +372,23 @@ async fn serve(
         }
         (None, _) => {}
     }
+    if let Some(interval) = config.check.interval {
+        let plans = mailer_core::delivery::Tables::load(&config)
+            .map_err(|e| e.join("; "))
+            .and_then(|tables| mailer_core::check::probe::plan(&config, &tables));
+        match plans {
+            Ok(plans) if !plans.is_empty() => {
+                tokio::spawn(crate::watch::run_probe(
+                    plans,
+                    interval,
+                    engine.metrics_handle(),
+                    shutdown.clone(),
+                ));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "relay pool probe not started"),
+        }
+    }
 
     let mut running = config;
     notify::send(&format!("READY=1\nSTATUS={}", status(&running)));

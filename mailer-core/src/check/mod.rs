@@ -6,12 +6,14 @@
 //! DKIM key tags) are pure functions in the submodules; [`run_checks`] does the DNS and HTTPS
 //! work through one hickory resolver, every query bounded by [`CheckInput::timeout`].
 //! [`mastodon`] judges Mastodon's `.env.production` against the configuration, without DNS.
+//! [`probe`] talks to every relay pool member, as far as `MAIL FROM`, and judges what it saw.
 
 pub mod dkim;
 pub mod dmarc;
 mod dns;
 pub mod mastodon;
 pub mod mta_sts;
+pub mod probe;
 pub mod spf;
 pub mod tags;
 pub mod tlsrpt;
@@ -150,10 +152,13 @@ pub enum Area {
     /// Mastodon's mail settings (`.env.production`) against this relay's configuration.
     #[serde(rename = "mastodon")]
     Mastodon,
+    /// The live probe of the relay pool (`mailer check --probe`).
+    #[serde(rename = "relay")]
+    Relay,
 }
 
 impl Area {
-    pub const ALL: [Area; 8] = [
+    pub const ALL: [Area; 9] = [
         Area::Spf,
         Area::Dmarc,
         Area::Dkim,
@@ -162,6 +167,7 @@ impl Area {
         Area::TlsRpt,
         Area::Mx,
         Area::Mastodon,
+        Area::Relay,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -174,6 +180,7 @@ impl Area {
             Area::TlsRpt => "tls-rpt",
             Area::Mx => "mx",
             Area::Mastodon => "mastodon",
+            Area::Relay => "relay",
         }
     }
 }

@@ -81,6 +81,12 @@ impl TestCa {
         )
     }
 
+    /// A leaf valid since an hour ago that expires `valid_for` from now.
+    pub fn issue_expiring_in(&self, names: &[&str], valid_for: Duration) -> Leaf {
+        let now = SystemTime::now();
+        self.issue_valid_between(names, now - Duration::from_secs(3600), now + valid_for)
+    }
+
     fn issue_valid_between(
         &self,
         names: &[&str],

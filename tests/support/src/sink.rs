@@ -2,6 +2,7 @@
 //! relay tests, end-to-end daemon tests and benchmarks. It speaks ESMTP with PIPELINING,
 //! 8BITMIME, SMTPUTF8, SIZE, STARTTLS (or implicit TLS) and AUTH PLAIN/LOGIN.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,6 +104,8 @@ struct Shared {
     arrived: Notify,
     connections: AtomicUsize,
     auth_attempts: AtomicUsize,
+    /// Command lines received, by verb (upper case): `RCPT`, `DATA`, ...
+    commands: Mutex<HashMap<String, usize>>,
 }
 
 /// A running sink. Dropping it stops accepting connections; sessions already open end when
@@ -135,6 +138,7 @@ impl Sink {
             arrived: Notify::new(),
             connections: AtomicUsize::new(0),
             auth_attempts: AtomicUsize::new(0),
+            commands: Mutex::new(HashMap::new()),
         });
         let accepting = shared.clone();
         let task = tokio::spawn(async move {
@@ -213,6 +217,18 @@ impl Sink {
     /// AUTH commands received, successful or not.
     pub fn auth_attempts(&self) -> usize {
         self.shared.auth_attempts.load(Ordering::SeqCst)
+    }
+
+    /// Command lines received with this verb (e.g. `DATA`, `RCPT`), whatever their fate: a
+    /// command the server refused or could not parse counts too.
+    pub fn command_count(&self, verb: &str) -> usize {
+        self.shared
+            .commands
+            .lock()
+            .expect("sink lock is never poisoned")
+            .get(&verb.to_ascii_uppercase())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// TCP connections accepted.
@@ -401,6 +417,17 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, number: usize) -> std::io
         if !read_line(&mut conn, &mut line, options.idle_timeout).await? {
             return Ok(());
         }
+        let verb = line
+            .split(|b| b.is_ascii_whitespace() || *b == b':')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_uppercase();
+        *shared
+            .commands
+            .lock()
+            .expect("sink lock is never poisoned")
+            .entry(String::from_utf8_lossy(&verb).into_owned())
+            .or_default() += 1;
         let request = match Request::parse(&mut line.iter()) {
             Ok(request) => request.into_owned(),
             Err(_) => {

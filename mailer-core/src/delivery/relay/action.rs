@@ -143,7 +143,7 @@ impl RelayDelivery {
 }
 
 /// The relay client's settings for a relay action: members, credentials, trust anchors.
-fn settings(
+pub fn settings(
     config: &Config,
     relay: &RelayAction,
     secrets: Option<&Secrets>,

@@ -33,7 +33,7 @@ fn timed_out(label: &str, what: impl std::fmt::Display) -> Failure {
 }
 
 /// Anything a connection can run over: TCP or TLS over TCP.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One member address: the name for TLS and the socket address to connect to.
@@ -357,14 +357,27 @@ async fn handshake(
     label: &str,
     config: Arc<ClientConfig>,
 ) -> Result<Box<dyn Io>, Failure> {
+    Ok(Box::new(tls_connect(stream, host, label, config).await?))
+}
+
+/// The TLS handshake of the relay, verifying `host` as `config` says; the stream stays
+/// unboxed so a caller can read what was negotiated.
+pub(crate) async fn tls_connect(
+    stream: Box<dyn Io>,
+    host: &str,
+    label: &str,
+    config: Arc<ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<Box<dyn Io>>, Failure> {
     let name = tls::server_name(host)
         .map_err(|e| Failure::temporary(FailureKind::Tls, TLS_FAILED, format!("{label}: {e}")))?;
-    match TlsConnector::from(config).connect(name, stream).await {
-        Ok(tls) => Ok(Box::new(tls)),
-        Err(e) => Err(Failure::temporary(
-            FailureKind::Tls,
-            TLS_FAILED,
-            format!("{label}: {}", tls::describe_error(&e)),
-        )),
-    }
+    TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .map_err(|e| {
+            Failure::temporary(
+                FailureKind::Tls,
+                TLS_FAILED,
+                format!("{label}: {}", tls::describe_error(&e)),
+            )
+        })
 }

@@ -1,25 +1,109 @@
 //! The TLS client configuration of the relay and plain words for its failures.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use rustls::{CertificateError, ClientConfig, RootCertStore};
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-/// A client configuration trusting the web PKI roots plus `extra_roots`, with ring.
-pub fn client_config(
-    extra_roots: &[CertificateDer<'static>],
-) -> Result<Arc<ClientConfig>, rustls::Error> {
+/// The trust anchors of the relay: the web PKI roots plus `extra_roots`.
+pub fn roots(extra_roots: &[CertificateDer<'static>]) -> Result<RootCertStore, rustls::Error> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     for root in extra_roots {
         roots.add(root.clone())?;
     }
+    Ok(roots)
+}
+
+/// A client configuration trusting the web PKI roots plus `extra_roots`, with ring.
+pub fn client_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<Arc<ClientConfig>, rustls::Error> {
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
+            .with_root_certificates(roots(extra_roots)?)
             .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The certificates a server presented, leaf first, as [`recording_client_config`] saw them.
+pub type Presented = Arc<Mutex<Vec<CertificateDer<'static>>>>;
+
+/// The relay's configuration for one connection, verifying exactly as [`client_config`] does
+/// (the same roots, the same webpki verifier) and also keeping the chain the server presented,
+/// so that a probe can say when a certificate that failed verification expires.
+pub fn recording_client_config(
+    extra_roots: &[CertificateDer<'static>],
+) -> Result<(Arc<ClientConfig>, Presented), rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let inner = WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots(extra_roots)?),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let presented = Presented::default();
+    let verifier = Arc::new(Recording {
+        inner,
+        presented: presented.clone(),
+    });
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    Ok((Arc::new(config), presented))
+}
+
+#[derive(Debug)]
+struct Recording {
+    inner: Arc<WebPkiServerVerifier>,
+    presented: Presented,
+}
+
+impl ServerCertVerifier for Recording {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        *self.presented.lock().unwrap_or_else(|p| p.into_inner()) = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        self.inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// The name to verify: an IP address for an IP literal (rustls then sends no SNI and checks
