@@ -139,3 +139,57 @@ action = "via_two"
     // Neither upstream was ever offered the other's login.
     assert!(!daemon.log().contains("535"), "{}", daemon.log());
 }
+
+/// A sender table is read by `mailer config check` like the other tables: a bad line is named
+/// with its file and line, and the configuration's own mistakes with line and column.
+#[test]
+fn config_check_names_bad_match_conditions_and_table_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let senders = dir.path().join("senders");
+    fs::write(&senders, "# senders\n@one.example\nnot an address\n").unwrap();
+    let config = dir.path().join("mailer.toml");
+    let text = format!(
+        "queue_dir = \"{d}/queue\"\ncontrol_socket = \"{d}/control.sock\"\n\
+         [tables]\nsenders = \"{d}/senders\"\n\
+         [actions.out]\nrelay = \"smtp+tls://relay.example\"\n\
+         [[match]]\nfrom = \"local\"\nfor = \"any\"\nmail_from = {{ table = \"senders\" }}\naction = \"out\"\n"
+    );
+    fs::write(&config, &text).unwrap();
+    let check = |path: &Path| {
+        std::process::Command::new(BIN)
+            .args(["--config", path.to_str().unwrap(), "config", "check"])
+            .env_remove("MAILER_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = check(&config);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:3:1: `not an address`: one address per line",
+            senders.display()
+        )),
+        "{stderr}"
+    );
+
+    fs::write(&senders, "@one.example\n").unwrap();
+    assert_eq!(check(&config).status.code(), Some(0));
+
+    fs::write(
+        &config,
+        text.replace("from = \"local\"", "from = { source = \"0.0.0.0/0\" }"),
+    )
+    .unwrap();
+    let out = check(&config);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:8:8: action `out` relays, and sources 0.0.0.0/0 are not on this host",
+            config.display()
+        )),
+        "{stderr}"
+    );
+}

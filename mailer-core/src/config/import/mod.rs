@@ -221,6 +221,45 @@ impl Out {
         self.ignored.push((origin.clone(), why.into()));
     }
 
+    /// Adds an action; a second one of the same name is named as not translated (OpenSMTPD
+    /// refuses it too, and TOML cannot hold it).
+    pub fn add_action(&mut self, origin: &Origin, name: String, block: Block) -> bool {
+        if self.has_action(&name) {
+            self.unsupported(
+                origin,
+                format!("a second action named `{name}`"),
+                "give each action its own name",
+            );
+            return false;
+        }
+        self.actions.push((name, block));
+        true
+    }
+
+    /// Adds a `[limits]` (or, with `queue`, a `[queue]`) setting once; a second one of the
+    /// same key is named as not translated.
+    pub fn add_setting(&mut self, queue: bool, origin: &Origin, block: Block) {
+        let section = if queue { &self.queue } else { &self.limits };
+        let taken = block.entries.iter().any(|e| {
+            section
+                .iter()
+                .any(|b| b.entries.iter().any(|x| x.key == e.key))
+        });
+        if taken {
+            self.unsupported(
+                origin,
+                "the setting is given twice",
+                "keep one; the first is used",
+            );
+            return;
+        }
+        if queue {
+            self.queue.push(block);
+        } else {
+            self.limits.push(block);
+        }
+    }
+
     /// Every block of the output.
     pub fn blocks(&self) -> impl Iterator<Item = &Block> {
         self.top
@@ -300,7 +339,7 @@ impl Out {
             let _ = writeln!(t, "# Nothing to translate:");
             for (origin, why) in &self.ignored {
                 let _ = writeln!(t, "# {file}:{}: {}", origin.line, one_line(&origin.text));
-                let _ = writeln!(t, "#   {why}");
+                let _ = writeln!(t, "#   {}", one_line(why));
             }
         }
         if !self.unsupported.is_empty() {

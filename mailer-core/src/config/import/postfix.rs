@@ -518,7 +518,9 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
                         continue;
                     };
                     b.remarks.insert(0, format!("{map}: {sender} {host}"));
-                    cx.out.actions.push((action.clone(), b));
+                    if !cx.out.add_action(&o, action.clone(), b) {
+                        continue;
+                    }
                     relay_rules.push(Block {
                         origins: vec![o.clone()],
                         remarks: vec![format!("{sender} {host}")],

@@ -167,6 +167,8 @@ struct Cx<'a> {
     tables: HashMap<String, (TableDef, Origin)>,
     /// pki name → (cert, key)
     pki: HashMap<String, (Option<String>, Option<String>)>,
+    /// smtpd table name → the name it has in `[tables]`.
+    table_names: HashMap<String, String>,
     /// Actions translated, and whether each relays.
     actions: HashMap<String, bool>,
     hostname: Option<String>,
@@ -179,6 +181,7 @@ pub(super) fn translate(text: &str, options: &Options<'_>) -> Out {
         macros: HashMap::new(),
         tables: HashMap::new(),
         pki: HashMap::new(),
+        table_names: HashMap::new(),
         actions: HashMap::new(),
         hostname: options.hostname.clone(),
         options,
@@ -315,19 +318,23 @@ impl Cx<'_> {
     fn file_table(&mut self, tname: &str) -> Result<String, String> {
         match self.tables.get(tname).cloned() {
             Some((TableDef::File(path), origin)) => {
-                let n = name(tname);
-                let declared = self
-                    .out
-                    .tables
-                    .iter()
-                    .any(|b| b.entries.iter().any(|e| e.key == n));
-                if !declared {
-                    self.out.tables.push(Block {
-                        origins: vec![origin],
-                        remarks: Vec::new(),
-                        entries: vec![Entry::new(&n, q(&path))],
-                    });
+                if let Some(n) = self.table_names.get(tname) {
+                    return Ok(n.clone());
                 }
+                // Two smtpd names may make the same mailer name: each table keeps its own.
+                let base = name(tname);
+                let mut n = base.clone();
+                let mut k = 1;
+                while self.table_names.values().any(|v| *v == n) {
+                    k += 1;
+                    n = format!("{base}_{k}");
+                }
+                self.table_names.insert(tname.to_string(), n.clone());
+                self.out.tables.push(Block {
+                    origins: vec![origin],
+                    remarks: Vec::new(),
+                    entries: vec![Entry::new(&n, q(&path))],
+                });
                 Ok(n)
             }
             Some((TableDef::Inline(_), _)) => Err(format!(
@@ -667,7 +674,13 @@ impl Cx<'_> {
                         block.entries.push(Entry::new("insecure", "true".into()));
                     }
                 }
-                Err((why, todo)) => problems.push((why, todo)),
+                Err((why, todo)) => {
+                    problems.push((why, todo));
+                    for (why, todo) in problems {
+                        self.out.unsupported(origin, why, todo);
+                    }
+                    return;
+                }
             }
             if let Some(a) = auth {
                 block.entries.insert(1, Entry::new("auth", q(&a)));
@@ -683,8 +696,9 @@ impl Cx<'_> {
         if failed {
             return;
         }
-        self.actions.insert(raw_name.to_string(), relays);
-        self.out.actions.push((action, block));
+        if self.out.add_action(origin, action, block) {
+            self.actions.insert(raw_name.to_string(), relays);
+        }
     }
 
     fn rule(&mut self, origin: &Origin, toks: &[Tok]) {
@@ -901,22 +915,30 @@ impl Cx<'_> {
     }
 
     fn limit(&mut self, origin: &Origin, key: &str, value: String) {
-        self.out.limits.push(Block {
-            origins: vec![origin.clone()],
-            remarks: Vec::new(),
-            entries: vec![Entry::new(key, value)],
-        });
+        self.out.add_setting(
+            false,
+            origin,
+            Block {
+                origins: vec![origin.clone()],
+                remarks: Vec::new(),
+                entries: vec![Entry::new(key, value)],
+            },
+        );
     }
 
     fn queue(&mut self, origin: &Origin, toks: &[Tok]) {
         let words: Vec<&str> = toks.iter().filter_map(Tok::text).collect();
         match words.as_slice() {
             ["queue", "ttl", d] => match crate::config::parse_duration(d) {
-                Ok(_) => self.out.queue.push(Block {
-                    origins: vec![origin.clone()],
-                    remarks: Vec::new(),
-                    entries: vec![Entry::new("lifetime", q(d))],
-                }),
+                Ok(_) => self.out.add_setting(
+                    true,
+                    origin,
+                    Block {
+                        origins: vec![origin.clone()],
+                        remarks: Vec::new(),
+                        entries: vec![Entry::new("lifetime", q(d))],
+                    },
+                ),
                 Err(why) => self
                     .out
                     .unsupported(origin, why, "write [queue] lifetime = \"4d\""),
@@ -954,7 +976,7 @@ impl Cx<'_> {
                         .remarks
                         .push("mailer sends one delay notice, at the first interval".into());
                 }
-                self.out.queue.push(block);
+                self.out.add_setting(true, origin, block);
             }
             _ => self.out.unsupported(
                 origin,
