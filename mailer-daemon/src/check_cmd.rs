@@ -80,15 +80,9 @@ pub fn main(config_path: Option<&std::path::Path>, args: Args) -> ExitCode {
             CheckDefaults::default()
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("mailer check: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     runtime.block_on(run(args, defaults))
 }
@@ -155,15 +149,9 @@ fn probe(config_path: Option<&std::path::Path>, args: &Args) -> ExitCode {
         eprintln!("mailer check: --timeout must be at least 1 second");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("mailer check: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     let report = runtime.block_on(async {
         let resolver = crate::watch::system_resolver();
@@ -175,18 +163,7 @@ fn probe(config_path: Option<&std::path::Path>, args: &Args) -> ExitCode {
         )
         .await
     });
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("mailer check: cannot encode the report: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    } else {
-        print!("{}", report.render_text());
-    }
-    ExitCode::from(report.exit_code())
+    print_report(&report, args.json)
 }
 
 /// The host's answers to the Mastodon checks: links resolved on this file system.
@@ -202,8 +179,43 @@ impl mastodon::Host for FileSystem {
     }
 }
 
+/// What `mailer check` prints: the DNS and Mastodon report, or the relay probe's.
+trait Printed: serde::Serialize {
+    fn render_text(&self) -> String;
+    fn exit_code(&self) -> u8;
+}
+
+impl Printed for Report {
+    fn render_text(&self) -> String {
+        Report::render_text(self)
+    }
+    fn exit_code(&self) -> u8 {
+        Report::exit_code(self)
+    }
+}
+
+impl Printed for mailer_core::check::probe::ProbeReport {
+    fn render_text(&self) -> String {
+        Self::render_text(self)
+    }
+    fn exit_code(&self) -> u8 {
+        Self::exit_code(self)
+    }
+}
+
+/// The checks' lookups and connections run on one thread: they wait on the network.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("mailer check: {e}");
+            ExitCode::from(2)
+        })
+}
+
 /// Prints `report` as text or JSON and returns its exit code.
-fn print_report(report: &Report, json: bool) -> ExitCode {
+fn print_report(report: &impl Printed, json: bool) -> ExitCode {
     if json {
         match serde_json::to_string_pretty(report) {
             Ok(text) => println!("{text}"),

@@ -802,6 +802,20 @@ impl<'a> Evaluator<'a> {
         Ok(self.lookups <= MAX_MEASURED_LOOKUPS)
     }
 
+    /// The A or AAAA records of `name` for `a` and `exists`: a failed query is a problem and
+    /// an empty answer a void lookup (RFC 7208 §4.6.4), both counted before `None` is given.
+    async fn addresses_of(
+        &mut self,
+        name: String,
+        v6: bool,
+    ) -> Result<Option<Vec<IpAddr>>, Problem> {
+        match self.cache.addrs(self.dns, &name, v6).await {
+            Ok(Some(addrs)) => Ok(Some(addrs)),
+            Ok(None) => self.void(name).map(|()| None),
+            Err(e) => self.problem(Problem::Dns(e)).map(|()| None),
+        }
+    }
+
     fn void(&mut self, name: String) -> Result<(), Problem> {
         self.voids.push(name);
         if self.voids.len() > MAX_VOID_LOOKUPS && self.mode == Mode::Receiver {
@@ -1009,17 +1023,9 @@ impl<'a> Evaluator<'a> {
                 let Some(name) = target(self, spec) else {
                     return Ok(None);
                 };
-                match self.cache.addrs(self.dns, &name, v6).await {
-                    Err(e) => {
-                        self.problem(Problem::Dns(e))?;
-                        false
-                    }
-                    Ok(None) => {
-                        self.void(name)?;
-                        false
-                    }
-                    Ok(Some(addrs)) => cidr_matches(ip, &addrs, *cidr4, *cidr6),
-                }
+                self.addresses_of(name, v6)
+                    .await?
+                    .is_some_and(|addrs| cidr_matches(ip, &addrs, *cidr4, *cidr6))
             }
             Mechanism::Mx {
                 domain: spec,
@@ -1078,17 +1084,7 @@ impl<'a> Evaluator<'a> {
                 let Some(name) = self.vars.expand(spec, domain) else {
                     return Ok(None);
                 };
-                match self.cache.addrs(self.dns, &name, false).await {
-                    Err(e) => {
-                        self.problem(Problem::Dns(e))?;
-                        false
-                    }
-                    Ok(None) => {
-                        self.void(name)?;
-                        false
-                    }
-                    Ok(Some(_)) => true,
-                }
+                self.addresses_of(name, false).await?.is_some()
             }
             Mechanism::Include(spec) => {
                 let Some(name) = self.vars.expand(spec, domain) else {
