@@ -778,8 +778,9 @@ fn read_map(map: &str, options: &Options<'_>) -> Result<Vec<(String, String)>, S
             continue;
         }
         if regexp {
-            // `/pattern/ replacement`
-            let Some(end) = line[1..].find('/') else {
+            // `/pattern/ replacement`; anything else is not an entry (and may start with a
+            // character of several octets, so no slicing before the check).
+            let Some(end) = line.strip_prefix('/').and_then(|rest| rest.find('/')) else {
                 continue;
             };
             out.push((

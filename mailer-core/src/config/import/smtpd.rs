@@ -576,11 +576,21 @@ impl Cx<'_> {
         let mut has_host = false;
         let mut auth: Option<String> = None;
         let mut url: Option<String> = None;
+        // An option given twice would be a key written twice: not TOML.
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         while i < toks.len() {
             let word = toks[i].text().unwrap_or("").to_string();
             let arg = toks.get(i + 1);
             let mut takes_arg = true;
+            let repeated = seen.contains(&word);
             match (word.as_str(), relays) {
+                ("alias" | "host" | "auth" | "mail-from", _) if repeated => {
+                    takes_arg = matches!(arg, Some(Tok::Table(_)) | Some(Tok::Str(_)));
+                    problems.push((
+                        format!("`{word}` is given twice (OpenSMTPD refuses that too)"),
+                        "keep one".into(),
+                    ));
+                }
                 ("alias", false) => match arg {
                     Some(Tok::Table(t)) => match self.file_table(t) {
                         Ok(n) => block.entries.push(Entry::new("alias", q(&n))),
@@ -650,6 +660,9 @@ impl Cx<'_> {
                         "remove it, or keep this function outside mailer".into(),
                     ));
                 }
+            }
+            if !repeated {
+                seen.insert(word);
             }
             i += if takes_arg { 2 } else { 1 };
         }

@@ -334,3 +334,29 @@ fn an_open_relay_rule_is_never_translated() {
     assert_eq!(lines(&t), [3, 4]);
     assert!(c.matches.is_empty());
 }
+
+#[test]
+fn an_action_option_given_twice_is_named_not_written_twice() {
+    let text = "table secrets file:/etc/mail/secrets\n\
+                action \"out\" relay host \"smtp+tls://a@relay.example\" auth <secrets> \
+                mail-from \"@one.example\" mail-from \"@two.example\"\n\
+                match from local for any action \"out\"\n";
+    let (t, config) = translate(text, Some("mx.example"));
+    assert!(
+        t.toml.contains("mail_from = \"@one.example\""),
+        "{}",
+        t.toml
+    );
+    assert!(
+        !t.toml.contains("mail_from = \"@two.example\""),
+        "{}",
+        t.toml
+    );
+    assert_eq!(lines(&t), [2]);
+    assert!(
+        t.unsupported[0].why.contains("`mail-from` is given twice"),
+        "{:?}",
+        t.unsupported
+    );
+    assert!(config.actions.contains_key("out"));
+}
