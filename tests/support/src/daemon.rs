@@ -34,6 +34,18 @@ impl Wrapper {
         let script = "mkdir -p \"$TMPFS_AT\" && \
                       mount -t tmpfs -o \"size=$TMPFS_SIZE,mode=0700\" tmpfs \"$TMPFS_AT\" && \
                       exec \"$0\" \"$@\"";
+        Wrapper::in_private_mounts(
+            script,
+            vec![
+                ("TMPFS_AT".into(), mount_point.into()),
+                ("TMPFS_SIZE".into(), size.into()),
+            ],
+        )
+    }
+
+    /// `sh -c script` in a private mount namespace, which then execs the daemon: mounts the
+    /// script makes are seen by the daemon alone and vanish with it.
+    fn in_private_mounts(script: &str, env: Vec<(OsString, OsString)>) -> Wrapper {
         Wrapper {
             args: [
                 "unshare",
@@ -47,10 +59,7 @@ impl Wrapper {
             .into_iter()
             .map(OsString::from)
             .collect(),
-            env: vec![
-                ("TMPFS_AT".into(), mount_point.into()),
-                ("TMPFS_SIZE".into(), size.into()),
-            ],
+            env,
         }
     }
 
@@ -65,21 +74,7 @@ impl Wrapper {
                       mount --bind \"$JOURNAL_DIR\" /run/systemd/journal && \
                       export JOURNAL_STREAM=\"$(stat -L -c %d:%i /proc/self/fd/2)\" && \
                       exec \"$0\" \"$@\"";
-        Wrapper {
-            args: [
-                "unshare",
-                "-m",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                script,
-            ]
-            .into_iter()
-            .map(OsString::from)
-            .collect(),
-            env: vec![("JOURNAL_DIR".into(), journal_dir.into())],
-        }
+        Wrapper::in_private_mounts(script, vec![("JOURNAL_DIR".into(), journal_dir.into())])
     }
 
     /// Runs the daemon with the credentials config/mailer.service gives it: uid `uid`, gid
