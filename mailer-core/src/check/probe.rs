@@ -666,8 +666,7 @@ fn expiry_check(seconds: i64, leaf: &CertSummary, host: &str) -> Check {
         let days = (-seconds) / 86400;
         let ago = match days {
             0 => "today".to_string(),
-            1 => "1 day ago".to_string(),
-            n => format!("{n} days ago"),
+            n => format!("{} ago", count_days(n)),
         };
         return Check::new(
             area,
@@ -683,17 +682,21 @@ fn expiry_check(seconds: i64, leaf: &CertSummary, host: &str) -> Check {
             area,
             id,
             Status::Fail,
-            format!("the certificate expires in {days} days (not after {date})"),
+            format!("the certificate expires {} (not after {date})", in_days(days)),
         )
         .hint(format!(
-            "renew the certificate of {host} within {days} days"
+            "renew the certificate of {host} {}",
+            match days {
+                0 => "today".to_string(),
+                n => format!("within {}", count_days(n)),
+            }
         ))
     } else if days < CERT_WARN_DAYS {
         Check::new(
             area,
             id,
             Status::Warn,
-            format!("the certificate expires in {days} days (not after {date})"),
+            format!("the certificate expires {} (not after {date})", in_days(days)),
         )
         .hint(format!(
             "renew the certificate of {host}, or check that its automatic renewal works"
@@ -703,8 +706,24 @@ fn expiry_check(seconds: i64, leaf: &CertSummary, host: &str) -> Check {
             area,
             id,
             Status::Pass,
-            format!("the certificate expires in {days} days (not after {date})"),
+            format!("the certificate expires {} (not after {date})", in_days(days)),
         )
+    }
+}
+
+/// "in 3 days", "in 1 day", "today": the expiry as the admin would say it.
+fn in_days(days: i64) -> String {
+    match days {
+        0 => "today".to_string(),
+        n => format!("in {}", count_days(n)),
+    }
+}
+
+fn count_days(n: i64) -> String {
+    if n == 1 {
+        "1 day".to_string()
+    } else {
+        format!("{n} days")
     }
 }
 

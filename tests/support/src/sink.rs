@@ -104,6 +104,7 @@ struct Shared {
     arrived: Notify,
     connections: AtomicUsize,
     auth_attempts: AtomicUsize,
+    auth_refusals: AtomicUsize,
     /// Command lines received, by verb (upper case): `RCPT`, `DATA`, ...
     commands: Mutex<HashMap<String, usize>>,
 }
@@ -138,6 +139,7 @@ impl Sink {
             arrived: Notify::new(),
             connections: AtomicUsize::new(0),
             auth_attempts: AtomicUsize::new(0),
+            auth_refusals: AtomicUsize::new(0),
             commands: Mutex::new(HashMap::new()),
         });
         let accepting = shared.clone();
@@ -217,6 +219,11 @@ impl Sink {
     /// AUTH commands received, successful or not.
     pub fn auth_attempts(&self) -> usize {
         self.shared.auth_attempts.load(Ordering::SeqCst)
+    }
+
+    /// AUTH commands answered 535: credentials this server does not know.
+    pub fn auth_refusals(&self) -> usize {
+        self.shared.auth_refusals.load(Ordering::SeqCst)
     }
 
     /// Command lines received with this verb (e.g. `DATA`, `RCPT`), whatever their fate: a
@@ -527,6 +534,7 @@ async fn serve(stream: TcpStream, shared: Arc<Shared>, number: usize) -> std::io
                     auth_user = Some(user.clone());
                     reply(&mut conn, 235, "2.7.0 authenticated").await?;
                 } else {
+                    shared.auth_refusals.fetch_add(1, Ordering::SeqCst);
                     reply(&mut conn, 535, "5.7.8 authentication credentials invalid").await?;
                 }
             }
