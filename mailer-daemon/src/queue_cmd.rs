@@ -612,6 +612,7 @@ mod tests {
             peer: "local".into(),
             held: true,
             warned: false,
+            signatures: String::new(),
         };
         let mut other = bounce.clone();
         other.id = QueueId::parse("0000000000000000000B").expect("an id");

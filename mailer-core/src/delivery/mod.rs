@@ -5,6 +5,7 @@
 //! retry, so the queue never has to interpret transport-specific errors.
 
 pub mod bounce;
+pub mod content;
 pub mod dispatch;
 pub mod dkim;
 pub mod local;

@@ -209,6 +209,7 @@ impl Incoming {
                 .map_or_else(|| "local".to_string(), |a| a.ip().to_string()),
             held: false,
             warned: false,
+            signatures: String::new(),
         }
     }
 }

@@ -761,6 +761,7 @@ impl<D: Deliverer> Scheduler<D> {
             peer: "local".into(),
             held: false,
             warned: false,
+            signatures: String::new(),
         };
         let spool = self.spool.clone();
         let stored = bounce.clone();
@@ -960,6 +961,7 @@ mod tests {
             peer: "local".into(),
             held: false,
             warned: false,
+            signatures: String::new(),
         }
     }
 

@@ -73,6 +73,7 @@ use serde::{Deserialize, Serialize};
 
 use super::QueueId;
 use crate::address::Address;
+use crate::delivery::content::Content;
 
 /// The version an envelope is written with; another is not read.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -114,8 +115,13 @@ pub struct Envelope {
     /// `None` is the null sender: the message is a bounce.
     pub sender: Option<Address>,
     pub recipients: Vec<Recipient>,
-    /// Octets of the message file.
+    /// Octets of the message in its queue file (without `signatures`).
     pub size: u64,
+    /// Header fields our DKIM signing made at admission, complete with their CRLFs: delivered
+    /// in front of the stored message. They are known only once the whole message has been
+    /// read, after it was written to disk as it arrived.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub signatures: String,
     pub smtputf8: bool,
     pub eightbit: bool,
     pub helo: String,
@@ -265,7 +271,6 @@ impl Spool {
         self.q.join(format!("{id}.env"))
     }
 
-    /// Writes `bytes` to a new temporary file, fsynced, and returns its path.
     /// Writes `parts` to a new file in `tmp/` and fsyncs it; its path.
     fn write_tmp(&self, id: QueueId, kind: &str, parts: &[&[u8]]) -> io::Result<PathBuf> {
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
@@ -289,17 +294,73 @@ impl Spool {
     /// Makes a message and its envelope durable: one file, one fsync, and a share of one
     /// directory fsync.
     pub fn store(&self, envelope: &Envelope, message: &[u8]) -> io::Result<()> {
+        let mut file = self.create(envelope.id)?;
+        file.pending.extend_from_slice(message);
+        self.commit(file, envelope)
+    }
+
+    /// Starts the queue file of message `id` in `tmp/`, for content written as it arrives.
+    /// Nothing in `tmp/` is ever delivered: until [`Spool::commit`], the file is the
+    /// session's scratch space, and it is removed when dropped.
+    pub fn create(&self, id: QueueId) -> io::Result<QueueFile> {
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let path = self.tmp.join(format!("{id}.msg.{seq}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok(QueueFile {
+            file: Some(file),
+            path,
+            written: 0,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Completes `file` with `envelope` and makes both durable: the envelope and trailer are
+    /// appended, the file fsynced and renamed into `q/`, and `q/` synced (shared). Only then
+    /// may the message be acknowledged.
+    pub fn commit(&self, mut file: QueueFile, envelope: &Envelope) -> io::Result<()> {
         let json = encode(envelope)?;
-        let trailer = trailer(message.len() as u64);
-        let tmp = self.write_tmp(envelope.id, "msg", &[message, &json, &trailer])?;
+        let size = file.written + file.pending.len() as u64;
+        if size != envelope.size {
+            return Err(io::Error::other(format!(
+                "the envelope gives {} octets of message, {size} were written",
+                envelope.size
+            )));
+        }
+        let pending = std::mem::take(&mut file.pending);
+        let f = file.file.as_mut().expect("an uncommitted queue file is open");
+        write_all_vectored(f, &[&pending, &json, &trailer(size)])?;
+        f.sync_all()?;
         let path = self.message_path(envelope.id);
-        let result = fs::rename(&tmp, &path).and_then(|()| self.q_sync.sync());
-        if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
+        fs::rename(&file.path, &path)?;
+        // From here the file is in `q/`: dropping `file` must not remove anything.
+        file.file = None;
+        if let Err(e) = self.q_sync.sync() {
             let _ = fs::remove_file(&path);
             return Err(e);
         }
         Ok(())
+    }
+
+    /// The message of `envelope` as the ways out read it: its signatures, then the stored
+    /// octets, read from the file as they are sent.
+    pub fn open_content(&self, envelope: &Envelope) -> io::Result<Content> {
+        use std::os::unix::fs::FileExt;
+        let file = File::open(self.message_path(envelope.id))?;
+        let file_len = file.metadata()?.len();
+        let mut tail = [0u8; TRAILER_LEN];
+        let len = match file_len.checked_sub(TRAILER_LEN as u64) {
+            Some(at) => {
+                file.read_exact_at(&mut tail, at)?;
+                parse_trailer(&tail).filter(|&n| n <= at).unwrap_or(file_len)
+            }
+            None => file_len,
+        };
+        Content::open(envelope.signatures.clone().into_bytes(), file, len)
     }
 
     pub fn update(&self, envelope: &Envelope) -> io::Result<()> {
@@ -322,7 +383,8 @@ impl Spool {
         Ok(())
     }
 
-    /// The message as it will be delivered (without the envelope stored after it).
+    /// The message as stored (without the signatures of its envelope, and without the
+    /// envelope stored after it), whole in memory: for `mailer queue show`, not delivery.
     pub fn read_message(&self, id: QueueId) -> io::Result<Vec<u8>> {
         let mut bytes = fs::read(self.message_path(id))?;
         if let Some((size, _)) = split_queue_file(&bytes) {
@@ -522,6 +584,71 @@ impl Spool {
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(out)
+    }
+}
+
+/// A queue file being written in `tmp/`: the message as it arrives. Small writes are
+/// gathered, so a message that fits in one buffer reaches the disk in the single write of
+/// [`Spool::commit`]. Dropped uncommitted, the file is removed.
+#[derive(Debug)]
+pub struct QueueFile {
+    /// `None` once committed.
+    file: Option<File>,
+    path: PathBuf,
+    /// Octets written to the file so far.
+    written: u64,
+    pending: Vec<u8>,
+}
+
+/// Gathered before a write to the file.
+const WRITE_BUFFER: usize = 64 * 1024;
+
+impl QueueFile {
+    /// Appends message octets. The file is not synced: [`Spool::commit`] does that once.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if self.pending.len() + bytes.len() <= WRITE_BUFFER {
+            self.pending.extend_from_slice(bytes);
+            return Ok(());
+        }
+        let f = self.file.as_mut().expect("an uncommitted queue file is open");
+        write_all_vectored(f, &[&self.pending, bytes])?;
+        self.written += (self.pending.len() + bytes.len()) as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// Octets of message so far.
+    pub fn len(&self) -> u64 {
+        self.written + self.pending.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The message written so far, read back from the start a chunk at a time (DKIM signing
+    /// reads it once whole, after the end of data).
+    pub fn read_back(&mut self, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let file = self.file.as_ref().expect("an uncommitted queue file is open");
+        let mut buf = vec![0u8; WRITE_BUFFER.min(self.written as usize)];
+        let mut at = 0u64;
+        while at < self.written {
+            let n = (self.written - at).min(buf.len() as u64) as usize;
+            file.read_exact_at(&mut buf[..n], at)?;
+            f(&buf[..n]);
+            at += n as u64;
+        }
+        f(&self.pending);
+        Ok(())
+    }
+}
+
+impl Drop for QueueFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -1,0 +1,251 @@
+//! A queued message as the ways out read it: the header fields signing put in front of it,
+//! then the stored octets, read from the queue file a chunk at a time. A delivery of a 35 MiB
+//! message holds one chunk, not the message.
+//!
+//! Reads are positional (`pread`), so the jobs of one message going to several actions read
+//! the same open file independently. They are made on the caller's thread: the file was
+//! written moments ago and sits in the page cache, and a hand-off to a blocking pool per
+//! 64 KiB would cost more than the copy.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+
+use crate::policy::align::MAX_HEADER_SECTION;
+
+/// Octets read at a time.
+pub const CHUNK: usize = 64 * 1024;
+
+/// The octets of a message to deliver.
+#[derive(Debug)]
+pub struct Content {
+    /// Header fields added at admission (DKIM signatures), sent before `body`.
+    prefix: Vec<u8>,
+    body: Body,
+    /// The start of the message (prefix included) through the empty line that ends its header
+    /// section, or [`MAX_HEADER_SECTION`] + 1 octets when no empty line comes that soon.
+    head: Vec<u8>,
+    eight_bit: bool,
+}
+
+#[derive(Debug)]
+enum Body {
+    Memory(Vec<u8>),
+    /// The first `len` octets of the file.
+    File { file: File, len: u64 },
+}
+
+impl Content {
+    /// A message held in memory (tests, reports we make ourselves).
+    pub fn from_bytes(bytes: Vec<u8>) -> Content {
+        Content {
+            head: head_of(&bytes).to_vec(),
+            eight_bit: !bytes.is_ascii(),
+            prefix: Vec::new(),
+            body: Body::Memory(bytes),
+        }
+    }
+
+    /// `prefix`, then the first `len` octets of `file`. Reads the file once, a chunk at a
+    /// time, for its header section and whether it has 8-bit octets.
+    pub fn open(prefix: Vec<u8>, file: File, len: u64) -> io::Result<Content> {
+        let mut content = Content {
+            prefix,
+            body: Body::File { file, len },
+            head: Vec::new(),
+            eight_bit: false,
+        };
+        let mut head = Vec::new();
+        let mut head_done = false;
+        let mut eight_bit = false;
+        content.for_each_chunk(|chunk| {
+            eight_bit |= !chunk.is_ascii();
+            if !head_done {
+                let scanned_from = head.len().saturating_sub(3);
+                head.extend_from_slice(chunk);
+                if let Some(end) = header_end(&head, scanned_from) {
+                    head.truncate(end);
+                    head_done = true;
+                } else if head.len() > MAX_HEADER_SECTION {
+                    head.truncate(MAX_HEADER_SECTION + 1);
+                    head_done = true;
+                }
+            }
+            Ok(())
+        })?;
+        content.head = head;
+        content.eight_bit = eight_bit;
+        Ok(content)
+    }
+
+    /// Octets delivered: the prefix and the stored message.
+    pub fn len(&self) -> u64 {
+        let body = match &self.body {
+            Body::Memory(bytes) => bytes.len() as u64,
+            Body::File { len, .. } => *len,
+        };
+        self.prefix.len() as u64 + body
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether any octet is above 127 (the message needs 8BITMIME).
+    pub fn is_eight_bit(&self) -> bool {
+        self.eight_bit
+    }
+
+    /// The start of the message: its whole header section with the empty line after it when
+    /// that ends within [`MAX_HEADER_SECTION`] octets, else [`MAX_HEADER_SECTION`] + 1 octets
+    /// (so a reader can tell the section is too large), else the whole message.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// Calls `f` with the message in order, at most [`CHUNK`] octets at a time from the file.
+    pub fn for_each_chunk(
+        &self,
+        mut f: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut reader = self.reader();
+        while let Some(chunk) = reader.next_chunk()? {
+            f(chunk)?;
+        }
+        Ok(())
+    }
+
+    /// A reader of the message from its start, for a caller that cannot take a closure (an
+    /// async writer).
+    pub fn reader(&self) -> ChunkReader<'_> {
+        ChunkReader {
+            content: self,
+            at: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The whole message in memory: for tests and small messages only.
+    pub fn to_vec(&self) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(usize::try_from(self.len()).unwrap_or(0));
+        self.for_each_chunk(|chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}
+
+/// Reads a [`Content`] from its start, a chunk at a time into one reused buffer.
+pub struct ChunkReader<'a> {
+    content: &'a Content,
+    /// Octets of the message (prefix included) given out so far.
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl ChunkReader<'_> {
+    /// The next chunk; `None` at the end. A file that ends before its recorded length is an
+    /// error, never a silently shorter message.
+    pub fn next_chunk(&mut self) -> io::Result<Option<&[u8]>> {
+        let prefix = &self.content.prefix;
+        if self.at < prefix.len() as u64 {
+            let start = self.at as usize;
+            self.at = prefix.len() as u64;
+            return Ok(Some(&prefix[start..]));
+        }
+        let offset = self.at - prefix.len() as u64;
+        match &self.content.body {
+            Body::Memory(bytes) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+                let end = (start + CHUNK).min(bytes.len());
+                self.at += (end - start) as u64;
+                Ok((end > start).then(|| &bytes[start..end]))
+            }
+            Body::File { file, len } => {
+                let want = (*len - offset.min(*len)).min(CHUNK as u64) as usize;
+                if want == 0 {
+                    return Ok(None);
+                }
+                self.buf.resize(want, 0);
+                file.read_exact_at(&mut self.buf, offset)?;
+                self.at += want as u64;
+                Ok(Some(&self.buf))
+            }
+        }
+    }
+}
+
+/// Where the header section of `bytes` ends, after its empty line, searching from `from`
+/// (the message starts with a line: an empty first line ends an empty section).
+fn header_end(bytes: &[u8], from: usize) -> Option<usize> {
+    if bytes.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    memchr::memmem::find(&bytes[from..], b"\r\n\r\n").map(|i| from + i + 4)
+}
+
+fn head_of(bytes: &[u8]) -> &[u8] {
+    match header_end(bytes, 0) {
+        Some(end) => &bytes[..end],
+        None => &bytes[..bytes.len().min(MAX_HEADER_SECTION + 1)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn stored(prefix: &[u8], message: &[u8], trailing: &[u8]) -> Content {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(message).unwrap();
+        f.write_all(trailing).unwrap();
+        Content::open(prefix.to_vec(), f, message.len() as u64).unwrap()
+    }
+
+    #[test]
+    fn a_file_reads_back_with_its_prefix_and_without_what_follows() {
+        let body: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut message = b"Subject: x\r\n\r\n".to_vec();
+        message.extend_from_slice(&body);
+        let c = stored(b"DKIM-Signature: v=1\r\n", &message, b"{envelope}");
+        let mut expected = b"DKIM-Signature: v=1\r\n".to_vec();
+        expected.extend_from_slice(&message);
+        assert_eq!(c.to_vec().unwrap(), expected);
+        assert_eq!(c.len(), expected.len() as u64);
+        assert_eq!(c.head(), b"DKIM-Signature: v=1\r\nSubject: x\r\n\r\n");
+        assert!(!c.is_eight_bit());
+        let mut largest = 0;
+        c.for_each_chunk(|chunk| {
+            largest = largest.max(chunk.len());
+            Ok(())
+        })
+        .unwrap();
+        assert!(largest <= CHUNK);
+    }
+
+    #[test]
+    fn eight_bit_octets_anywhere_are_found() {
+        let mut message = b"Subject: x\r\n\r\n".to_vec();
+        message.extend(std::iter::repeat_n(b'a', 3 * CHUNK));
+        message.extend_from_slice("é\r\n".as_bytes());
+        assert!(stored(b"", &message, b"").is_eight_bit());
+        assert!(Content::from_bytes(message).is_eight_bit());
+    }
+
+    #[test]
+    fn a_header_section_without_an_end_is_cut_one_past_the_limit() {
+        let message = b"X: y\r\n".repeat(MAX_HEADER_SECTION / 6 + 10);
+        assert_eq!(stored(b"", &message, b"").head().len(), MAX_HEADER_SECTION + 1);
+        let short = b"X: y\r\n".to_vec();
+        assert_eq!(Content::from_bytes(short.clone()).head(), &short[..]);
+    }
+
+    #[test]
+    fn a_file_shorter_than_its_recorded_length_is_an_error() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"Subject: x\r\n\r\nbody").unwrap();
+        assert!(Content::open(Vec::new(), f, 1000).is_err());
+    }
+}
