@@ -8,7 +8,7 @@
 //! the server's DATA reader to exactly the body, ending exactly at the end.
 
 use mailer_core::intake::data::{BareNewlines, DataReader};
-use mailer_core::smtp::protocol::{dot_stuffed, Capabilities, Reply};
+use mailer_core::smtp::protocol::{dot_stuff, Capabilities, Reply};
 use smtp_proto::response::parser::ResponseReceiver;
 
 use super::chunks;
@@ -113,7 +113,7 @@ pub fn run(data: &[u8]) {
         })
         .collect::<Vec<_>>()
         .join(&b"\r\n"[..]);
-    let wire: Vec<u8> = dot_stuffed(&body).concat();
+    let wire: Vec<u8> = dot_stuff(&body);
     let mut reader = DataReader::new(usize::MAX / 2, usize::MAX / 2, BareNewlines::Reject);
     let mut got = Vec::new();
     let end = reader.feed(&wire, &mut got);

@@ -20,7 +20,7 @@
 use mailer_core::address::Address;
 use mailer_core::delivery::{FailureKind, Outcome};
 use mailer_core::smtp::client::{ClientSession, Event, Interrupted, Settings, Tls};
-use mailer_core::smtp::protocol::{auth_login_line, auth_plain_command, dot_stuffed, Reply};
+use mailer_core::smtp::protocol::{auth_login_line, auth_plain_command, dot_stuff, BodyFacts, Reply};
 use mailer_core::tables::secrets::Credentials;
 use smtp_proto::response::parser::ResponseReceiver;
 
@@ -153,7 +153,7 @@ fn drive(flags: u8, message: &Message, pieces: &[&[u8]]) -> Run {
                         session.send_message(
                             message.sender.as_ref(),
                             &message.recipients,
-                            &message.body,
+                            BodyFacts::of(&message.body),
                             reused,
                         );
                     } else {
@@ -163,7 +163,7 @@ fn drive(flags: u8, message: &Message, pieces: &[&[u8]]) -> Run {
                 Event::SendBody => {
                     let pending = session.take_output();
                     assert!(pending.is_empty(), "commands after DATA: {pending:?}");
-                    let body: Vec<u8> = dot_stuffed(&message.body).concat();
+                    let body: Vec<u8> = dot_stuff(&message.body);
                     assert!(body.ends_with(b"\r\n.\r\n") || body == b".\r\n");
                     run.written.push(Written::Body);
                     session.body_sent();

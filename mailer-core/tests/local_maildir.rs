@@ -4,8 +4,14 @@ use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
+use mailer_core::delivery::content::Content;
 use mailer_core::delivery::maildir::{deliver_maildir, MaildirOptions};
 use mailer_core::delivery::EnhancedStatus;
+
+/// A message as the queue gives it.
+fn msg(bytes: &[u8]) -> Content {
+    Content::from_bytes(bytes.to_vec())
+}
 
 fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -22,7 +28,7 @@ fn message_lands_in_new_with_lf_line_ends() {
     let maildir = home.path().join("Maildir");
     let opts = MaildirOptions::new("mx.ublog.tech");
     let message = b"From: pim@ublog.tech\r\nSubject: hi\r\n\r\nFrom here\r\nend";
-    let path = deliver_maildir(&maildir, message, &opts).expect("delivered");
+    let path = deliver_maildir(&maildir, &msg(message), &opts).expect("delivered");
 
     assert_eq!(path.parent(), Some(maildir.join("new").as_path()));
     assert_eq!(
@@ -58,7 +64,7 @@ fn hundred_quick_deliveries_get_unique_names() {
     let mut paths = HashSet::new();
     for i in 0..100 {
         let message = format!("Subject: {i}\r\n\r\nbody {i}\r\n");
-        let path = deliver_maildir(&maildir, message.as_bytes(), &opts).expect("delivered");
+        let path = deliver_maildir(&maildir, &msg(message.as_bytes()), &opts).expect("delivered");
         assert!(paths.insert(path), "name reused at delivery {i}");
     }
     let delivered = names(&maildir.join("new"));
@@ -88,7 +94,7 @@ fn failed_write_leaves_nothing_in_tmp_or_new() {
         ..MaildirOptions::new("mx")
     };
     let failure =
-        deliver_maildir(&maildir, b"Subject: x\r\n\r\nbody\r\n", &opts).expect_err("injected");
+        deliver_maildir(&maildir, &msg(b"Subject: x\r\n\r\nbody\r\n"), &opts).expect_err("injected");
     assert!(!failure.permanent);
     assert_eq!(failure.status, EnhancedStatus(4, 3, 0));
     assert!(
@@ -113,7 +119,7 @@ fn existing_maildir_is_used_as_is() {
         std::fs::create_dir_all(maildir.join(d)).expect("mkdir");
     }
     std::fs::write(maildir.join("cur/1.old:2,S"), b"old").expect("old message");
-    deliver_maildir(&maildir, b"x\r\n", &MaildirOptions::new("mx")).expect("delivered");
+    deliver_maildir(&maildir, &msg(b"x\r\n"), &MaildirOptions::new("mx")).expect("delivered");
     assert_eq!(names(&maildir.join("cur")), vec!["1.old:2,S".to_string()]);
     assert_eq!(names(&maildir.join("new")).len(), 1);
 }

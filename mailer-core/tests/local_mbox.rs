@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use mailer_core::address::Address;
+use mailer_core::delivery::content::Content;
 use mailer_core::delivery::mailbox_fs::MailboxOwner;
 use mailer_core::delivery::mbox::{deliver_mbox, expand_path, MboxOptions, PatternError};
 use mailer_core::delivery::EnhancedStatus;
@@ -20,6 +21,11 @@ fn arrival() -> SystemTime {
 
 fn sender() -> Address {
     Address::parse("pim@ublog.tech").expect("valid")
+}
+
+/// A message as the queue gives it.
+fn msg(bytes: &[u8]) -> Content {
+    Content::from_bytes(bytes.to_vec())
 }
 
 fn opts(timeout_ms: u64) -> MboxOptions {
@@ -37,7 +43,7 @@ const EXPECTED: &[u8] = b"From pim@ublog.tech Wed Nov 25 13:13:37 2026\nFrom: pi
 fn message_is_written_as_mboxrd_with_lf_and_trailing_blank_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mbox = dir.path().join("pim");
-    deliver_mbox(&mbox, Some(&sender()), arrival(), MESSAGE, &opts(1000)).expect("delivered");
+    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(1000)).expect("delivered");
     assert_eq!(std::fs::read(&mbox).expect("read"), EXPECTED);
     assert!(!dir.path().join("pim.lock").exists(), "dotlock removed");
 }
@@ -46,13 +52,13 @@ fn message_is_written_as_mboxrd_with_lf_and_trailing_blank_line() {
 fn second_message_is_appended_and_null_sender_is_mailer_daemon() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mbox = dir.path().join("pim");
-    deliver_mbox(&mbox, Some(&sender()), arrival(), MESSAGE, &opts(1000)).expect("first");
+    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(1000)).expect("first");
     let bounce = b"Subject: failure\r\n\r\nbody\r\n";
     deliver_mbox(
         &mbox,
         None,
         from_unix_seconds(951_782_400),
-        bounce,
+        &msg(bounce),
         &opts(1000),
     )
     .expect("second");
@@ -67,7 +73,7 @@ fn second_message_is_appended_and_null_sender_is_mailer_daemon() {
 fn new_mbox_is_mode_0600_in_created_0700_directory() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mbox = dir.path().join("home/pim/mail/inbox");
-    deliver_mbox(&mbox, None, arrival(), b"x\r\n", &opts(1000)).expect("delivered");
+    deliver_mbox(&mbox, None, arrival(), &msg(b"x\r\n"), &opts(1000)).expect("delivered");
     let mode = std::fs::metadata(&mbox).expect("stat").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     for d in ["home", "home/pim", "home/pim/mail"] {
@@ -101,7 +107,7 @@ fn new_mbox_is_given_to_its_user_and_mail_but_an_existing_one_keeps_mode_and_own
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let mbox = dir.path().join("nobody");
-    deliver_mbox(&mbox, None, arrival(), b"x\r\n", &options).expect("delivered");
+    deliver_mbox(&mbox, None, arrival(), &msg(b"x\r\n"), &options).expect("delivered");
     let meta = std::fs::metadata(&mbox).expect("stat");
     assert_eq!(
         (meta.uid(), meta.gid()),
@@ -113,7 +119,7 @@ fn new_mbox_is_given_to_its_user_and_mail_but_an_existing_one_keeps_mode_and_own
     std::fs::write(&existing, b"").expect("create");
     std::os::unix::fs::chown(&existing, Some(nobody.uid), Some(nobody.gid)).expect("chown");
     std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    deliver_mbox(&existing, None, arrival(), b"x\r\n", &options).expect("delivered");
+    deliver_mbox(&existing, None, arrival(), &msg(b"x\r\n"), &options).expect("delivered");
     let meta = std::fs::metadata(&existing).expect("stat");
     assert_eq!((meta.uid(), meta.gid()), (nobody.uid, nobody.gid));
     assert_eq!(meta.mode() & 0o7777, 0o600, "never changed");
@@ -123,7 +129,7 @@ fn new_mbox_is_given_to_its_user_and_mail_but_an_existing_one_keeps_mode_and_own
 fn write_error_truncates_mbox_back_to_its_old_bytes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mbox = dir.path().join("pim");
-    deliver_mbox(&mbox, Some(&sender()), arrival(), MESSAGE, &opts(1000)).expect("first");
+    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(1000)).expect("first");
     let before = std::fs::read(&mbox).expect("read");
     // Larger than the write buffer, so part of it reaches the file before the failure.
     let big: Vec<u8> =
@@ -134,7 +140,7 @@ fn write_error_truncates_mbox_back_to_its_old_bytes() {
             ..opts(1000)
         };
         let failure =
-            deliver_mbox(&mbox, None, arrival(), &big, &options).expect_err("injected failure");
+            deliver_mbox(&mbox, None, arrival(), &msg(&big), &options).expect_err("injected failure");
         assert!(!failure.permanent);
         assert_eq!(failure.status, EnhancedStatus(4, 3, 0));
         assert_eq!(
@@ -162,7 +168,7 @@ fn held_dotlock_makes_delivery_wait_then_fail_temporarily() {
     let holder = format!("{}\n", std::process::id());
     std::fs::write(&lock, &holder).expect("lock");
     let start = Instant::now();
-    let failure = deliver_mbox(&mbox, None, arrival(), b"x\r\n", &opts(300)).expect_err("locked");
+    let failure = deliver_mbox(&mbox, None, arrival(), &msg(b"x\r\n"), &opts(300)).expect_err("locked");
     let waited = start.elapsed();
     assert!(waited >= Duration::from_millis(300), "waited {waited:?}");
     assert!(waited < Duration::from_secs(5), "waited {waited:?}");
@@ -193,7 +199,7 @@ fn dotlock_released_in_time_lets_delivery_through() {
         })
     };
     let start = Instant::now();
-    deliver_mbox(&mbox, Some(&sender()), arrival(), MESSAGE, &opts(5000)).expect("delivered");
+    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(5000)).expect("delivered");
     assert!(start.elapsed() >= Duration::from_millis(200));
     releaser.join().expect("releaser");
     assert_eq!(std::fs::read(&mbox).expect("read"), EXPECTED);
@@ -210,7 +216,7 @@ fn stale_dotlock_is_removed() {
         .expect("age the lock");
     drop(f);
     let start = Instant::now();
-    deliver_mbox(&mbox, Some(&sender()), arrival(), MESSAGE, &opts(5000)).expect("delivered");
+    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(5000)).expect("delivered");
     assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(std::fs::read(&mbox).expect("read"), EXPECTED);
 }
@@ -226,7 +232,7 @@ fn a_dotlock_left_by_a_process_that_died_is_taken_over_at_once() {
     dead.wait().expect("reap");
     std::fs::write(&lock, format!("{pid}\n")).expect("lock");
     let start = Instant::now();
-    deliver_mbox(&mbox, Some(&sender()), arrival(), MESSAGE, &opts(5000)).expect("delivered");
+    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(5000)).expect("delivered");
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -264,7 +270,7 @@ fn fcntl_lock_held_by_another_process_times_out_temporarily() {
     let mbox = dir.path().join("pim");
     let mut holder = hold_fcntl_lock(&mbox, 10.0);
     let start = Instant::now();
-    let failure = deliver_mbox(&mbox, None, arrival(), b"x\r\n", &opts(300)).expect_err("locked");
+    let failure = deliver_mbox(&mbox, None, arrival(), &msg(b"x\r\n"), &opts(300)).expect_err("locked");
     let waited = start.elapsed();
     holder.kill().expect("kill holder");
     holder.wait().expect("reap holder");
@@ -287,7 +293,7 @@ fn fcntl_lock_released_in_time_lets_delivery_through() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mbox = dir.path().join("pim");
     let mut holder = hold_fcntl_lock(&mbox, 0.3);
-    deliver_mbox(&mbox, Some(&sender()), arrival(), MESSAGE, &opts(10_000)).expect("delivered");
+    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(10_000)).expect("delivered");
     holder.wait().expect("holder exits");
     assert_eq!(std::fs::read(&mbox).expect("read"), EXPECTED);
 }
@@ -299,7 +305,7 @@ fn symlinked_mbox_is_refused_and_its_target_untouched() {
     std::fs::write(&target, b"root:x:0:0\n").expect("write");
     let mbox = dir.path().join("pim");
     std::os::unix::fs::symlink(&target, &mbox).expect("symlink");
-    let failure = deliver_mbox(&mbox, None, arrival(), b"x\r\n", &opts(1000)).expect_err("refused");
+    let failure = deliver_mbox(&mbox, None, arrival(), &msg(b"x\r\n"), &opts(1000)).expect_err("refused");
     assert!(!failure.permanent);
     assert_eq!(failure.status, EnhancedStatus(4, 2, 0));
     let p = mbox.display();

@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use mailer_core::address::Address;
 use mailer_core::config::{Config, LocalAction, MailboxKind};
+use mailer_core::delivery::content::Content;
 use mailer_core::delivery::local::LocalDelivery;
 use mailer_core::delivery::mailbox_fs::MailboxOwner;
 use mailer_core::delivery::maildir::{deliver_maildir, MaildirOptions};
@@ -21,6 +22,10 @@ use mailer_core::delivery::{EnhancedStatus, Failure, Outcome};
 use mailer_core::tables::users::{lookup_group, lookup_user};
 
 const MESSAGE: &[u8] = b"Subject: hi\r\n\r\nbody\r\n";
+
+fn message() -> Content {
+    Content::from_bytes(MESSAGE.to_vec())
+}
 const ENTRY_BODY: &str = "Subject: hi\n\nbody\n\n";
 /// Tells this binary, run again under setpriv, to act as the daemon.
 const CHILD_ENV: &str = "MAILBOX_FS_CHILD";
@@ -172,7 +177,7 @@ fn mbox_opts(owner: &TestUser) -> MboxOptions {
 }
 
 fn deliver_to(path: &Path, opts: &MboxOptions) -> Result<(), Failure> {
-    deliver_mbox(path, None, SystemTime::now(), MESSAGE, opts)
+    deliver_mbox(path, None, SystemTime::now(), &message(), opts)
 }
 
 /// Asserts a refusal: temporary, 4.2.0, naming the path, the problem and a fix.
@@ -412,7 +417,7 @@ fn maildir_new_planted_as_a_link_to_an_outside_directory_is_refused_as_root() {
         owner: Some(user.owner()),
         ..MaildirOptions::new("mx")
     };
-    let failure = deliver_maildir(&maildir, MESSAGE, &opts).expect_err("refused");
+    let failure = deliver_maildir(&maildir, &message(), &opts).expect_err("refused");
     assert_refused(&failure, &new, "is a symbolic link, not a directory");
     assert!(names(outside.path()).is_empty(), "nothing written outside");
     assert!(
@@ -435,7 +440,7 @@ fn a_maildir_that_is_a_users_link_is_refused_as_root() {
         owner: Some(user.owner()),
         ..MaildirOptions::new("mx")
     };
-    let failure = deliver_maildir(&maildir, MESSAGE, &opts).expect_err("refused");
+    let failure = deliver_maildir(&maildir, &message(), &opts).expect_err("refused");
     assert_refused(&failure, &maildir, "is a symbolic link, not a directory");
     assert!(names(outside.path()).is_empty(), "nothing written outside");
 }
@@ -452,7 +457,7 @@ fn a_maildir_directory_of_another_owner_is_refused_as_root() {
         owner: Some(user.owner()),
         ..MaildirOptions::new("mx")
     };
-    let failure = deliver_maildir(&maildir, MESSAGE, &opts).expect_err("refused");
+    let failure = deliver_maildir(&maildir, &message(), &opts).expect_err("refused");
     assert_refused(
         &failure,
         &maildir.join("new"),
@@ -471,7 +476,7 @@ fn root_creates_a_private_maildir_for_the_user() {
         owner: Some(user.owner()),
         ..MaildirOptions::new("mx")
     };
-    let file = deliver_maildir(&maildir, MESSAGE, &opts).expect("delivered");
+    let file = deliver_maildir(&maildir, &message(), &opts).expect("delivered");
     for d in ["", "tmp", "new", "cur"] {
         let d = maildir.join(d);
         assert_eq!(owner_of(&d), (user.uid, user.gid), "{}", d.display());
@@ -486,7 +491,7 @@ fn root_creates_a_private_maildir_for_the_user() {
         "Subject: hi\n\nbody\n"
     );
     // Delivered again into what the first delivery made.
-    deliver_maildir(&maildir, MESSAGE, &opts).expect("second delivery");
+    deliver_maildir(&maildir, &message(), &opts).expect("second delivery");
     assert_eq!(names(&maildir.join("new")).len(), 2);
     assert!(names(&maildir.join("tmp")).is_empty());
 }
@@ -527,7 +532,7 @@ fn roots_link_in_a_directory_only_root_can_change_is_followed() {
         owner: Some(user.owner()),
         ..MaildirOptions::new("mx")
     };
-    deliver_maildir(&maildir, MESSAGE, &opts).expect("delivered through the link");
+    deliver_maildir(&maildir, &message(), &opts).expect("delivered through the link");
     let real = top.path().join("mail").join(format!("{}.d", user.name));
     assert_eq!(names(&real.join("new")).len(), 1);
 }
@@ -561,7 +566,7 @@ fn deliver_locally(mailbox: &MailboxKind, user: &str) -> Outcome {
     };
     let local = LocalDelivery::new(&config, &action, None);
     let rcpt = Address::parse(&format!("{user}@localhost")).expect("valid address");
-    let mut result = local.deliver(None, &[&rcpt], MESSAGE);
+    let mut result = local.deliver(None, &[&rcpt], &message());
     assert_eq!(result.outcomes.len(), 1);
     result.outcomes.remove(0)
 }

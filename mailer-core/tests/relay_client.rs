@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailer_core::address::Address;
+use mailer_core::delivery::content::Content;
 use mailer_core::delivery::relay::{
     Credentials, Member, Pool, RelaySettings, Security, StaticResolver,
 };
@@ -17,6 +18,11 @@ const WAIT: Duration = Duration::from_secs(5);
 
 fn addr(s: &str) -> Address {
     Address::parse(s).expect("test address")
+}
+
+/// A message as the queue gives it.
+fn msg(bytes: &[u8]) -> Content {
+    Content::from_bytes(bytes.to_vec())
 }
 
 fn localhost() -> StaticResolver {
@@ -87,7 +93,7 @@ async fn starttls_and_auth_plain_deliver_byte_exact_data() {
     let recipients = [addr("bob@example.org"), addr("jösé@exämple.org")];
 
     let outcomes = pool
-        .deliver(Some(&addr("alice@ublog.tech")), &recipients, body)
+        .deliver(Some(&addr("alice@ublog.tech")), &recipients, &msg(body))
         .await
         .outcomes;
 
@@ -117,7 +123,7 @@ async fn auth_login_is_used_when_only_login_is_offered() {
     let pool = starttls_pool(&ca, &sink);
 
     let outcomes = pool
-        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .deliver(None, &[addr("bob@example.org")], &msg(b"hi\r\n"))
         .await
         .outcomes;
 
@@ -146,7 +152,7 @@ async fn implicit_tls_to_an_ip_member_verifies_the_ip_san() {
     .unwrap();
 
     let outcomes = pool
-        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .deliver(None, &[addr("bob@example.org")], &msg(b"hi\r\n"))
         .await
         .outcomes;
 
@@ -181,7 +187,7 @@ async fn one_rejected_recipient(no_pipelining: bool) {
         addr("cid@example.org"),
     ];
 
-    let outcomes = pool.deliver(None, &recipients, b"hi\r\n").await.outcomes;
+    let outcomes = pool.deliver(None, &recipients, &msg(b"hi\r\n")).await.outcomes;
 
     assert!(
         matches!(outcomes[0], Outcome::Delivered { .. }),
@@ -225,13 +231,13 @@ async fn all_recipients_rejected_sends_no_data() {
     let pool = starttls_pool(&ca, &sink);
 
     let outcomes = pool
-        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .deliver(None, &[addr("bob@example.org")], &msg(b"hi\r\n"))
         .await
         .outcomes;
     assert!(only_failure(&outcomes).permanent);
     // The session is still good for the next message.
     let outcomes = pool
-        .deliver(None, &[addr("ann@example.org")], b"next\r\n")
+        .deliver(None, &[addr("ann@example.org")], &msg(b"next\r\n"))
         .await
         .outcomes;
     assert!(
@@ -260,7 +266,7 @@ async fn reply_421_to_mail_fails_every_recipient_temporarily() {
         .deliver(
             None,
             &[addr("ann@example.org"), addr("bob@example.org")],
-            b"hi\r\n",
+            &msg(b"hi\r\n"),
         )
         .await
         .outcomes;
@@ -291,7 +297,7 @@ async fn rejection_at_end_of_data_applies_to_every_accepted_recipient() {
         .deliver(
             None,
             &[addr("ann@example.org"), addr("bob@example.org")],
-            b"hi\r\n",
+            &msg(b"hi\r\n"),
         )
         .await
         .outcomes;
@@ -327,7 +333,7 @@ async fn tls_failure_reason(
     )
     .unwrap();
     let outcomes = pool
-        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .deliver(None, &[addr("bob@example.org")], &msg(b"hi\r\n"))
         .await
         .outcomes;
     let failure = only_failure(&outcomes);
@@ -379,7 +385,7 @@ async fn missing_starttls_when_required_fails_without_auth() {
     let pool = starttls_pool(&ca, &sink);
 
     let outcomes = pool
-        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .deliver(None, &[addr("bob@example.org")], &msg(b"hi\r\n"))
         .await
         .outcomes;
 
@@ -407,7 +413,7 @@ async fn credentials_are_never_sent_in_plaintext() {
     .unwrap();
 
     let outcomes = pool
-        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .deliver(None, &[addr("bob@example.org")], &msg(b"hi\r\n"))
         .await
         .outcomes;
 
@@ -431,7 +437,7 @@ async fn rejected_credentials_are_temporary_and_not_revealed() {
     let pool = starttls_pool(&ca, &sink);
 
     let outcomes = pool
-        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .deliver(None, &[addr("bob@example.org")], &msg(b"hi\r\n"))
         .await
         .outcomes;
 
@@ -458,7 +464,7 @@ async fn plain_member_without_credentials_delivers_in_cleartext() {
     .unwrap();
 
     let outcomes = pool
-        .deliver(None, &[addr("bob@example.org")], b"hi\r\n")
+        .deliver(None, &[addr("bob@example.org")], &msg(b"hi\r\n"))
         .await
         .outcomes;
 

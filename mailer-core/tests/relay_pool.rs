@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mailer_core::address::Address;
+use mailer_core::delivery::content::Content;
 use mailer_core::delivery::relay::{
     Credentials, Member, Pool, RelaySettings, Security, StaticResolver,
 };
@@ -17,6 +18,11 @@ const WAIT: Duration = Duration::from_secs(5);
 
 fn addr(s: &str) -> Address {
     Address::parse(s).expect("test address")
+}
+
+/// A message as the queue gives it.
+fn msg(bytes: &[u8]) -> Content {
+    Content::from_bytes(bytes.to_vec())
 }
 
 fn member(at: SocketAddr, security: Security) -> Member {
@@ -79,7 +85,7 @@ async fn pool_fails_over_and_does_not_retry_dead_members() {
         let body = format!("message {i}\r\n");
         assert_delivered(
             &pool
-                .deliver(None, &[addr("bob@example.org")], body.as_bytes())
+                .deliver(None, &[addr("bob@example.org")], &msg(body.as_bytes()))
                 .await
                 .outcomes,
         );
@@ -90,7 +96,7 @@ async fn pool_fails_over_and_does_not_retry_dead_members() {
         "the 421 member is tried once, then skipped"
     );
     let tried_again = pool
-        .deliver(None, &[addr("bob@example.org")], b"later\r\n")
+        .deliver(None, &[addr("bob@example.org")], &msg(b"later\r\n"))
         .await
         .outcomes;
     assert_delivered(&tried_again);
@@ -143,7 +149,7 @@ async fn relay_skips_dead_pool_member_without_waiting() {
     let started = Instant::now();
     assert_delivered(
         &pool
-            .deliver(None, &[addr("bob@example.org")], b"one\r\n")
+            .deliver(None, &[addr("bob@example.org")], &msg(b"one\r\n"))
             .await
             .outcomes,
     );
@@ -156,7 +162,7 @@ async fn relay_skips_dead_pool_member_without_waiting() {
     for _ in 0..3 {
         assert_delivered(
             &pool
-                .deliver(None, &[addr("bob@example.org")], b"again\r\n")
+                .deliver(None, &[addr("bob@example.org")], &msg(b"again\r\n"))
                 .await
                 .outcomes,
         );
@@ -184,7 +190,7 @@ async fn a_lone_member_is_still_probed_while_its_breaker_is_open() {
     let pool = Pool::new(settings, StaticResolver::default()).unwrap();
     for _ in 0..2 {
         let outcome = pool
-            .deliver(None, &[addr("bob@example.org")], b"x\r\n")
+            .deliver(None, &[addr("bob@example.org")], &msg(b"x\r\n"))
             .await
             .outcomes;
         assert!(matches!(&outcome[0], Outcome::Failed(f) if !f.permanent));
@@ -214,7 +220,7 @@ async fn all_members_failing_names_every_address() {
     let pool = Pool::new(settings(&ca, members), StaticResolver(HashMap::new())).unwrap();
     let recipients = [addr("ann@example.org"), addr("bob@example.org")];
 
-    let outcomes = pool.deliver(None, &recipients, b"x\r\n").await.outcomes;
+    let outcomes = pool.deliver(None, &recipients, &msg(b"x\r\n")).await.outcomes;
 
     assert_eq!(outcomes.len(), 2);
     for outcome in &outcomes {
@@ -263,7 +269,7 @@ async fn ten_messages_to_one_member_use_one_connection() {
                 .deliver(
                     Some(&addr("a@ublog.tech")),
                     &[addr("bob@example.org")],
-                    body.as_bytes(),
+                    &msg(body.as_bytes()),
                 )
                 .await
                 .outcomes,
@@ -295,7 +301,7 @@ async fn a_session_closed_by_the_server_is_replaced_without_losing_the_message()
     .unwrap();
     assert_delivered(
         &pool
-            .deliver(None, &[addr("bob@example.org")], b"first\r\n")
+            .deliver(None, &[addr("bob@example.org")], &msg(b"first\r\n"))
             .await
             .outcomes,
     );
@@ -304,7 +310,7 @@ async fn a_session_closed_by_the_server_is_replaced_without_losing_the_message()
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_delivered(
         &pool
-            .deliver(None, &[addr("bob@example.org")], b"second\r\n")
+            .deliver(None, &[addr("bob@example.org")], &msg(b"second\r\n"))
             .await
             .outcomes,
     );
@@ -371,7 +377,7 @@ async fn each_failing_member_is_reported_with_the_kind_of_its_fault() {
     let pool = Pool::new(settings(&ca, members), StaticResolver(HashMap::new())).unwrap();
 
     let mut result = pool
-        .deliver(None, &[addr("ann@example.org")], b"x\r\n")
+        .deliver(None, &[addr("ann@example.org")], &msg(b"x\r\n"))
         .await;
     // In a stable order: the members' order depends on rotation.
     result.faults.sort_by_key(|f| f.kind.label());
@@ -452,7 +458,7 @@ async fn a_failed_member_is_skipped_for_the_breaker_backoff_then_tried_again() {
 
     // The first delivery starts with the busy member, which fails and is tripped.
     let one = pool
-        .deliver(None, &[addr("bob@example.org")], b"1\r\n")
+        .deliver(None, &[addr("bob@example.org")], &msg(b"1\r\n"))
         .await;
     assert_delivered(&one.outcomes);
     assert_eq!(busy.connections(), 1);
@@ -465,7 +471,7 @@ async fn a_failed_member_is_skipped_for_the_breaker_backoff_then_tried_again() {
     // 59 s later it is still skipped.
     clock.advance(Duration::from_secs(59));
     let two = pool
-        .deliver(None, &[addr("bob@example.org")], b"2\r\n")
+        .deliver(None, &[addr("bob@example.org")], &msg(b"2\r\n"))
         .await;
     assert_delivered(&two.outcomes);
     assert_eq!(busy.connections(), 1, "skipped while the breaker is open");
@@ -478,7 +484,7 @@ async fn a_failed_member_is_skipped_for_the_breaker_backoff_then_tried_again() {
     assert_eq!(open(&pool), None);
     pool.close_idle().await;
     let three = pool
-        .deliver(None, &[addr("bob@example.org")], b"3\r\n")
+        .deliver(None, &[addr("bob@example.org")], &msg(b"3\r\n"))
         .await;
     assert_delivered(&three.outcomes);
     assert_eq!(busy.connections(), 2, "tried again once the breaker closed");

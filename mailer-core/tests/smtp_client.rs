@@ -6,7 +6,7 @@ use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use mailer_core::smtp::client::{
     Awaiting, ClientSession, Event, Interrupted, Replies, Settings, Tls,
 };
-use mailer_core::smtp::protocol::dot_stuffed;
+use mailer_core::smtp::protocol::{dot_stuff, BodyFacts};
 use mailer_core::tables::secrets::Credentials;
 
 const SERVER: &str = "relay.test[192.0.2.1]:587";
@@ -79,7 +79,7 @@ impl Client {
             out.extend(self.session.take_output());
             match event {
                 Event::SendBody => {
-                    out.extend(dot_stuffed(&self.body).concat());
+                    out.extend(dot_stuff(&self.body));
                     self.session.body_sent();
                 }
                 other => self.events.push(other),
@@ -104,7 +104,12 @@ impl Client {
         let recipients: Vec<Address> = recipients.iter().map(|r| addr(r)).collect();
         self.body = body.as_bytes().to_vec();
         self.session
-            .send_message(sender.as_ref(), &recipients, body.as_bytes(), reused);
+            .send_message(
+                sender.as_ref(),
+                &recipients,
+                BodyFacts::of(body.as_bytes()),
+                reused,
+            );
         self.drain()
     }
 
@@ -733,7 +738,7 @@ fn a_connection_lost_after_the_body_says_the_server_may_have_the_message() {
 fn a_body_that_could_not_be_written_counts_as_sent() {
     let mut c = Client::ready(EHLO_FULL);
     c.session
-        .send_message(None, &[addr("ann@example.org")], b"x", false);
+        .send_message(None, &[addr("ann@example.org")], BodyFacts::of(b"x"), false);
     c.session.take_output();
     c.session.receive(b"250 ok\r\n250 ok\r\n354 go\r\n");
     assert_eq!(c.session.poll_event(), Some(Event::SendBody));

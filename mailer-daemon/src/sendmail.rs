@@ -39,7 +39,7 @@ use mailer_core::queue::Spool;
 use mailer_core::smtp::client::{
     Awaiting, ClientSession, Event, Interrupted, Replies, Settings, Tls, NETWORK,
 };
-use mailer_core::smtp::protocol::{dot_stuffed, Reply};
+use mailer_core::smtp::protocol::{dot_stuff, BodyFacts, Reply};
 
 /// A daemon that does not greet within this time is taken for absent: the message is kept
 /// offline rather than left waiting on a daemon that may be stuck.
@@ -355,14 +355,14 @@ fn submit(mut link: Link, submission: &Submission) -> Result<(), Unsent> {
     link.session.send_message(
         submission.sender.as_ref(),
         recipients,
-        &submission.data,
+        BodyFacts::of(&submission.data),
         false,
     );
     let (outcomes, replies) = loop {
         match link.next_event(COMMAND_TIMEOUT) {
             Event::SendBody => {
                 // One write: stuffed, ended with `.\r\n`.
-                let sent = dot_stuffed(&submission.data).concat();
+                let sent = dot_stuff(&submission.data);
                 match link
                     .stream
                     .write_all(&sent)

@@ -52,7 +52,8 @@ pub struct DsnInput<'a> {
     pub now: SystemTime,
     pub kind: DsnKind,
     pub recipients: &'a [DsnRecipient<'a>],
-    /// The original message, headers and body; only its header section is quoted.
+    /// The original message, or its start through the end of its header section: only the
+    /// header section is quoted.
     pub original: &'a [u8],
     /// Right-hand side of the report's `Message-ID`.
     pub message_id_domain: &'a str,

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use crate::address::Address;
 use crate::config::{Action, Config};
+use crate::delivery::content::Content;
 use crate::delivery::local::LocalDelivery;
 use crate::delivery::relay::{MemberFault, MemberStatus, RelayDelivery, Resolve};
 use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome, Tables};
@@ -27,7 +28,8 @@ pub struct Job {
     pub action: String,
     pub sender: Option<Address>,
     pub recipients: Vec<Address>,
-    pub message: Arc<Vec<u8>>,
+    /// Read a chunk at a time, by every job of the message.
+    pub message: Arc<Content>,
 }
 
 /// What an attempt produced.

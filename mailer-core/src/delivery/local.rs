@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::content::Content;
 use super::mailbox_fs::MailboxOwner;
 use super::maildir::{deliver_maildir, MaildirOptions};
 use super::mbox::{deliver_mbox, expand_path, MboxOptions};
@@ -68,7 +69,7 @@ impl LocalDelivery {
         &self,
         sender: Option<&Address>,
         recipients: &[&Address],
-        message: &[u8],
+        message: &Content,
     ) -> LocalResult {
         let mut result = LocalResult::default();
         for (pos, rcpt) in recipients.iter().enumerate() {
@@ -123,7 +124,7 @@ impl LocalDelivery {
         user: &str,
         rcpt: &Address,
         sender: Option<&Address>,
-        message: &[u8],
+        message: &Content,
     ) -> Outcome {
         let account = match lookup_user(user) {
             Ok(Some(u)) => u,

@@ -15,7 +15,8 @@ use rustix::fs::{linkat, renameat, statat, AtFlags, OFlags};
 use rustix::io::Errno;
 
 use crate::delivery::mailbox_fs::{self, io_failure, Dir, MailboxOwner, Rules};
-use crate::delivery::mbox::{write_lf, FailAfter};
+use crate::delivery::content::Content;
+use crate::delivery::mbox::{FailAfter, LfLines};
 use crate::delivery::{EnhancedStatus, Failure, FailureKind};
 
 /// Deliveries made by this process, for unique names within one microsecond.
@@ -48,14 +49,14 @@ impl MaildirOptions {
     }
 }
 
-/// Delivers `message` (CRLF line ends) into the Maildir `dir`, creating `dir` and its `tmp/`,
+/// Delivers `message` (CRLF line ends), read a chunk at a time, into the Maildir `dir`, creating `dir` and its `tmp/`,
 /// `new/` and `cur/` if missing. Returns the path of the file in `new/`. Every failure is
 /// temporary and names the file; nothing is left in `tmp/`. The maildir and its
 /// subdirectories must be directories of the mailbox's owner, not links: nothing outside
 /// them is ever written.
 pub fn deliver_maildir(
     dir: &Path,
-    message: &[u8],
+    message: &Content,
     opts: &MaildirOptions,
 ) -> Result<PathBuf, Failure> {
     let rules = Rules::maildir(opts.owner.as_ref());
@@ -115,14 +116,16 @@ fn create_tmp(tmp: &Dir, host: &str) -> Result<(String, OwnedFd), Failure> {
     ))
 }
 
-fn write_file(file: File, message: &[u8], opts: &MaildirOptions) -> io::Result<()> {
+fn write_file(file: File, message: &Content, opts: &MaildirOptions) -> io::Result<()> {
     {
         let sink = FailAfter {
             inner: &file,
             remaining: opts.fail_after,
         };
         let mut w = BufWriter::with_capacity(64 * 1024, sink);
-        write_lf(&mut w, message, false)?;
+        let mut lines = LfLines::new(false);
+        message.for_each_chunk(|chunk| lines.push(&mut w, chunk))?;
+        lines.finish(&mut w)?;
         w.flush()?;
     }
     file.sync_all()
@@ -175,6 +178,25 @@ fn escape_hostname(host: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::delivery::content::testing::{across_boundaries, file_backed};
+    use crate::delivery::mbox::lf_whole;
+
+    #[test]
+    fn a_message_from_a_queue_file_is_the_same_at_every_chunk_boundary() {
+        let snippet = b"\r\n>From q\r\nbare\rcr\r\n.\r\n";
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("Maildir");
+        for back in 0..=snippet.len() {
+            let message = across_boundaries(snippet, back);
+            let path = deliver_maildir(&maildir, &file_backed(&message), &MaildirOptions::new("mx"))
+                .unwrap();
+            let got = std::fs::read(&path).unwrap();
+            assert!(
+                got == lf_whole(&message, false),
+                "the snippet {back} octets before each boundary"
+            );
+        }
+    }
 
     #[test]
     fn hostname_slash_and_colon_are_escaped() {

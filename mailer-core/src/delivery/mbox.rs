@@ -17,6 +17,7 @@ use rustix::fs::OFlags;
 use rustix::io::Errno;
 
 use crate::address::Address;
+use crate::delivery::content::Content;
 use crate::delivery::mailbox_fs::{self, io_failure, Dir, MailboxOwner, Rules};
 use crate::delivery::{EnhancedStatus, Failure, FailureKind};
 use crate::time::asctime;
@@ -137,7 +138,8 @@ impl Default for MboxOptions {
     }
 }
 
-/// Appends `message` (CRLF line ends) to the mbox at `path` as one mboxrd entry:
+/// Appends `message` (CRLF line ends), read a chunk at a time, to the mbox at `path` as one
+/// mboxrd entry:
 /// `From <sender or MAILER-DAEMON> <asctime of arrival>`, the message with LF line ends and
 /// `>*From ` lines quoted with one more `>`, then a blank line. Returns once the data is on
 /// disk. Every failure is temporary (a lock, a full disk or a permission can change) and names
@@ -147,7 +149,7 @@ pub fn deliver_mbox(
     path: &Path,
     sender: Option<&Address>,
     arrival: SystemTime,
-    message: &[u8],
+    message: &Content,
     opts: &MboxOptions,
 ) -> Result<(), Failure> {
     let deadline = Instant::now() + opts.lock_timeout;
@@ -211,7 +213,7 @@ pub fn deliver_mbox(
 fn append(
     file: &File,
     separator: &[u8],
-    message: &[u8],
+    message: &Content,
     fail_after: Option<u64>,
 ) -> io::Result<()> {
     {
@@ -221,16 +223,135 @@ fn append(
         };
         let mut w = BufWriter::with_capacity(WRITE_BUFFER, sink);
         w.write_all(separator)?;
-        write_lf(&mut w, message, true)?;
+        let mut lines = LfLines::new(true);
+        message.for_each_chunk(|chunk| lines.push(&mut w, chunk))?;
+        lines.finish(&mut w)?;
         w.write_all(b"\n")?;
         w.flush()?;
     }
     file.sync_all()
 }
 
-/// Writes `message` with each CRLF (or bare LF) line end as LF, ending with a line end; with
-/// `mboxrd`, a line matching `^>*From ` gets one more `>`.
-pub(crate) fn write_lf(w: &mut impl Write, message: &[u8], mboxrd: bool) -> io::Result<()> {
+/// What a `From ` line starts with, after any `>`.
+const FROM: &[u8] = b"From ";
+
+/// A message written with LF line ends, fed a chunk at a time: each CRLF (or bare LF) line
+/// end becomes LF and the last line gets one; with `mboxrd`, a line matching `^>*From ` gets
+/// one more `>`. A line, its `>From ` or its CRLF may straddle chunks: the output is the same
+/// wherever the message is cut.
+pub(crate) struct LfLines {
+    mboxrd: bool,
+    /// At the start of a line that may be a `From ` line (mboxrd only): what of it was read
+    /// and not written yet.
+    start: Option<Prefix>,
+    /// The last octet read was a CR, not written yet: it goes if a LF or the end follows.
+    cr: bool,
+    /// Octets of a line without its line end were read: the end owes a LF.
+    open: bool,
+}
+
+/// The start of a line read so far: `quotes` times `>`, then the first `from` octets of
+/// [`FROM`].
+#[derive(Clone, Copy, Default)]
+struct Prefix {
+    quotes: u64,
+    from: usize,
+}
+
+impl LfLines {
+    pub(crate) fn new(mboxrd: bool) -> LfLines {
+        LfLines {
+            mboxrd,
+            start: mboxrd.then_some(Prefix::default()),
+            cr: false,
+            open: false,
+        }
+    }
+
+    pub(crate) fn push(&mut self, w: &mut impl Write, mut chunk: &[u8]) -> io::Result<()> {
+        while let Some(&first) = chunk.first() {
+            if let Some(prefix) = &mut self.start {
+                if prefix.from == 0 && first == b'>' {
+                    prefix.quotes += 1;
+                } else if first == FROM[prefix.from] {
+                    prefix.from += 1;
+                    if prefix.from == FROM.len() {
+                        let quotes = prefix.quotes + 1;
+                        self.start = None;
+                        write_quotes(w, quotes)?;
+                        w.write_all(FROM)?;
+                    }
+                } else {
+                    // Not a `From ` line: what was held back goes out as it came, and `first`
+                    // is read as part of the line.
+                    let held = *prefix;
+                    self.start = None;
+                    write_quotes(w, held.quotes)?;
+                    w.write_all(&FROM[..held.from])?;
+                    continue;
+                }
+                self.open = true;
+                chunk = &chunk[1..];
+                continue;
+            }
+            let (line, ended) = match memchr::memchr(b'\n', chunk) {
+                Some(i) => (&chunk[..i], Some(i + 1)),
+                None => (chunk, None),
+            };
+            // A CR held back from the previous chunk was content unless a LF follows it.
+            if self.cr && !line.is_empty() {
+                w.write_all(b"\r")?;
+            }
+            let (text, cr) = match line.strip_suffix(b"\r") {
+                Some(text) => (text, true),
+                None => (line, false),
+            };
+            w.write_all(text)?;
+            match ended {
+                Some(next) => {
+                    w.write_all(b"\n")?;
+                    self.cr = false;
+                    self.open = false;
+                    self.start = self.mboxrd.then_some(Prefix::default());
+                    chunk = &chunk[next..];
+                }
+                None => {
+                    self.cr = cr;
+                    self.open = true;
+                    chunk = &[];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the last line: a CR held back was its line end.
+    pub(crate) fn finish(mut self, w: &mut impl Write) -> io::Result<()> {
+        if let Some(held) = self.start.take() {
+            write_quotes(w, held.quotes)?;
+            w.write_all(&FROM[..held.from])?;
+        }
+        if self.open {
+            w.write_all(b"\n")?;
+        }
+        Ok(())
+    }
+}
+
+fn write_quotes(w: &mut impl Write, mut n: u64) -> io::Result<()> {
+    const QUOTES: [u8; 64] = [b'>'; 64];
+    while n > 0 {
+        let take = n.min(QUOTES.len() as u64) as usize;
+        w.write_all(&QUOTES[..take])?;
+        n -= take as u64;
+    }
+    Ok(())
+}
+
+/// The whole message at once, as [`LfLines`] must write it however it is cut.
+#[cfg(test)]
+pub(crate) fn lf_whole(message: &[u8], mboxrd: bool) -> Vec<u8> {
+    let mut w = Vec::new();
     let mut rest = message;
     while !rest.is_empty() {
         let (line, next) = match rest.iter().position(|&b| b == b'\n') {
@@ -239,15 +360,16 @@ pub(crate) fn write_lf(w: &mut impl Write, message: &[u8], mboxrd: bool) -> io::
         };
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if mboxrd && is_from_line(line) {
-            w.write_all(b">")?;
+            w.push(b'>');
         }
-        w.write_all(line)?;
-        w.write_all(b"\n")?;
+        w.extend_from_slice(line);
+        w.push(b'\n');
         rest = next;
     }
-    Ok(())
+    w
 }
 
+#[cfg(test)]
 fn is_from_line(line: &[u8]) -> bool {
     let start = line.iter().take_while(|&&b| b == b'>').count();
     line[start..].starts_with(b"From ")
@@ -398,5 +520,65 @@ fn lock_fcntl(file: &File, deadline: Instant) -> Result<(), LockError> {
             return Err(LockError::Timeout);
         }
         std::thread::sleep(LOCK_RETRY.min(deadline - now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::content::testing::{across_boundaries, file_backed};
+
+    /// CRLF cut between CR and LF, `>*From ` lines cut anywhere, bare CR and LF, a CR that
+    /// ends the message.
+    const TRICKY: &[u8] =
+        b"From: a\r\n\r\nFrom x\r\n>From y\r\n>>>From z\r\n>Fro\r\n>\r\nFrom\rbare\nFrom \r\r\n\r\n>>Fromage\r\n.\r\nend\r";
+
+    fn fed(message: &[u8], cuts: &[usize], mboxrd: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut lines = LfLines::new(mboxrd);
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&message.len()]) {
+            lines.push(&mut out, &message[from..cut]).unwrap();
+            from = cut;
+        }
+        lines.finish(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn lf_lines_write_what_the_whole_message_gives_wherever_it_is_cut() {
+        for mboxrd in [true, false] {
+            let whole = lf_whole(TRICKY, mboxrd);
+            assert_eq!(fed(TRICKY, &[], mboxrd), whole);
+            for i in 0..=TRICKY.len() {
+                for j in i..=TRICKY.len() {
+                    assert_eq!(fed(TRICKY, &[i, j], mboxrd), whole, "cut at {i} and {j}");
+                }
+            }
+        }
+        // Byte by byte.
+        let every: Vec<usize> = (1..TRICKY.len()).collect();
+        assert_eq!(fed(TRICKY, &every, true), lf_whole(TRICKY, true));
+        assert_eq!(fed(b"", &[], true), b"");
+        assert_eq!(fed(b">>>>", &[2], true), b">>>>\n");
+    }
+
+    #[test]
+    fn an_mbox_from_a_queue_file_is_the_same_at_every_chunk_boundary() {
+        let snippet = b"\r\n>>From q\r\nFrom r\r\n.\r\n";
+        let dir = tempfile::tempdir().unwrap();
+        let arrival = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_612_417);
+        for back in 0..=snippet.len() {
+            let message = across_boundaries(snippet, back);
+            let content = file_backed(&message);
+            assert!(content.len() > 3 * crate::delivery::content::CHUNK as u64);
+            let mbox = dir.path().join(format!("mbox{back}"));
+            deliver_mbox(&mbox, None, arrival, &content, &MboxOptions::default()).unwrap();
+            let mut expected = format!("From MAILER-DAEMON {}\n", asctime(arrival)).into_bytes();
+            expected.extend_from_slice(&lf_whole(&message, true));
+            expected.push(b'\n');
+            let got = std::fs::read(&mbox).unwrap();
+            assert!(got == expected, "the snippet {back} octets before each boundary");
+        }
     }
 }

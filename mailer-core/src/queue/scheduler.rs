@@ -79,9 +79,9 @@ pub struct Scheduler<D> {
     rng: Mutex<fastrand::Rng>,
 }
 
-/// How many messages are delivered at once. Each holds its body in memory while it waits
-/// for a relay connection, so this stays near the relay's connection limits: more would
-/// only queue inside the pool and cost memory (a 1 MiB message each).
+/// How many messages are delivered at once. Each holds an open queue file, its header
+/// section and a chunk while it waits for a relay connection, so this stays near the relay's
+/// connection limits: more would only queue inside the pool.
 const PARALLEL_MESSAGES: usize = 20;
 
 impl<D: Deliverer> Scheduler<D> {
@@ -249,9 +249,9 @@ impl<D: Deliverer> Scheduler<D> {
         reason: &str,
         now: SystemTime,
     ) -> io::Result<()> {
-        let id = env.id;
         let spool = self.spool.clone();
-        let message = blocking(move || spool.read_message(id)).await?;
+        let opened = env.clone();
+        let message = blocking(move || spool.open_content(&opened)).await?;
         let mut failed = Vec::new();
         for i in 0..env.recipients.len() {
             if env.recipients[i].state != RecipientState::Pending {
@@ -267,7 +267,7 @@ impl<D: Deliverer> Scheduler<D> {
         }
         // The bounce first: if it cannot be stored, the message stays as it was.
         if !failed.is_empty() {
-            self.bounce(&env, &message, &failed, DsnKind::Failure, now)
+            self.bounce(&env, message.head(), &failed, DsnKind::Failure, now)
                 .await?;
         }
         if let Err(e) = self.sync(&env).await {
@@ -561,8 +561,9 @@ impl<D: Deliverer> Scheduler<D> {
     async fn attempt_message(&self, env: &mut Envelope, now: SystemTime) -> Result<(), Stop> {
         let id = env.id;
         let spool = self.spool.clone();
+        let opened = env.clone();
         let message = Arc::new(
-            blocking(move || spool.read_message(id))
+            blocking(move || spool.open_content(&opened))
                 .await
                 .map_err(Stop::Read)?,
         );
@@ -607,20 +608,20 @@ impl<D: Deliverer> Scheduler<D> {
                 }
             }
             // Durable before the next group: a delivered recipient is never sent again.
-            self.settle(env, &mut failed, &message, now, &retry_at)
+            self.settle(env, &mut failed, message.head(), now, &retry_at)
                 .await?;
             settled = true;
         }
         // Expiries without a delivery, or a message found finished.
         if !failed.is_empty() || (!settled && env.is_done()) {
-            self.settle(env, &mut failed, &message, now, &retry_at)
+            self.settle(env, &mut failed, message.head(), now, &retry_at)
                 .await?;
         }
 
         if let Some(delayed) = delay_notice_due(env, &timing, now_s) {
             let until = from_unix_seconds(expires);
             match self
-                .bounce(env, &message, &delayed, DsnKind::Delay { until }, now)
+                .bounce(env, message.head(), &delayed, DsnKind::Delay { until }, now)
                 .await
             {
                 Ok(()) => {
@@ -667,13 +668,13 @@ impl<D: Deliverer> Scheduler<D> {
         &self,
         env: &mut Envelope,
         failed: &mut Vec<(usize, Failure)>,
-        message: &[u8],
+        head: &[u8],
         now: SystemTime,
         retry_at: &impl Fn(u32) -> i64,
     ) -> Result<(), Stop> {
         if !failed.is_empty() {
             if let Err(e) = self
-                .bounce(env, message, failed, DsnKind::Failure, now)
+                .bounce(env, head, failed, DsnKind::Failure, now)
                 .await
             {
                 tracing::error!(queue_id = %env.id, error = %e, "cannot queue the bounce; the recipients stay pending");
@@ -697,7 +698,7 @@ impl<D: Deliverer> Scheduler<D> {
     async fn bounce(
         &self,
         env: &Envelope,
-        message: &[u8],
+        head: &[u8],
         recipients: &[(usize, Failure)],
         kind: DsnKind,
         now: SystemTime,
@@ -735,7 +736,7 @@ impl<D: Deliverer> Scheduler<D> {
             now,
             kind,
             recipients: &dsn_recipients,
-            original: message,
+            original: head,
             message_id_domain: &self.hostname,
         });
         let id = QueueId::generate(now);

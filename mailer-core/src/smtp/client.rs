@@ -18,7 +18,7 @@ use smtp_proto::response::parser::ResponseReceiver;
 
 use super::protocol::{
     auth_login_line, auth_plain_command, mail_from_command, pipelined_batch, rcpt_to_command,
-    transaction_outcomes, AuthMechanism, Capabilities, Final, Reply, Requirements,
+    transaction_outcomes, AuthMechanism, BodyFacts, Capabilities, Final, Reply, Requirements,
 };
 use crate::address::Address;
 use crate::outcome::{EnhancedStatus, Failure, FailureKind, Outcome};
@@ -100,7 +100,7 @@ pub enum Event {
     StartTls,
     /// Greeted, TLS and AUTH done as required, or reset: ready for a message.
     Ready,
-    /// Write the pending output, then the message body as [`super::protocol::dot_stuffed`]
+    /// Write the pending output, then the message body as [`super::protocol::DotStuffer`]
     /// gives it (it ends with `.\r\n`), then call [`ClientSession::body_sent`].
     SendBody,
     /// The transaction is over: one outcome per recipient, in order.
@@ -314,15 +314,15 @@ impl ClientSession {
         self.ehlo(false);
     }
 
-    /// Starts a transaction; `body` is only read here (for the extensions it needs and its
-    /// size), the driver writes it when asked with [`Event::SendBody`]. `reused` says the
+    /// Starts a transaction; `body` says what the message needs of the server (its size and
+    /// 8-bit octets), the driver writes it when asked with [`Event::SendBody`]. `reused` says the
     /// session sat idle before: a 421 to MAIL is then the server's idle timeout (Postfix says
     /// `421 4.4.2 … timeout exceeded`), not a verdict on this message.
     pub fn send_message(
         &mut self,
         sender: Option<&Address>,
         recipients: &[Address],
-        body: &[u8],
+        body: BodyFacts,
         reused: bool,
     ) {
         if recipients.is_empty() {

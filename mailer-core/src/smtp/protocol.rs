@@ -93,6 +93,25 @@ pub fn auth_login_line(value: &str) -> String {
     )
 }
 
+/// What the extensions a message needs depend on in its body, known without holding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyFacts {
+    /// Octets, as `SIZE=` declares them (before dot-stuffing).
+    pub size: u64,
+    /// An octet is above 127.
+    pub eight_bit: bool,
+}
+
+impl BodyFacts {
+    /// The facts of a body held in memory.
+    pub fn of(body: &[u8]) -> BodyFacts {
+        BodyFacts {
+            size: body.len() as u64,
+            eight_bit: !body.is_ascii(),
+        }
+    }
+}
+
 /// What a message needs from the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Requirements {
@@ -100,16 +119,16 @@ pub struct Requirements {
     pub smtputf8: bool,
     /// The body has octets above 127: 8BITMIME (RFC 6152).
     pub eight_bit: bool,
-    pub size: usize,
+    pub size: u64,
 }
 
 impl Requirements {
-    pub fn of(sender: Option<&Address>, recipients: &[Address], body: &[u8]) -> Requirements {
+    pub fn of(sender: Option<&Address>, recipients: &[Address], body: BodyFacts) -> Requirements {
         Requirements {
             smtputf8: sender.is_some_and(Address::is_utf8)
                 || recipients.iter().any(Address::is_utf8),
-            eight_bit: !body.is_ascii(),
-            size: body.len(),
+            eight_bit: body.eight_bit,
+            size: body.size,
         }
     }
 
@@ -133,7 +152,7 @@ impl Requirements {
             ));
         }
         if let Some(limit) = caps.size.filter(|&l| l > 0) {
-            if self.size as u64 > limit {
+            if self.size > limit {
                 return Err(Failure::permanent(
                     FailureKind::Capability,
                     EnhancedStatus(5, 3, 4),
@@ -187,31 +206,95 @@ pub fn pipelined_batch(mail_from: &str, recipients: &[Address]) -> Vec<u8> {
     batch
 }
 
-/// The body as it goes on the wire after DATA, as borrowed slices (the body is not copied):
-/// a `.` is inserted before every line that starts with `.` (RFC 5321 §4.5.2), a CRLF is
-/// added when the body does not end with one, and `.\r\n` ends the data.
-pub fn dot_stuffed(body: &[u8]) -> Vec<&[u8]> {
+/// Dot-stuffing of a body fed a chunk at a time (RFC 5321 §4.5.2): a `.` goes before every
+/// line that starts with `.`, also when the line starts a chunk, and [`DotStuffer::finish`]
+/// ends the data with `.\r\n`, after a CRLF when the body does not end with one. A line
+/// starts after every LF, bare or not, as the receiving side may count them.
+#[derive(Clone, Debug)]
+pub struct DotStuffer {
+    /// The next octet starts a line.
+    line_start: bool,
+    /// The last two octets fed so far end the body with CRLF.
+    ends_crlf: bool,
+    /// The last octet fed was CR (a CRLF may straddle two chunks).
+    last_cr: bool,
+    empty: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer::new()
+    }
+}
+
+impl DotStuffer {
+    pub fn new() -> DotStuffer {
+        DotStuffer {
+            line_start: true,
+            ends_crlf: false,
+            last_cr: false,
+            empty: true,
+        }
+    }
+
+    /// The wire form of the next `chunk`, appended to `out` as slices of it with the added
+    /// dots between (the chunk is not copied).
+    pub fn push<'a>(&mut self, chunk: &'a [u8], out: &mut Vec<&'a [u8]>) {
+        let Some(&last) = chunk.last() else {
+            return;
+        };
+        let mut start = 0;
+        let mut line_start = if self.line_start {
+            Some(0)
+        } else {
+            next_line(chunk, 0)
+        };
+        while let Some(at) = line_start {
+            if chunk[at] == b'.' {
+                if at > start {
+                    out.push(&chunk[start..at]);
+                }
+                out.push(b".");
+                start = at;
+            }
+            line_start = next_line(chunk, at);
+        }
+        out.push(&chunk[start..]);
+        let cr_before_last = match chunk.len() {
+            1 => self.last_cr,
+            n => chunk[n - 2] == b'\r',
+        };
+        self.ends_crlf = last == b'\n' && cr_before_last;
+        self.last_cr = last == b'\r';
+        self.line_start = last == b'\n';
+        self.empty = false;
+    }
+
+    /// What ends the data, after everything pushed.
+    pub fn finish(&self) -> &'static [u8] {
+        if self.empty || self.ends_crlf {
+            b".\r\n"
+        } else {
+            b"\r\n.\r\n"
+        }
+    }
+}
+
+/// Where the line after the one holding `chunk[from]` starts within `chunk`, if it does.
+fn next_line(chunk: &[u8], from: usize) -> Option<usize> {
+    let lf = memchr::memchr(b'\n', &chunk[from..])?;
+    let at = from + lf + 1;
+    (at < chunk.len()).then_some(at)
+}
+
+/// The whole wire form of a body already in memory: stuffed and ended with `.\r\n`.
+pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
+    let mut stuffer = DotStuffer::new();
     let mut segments = Vec::new();
-    let mut start = 0;
-    let mut line_start = 0;
-    while line_start < body.len() {
-        if body[line_start] == b'.' {
-            segments.push(&body[start..line_start]);
-            segments.push(&b"."[..]);
-            start = line_start;
-        }
-        match body[line_start..].iter().position(|&b| b == b'\n') {
-            Some(lf) => line_start += lf + 1,
-            None => break,
-        }
-    }
-    segments.push(&body[start..]);
-    if !body.is_empty() && !body.ends_with(b"\r\n") {
-        segments.push(&b"\r\n"[..]);
-    }
-    segments.push(&b".\r\n"[..]);
-    segments.retain(|s| !s.is_empty());
-    segments
+    stuffer.push(body, &mut segments);
+    let mut wire = segments.concat();
+    wire.extend_from_slice(stuffer.finish());
+    wire
 }
 
 /// The reply that ends a transaction whose recipients were accepted.
@@ -281,7 +364,7 @@ mod tests {
     }
 
     fn wire(body: &[u8]) -> Vec<u8> {
-        dot_stuffed(body).concat()
+        dot_stuff(body)
     }
 
     #[test]
@@ -324,15 +407,42 @@ mod tests {
     }
 
     #[test]
+    fn dot_stuffing_fed_in_pieces_gives_the_same_wire_wherever_they_are_cut() {
+        let bodies: [&[u8]; 6] = [
+            b"a\r\n.b\r\n..c\r\n.\r\n",
+            b".\r\n.",
+            b"x\r\n.",
+            b"bare\n.lf\r\r\n.\n\r\n",
+            b"no newline",
+            b"\r\n\r\n..\r",
+        ];
+        for body in bodies {
+            let whole = wire(body);
+            for i in 0..=body.len() {
+                for j in i..=body.len() {
+                    let mut stuffer = DotStuffer::new();
+                    let mut segments = Vec::new();
+                    for piece in [&body[..i], &body[i..j], &body[j..]] {
+                        stuffer.push(piece, &mut segments);
+                    }
+                    let mut got = segments.concat();
+                    got.extend_from_slice(stuffer.finish());
+                    assert_eq!(got, whole, "{body:?} cut at {i} and {j}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn mail_from_carries_needed_parameters() {
         let caps = Capabilities::from_ehlo_text("x\n8BITMIME\nSMTPUTF8\nSIZE 100000");
         let sender = addr("jösé@example.org");
-        let req = Requirements::of(Some(&sender), &[], "é".as_bytes());
+        let req = Requirements::of(Some(&sender), &[], BodyFacts::of("é".as_bytes()));
         assert_eq!(
             mail_from_command(Some(&sender), &req, &caps),
             "MAIL FROM:<jösé@example.org> BODY=8BITMIME SMTPUTF8 SIZE=2\r\n"
         );
-        let plain = Requirements::of(None, &[], b"x");
+        let plain = Requirements::of(None, &[], BodyFacts::of(b"x"));
         assert_eq!(
             mail_from_command(None, &plain, &Capabilities::default()),
             "MAIL FROM:<>\r\n"
@@ -341,17 +451,17 @@ mod tests {
 
     #[test]
     fn missing_extensions_fail_permanently() {
-        let req = Requirements::of(None, &[addr("ü@example.org")], b"x");
+        let req = Requirements::of(None, &[addr("ü@example.org")], BodyFacts::of(b"x"));
         let err = req.check(&Capabilities::default(), "s").unwrap_err();
         assert!(err.permanent);
         assert_eq!(err.status, EnhancedStatus(5, 6, 7));
-        let req = Requirements::of(None, &[addr("u@example.org")], &[0xC3, 0xA9]);
+        let req = Requirements::of(None, &[addr("u@example.org")], BodyFacts::of(&[0xC3, 0xA9]));
         assert_eq!(
             req.check(&Capabilities::default(), "s").unwrap_err().status,
             EnhancedStatus(5, 6, 3)
         );
         let caps = Capabilities::from_ehlo_text("x\nSIZE 10");
-        let req = Requirements::of(None, &[], &[b'a'; 11]);
+        let req = Requirements::of(None, &[], BodyFacts::of(&[b'a'; 11]));
         assert_eq!(
             req.check(&caps, "s").unwrap_err().status,
             EnhancedStatus(5, 3, 4)

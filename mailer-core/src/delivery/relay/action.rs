@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::{Member, Pool, RelaySettings, Resolve, Security};
 use crate::address::Address;
+use crate::delivery::content::Content;
 use crate::config::{Config, OnMisalignment, RelayAction, RelaySecurity};
 use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::policy::align::{check_alignment, Alignment};
@@ -68,7 +69,7 @@ impl RelayDelivery {
         queue_id: &(dyn Display + Sync),
         sender: Option<&Address>,
         recipients: &[Address],
-        message: &[u8],
+        message: &Content,
     ) -> RelayResult {
         let sender = rewrite_sender(sender, self.action.mail_from.as_ref());
         let reject = self.action.on_misalignment == OnMisalignment::Reject;
@@ -78,7 +79,7 @@ impl RelayDelivery {
             faults: Vec::new(),
         };
         let mut misaligned = false;
-        match check_alignment(message, sender.as_ref(), self.action.alignment) {
+        match check_alignment(message.head(), sender.as_ref(), self.action.alignment) {
             Alignment::Misaligned {
                 header_domain,
                 envelope_domain,

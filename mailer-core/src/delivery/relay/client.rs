@@ -15,7 +15,8 @@ use super::{tls, RelaySettings, Security};
 use crate::address::Address;
 use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::smtp::client::{self, Awaiting, ClientSession, Event, NETWORK, TLS_FAILED};
-use crate::smtp::protocol::{dot_stuffed, Capabilities};
+use crate::delivery::content::Content;
+use crate::smtp::protocol::{BodyFacts, Capabilities, DotStuffer};
 
 pub use crate::smtp::client::Interrupted;
 
@@ -25,6 +26,8 @@ const TIMED_OUT: EnhancedStatus = EnhancedStatus(4, 4, 2);
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Body bytes gathered per write: dot-stuffing cuts the body into many small slices.
 const BODY_BUFFER: usize = 64 * 1024;
+/// The body could not be read from the queue: the server never saw its end, so it has nothing.
+const QUEUE_UNREADABLE: EnhancedStatus = EnhancedStatus(4, 3, 0);
 
 /// A temporary failure for a step that did not finish in time, e.g. `host[ip]:25: TLS
 /// handshake timed out`.
@@ -182,10 +185,14 @@ impl Connection {
         &mut self,
         sender: Option<&Address>,
         recipients: &[Address],
-        body: &[u8],
+        body: &Content,
         reused: bool,
     ) -> Result<Vec<Outcome>, Interrupted> {
-        self.session.send_message(sender, recipients, body, reused);
+        let facts = BodyFacts {
+            size: body.len(),
+            eight_bit: body.is_eight_bit(),
+        };
+        self.session.send_message(sender, recipients, facts, reused);
         loop {
             match self.next_event().await {
                 Event::SendBody => match self.write_body(body).await {
@@ -322,17 +329,42 @@ impl Connection {
         }
     }
 
-    /// The body, dot-stuffed and terminated, gathered into large writes.
-    async fn write_body(&mut self, body: &[u8]) -> Result<(), Failure> {
+    /// The body, read from the queue a chunk at a time, dot-stuffed and terminated, gathered
+    /// into large writes. A chunk that cannot be read stops the data before its end, so the
+    /// server discards what it got.
+    async fn write_body(&mut self, body: &Content) -> Result<(), Failure> {
         self.reply_deadline = None;
+        let mut unreadable = None;
         let written = tokio::time::timeout(self.data_end_timeout, async {
             let mut out = BufWriter::with_capacity(BODY_BUFFER, &mut self.stream);
-            for segment in dot_stuffed(body) {
-                out.write_all(segment).await?;
+            let mut stuffer = DotStuffer::new();
+            let mut reader = body.reader();
+            loop {
+                let chunk = match reader.next_chunk() {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(e) => {
+                        unreadable = Some(e);
+                        return Ok(());
+                    }
+                };
+                let mut segments = Vec::new();
+                stuffer.push(chunk, &mut segments);
+                for segment in &segments {
+                    out.write_all(segment).await?;
+                }
             }
+            out.write_all(stuffer.finish()).await?;
             out.flush().await
         })
         .await;
+        if let Some(e) = unreadable {
+            return Err(Failure::temporary(
+                FailureKind::Local,
+                QUEUE_UNREADABLE,
+                format!("{}: cannot read the message from the queue: {e}", self.label),
+            ));
+        }
         let reason = match written {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => format!("{}: connection lost while sending data: {e}", self.label),

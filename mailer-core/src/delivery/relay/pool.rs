@@ -16,6 +16,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use super::client::{Connection, Endpoint};
 use super::{tls, RelaySettings};
 use crate::address::Address;
+use crate::delivery::content::Content;
 use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::time::{Clock, SystemClock};
 
@@ -161,7 +162,7 @@ impl Pool {
         &self,
         sender: Option<&Address>,
         recipients: &[Address],
-        body: &[u8],
+        body: &Content,
     ) -> PoolResult {
         let mut result = PoolResult::default();
         if recipients.is_empty() {
@@ -292,7 +293,7 @@ impl Pool {
         endpoint: &Endpoint,
         sender: Option<&Address>,
         recipients: &[Address],
-        body: &[u8],
+        body: &Content,
     ) -> Result<Vec<Outcome>, Failure> {
         // An idle session the server has since closed fails before the body: try the next.
         let (total, member) = loop {
@@ -499,9 +500,8 @@ mod tests {
             let pool = pool.clone();
             let rcpt = rcpt.clone();
             tasks.push(tokio::spawn(async move {
-                pool.deliver(None, &rcpt, format!("message {i}\r\n").as_bytes())
-                    .await
-                    .outcomes
+                let message = Content::from_bytes(format!("message {i}\r\n").into_bytes());
+                pool.deliver(None, &rcpt, &message).await.outcomes
             }));
         }
         for task in tasks {
