@@ -20,7 +20,9 @@
 use mailer_core::address::Address;
 use mailer_core::delivery::{FailureKind, Outcome};
 use mailer_core::smtp::client::{ClientSession, Event, Interrupted, Settings, Tls};
-use mailer_core::smtp::protocol::{auth_login_line, auth_plain_command, dot_stuff, BodyFacts, Reply};
+use mailer_core::smtp::protocol::{
+    auth_login_line, auth_plain_command, dot_stuff, BodyFacts, Reply,
+};
 use mailer_core::tables::secrets::Credentials;
 use smtp_proto::response::parser::ResponseReceiver;
 

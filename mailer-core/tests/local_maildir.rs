@@ -93,8 +93,8 @@ fn failed_write_leaves_nothing_in_tmp_or_new() {
         fail_after: Some(5),
         ..MaildirOptions::new("mx")
     };
-    let failure =
-        deliver_maildir(&maildir, &msg(b"Subject: x\r\n\r\nbody\r\n"), &opts).expect_err("injected");
+    let failure = deliver_maildir(&maildir, &msg(b"Subject: x\r\n\r\nbody\r\n"), &opts)
+        .expect_err("injected");
     assert!(!failure.permanent);
     assert_eq!(failure.status, EnhancedStatus(4, 3, 0));
     assert!(

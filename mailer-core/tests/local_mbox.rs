@@ -43,7 +43,14 @@ const EXPECTED: &[u8] = b"From pim@ublog.tech Wed Nov 25 13:13:37 2026\nFrom: pi
 fn message_is_written_as_mboxrd_with_lf_and_trailing_blank_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mbox = dir.path().join("pim");
-    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(1000)).expect("delivered");
+    deliver_mbox(
+        &mbox,
+        Some(&sender()),
+        arrival(),
+        &msg(MESSAGE),
+        &opts(1000),
+    )
+    .expect("delivered");
     assert_eq!(std::fs::read(&mbox).expect("read"), EXPECTED);
     assert!(!dir.path().join("pim.lock").exists(), "dotlock removed");
 }
@@ -52,7 +59,14 @@ fn message_is_written_as_mboxrd_with_lf_and_trailing_blank_line() {
 fn second_message_is_appended_and_null_sender_is_mailer_daemon() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mbox = dir.path().join("pim");
-    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(1000)).expect("first");
+    deliver_mbox(
+        &mbox,
+        Some(&sender()),
+        arrival(),
+        &msg(MESSAGE),
+        &opts(1000),
+    )
+    .expect("first");
     let bounce = b"Subject: failure\r\n\r\nbody\r\n";
     deliver_mbox(
         &mbox,
@@ -129,7 +143,14 @@ fn new_mbox_is_given_to_its_user_and_mail_but_an_existing_one_keeps_mode_and_own
 fn write_error_truncates_mbox_back_to_its_old_bytes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mbox = dir.path().join("pim");
-    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(1000)).expect("first");
+    deliver_mbox(
+        &mbox,
+        Some(&sender()),
+        arrival(),
+        &msg(MESSAGE),
+        &opts(1000),
+    )
+    .expect("first");
     let before = std::fs::read(&mbox).expect("read");
     // Larger than the write buffer, so part of it reaches the file before the failure.
     let big: Vec<u8> =
@@ -139,8 +160,8 @@ fn write_error_truncates_mbox_back_to_its_old_bytes() {
             fail_after: Some(fail_after),
             ..opts(1000)
         };
-        let failure =
-            deliver_mbox(&mbox, None, arrival(), &msg(&big), &options).expect_err("injected failure");
+        let failure = deliver_mbox(&mbox, None, arrival(), &msg(&big), &options)
+            .expect_err("injected failure");
         assert!(!failure.permanent);
         assert_eq!(failure.status, EnhancedStatus(4, 3, 0));
         assert_eq!(
@@ -168,7 +189,8 @@ fn held_dotlock_makes_delivery_wait_then_fail_temporarily() {
     let holder = format!("{}\n", std::process::id());
     std::fs::write(&lock, &holder).expect("lock");
     let start = Instant::now();
-    let failure = deliver_mbox(&mbox, None, arrival(), &msg(b"x\r\n"), &opts(300)).expect_err("locked");
+    let failure =
+        deliver_mbox(&mbox, None, arrival(), &msg(b"x\r\n"), &opts(300)).expect_err("locked");
     let waited = start.elapsed();
     assert!(waited >= Duration::from_millis(300), "waited {waited:?}");
     assert!(waited < Duration::from_secs(5), "waited {waited:?}");
@@ -199,7 +221,14 @@ fn dotlock_released_in_time_lets_delivery_through() {
         })
     };
     let start = Instant::now();
-    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(5000)).expect("delivered");
+    deliver_mbox(
+        &mbox,
+        Some(&sender()),
+        arrival(),
+        &msg(MESSAGE),
+        &opts(5000),
+    )
+    .expect("delivered");
     assert!(start.elapsed() >= Duration::from_millis(200));
     releaser.join().expect("releaser");
     assert_eq!(std::fs::read(&mbox).expect("read"), EXPECTED);
@@ -216,7 +245,14 @@ fn stale_dotlock_is_removed() {
         .expect("age the lock");
     drop(f);
     let start = Instant::now();
-    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(5000)).expect("delivered");
+    deliver_mbox(
+        &mbox,
+        Some(&sender()),
+        arrival(),
+        &msg(MESSAGE),
+        &opts(5000),
+    )
+    .expect("delivered");
     assert!(start.elapsed() < Duration::from_secs(2));
     assert_eq!(std::fs::read(&mbox).expect("read"), EXPECTED);
 }
@@ -232,7 +268,14 @@ fn a_dotlock_left_by_a_process_that_died_is_taken_over_at_once() {
     dead.wait().expect("reap");
     std::fs::write(&lock, format!("{pid}\n")).expect("lock");
     let start = Instant::now();
-    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(5000)).expect("delivered");
+    deliver_mbox(
+        &mbox,
+        Some(&sender()),
+        arrival(),
+        &msg(MESSAGE),
+        &opts(5000),
+    )
+    .expect("delivered");
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -270,7 +313,8 @@ fn fcntl_lock_held_by_another_process_times_out_temporarily() {
     let mbox = dir.path().join("pim");
     let mut holder = hold_fcntl_lock(&mbox, 10.0);
     let start = Instant::now();
-    let failure = deliver_mbox(&mbox, None, arrival(), &msg(b"x\r\n"), &opts(300)).expect_err("locked");
+    let failure =
+        deliver_mbox(&mbox, None, arrival(), &msg(b"x\r\n"), &opts(300)).expect_err("locked");
     let waited = start.elapsed();
     holder.kill().expect("kill holder");
     holder.wait().expect("reap holder");
@@ -293,7 +337,14 @@ fn fcntl_lock_released_in_time_lets_delivery_through() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mbox = dir.path().join("pim");
     let mut holder = hold_fcntl_lock(&mbox, 0.3);
-    deliver_mbox(&mbox, Some(&sender()), arrival(), &msg(MESSAGE), &opts(10_000)).expect("delivered");
+    deliver_mbox(
+        &mbox,
+        Some(&sender()),
+        arrival(),
+        &msg(MESSAGE),
+        &opts(10_000),
+    )
+    .expect("delivered");
     holder.wait().expect("holder exits");
     assert_eq!(std::fs::read(&mbox).expect("read"), EXPECTED);
 }
@@ -305,7 +356,8 @@ fn symlinked_mbox_is_refused_and_its_target_untouched() {
     std::fs::write(&target, b"root:x:0:0\n").expect("write");
     let mbox = dir.path().join("pim");
     std::os::unix::fs::symlink(&target, &mbox).expect("symlink");
-    let failure = deliver_mbox(&mbox, None, arrival(), &msg(b"x\r\n"), &opts(1000)).expect_err("refused");
+    let failure =
+        deliver_mbox(&mbox, None, arrival(), &msg(b"x\r\n"), &opts(1000)).expect_err("refused");
     assert!(!failure.permanent);
     assert_eq!(failure.status, EnhancedStatus(4, 2, 0));
     let p = mbox.display();

@@ -24,7 +24,10 @@ struct Rejecting {
 impl Deliverer for Rejecting {
     async fn deliver(&self, job: Job) -> Attempt {
         if job.sender.is_none() {
-            self.bounces.lock().unwrap().push(job.message.to_vec().expect("readable"));
+            self.bounces
+                .lock()
+                .unwrap()
+                .push(job.message.to_vec().expect("readable"));
             return Attempt::of(vec![Outcome::Delivered { reply: None }]);
         }
         Attempt::of(

@@ -142,10 +142,11 @@ impl Deliverer for Scripted {
     async fn deliver(&self, job: Job) -> Attempt {
         use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind};
         let rcpts: Vec<Address> = job.recipients.clone();
-        self.jobs
-            .lock()
-            .unwrap()
-            .push((job.sender.clone(), rcpts, job.message.to_vec().expect("readable")));
+        self.jobs.lock().unwrap().push((
+            job.sender.clone(),
+            rcpts,
+            job.message.to_vec().expect("readable"),
+        ));
         let outcome = match job.action.as_str() {
             "retry" => Outcome::Failed(Failure::temporary(
                 FailureKind::Reply(450),
@@ -336,7 +337,8 @@ impl Deliverer for Deferring {
     async fn deliver(&self, job: Job) -> Attempt {
         use mailer_core::delivery::{EnhancedStatus, Failure, FailureKind};
         if job.sender.is_none() {
-            let text = String::from_utf8_lossy(&job.message.to_vec().expect("readable")).into_owned();
+            let text =
+                String::from_utf8_lossy(&job.message.to_vec().expect("readable")).into_owned();
             self.bounces.lock().unwrap().push(text);
             return Attempt::of(vec![Outcome::Delivered { reply: None }]);
         }

@@ -1,12 +1,13 @@
 //! The relay client against a real SMTP server on loopback, with real TLS.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mailer_core::address::Address;
-use mailer_core::delivery::content::Content;
+use mailer_core::delivery::content::{Content, CHUNK};
 use mailer_core::delivery::relay::{
     Credentials, Member, Pool, RelaySettings, Security, StaticResolver,
 };
@@ -112,6 +113,67 @@ async fn starttls_and_auth_plain_deliver_byte_exact_data() {
     assert!(got[0].tls);
 }
 
+/// A message of three queue-file chunks and an odd rest, in which `snippet` starts `back`
+/// octets before every chunk boundary.
+fn across_boundaries(snippet: &[u8], back: usize) -> Vec<u8> {
+    let mut message = b"Subject: chunks\r\n\r\n".to_vec();
+    for k in 1..=3 {
+        let line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstu\r\n";
+        let until = k * CHUNK - back;
+        while message.len() < until {
+            let take = line.len().min(until - message.len());
+            message.extend_from_slice(&line[..take]);
+        }
+        message.extend_from_slice(snippet);
+    }
+    message.extend_from_slice(b"the odd rest\r\n");
+    message
+}
+
+#[tokio::test]
+async fn a_queue_file_of_several_chunks_arrives_byte_exact_whatever_line_a_boundary_cuts() {
+    let ca = TestCa::new();
+    let sink = Sink::start(auth_sink_options(&ca, &["localhost"])).await;
+    let pool = starttls_pool(&ca, &sink);
+    // Lines of dots where a chunk ends, a CRLF cut in two, and a last line with no CRLF
+    // (the queue adds the signature fields in front of the file: one more boundary).
+    let snippet = b"\r\n.\r\n..two\r\n.one\r\n";
+    let prefix = b"DKIM-Signature: v=1; d=ublog.tech\r\n";
+    for back in 0..=snippet.len() {
+        let mut message = across_boundaries(snippet, back);
+        message.extend_from_slice(b".no final newline");
+        let mut file = tempfile::tempfile().expect("temporary file");
+        file.write_all(&message).expect("written");
+        file.write_all(b"what follows the message in its file")
+            .expect("written");
+        let content = Content::open(prefix.to_vec(), file, message.len() as u64).expect("opened");
+
+        let outcomes = pool
+            .deliver(
+                Some(&addr("alice@ublog.tech")),
+                &[addr("bob@example.org")],
+                &content,
+            )
+            .await
+            .outcomes;
+
+        assert!(
+            matches!(outcomes[..], [Outcome::Delivered { .. }]),
+            "{outcomes:?}"
+        );
+        let got = sink.wait_for(back + 1, WAIT).await;
+        let mut expected = prefix.to_vec();
+        expected.extend_from_slice(&message);
+        expected.extend_from_slice(b"\r\n");
+        assert!(
+            got[back].data == expected,
+            "the snippet {back} octets before each boundary: {} octets arrived, {} sent",
+            got[back].data.len(),
+            expected.len()
+        );
+    }
+}
+
 #[tokio::test]
 async fn auth_login_is_used_when_only_login_is_offered() {
     let ca = TestCa::new();
@@ -187,7 +249,10 @@ async fn one_rejected_recipient(no_pipelining: bool) {
         addr("cid@example.org"),
     ];
 
-    let outcomes = pool.deliver(None, &recipients, &msg(b"hi\r\n")).await.outcomes;
+    let outcomes = pool
+        .deliver(None, &recipients, &msg(b"hi\r\n"))
+        .await
+        .outcomes;
 
     assert!(
         matches!(outcomes[0], Outcome::Delivered { .. }),

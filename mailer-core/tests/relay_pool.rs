@@ -220,7 +220,10 @@ async fn all_members_failing_names_every_address() {
     let pool = Pool::new(settings(&ca, members), StaticResolver(HashMap::new())).unwrap();
     let recipients = [addr("ann@example.org"), addr("bob@example.org")];
 
-    let outcomes = pool.deliver(None, &recipients, &msg(b"x\r\n")).await.outcomes;
+    let outcomes = pool
+        .deliver(None, &recipients, &msg(b"x\r\n"))
+        .await
+        .outcomes;
 
     assert_eq!(outcomes.len(), 2);
     for outcome in &outcomes {

@@ -103,13 +103,12 @@ impl Client {
         let sender = sender.map(addr);
         let recipients: Vec<Address> = recipients.iter().map(|r| addr(r)).collect();
         self.body = body.as_bytes().to_vec();
-        self.session
-            .send_message(
-                sender.as_ref(),
-                &recipients,
-                BodyFacts::of(body.as_bytes()),
-                reused,
-            );
+        self.session.send_message(
+            sender.as_ref(),
+            &recipients,
+            BodyFacts::of(body.as_bytes()),
+            reused,
+        );
         self.drain()
     }
 

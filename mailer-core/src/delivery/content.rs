@@ -32,7 +32,10 @@ pub struct Content {
 enum Body {
     Memory(Vec<u8>),
     /// The first `len` octets of the file.
-    File { file: File, len: u64 },
+    File {
+        file: File,
+        len: u64,
+    },
 }
 
 impl Content {
@@ -104,10 +107,7 @@ impl Content {
     }
 
     /// Calls `f` with the message in order, at most [`CHUNK`] octets at a time from the file.
-    pub fn for_each_chunk(
-        &self,
-        mut f: impl FnMut(&[u8]) -> io::Result<()>,
-    ) -> io::Result<()> {
+    pub fn for_each_chunk(&self, mut f: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
         let mut reader = self.reader();
         while let Some(chunk) = reader.next_chunk()? {
             f(chunk)?;
@@ -157,7 +157,9 @@ impl ChunkReader<'_> {
         let offset = self.at - prefix.len() as u64;
         match &self.content.body {
             Body::Memory(bytes) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
                 let end = (start + CHUNK).min(bytes.len());
                 self.at += (end - start) as u64;
                 Ok((end > start).then(|| &bytes[start..end]))
@@ -271,7 +273,10 @@ mod tests {
     #[test]
     fn a_header_section_without_an_end_is_cut_one_past_the_limit() {
         let message = b"X: y\r\n".repeat(MAX_HEADER_SECTION / 6 + 10);
-        assert_eq!(stored(b"", &message, b"").head().len(), MAX_HEADER_SECTION + 1);
+        assert_eq!(
+            stored(b"", &message, b"").head().len(),
+            MAX_HEADER_SECTION + 1
+        );
         let short = b"X: y\r\n".to_vec();
         assert_eq!(Content::from_bytes(short.clone()).head(), &short[..]);
     }

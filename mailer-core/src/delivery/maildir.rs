@@ -14,8 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use rustix::fs::{linkat, renameat, statat, AtFlags, OFlags};
 use rustix::io::Errno;
 
-use crate::delivery::mailbox_fs::{self, io_failure, Dir, MailboxOwner, Rules};
 use crate::delivery::content::Content;
+use crate::delivery::mailbox_fs::{self, io_failure, Dir, MailboxOwner, Rules};
 use crate::delivery::mbox::{FailAfter, LfLines};
 use crate::delivery::{EnhancedStatus, Failure, FailureKind};
 
@@ -188,8 +188,9 @@ mod tests {
         let maildir = dir.path().join("Maildir");
         for back in 0..=snippet.len() {
             let message = across_boundaries(snippet, back);
-            let path = deliver_maildir(&maildir, &file_backed(&message), &MaildirOptions::new("mx"))
-                .unwrap();
+            let path =
+                deliver_maildir(&maildir, &file_backed(&message), &MaildirOptions::new("mx"))
+                    .unwrap();
             let got = std::fs::read(&path).unwrap();
             assert!(
                 got == lf_whole(&message, false),

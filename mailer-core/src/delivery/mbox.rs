@@ -578,7 +578,10 @@ mod tests {
             expected.extend_from_slice(&lf_whole(&message, true));
             expected.push(b'\n');
             let got = std::fs::read(&mbox).unwrap();
-            assert!(got == expected, "the snippet {back} octets before each boundary");
+            assert!(
+                got == expected,
+                "the snippet {back} octets before each boundary"
+            );
         }
     }
 }

@@ -673,10 +673,7 @@ impl<D: Deliverer> Scheduler<D> {
         retry_at: &impl Fn(u32) -> i64,
     ) -> Result<(), Stop> {
         if !failed.is_empty() {
-            if let Err(e) = self
-                .bounce(env, head, failed, DsnKind::Failure, now)
-                .await
-            {
+            if let Err(e) = self.bounce(env, head, failed, DsnKind::Failure, now).await {
                 tracing::error!(queue_id = %env.id, error = %e, "cannot queue the bounce; the recipients stay pending");
                 for (i, f) in failed.iter() {
                     let r = &mut env.recipients[*i];

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::{Member, Pool, RelaySettings, Resolve, Security};
 use crate::address::Address;
-use crate::delivery::content::Content;
 use crate::config::{Config, OnMisalignment, RelayAction, RelaySecurity};
+use crate::delivery::content::Content;
 use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::policy::align::{check_alignment, Alignment};
 use crate::policy::rewrite::rewrite_sender;

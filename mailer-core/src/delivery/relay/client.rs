@@ -13,9 +13,9 @@ use tokio_rustls::TlsConnector;
 
 use super::{tls, RelaySettings, Security};
 use crate::address::Address;
+use crate::delivery::content::Content;
 use crate::delivery::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::smtp::client::{self, Awaiting, ClientSession, Event, NETWORK, TLS_FAILED};
-use crate::delivery::content::Content;
 use crate::smtp::protocol::{BodyFacts, Capabilities, DotStuffer};
 
 pub use crate::smtp::client::Interrupted;
@@ -362,7 +362,10 @@ impl Connection {
             return Err(Failure::temporary(
                 FailureKind::Local,
                 QUEUE_UNREADABLE,
-                format!("{}: cannot read the message from the queue: {e}", self.label),
+                format!(
+                    "{}: cannot read the message from the queue: {e}",
+                    self.label
+                ),
             ));
         }
         let reason = match written {
