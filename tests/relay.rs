@@ -307,6 +307,94 @@ async fn one_rejected_recipient_of_three_bounces_alone_with_the_upstream_reply()
     assert!(!text.contains("Final-Recipient: rfc822; a@example.org"));
 }
 
+/// A message of about `size` octets whose body lines all start with a dot, of every length
+/// from 1 to 61 octets, so that chunk boundaries of the queue file fall on line starts.
+fn dotted_message(size: usize) -> Vec<u8> {
+    let mut message = b"From: app@mastodon.local\r\n\
+        To: pim@example.org\r\n\
+        Subject: a large one\r\n\
+        Message-ID: <large@mastodon.local>\r\n\
+        \r\n"
+        .to_vec();
+    let mut i = 0;
+    while message.len() < size {
+        message.push(b'.');
+        message.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, i % 61));
+        message.extend_from_slice(b"\r\n");
+        i += 1;
+    }
+    message.extend_from_slice(b".the end, without a line break");
+    message
+}
+
+/// The most memory the process has held (resident), in octets.
+fn peak_rss(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in the process status");
+    kib * 1024
+}
+
+fn attempts(queue: &Path, id: &str) -> u64 {
+    envelope_json(queue, id).map_or(0, |e| e["recipients"][0]["attempts"].as_u64().unwrap_or(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_queued_5_mib_message_is_relayed_byte_exact_without_being_held_in_memory() {
+    const SIZE: usize = 5 * 1024 * 1024;
+    let world = World::new(USER, PASSWORD);
+    let port = free_port();
+    let mut daemon = daemon(&world, &[port], "");
+    let message = dotted_message(SIZE);
+    let id = send(
+        daemon.port,
+        "app@mastodon.local",
+        &["pim@example.org"],
+        message.clone(),
+    )
+    .await;
+    let queue = world.queue_dir();
+    eventually(WAIT, || (attempts(&queue, &id) > 0).then_some(()))
+        .unwrap_or_else(|| panic!("no attempt recorded\n{}", daemon.log()));
+
+    // A daemon that never received the message: its memory shows what delivery costs.
+    daemon.restart();
+    let tried = attempts(&queue, &id);
+    eventually(WAIT, || (attempts(&queue, &id) > tried).then_some(()))
+        .unwrap_or_else(|| panic!("no attempt after the restart\n{}", daemon.log()));
+    let before = peak_rss(daemon.pid());
+    let upstream = Sink::start_on(
+        port,
+        SinkOptions {
+            tls: Some(world.ca.issue(&["127.0.0.1"])),
+            require_tls: true,
+            auth: Some((USER.into(), PASSWORD.into())),
+            ..SinkOptions::default()
+        },
+    )
+    .await;
+    let got = upstream.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "{}", daemon.log());
+    let grew = peak_rss(daemon.pid()).saturating_sub(before);
+
+    let mut expected = message;
+    expected.extend_from_slice(b"\r\n");
+    let data = without_received(&got[0].data);
+    assert!(
+        data == expected.as_slice(),
+        "{} octets arrived, {} sent",
+        data.len(),
+        expected.len()
+    );
+    assert!(
+        grew < SIZE as u64 / 2,
+        "delivering the message grew the daemon's peak memory by {grew} octets"
+    );
+}
+
 /// An upstream whose certificate cannot be verified: nothing may be sent (no AUTH, no
 /// message), the message stays queued, and `last_error` says `why`.
 async fn unverifiable_upstream_gets_nothing(
