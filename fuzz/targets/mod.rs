@@ -11,6 +11,7 @@ pub mod bdat;
 pub mod config;
 pub mod data;
 pub mod dmarc;
+pub mod dot_stuff_stream;
 pub mod dotenv;
 pub mod dsn;
 pub mod import;
@@ -49,6 +50,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("offline", offline::run),
     ("dotenv", dotenv::run),
     ("relay_probe", relay_probe::run),
+    ("dot_stuff_stream", dot_stuff_stream::run),
 ];
 
 /// A small deterministic generator: split points and choices come from the input itself,

@@ -85,4 +85,5 @@ replay_tests!(
     dotenv,
     import,
     relay_probe,
+    dot_stuff_stream,
 );

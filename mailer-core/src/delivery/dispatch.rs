@@ -3,8 +3,8 @@
 //! it gets back. [`Dispatch`] is the deliverer the daemon runs: the actions of the
 //! configuration in effect, replaced whole on reload.
 //!
-//! The types here carry addresses and bytes, not the queue's envelope, so delivery never
-//! depends on how the queue stores a message.
+//! The types here carry addresses and the message's [`Content`] (read a chunk at a time),
+//! not the queue's envelope, so delivery never depends on how the queue stores a message.
 
 use std::collections::HashMap;
 use std::fmt::Display;
