@@ -32,7 +32,10 @@ pub struct Content {
 enum Body {
     Memory(Vec<u8>),
     /// The first `len` octets of the file.
-    File { file: File, len: u64 },
+    File {
+        file: File,
+        len: u64,
+    },
 }
 
 impl Content {
@@ -55,25 +58,14 @@ impl Content {
             head: Vec::new(),
             eight_bit: false,
         };
-        let mut head = Vec::new();
-        let mut head_done = false;
+        let mut head = Head::default();
         let mut eight_bit = false;
         content.for_each_chunk(|chunk| {
             eight_bit |= !chunk.is_ascii();
-            if !head_done {
-                let scanned_from = head.len().saturating_sub(3);
-                head.extend_from_slice(chunk);
-                if let Some(end) = header_end(&head, scanned_from) {
-                    head.truncate(end);
-                    head_done = true;
-                } else if head.len() > MAX_HEADER_SECTION {
-                    head.truncate(MAX_HEADER_SECTION + 1);
-                    head_done = true;
-                }
-            }
+            head.feed(chunk);
             Ok(())
         })?;
-        content.head = head;
+        content.head = head.into_bytes();
         content.eight_bit = eight_bit;
         Ok(content)
     }
@@ -104,10 +96,7 @@ impl Content {
     }
 
     /// Calls `f` with the message in order, at most [`CHUNK`] octets at a time from the file.
-    pub fn for_each_chunk(
-        &self,
-        mut f: impl FnMut(&[u8]) -> io::Result<()>,
-    ) -> io::Result<()> {
+    pub fn for_each_chunk(&self, mut f: impl FnMut(&[u8]) -> io::Result<()>) -> io::Result<()> {
         let mut reader = self.reader();
         while let Some(chunk) = reader.next_chunk()? {
             f(chunk)?;
@@ -157,7 +146,9 @@ impl ChunkReader<'_> {
         let offset = self.at - prefix.len() as u64;
         match &self.content.body {
             Body::Memory(bytes) => {
-                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+                let start = usize::try_from(offset)
+                    .unwrap_or(usize::MAX)
+                    .min(bytes.len());
                 let end = (start + CHUNK).min(bytes.len());
                 self.at += (end - start) as u64;
                 Ok((end > start).then(|| &bytes[start..end]))
@@ -176,8 +167,45 @@ impl ChunkReader<'_> {
     }
 }
 
+/// The start of a message as it goes by, through the empty line that ends its header
+/// section, or [`MAX_HEADER_SECTION`] + 1 octets when none comes that soon: what signing and
+/// the checks of header fields read, whatever the size of the message.
+#[derive(Debug, Default)]
+pub struct Head {
+    bytes: Vec<u8>,
+    done: bool,
+}
+
+impl Head {
+    /// The next octets of the message.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.done {
+            return;
+        }
+        // The empty line may straddle the previous chunk and this one.
+        let from = self.bytes.len().saturating_sub(3);
+        let room = MAX_HEADER_SECTION + 1 - self.bytes.len();
+        self.bytes
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if let Some(end) = header_end(&self.bytes, from) {
+            self.bytes.truncate(end);
+            self.done = true;
+        } else if self.bytes.len() > MAX_HEADER_SECTION {
+            self.done = true;
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// Where the header section of `bytes` ends, after its empty line, searching from `from`
-/// (the message starts with a line: an empty first line ends an empty section).
+/// (an empty first line ends an empty section).
 fn header_end(bytes: &[u8], from: usize) -> Option<usize> {
     if bytes.starts_with(b"\r\n") {
         return Some(2);
@@ -237,9 +265,23 @@ mod tests {
     #[test]
     fn a_header_section_without_an_end_is_cut_one_past_the_limit() {
         let message = b"X: y\r\n".repeat(MAX_HEADER_SECTION / 6 + 10);
-        assert_eq!(stored(b"", &message, b"").head().len(), MAX_HEADER_SECTION + 1);
+        assert_eq!(
+            stored(b"", &message, b"").head().len(),
+            MAX_HEADER_SECTION + 1
+        );
         let short = b"X: y\r\n".to_vec();
         assert_eq!(Content::from_bytes(short.clone()).head(), &short[..]);
+    }
+
+    #[test]
+    fn the_head_is_the_same_for_any_split() {
+        let message = b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore\r\n";
+        for cut in 0..message.len() {
+            let mut head = Head::default();
+            head.feed(&message[..cut]);
+            head.feed(&message[cut..]);
+            assert_eq!(head.as_bytes(), b"A: 1\r\nB: 2\r\n\r\n", "cut at {cut}");
+        }
     }
 
     #[test]
