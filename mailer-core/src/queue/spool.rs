@@ -27,7 +27,9 @@
 //! <message: N octets><envelope JSON>\nmailer-queue-file-2 <N as 16 hex digits>\n
 //! ```
 //!
-//! It is written to `tmp/` in one go, fsynced, and renamed into `q/`; then `q/` is fsynced.
+//! It is written to `tmp/` as the message arrives ([`Spool::create`]; a message that fits in
+//! 64 KiB in a single write at the end), completed with the envelope, fsynced, and renamed
+//! into `q/`; then `q/` is fsynced ([`Spool::commit`]).
 //! Only after that does the client hear `250`: one file fsync per message, and the directory
 //! fsync is shared. The rename is the commit: a file in `q/` is complete, and what is left in
 //! `tmp/` at start was never acknowledged and is removed. The message comes first so that it
