@@ -138,7 +138,12 @@ action = "via_two"
     assert_eq!((one.count(), two.count()), (3, 3));
     // Neither upstream was ever offered the other's login (the watch's probe logs in too).
     assert!(one.auth_attempts() > 0 && two.auth_attempts() > 0);
-    assert_eq!((one.auth_refusals(), two.auth_refusals()), (0, 0), "{}", daemon.log());
+    assert_eq!(
+        (one.auth_refusals(), two.auth_refusals()),
+        (0, 0),
+        "{}",
+        daemon.log()
+    );
 }
 
 /// A sender table is read by `mailer config check` like the other tables: a bad line is named

@@ -75,13 +75,20 @@ fn converse(config: &Arc<SessionConfig>, bdats: &[(&[u8], bool)], split: u8) -> 
             .extend(parse_replies(&output).into_iter().map(|(code, _)| code));
     };
     collect(&mut session, &mut outcome);
+    let mut content = Vec::new();
     for piece in chunks(&stream, split) {
         session.receive(piece, now);
         loop {
             while let Some(event) = session.poll_event() {
-                if let Event::Message(incoming) = event {
-                    outcome.messages.push(incoming.message);
-                    session.queued(Ok(QueueId::generate(now)), now);
+                match event {
+                    Event::Content { bytes, .. } => content.extend_from_slice(&bytes),
+                    Event::Message(incoming) => {
+                        let mut message = std::mem::take(&mut content);
+                        message.extend_from_slice(&incoming.rest);
+                        outcome.messages.push(message);
+                        session.queued(Ok(QueueId::generate(now)), now);
+                    }
+                    _ => {}
                 }
             }
             if !session.has_output() {

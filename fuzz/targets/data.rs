@@ -17,6 +17,11 @@ fn read(input: &[u8], pieces: &[&[u8]], max: usize, line: usize, mode: BareNewli
     for piece in pieces {
         if let Some(n) = reader.feed(piece, &mut out) {
             assert!(n <= piece.len(), "consumed more than given");
+            // Content passed on before a problem showed is discarded with the message, and
+            // how much of it there was depends on the split.
+            if reader.failed().is_some() {
+                out.clear();
+            }
             return Outcome {
                 end: Some(offset + n),
                 out,
@@ -26,6 +31,9 @@ fn read(input: &[u8], pieces: &[&[u8]], max: usize, line: usize, mode: BareNewli
         offset += piece.len();
     }
     assert_eq!(offset, input.len());
+    if reader.failed().is_some() {
+        out.clear();
+    }
     Outcome {
         end: None,
         out,

@@ -92,10 +92,10 @@ pub fn run(data: &[u8]) {
     match receive(&dropped, peer, config, Arc::new(AllButNobody), now) {
         Pickup::Queue { incoming, refused } => {
             assert!(incoming
-                .message
+                .rest
                 .starts_with(b"Received: from mx.ublog.tech (userid 1000 alice)\r\n"));
             assert!(
-                !has_bare_newline(&incoming.message),
+                !has_bare_newline(&incoming.rest),
                 "a bare newline was queued"
             );
             for r in &incoming.recipients {

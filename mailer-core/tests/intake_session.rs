@@ -53,6 +53,9 @@ struct Client {
     closed: bool,
     starttls: bool,
     refuse_queue: Option<QueueRefused>,
+    /// Content handed out for the message being received, and the size of each hand-out.
+    content: Vec<u8>,
+    chunks: Vec<usize>,
 }
 
 impl Client {
@@ -68,6 +71,8 @@ impl Client {
             closed: false,
             starttls: false,
             refuse_queue: None,
+            content: Vec::new(),
+            chunks: Vec::new(),
         };
         assert_eq!(c.drain(), "220 mx.ublog.tech ESMTP mailer\r\n");
         c
@@ -87,8 +92,18 @@ impl Client {
         let mut out = String::from_utf8(self.session.take_output()).unwrap();
         while let Some(event) = self.session.poll_event() {
             match event {
-                Event::Message(m) => {
+                Event::Content { bytes, .. } => {
+                    self.chunks.push(bytes.len());
+                    self.content.extend_from_slice(&bytes);
+                }
+                Event::Message(mut m) => {
                     let id = m.id;
+                    // The whole message, as the queue file holds it once the rest is written.
+                    let mut whole = std::mem::take(&mut self.content);
+                    whole.append(&mut m.rest);
+                    assert_eq!(m.size, whole.len() as u64);
+                    assert!(whole.starts_with(&m.head));
+                    m.rest = whole;
                     self.queued.push(*m);
                     let result = match self.refuse_queue {
                         Some(refused) => Err(refused),
@@ -130,7 +145,7 @@ impl Client {
 
 fn body_of(m: &Incoming) -> &[u8] {
     // Our Received header is three folded lines; the client's message follows it.
-    let text = &m.message;
+    let text = &m.rest;
     let end = text.windows(2).position(|w| w == b"\r\n").unwrap();
     let mut i = end + 2;
     while text[i] == b'\t' {
@@ -167,7 +182,7 @@ fn happy_path_queues_the_message_byte_exact_after_a_received_header() {
         body_of(m),
         b"From: app@ublog.tech\r\nSubject: hi\r\n\r\nHello\r\n.dot\r\n"
     );
-    let received = String::from_utf8_lossy(&m.message[..m.message.len() - body.len() + 1]);
+    let received = String::from_utf8_lossy(&m.rest[..m.rest.len() - body.len() + 1]);
     assert!(received.starts_with(&format!(
         "Received: from client.example ([127.0.0.1])\r\n\tby mx.ublog.tech (mailer) with ESMTP id {}\r\n\tfor <pim@example.org>; Wed, 25 Nov 2026 13:13:37 +0000\r\n",
         m.id
@@ -709,4 +724,69 @@ fn any_split_of_a_transcript_gives_the_same_replies() {
         assert_eq!(c.queued.len(), 2);
     }
     let _ = QueueId::parse("00000000000000000000");
+}
+
+/// A large message leaves the session in chunks as it arrives: the session never holds it
+/// whole, and the chunks with the rest are the message, byte for byte.
+#[test]
+fn a_large_message_is_handed_out_in_chunks_as_it_arrives() {
+    let mut config = config();
+    config.max_message_size = 4 << 20;
+    let mut c = Client::with(config, "127.0.0.1:40000");
+    c.transaction();
+    let mut body = b"Subject: big\r\n\r\n".to_vec();
+    for i in 0..20_000 {
+        body.extend_from_slice(format!("line {i:05} of a large message ..........\r\n").as_bytes());
+    }
+    let mut handed_before_end = 0;
+    for piece in body.chunks(16 * 1024) {
+        c.send(piece);
+        handed_before_end = c.chunks.len();
+    }
+    assert!(
+        handed_before_end >= 10,
+        "only {handed_before_end} chunks before the end"
+    );
+    assert!(c
+        .chunks
+        .iter()
+        .all(|&n| n < 2 * mailer_core::intake::CONTENT_CHUNK));
+    assert!(c.send(b".\r\n").starts_with("250 "));
+    let m = &c.queued[0];
+    assert_eq!(body_of(m), &body[..]);
+    assert_eq!(
+        m.head.len(),
+        m.rest.len() - body.len() + b"Subject: big\r\n\r\n".len()
+    );
+}
+
+/// BDAT content split anywhere, a CR ending one chunk and its LF starting the next
+/// included, is the same message as sent whole.
+#[test]
+fn bdat_chunks_split_anywhere_make_the_same_message() {
+    let mut body = b"Subject: x\r\n\r\n".to_vec();
+    for _ in 0..1000 {
+        body.extend(std::iter::repeat_n(b'a', 68));
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(b".dot\r\nend\r\n");
+    let mut config = config();
+    config.max_message_size = 1 << 20;
+    // 83: the first chunk ends with the CR of a line, the next starts with its LF.
+    for cut in [1, 15, 16, 83, 84, 70_016, 70_017, body.len() - 1] {
+        let mut c = Client::with(config.clone(), "127.0.0.1:40000");
+        c.ehlo();
+        let (a, b) = body.split_at(cut);
+        let first = format!(
+            "MAIL FROM:<a@b.org>\r\nRCPT TO:<x@example.org>\r\nBDAT {}\r\n",
+            a.len()
+        );
+        assert!(c
+            .send(&[first.as_bytes(), a].concat())
+            .ends_with("250 2.0.0 Chunk received\r\n"));
+        let last = format!("BDAT {} LAST\r\n", b.len());
+        let reply = c.send(&[last.as_bytes(), b].concat());
+        assert!(reply.starts_with("250 "), "cut at {cut}: {reply}");
+        assert_eq!(body_of(&c.queued[0]), &body[..], "cut at {cut}");
+    }
 }

@@ -80,7 +80,9 @@ async fn a_bounce_that_cannot_be_stored_leaves_its_recipient_pending_not_failed(
             address: Address::parse("pim@example.org").unwrap(),
             action: "out".into(),
         }],
-        message: message.into_bytes(),
+        size: message.len() as u64,
+        head: Vec::new(),
+        rest: message.into_bytes(),
         arrived: now,
         smtputf8: false,
         eightbit: false,
@@ -90,9 +92,7 @@ async fn a_bounce_that_cannot_be_stored_leaves_its_recipient_pending_not_failed(
             submitter: None,
         },
     };
-    spool
-        .store(&incoming.envelope(), &incoming.message)
-        .unwrap();
+    spool.store(&incoming.envelope(), &incoming.rest).unwrap();
     let deliverer = Arc::new(Rejecting::default());
     let timing = Timing {
         retry_min: Duration::from_secs(1),

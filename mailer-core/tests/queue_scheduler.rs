@@ -39,7 +39,9 @@ fn incoming() -> Incoming {
             address: Address::parse("pim@example.org").unwrap(),
             action: "out".into(),
         }],
-        message: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+        rest: b"Subject: x\r\n\r\nx\r\n".to_vec(),
+        size: 17,
+        head: b"Subject: x\r\n\r\n".to_vec(),
         arrived: now,
         smtputf8: false,
         eightbit: false,
@@ -67,7 +69,7 @@ async fn a_message_file_gone_missing_is_postponed_not_spun_on_and_its_envelope_k
     let good = incoming();
     let lost = incoming();
     for m in [&good, &lost] {
-        spool.store(&m.envelope(), &m.message).unwrap();
+        spool.store(&m.envelope(), &m.rest).unwrap();
     }
     // An earlier attempt updated the envelope; then the message file went.
     spool.update(&lost.envelope()).unwrap();
@@ -200,7 +202,7 @@ fn queued<D: Deliverer>(
 ) -> (tempfile::TempDir, Arc<Spool>, Arc<Scheduler<D>>) {
     let dir = tempfile::tempdir().unwrap();
     let spool = Arc::new(Spool::open(dir.path()).unwrap());
-    spool.store(&m.envelope(), &m.message).unwrap();
+    spool.store(&m.envelope(), &m.rest).unwrap();
     let scheduler = Scheduler::new(spool.clone(), deliverer, quick(), "mx.test".into());
     scheduler.enqueue(m.envelope());
     (dir, spool, scheduler)
@@ -366,7 +368,7 @@ async fn a_message_warns_at_4_hours_and_expires_after_4_days_in_virtual_time() {
     let mut m = incoming();
     m.arrived = start;
     m.id = QueueId::generate(start);
-    spool.store(&m.envelope(), &m.message).unwrap();
+    spool.store(&m.envelope(), &m.rest).unwrap();
     let deliverer = Arc::new(Deferring::default());
     let timing = Timing {
         retry_min: Duration::from_secs(300),
@@ -444,7 +446,7 @@ async fn an_unrouted_alias_target_left_pending_is_routed_again_or_bounced() {
     }
     let dir = tempfile::tempdir().unwrap();
     let spool = Arc::new(Spool::open(dir.path()).unwrap());
-    spool.store(&env, &m.message).unwrap();
+    spool.store(&env, &m.rest).unwrap();
     let deliverer = Arc::new(Scripted::default());
     let scheduler = Scheduler::new(spool.clone(), deliverer.clone(), quick(), "mx.test".into());
     scheduler.enqueue(env);
@@ -480,7 +482,7 @@ async fn a_flush_makes_a_deep_queue_due_without_a_write_per_message() {
         let mut env = m.envelope();
         env.recipients[0].attempts = 1;
         env.recipients[0].next_attempt = later;
-        spool.store(&env, &m.message).unwrap();
+        spool.store(&env, &m.rest).unwrap();
         scheduler.enqueue(env);
     }
     let files = || std::fs::read_dir(dir.path().join("q")).unwrap().count();

@@ -23,7 +23,9 @@ fn incoming(body: &[u8]) -> Incoming {
                 action: "local_mail".into(),
             },
         ],
-        message: body.to_vec(),
+        rest: body.to_vec(),
+        size: body.len() as u64,
+        head: body.to_vec(),
         arrived,
         smtputf8: false,
         eightbit: true,
@@ -43,7 +45,7 @@ fn a_stored_message_survives_a_restart_byte_exact() {
     let env = m.envelope();
     Spool::open(dir.path())
         .unwrap()
-        .store(&env, &m.message)
+        .store(&env, &m.rest)
         .unwrap();
 
     // A new process opens the same directory.
@@ -71,7 +73,7 @@ fn a_queue_written_by_the_previous_layout_is_read_as_it_is() {
     let m = incoming(b"Subject: old\r\n\r\nkept\r\n");
     let env = m.envelope();
     // The message alone in .msg, the envelope (pretty JSON) alone in .env.
-    fs::write(spool.message_path(m.id), &m.message).unwrap();
+    fs::write(spool.message_path(m.id), &m.rest).unwrap();
     fs::write(
         dir.path().join(format!("q/{}.env", m.id)),
         serde_json::to_vec_pretty(&env).unwrap(),
@@ -79,7 +81,7 @@ fn a_queue_written_by_the_previous_layout_is_read_as_it_is() {
     .unwrap();
     let report = spool.load(true).unwrap();
     assert_eq!(report.envelopes, vec![env.clone()]);
-    assert_eq!(spool.read_message(m.id).unwrap(), m.message);
+    assert_eq!(spool.read_message(m.id).unwrap(), m.rest);
     spool.remove(m.id).unwrap();
     assert!(fs::read_dir(dir.path().join("q")).unwrap().next().is_none());
 }
@@ -90,7 +92,7 @@ fn a_removal_cut_short_between_its_two_unlinks_leaves_nothing_to_deliver() {
     let spool = Spool::open(dir.path()).unwrap();
     let m = incoming(b"x\r\n");
     let mut env = m.envelope();
-    spool.store(&env, &m.message).unwrap();
+    spool.store(&env, &m.rest).unwrap();
     env.recipients[0].state = RecipientState::Delivered;
     spool.update(&env).unwrap();
     // The message is unlinked first; the process died before the envelope went.
@@ -107,7 +109,7 @@ fn files_are_private_to_the_daemon() {
     let queue = dir.path().join("queue");
     let spool = Spool::open(&queue).unwrap();
     let m = incoming(b"x\r\n");
-    spool.store(&m.envelope(), &m.message).unwrap();
+    spool.store(&m.envelope(), &m.rest).unwrap();
     let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
     // Users reach the submission socket and offline/, and list neither.
     assert_eq!(mode(&queue), 0o711);
@@ -157,8 +159,8 @@ fn a_message_file_without_its_envelope_is_set_aside_not_delivered_nor_deleted() 
     let cut = incoming(b"y\r\n");
     // A message file of the previous layout whose envelope never followed, and a queue file
     // cut short by damage: neither can say whom it is for.
-    fs::write(spool.message_path(m.id), &m.message).unwrap();
-    spool.store(&cut.envelope(), &cut.message).unwrap();
+    fs::write(spool.message_path(m.id), &m.rest).unwrap();
+    spool.store(&cut.envelope(), &cut.rest).unwrap();
     let whole = fs::read(spool.message_path(cut.id)).unwrap();
     fs::write(spool.message_path(cut.id), &whole[..whole.len() - 5]).unwrap();
 
@@ -180,7 +182,7 @@ fn an_envelope_inside_the_message_file_that_disagrees_with_it_is_set_aside() {
     let m = incoming(b"x\r\n");
     let mut env = m.envelope();
     env.size += 1;
-    spool.store(&env, &m.message).unwrap();
+    spool.store(&env, &m.rest).unwrap();
     let report = spool.load(true).unwrap();
     assert!(report.envelopes.is_empty());
     assert!(
@@ -199,7 +201,7 @@ fn a_corrupt_envelope_is_set_aside_with_its_message_and_the_reason() {
     let m = incoming(b"x\r\n");
     let good = incoming(b"y\r\n");
     for m in [&m, &good] {
-        spool.store(&m.envelope(), &m.message).unwrap();
+        spool.store(&m.envelope(), &m.rest).unwrap();
     }
     fs::write(dir.path().join(format!("q/{}.env", m.id)), b"not json").unwrap();
     // A read-only load (mailer queue list without a daemon) only reports it.
@@ -235,7 +237,7 @@ fn a_leftover_temporary_file_that_cannot_be_removed_does_not_stop_the_load() {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open(dir.path()).unwrap();
     let m = incoming(b"x\r\n");
-    spool.store(&m.envelope(), &m.message).unwrap();
+    spool.store(&m.envelope(), &m.rest).unwrap();
     // A directory where a temporary file should be: unlink(2) fails with EISDIR.
     fs::create_dir(dir.path().join("tmp/stray")).unwrap();
     let report = spool.load(true).unwrap();
@@ -258,7 +260,7 @@ fn updates_replace_the_envelope_and_remove_deletes_both_files() {
     let spool = Spool::open(dir.path()).unwrap();
     let m = incoming(b"x\r\n");
     let mut env = m.envelope();
-    spool.store(&env, &m.message).unwrap();
+    spool.store(&env, &m.rest).unwrap();
     env.recipients[0].state = RecipientState::Delivered;
     env.recipients[1].attempts = 1;
     env.recipients[1].last_error = Some("mailbox locked".into());
@@ -279,7 +281,7 @@ fn concurrent_stores_all_land() {
             std::thread::spawn(move || {
                 for _ in 0..10 {
                     let m = incoming(b"x\r\n");
-                    spool.store(&m.envelope(), &m.message).unwrap();
+                    spool.store(&m.envelope(), &m.rest).unwrap();
                 }
             })
         })

@@ -9,12 +9,14 @@ use mailer_core::address::Address;
 use mailer_core::config::{Action, Config};
 use mailer_core::delivery::dispatch::{Attempt, Dispatch, Job, Observation, Observer, Ways};
 use mailer_core::delivery::dkim::DkimSigning;
+use mailer_core::delivery::dkim::Signed;
 use mailer_core::delivery::relay::Resolve;
 use mailer_core::delivery::{Outcome, Tables};
 use mailer_core::intake::Incoming;
 use mailer_core::policy::Router;
-use mailer_core::queue::admit::{admit, Admitted};
+use mailer_core::queue::admit::admit;
 use mailer_core::queue::scheduler::{Scheduler, Timing};
+use mailer_core::queue::spool::QueueFile;
 use mailer_core::queue::{QueueId, Spool};
 use std::sync::Mutex;
 use tokio::sync::watch;
@@ -222,22 +224,29 @@ impl Engine {
         &self.spool
     }
 
-    /// Makes a received message durable and schedules it. Ok means it may be acknowledged.
-    pub async fn accept(&self, incoming: Incoming) -> io::Result<QueueId> {
+    /// Makes a received message durable and schedules it: `file` holds the content handed
+    /// out before the end (if any was), `incoming.rest` follows it. Ok means it may be
+    /// acknowledged.
+    pub async fn accept(&self, incoming: Incoming, file: Option<QueueFile>) -> io::Result<QueueId> {
         let dkim = self.dkim.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let envelope = incoming.envelope();
-        // Signing hashes the body and storing fsyncs: off the runtime's threads.
+        let mut envelope = incoming.envelope();
+        // Signing reads the message back and storing fsyncs: off the runtime's threads.
         let spool = self.spool.clone();
-        let admitted = tokio::task::spawn_blocking(move || {
-            let admitted = admit(envelope, incoming.message, &dkim);
-            log_signing(&admitted);
-            spool.store(&admitted.envelope, &admitted.message)?;
-            Ok::<_, io::Error>(admitted)
+        let envelope = tokio::task::spawn_blocking(move || {
+            let mut file = match file {
+                Some(file) => file,
+                None => spool.create(envelope.id)?,
+            };
+            file.write(&incoming.rest)?;
+            if let Some(signed) = admit(&mut envelope, &incoming.head, &mut file, &dkim) {
+                log_signing(envelope.id, &signed);
+            }
+            spool.commit(file, &envelope)?;
+            Ok::<_, io::Error>(envelope)
         })
         .await
         .map_err(io::Error::other)?
         .inspect_err(|e| tracing::error!(error = %e, "cannot queue a message"))?;
-        let envelope = admitted.envelope;
         self.metrics.accepted.inc();
         self.metrics.bytes_in.inc_by(envelope.size);
         tracing::info!(
@@ -259,11 +268,7 @@ impl Engine {
 }
 
 /// What DKIM signing did to an admitted message, in the log.
-fn log_signing(admitted: &Admitted) {
-    let Some(signed) = &admitted.dkim else {
-        return;
-    };
-    let id = admitted.envelope.id;
+fn log_signing(id: QueueId, signed: &Signed) {
     for error in &signed.errors {
         tracing::error!(queue_id = %id, %error, "DKIM signing failed");
     }

@@ -173,7 +173,7 @@ impl Pickup {
             }
         };
         let recipients = incoming.recipients.len();
-        let id = match self.engine.accept(*incoming).await {
+        let id = match self.engine.accept(*incoming, None).await {
             Ok(id) => id,
             Err(e) => {
                 // Left in place for the next pass; the engine has logged the cause.

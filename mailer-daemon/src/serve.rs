@@ -304,6 +304,18 @@ async fn serve(
     let (shutdown_tx, shutdown) = watch::channel(false);
     let engine = Engine::start(&config, shutdown.clone()).await?;
 
+    // The control socket is bound before the SMTP listeners open, so that whoever sees the
+    // port answer (an admin, a test, a readiness probe) can also reach `mailer queue`.
+    let control_listener = match opened.control {
+        Some(socket) => tokio::net::UnixListener::from_std(socket),
+        None => crate::control::bind(&config.control_socket),
+    }
+    .map_err(|e| {
+        format!(
+            "cannot open the control socket {}: {e}",
+            config.control_socket.display()
+        )
+    })?;
     let mut listeners = Listeners {
         bound: HashMap::new(),
         inherited,
@@ -335,16 +347,6 @@ async fn serve(
         shutdown.clone(),
     ));
 
-    let control_listener = match opened.control {
-        Some(socket) => tokio::net::UnixListener::from_std(socket),
-        None => crate::control::bind(&config.control_socket),
-    }
-    .map_err(|e| {
-        format!(
-            "cannot open the control socket {}: {e}",
-            config.control_socket.display()
-        )
-    })?;
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let control = tokio::spawn(crate::control::serve(
         control_listener,

@@ -12,6 +12,8 @@ use mailer_core::intake::{
     reply::replies, Event, Peer, QueueRefused, Session, SessionConfig, Submitter,
 };
 use mailer_core::policy::Router;
+use mailer_core::queue::spool::QueueFile;
+use mailer_core::queue::QueueId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::{watch, Semaphore};
@@ -176,13 +178,39 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
     if stopping {
         session.begin_shutdown();
     }
+    // The queue file of the message being received, once its content outgrew a chunk.
+    let mut file: Option<(QueueId, std::io::Result<QueueFile>)> = None;
     loop {
         // Handle every event before reading more, so pipelined replies keep their order
         // and nothing is read while a message is being made durable.
         while let Some(event) = session.poll_event() {
             match event {
+                Event::Content { id, bytes } => {
+                    // A file of an earlier message that was refused is dropped, and removed.
+                    if file.as_ref().is_none_or(|(of, _)| *of != id) {
+                        file = Some((id, intake.engine.spool().create(id)));
+                    }
+                    // Written without fsync, to the page cache: one copy, not worth a hand-off
+                    // to the blocking pool. The fsync happens once, when the message is whole.
+                    // A failure is kept and answered at the end of the data, like a full disk.
+                    if let Some((_, Ok(f))) = file.as_mut() {
+                        if let Err(e) = f.write(&bytes) {
+                            file = Some((id, Err(e)));
+                        }
+                    }
+                }
                 Event::Message(incoming) => {
-                    let result = intake.engine.accept(*incoming).await;
+                    let written = match file.take() {
+                        Some((id, written)) if id == incoming.id => written.map(Some),
+                        _ => Ok(None),
+                    };
+                    let result = match written {
+                        Ok(written) => intake.engine.accept(*incoming, written).await,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot queue a message");
+                            Err(e)
+                        }
+                    };
                     let result = result.map_err(|e| QueueRefused::of(&e));
                     session.queued(result, SystemTime::now());
                 }

@@ -682,7 +682,10 @@ fn expiry_check(seconds: i64, leaf: &CertSummary, host: &str) -> Check {
             area,
             id,
             Status::Fail,
-            format!("the certificate expires {} (not after {date})", in_days(days)),
+            format!(
+                "the certificate expires {} (not after {date})",
+                in_days(days)
+            ),
         )
         .hint(format!(
             "renew the certificate of {host} {}",
@@ -696,7 +699,10 @@ fn expiry_check(seconds: i64, leaf: &CertSummary, host: &str) -> Check {
             area,
             id,
             Status::Warn,
-            format!("the certificate expires {} (not after {date})", in_days(days)),
+            format!(
+                "the certificate expires {} (not after {date})",
+                in_days(days)
+            ),
         )
         .hint(format!(
             "renew the certificate of {host}, or check that its automatic renewal works"
@@ -706,7 +712,10 @@ fn expiry_check(seconds: i64, leaf: &CertSummary, host: &str) -> Check {
             area,
             id,
             Status::Pass,
-            format!("the certificate expires {} (not after {date})", in_days(days)),
+            format!(
+                "the certificate expires {} (not after {date})",
+                in_days(days)
+            ),
         )
     }
 }

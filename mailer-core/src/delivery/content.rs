@@ -58,25 +58,14 @@ impl Content {
             head: Vec::new(),
             eight_bit: false,
         };
-        let mut head = Vec::new();
-        let mut head_done = false;
+        let mut head = Head::default();
         let mut eight_bit = false;
         content.for_each_chunk(|chunk| {
             eight_bit |= !chunk.is_ascii();
-            if !head_done {
-                let scanned_from = head.len().saturating_sub(3);
-                head.extend_from_slice(chunk);
-                if let Some(end) = header_end(&head, scanned_from) {
-                    head.truncate(end);
-                    head_done = true;
-                } else if head.len() > MAX_HEADER_SECTION {
-                    head.truncate(MAX_HEADER_SECTION + 1);
-                    head_done = true;
-                }
-            }
+            head.feed(chunk);
             Ok(())
         })?;
-        content.head = head;
+        content.head = head.into_bytes();
         content.eight_bit = eight_bit;
         Ok(content)
     }
@@ -178,8 +167,45 @@ impl ChunkReader<'_> {
     }
 }
 
+/// The start of a message as it goes by, through the empty line that ends its header
+/// section, or [`MAX_HEADER_SECTION`] + 1 octets when none comes that soon: what signing and
+/// the checks of header fields read, whatever the size of the message.
+#[derive(Debug, Default)]
+pub struct Head {
+    bytes: Vec<u8>,
+    done: bool,
+}
+
+impl Head {
+    /// The next octets of the message.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        if self.done {
+            return;
+        }
+        // The empty line may straddle the previous chunk and this one.
+        let from = self.bytes.len().saturating_sub(3);
+        let room = MAX_HEADER_SECTION + 1 - self.bytes.len();
+        self.bytes
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if let Some(end) = header_end(&self.bytes, from) {
+            self.bytes.truncate(end);
+            self.done = true;
+        } else if self.bytes.len() > MAX_HEADER_SECTION {
+            self.done = true;
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// Where the header section of `bytes` ends, after its empty line, searching from `from`
-/// (the message starts with a line: an empty first line ends an empty section).
+/// (an empty first line ends an empty section).
 fn header_end(bytes: &[u8], from: usize) -> Option<usize> {
     if bytes.starts_with(b"\r\n") {
         return Some(2);
@@ -279,6 +305,17 @@ mod tests {
         );
         let short = b"X: y\r\n".to_vec();
         assert_eq!(Content::from_bytes(short.clone()).head(), &short[..]);
+    }
+
+    #[test]
+    fn the_head_is_the_same_for_any_split() {
+        let message = b"A: 1\r\nB: 2\r\n\r\nbody\r\n\r\nmore\r\n";
+        for cut in 0..message.len() {
+            let mut head = Head::default();
+            head.feed(&message[..cut]);
+            head.feed(&message[cut..]);
+            assert_eq!(head.as_bytes(), b"A: 1\r\nB: 2\r\n\r\n", "cut at {cut}");
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! oversigning the ones it says. Also key generation and the TXT record that publishes a key.
 //!
 //! A message is signed once, when it is accepted, so every delivery attempt relays the same
-//! bytes. A key signs only mail whose header From aligns (relaxed, RFC 7489 §3.1.1) with the
+//! bytes. Signing streams: the header section is read from the message's head, the body is
+//! hashed as it is read back from the queue file, so a large message is never in memory. A key signs only mail whose header From aligns (relaxed, RFC 7489 §3.1.1) with the
 //! key's domain, unless the action says `sign_unaligned`: an unaligned signature does nothing
 //! for DMARC and vouches for mail of another domain.
 
@@ -25,7 +26,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 
 use crate::config::{Action, Config, DkimHeaders, DkimKey};
-use crate::policy::align::{aligned, header_from_domain, AlignmentMode};
+use crate::delivery::content::Head;
+use crate::policy::align::{aligned, header_from_domain, AlignmentMode, MAX_HEADER_SECTION};
 
 /// Loosest mode a key file may have: owner read/write, group read.
 const MAX_KEY_MODE: u32 = 0o640;
@@ -291,15 +293,11 @@ impl DkimSigner {
     /// Signs `message` with every key whose domain aligns with its header From, or with every
     /// key when `sign_unaligned`.
     pub fn sign(&self, message: &[u8], sign_unaligned: bool) -> Signed {
-        let mut signed = Signed {
-            header_from: header_from_domain(message).ok(),
-            ..Signed::default()
-        };
-        let present: Vec<&[u8]> = header_names(message).collect();
-        for entry in &self.entries {
-            sign_entry(entry, message, &present, sign_unaligned, &mut signed);
-        }
-        signed
+        let entries = self.entries.iter().map(|e| (e, sign_unaligned));
+        sign_streamed(entries, &head_of(message), |feed| {
+            feed(message);
+            Ok(())
+        })
     }
 }
 
@@ -307,40 +305,79 @@ fn key_name(selector: &str, domain: &str) -> String {
     format!("{selector}._domainkey.{domain}")
 }
 
-fn sign_entry(
-    entry: &SigningEntry,
-    message: &[u8],
-    present: &[&[u8]],
-    sign_unaligned: bool,
-    signed: &mut Signed,
-) {
-    let name = key_name(&entry.selector, &entry.domain);
-    let is_aligned = signed
-        .header_from
-        .as_deref()
-        .is_some_and(|from| aligned(from, &entry.domain, AlignmentMode::Relaxed));
-    if !is_aligned && !sign_unaligned {
-        signed.unaligned.push(name);
-        return;
-    }
-    let signature = MailAuthSigner::from_key(SharedKey(entry.key.clone()))
-        .domain(entry.domain.clone())
-        .selector(entry.selector.clone())
-        .headers(headers_to_sign(present, &entry.headers))
-        .header_canonicalization(Canonicalization::Relaxed)
-        .body_canonicalization(Canonicalization::Relaxed)
-        .sign(message);
-    match signature {
-        Ok(signature) => {
-            let mut field = signature.to_header();
-            if !field.ends_with("\r\n") {
-                field.push_str("\r\n");
-            }
-            signed.fields.extend_from_slice(field.as_bytes());
-            signed.signed_by.push(name);
+/// Signs with each entry whose domain aligns with the header From of `head` (or that may sign
+/// unaligned mail), all in one pass over the message that `read` makes. `head` is the start of
+/// the message through the end of its header section ([`Head`]).
+fn sign_streamed<'e>(
+    entries: impl Iterator<Item = (&'e SigningEntry, bool)>,
+    head: &[u8],
+    read: impl FnOnce(&mut dyn FnMut(&[u8])) -> io::Result<()>,
+) -> Signed {
+    let mut signed = Signed {
+        header_from: header_from_domain(head).ok(),
+        ..Signed::default()
+    };
+    let present: Vec<&[u8]> = header_names(head).collect();
+    let mut signers = Vec::new();
+    for (entry, sign_unaligned) in entries {
+        let name = key_name(&entry.selector, &entry.domain);
+        let is_aligned = signed
+            .header_from
+            .as_deref()
+            .is_some_and(|from| aligned(from, &entry.domain, AlignmentMode::Relaxed));
+        if !is_aligned && !sign_unaligned {
+            signed.unaligned.push(name);
+            continue;
         }
-        Err(e) => signed.errors.push(format!("{name}: {e}")),
+        let signer = MailAuthSigner::from_key(SharedKey(entry.key.clone()))
+            .domain(entry.domain.clone())
+            .selector(entry.selector.clone())
+            .headers(headers_to_sign(&present, &entry.headers))
+            .header_canonicalization(Canonicalization::Relaxed)
+            .body_canonicalization(Canonicalization::Relaxed);
+        signers.push((name, signer));
     }
+    if signers.is_empty() {
+        return signed;
+    }
+    // The signer keeps the header section in memory: one past the limit is not taken.
+    if head.len() > MAX_HEADER_SECTION {
+        for (name, _) in signers {
+            signed.errors.push(format!(
+                "{name}: the header section is longer than {MAX_HEADER_SECTION} octets"
+            ));
+        }
+        return signed;
+    }
+    let mut streams: Vec<_> = signers.iter().map(|(_, s)| s.sign_streaming()).collect();
+    let read = read(&mut |chunk| {
+        for stream in &mut streams {
+            stream.write(chunk);
+        }
+    });
+    if let Err(e) = read {
+        for (name, _) in &signers {
+            signed
+                .errors
+                .push(format!("{name}: cannot read the message back: {e}"));
+        }
+        return signed;
+    }
+    for ((name, _), stream) in signers.iter().zip(streams) {
+        let name = name.clone();
+        match stream.finish() {
+            Ok(signature) => {
+                let mut field = signature.to_header();
+                if !field.ends_with("\r\n") {
+                    field.push_str("\r\n");
+                }
+                signed.fields.extend_from_slice(field.as_bytes());
+                signed.signed_by.push(name);
+            }
+            Err(e) => signed.errors.push(format!("{name}: {e}")),
+        }
+    }
+    signed
 }
 
 /// The list handed to the signer, for a message whose header has the fields `present`. The
@@ -372,6 +409,13 @@ fn headers_to_sign(present: &[&[u8]], headers: &DkimHeaders) -> Vec<String> {
         }
     }
     names
+}
+
+/// The start of `message` through its header section.
+fn head_of(message: &[u8]) -> Vec<u8> {
+    let mut head = Head::default();
+    head.feed(message);
+    head.into_bytes()
 }
 
 /// The field names of the header section, as written (the octets before the colon, as the
@@ -436,13 +480,23 @@ impl DkimSigning {
     /// Signs a message whose recipients go to `actions`: the keys of each of those actions
     /// that have keys, each key (domain and selector) once.
     pub fn sign<'a>(&self, actions: impl IntoIterator<Item = &'a str>, message: &[u8]) -> Signed {
-        let mut signed = Signed {
-            header_from: header_from_domain(message).ok(),
-            ..Signed::default()
-        };
-        let present: Vec<&[u8]> = header_names(message).collect();
+        self.sign_streamed(actions, &head_of(message), |feed| {
+            feed(message);
+            Ok(())
+        })
+    }
+
+    /// As [`DkimSigning::sign`], for a message read by `read` (from its queue file), whose
+    /// start through its header section is `head`.
+    pub fn sign_streamed<'a>(
+        &self,
+        actions: impl IntoIterator<Item = &'a str>,
+        head: &[u8],
+        read: impl FnOnce(&mut dyn FnMut(&[u8])) -> io::Result<()>,
+    ) -> Signed {
         let mut seen_actions = HashSet::new();
         let mut seen_keys = HashSet::new();
+        let mut entries = Vec::new();
         for action in actions {
             if !seen_actions.insert(action) {
                 continue;
@@ -452,10 +506,11 @@ impl DkimSigning {
             };
             for entry in &signer.entries {
                 if seen_keys.insert((entry.domain.as_str(), entry.selector.as_str())) {
-                    sign_entry(entry, message, &present, *sign_unaligned, &mut signed);
+                    entries.push((entry, *sign_unaligned));
                 }
             }
         }
+        let mut signed = sign_streamed(entries.into_iter(), head, read);
         // A key skipped as unaligned by one action may have signed for another.
         signed.unaligned.retain(|k| !signed.signed_by.contains(k));
         signed

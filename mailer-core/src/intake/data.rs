@@ -8,6 +8,9 @@
 //! The reader is incremental: it can be fed any split of the stream and keeps the state
 //! between calls. Content beyond the size limit is counted but not kept, so memory stays
 //! bounded by the limit whatever the client sends.
+//!
+//! BDAT content (RFC 3030) is not dot-stuffed and its end is counted, not marked: the same
+//! reader in [`DataReader::chunked`] mode takes it, so both ways in apply the same line rules.
 
 pub use crate::config::BareNewlines;
 
@@ -41,6 +44,8 @@ pub struct DataReader {
     max_size: usize,
     max_line: usize,
     mode: BareNewlines,
+    /// DATA: dots are stuffed and `<CRLF>.<CRLF>` ends the data. BDAT: content is verbatim.
+    dots: bool,
     line_len: usize,
     /// Octets of content seen, kept or not.
     seen: usize,
@@ -54,10 +59,34 @@ impl DataReader {
             max_size,
             max_line,
             mode,
+            dots: true,
             line_len: 0,
             seen: 0,
             error: None,
         }
+    }
+
+    /// A reader for BDAT chunks: no dot transparency and no end sequence; the caller knows
+    /// where the content ends and calls [`DataReader::end_of_content`].
+    pub fn chunked(max_size: usize, max_line: usize, mode: BareNewlines) -> DataReader {
+        DataReader {
+            dots: false,
+            ..DataReader::new(max_size, max_line, mode)
+        }
+    }
+
+    /// The last chunk has been fed: a CR it ended with was not followed by LF. The verdict
+    /// follows from [`DataReader::finish`].
+    pub fn end_of_content(&mut self, out: &mut Vec<u8>) {
+        if self.state == State::Cr {
+            self.bare(out);
+            self.state = State::LineStart;
+        }
+    }
+
+    /// Whether the content is already refused (its verdict is decided).
+    pub fn failed(&self) -> Option<DataError> {
+        self.error
     }
 
     /// Octets of content seen so far (including what was discarded beyond the limit).
@@ -88,7 +117,7 @@ impl DataReader {
             i += 1;
             match self.state {
                 State::LineStart => match b {
-                    b'.' => self.state = State::Dot,
+                    b'.' if self.dots => self.state = State::Dot,
                     _ => self.text(b, out),
                 },
                 State::Dot => match b {
@@ -101,9 +130,6 @@ impl DataReader {
                 },
                 State::DotCr => {
                     if b == b'\n' {
-                        if self.error.is_some() {
-                            out.clear();
-                        }
                         return Some(i);
                     }
                     // `.` CR without LF: a bare CR in a line that held a stuffed dot.
@@ -165,16 +191,14 @@ impl DataReader {
         self.line_len = 0;
     }
 
-    /// Keeps content while the message is acceptable; once it is not, keeps nothing (it will
-    /// be refused whole), which also bounds memory whatever follows.
+    /// Passes content on while the message is acceptable; once it is not, passes nothing more
+    /// (it will be refused whole, and what was passed on is discarded by the caller).
     fn push(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         self.seen += bytes.len();
         if self.seen > self.max_size {
             self.fail(DataError::TooBig);
         }
-        if self.error.is_some() {
-            out.clear();
-        } else {
+        if self.error.is_none() {
             out.extend_from_slice(bytes);
         }
     }
@@ -262,6 +286,28 @@ mod tests {
             assert_eq!(end, whole_end, "cut at {cut}");
             assert_eq!(out, whole, "cut at {cut}");
             assert_eq!(r.finish(), whole_v);
+        }
+    }
+
+    #[test]
+    fn chunked_content_keeps_dots_and_needs_no_end() {
+        let mut r = DataReader::chunked(1 << 20, 1000, BareNewlines::Normalize);
+        let mut out = Vec::new();
+        assert_eq!(r.feed(b"a\r\n.\r\n..b\r", &mut out), None);
+        assert_eq!(r.feed(b"\nc\nd\r", &mut out), None);
+        r.end_of_content(&mut out);
+        assert_eq!(r.finish(), Ok(()));
+        assert_eq!(out, b"a\r\n.\r\n..b\r\nc\r\nd\r\n");
+    }
+
+    #[test]
+    fn chunked_content_with_a_bare_newline_is_refused_in_reject_mode() {
+        for input in [&b"a\nb"[..], b"a\rb", b"a\r"] {
+            let mut r = DataReader::chunked(1 << 20, 1000, BareNewlines::Reject);
+            let mut out = Vec::new();
+            assert_eq!(r.feed(input, &mut out), None);
+            r.end_of_content(&mut out);
+            assert_eq!(r.finish(), Err(DataError::BareNewline), "{input:?}");
         }
     }
 

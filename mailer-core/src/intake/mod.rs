@@ -17,5 +17,5 @@ pub use data::BareNewlines;
 pub use reply::Reply;
 pub use session::{
     AcceptedRecipient, Event, Incoming, Peer, QueueRefused, RecipientPolicy, Session,
-    SessionConfig, Submitter,
+    SessionConfig, Submitter, CONTENT_CHUNK,
 };

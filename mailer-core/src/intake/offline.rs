@@ -308,9 +308,17 @@ pub fn receive(
     let mut bdat = format!("BDAT {} LAST\r\n", dropped.message.len()).into_bytes();
     bdat.extend_from_slice(dropped.message);
     session.receive(&bdat, now);
+    // The file is in memory whole already: the content handed out goes back in one piece.
+    let mut content = Vec::new();
     while let Some(event) = session.poll_event() {
-        if let Event::Message(incoming) = event {
-            return Pickup::Queue { incoming, refused };
+        match event {
+            Event::Content { bytes, .. } => content.extend_from_slice(&bytes),
+            Event::Message(mut incoming) => {
+                content.append(&mut incoming.rest);
+                incoming.rest = content;
+                return Pickup::Queue { incoming, refused };
+            }
+            _ => {}
         }
     }
     let reply = Answer::of(&session.take_output());
@@ -545,7 +553,7 @@ mod tests {
         assert_eq!(incoming.recipients[0].action, "local_mail");
         assert!(incoming.eightbit);
         assert_eq!(incoming.peer, alice());
-        let text = String::from_utf8_lossy(&incoming.message).into_owned();
+        let text = String::from_utf8_lossy(&incoming.rest).into_owned();
         assert!(
             text.starts_with(
                 "Received: from mx.ublog.tech (userid 1000 alice)\r\n\tby mx.ublog.tech (mailer) with ESMTP id "
@@ -556,7 +564,7 @@ mod tests {
             text.contains("\r\n\tfor <root@ublog.tech>; Tue, 14 Nov 2023"),
             "{text}"
         );
-        assert!(incoming.message.ends_with(&s.data), "byte for byte: {text}");
+        assert!(incoming.rest.ends_with(&s.data), "byte for byte: {text}");
     }
 
     #[test]
@@ -600,7 +608,7 @@ mod tests {
         let Pickup::Queue { incoming, .. } = pick_up(&bare, BareNewlines::Normalize) else {
             panic!("a bare LF is normalized")
         };
-        assert!(incoming.message.ends_with(b"\r\nbare\r\nLF\r\n"));
+        assert!(incoming.rest.ends_with(b"\r\nbare\r\nLF\r\n"));
         let long = [b'x'; 101];
         let mut text = b"Subject: x\r\n\r\n".to_vec();
         text.extend_from_slice(&long);

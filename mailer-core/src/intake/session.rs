@@ -19,6 +19,7 @@ use smtp_proto::{Error as ProtoError, Request};
 use super::data::{BareNewlines, DataError, DataReader};
 use super::reply::{replies, Reply};
 use crate::address::{Address, AddressError};
+use crate::delivery::content::Head;
 use crate::queue::spool::ENVELOPE_VERSION;
 use crate::queue::{Envelope, QueueId, Recipient, RecipientState};
 use crate::time::unix_seconds;
@@ -167,8 +168,15 @@ pub struct Incoming {
     /// `None` is the null reverse-path `<>` (bounces).
     pub sender: Option<Address>,
     pub recipients: Vec<AcceptedRecipient>,
-    /// The message with our Received header first; CRLF line endings only.
-    pub message: Vec<u8>,
+    /// The end of the message, after what was handed out in [`Event::Content`] (for a message
+    /// that fits in one chunk, all of it, our Received header first); CRLF line endings only.
+    pub rest: Vec<u8>,
+    /// Octets of the whole message.
+    pub size: u64,
+    /// The start of the message through the empty line after its header section, or
+    /// [`crate::policy::align::MAX_HEADER_SECTION`] + 1 octets of it: what signing and checks
+    /// read.
+    pub head: Vec<u8>,
     pub arrived: SystemTime,
     pub smtputf8: bool,
     /// Announced `BODY=8BITMIME`.
@@ -199,7 +207,7 @@ impl Incoming {
                     original: None,
                 })
                 .collect(),
-            size: self.message.len() as u64,
+            size: self.size,
             smtputf8: self.smtputf8,
             eightbit: self.eightbit,
             helo: self.helo.clone(),
@@ -238,7 +246,12 @@ impl QueueRefused {
 /// What the edge must do next.
 #[derive(Debug)]
 pub enum Event {
-    /// Make the message durable, then call [`Session::queued`].
+    /// Octets of the message being received, in order: write them to its queue file. They
+    /// are handed out as they arrive so that a session never holds a whole large message.
+    Content { id: QueueId, bytes: Vec<u8> },
+    /// The message is complete: write its [`Incoming::rest`] after its content, make it
+    /// durable, then call [`Session::queued`]. A transaction that ends without this event
+    /// (refused, reset, the client gone) leaves its content to be discarded.
     Message(Box<Incoming>),
     /// Write the pending output, start TLS as server, then call [`Session::tls_established`].
     StartTls,
@@ -254,11 +267,14 @@ struct Transaction {
     recipients: Vec<AcceptedRecipient>,
     smtputf8: bool,
     eightbit: bool,
-    /// Message being received: Received header, then content.
+    /// Message octets not yet handed out: our Received header, then content.
     message: Vec<u8>,
-    /// Octets of our Received header at the start of `message`, counted when it was built:
-    /// the client's content after it is never taken for ours.
-    header_len: usize,
+    /// Octets handed out in [`Event::Content`] so far.
+    handed: u64,
+    /// The start of the message (see [`Incoming::head`]).
+    head: Head,
+    /// BDAT content so far is read by this reader (it spans the chunks).
+    chunks: Option<DataReader>,
     id: Option<QueueId>,
     /// BDAT chunks so far were refused: the rest is consumed and answered with an error.
     failed: Option<Reply>,
@@ -507,11 +523,9 @@ impl Session {
                         .tx
                         .as_mut()
                         .expect("a DATA phase always has a transaction");
-                    // Grow by what arrived, not by doubling: a 1 MiB message must not hold
-                    // 2 MiB for the whole session (large reallocations are remapped, not copied).
-                    let room = (self.input.len() - pos).min(self.config.max_message_size);
-                    tx.message.reserve_exact(room);
-                    match reader.feed(&self.input[pos..], &mut tx.message) {
+                    let end = reader.feed(&self.input[pos..], &mut tx.message);
+                    tx.hand_out(&mut self.events, end.is_some());
+                    match end {
                         Some(n) => {
                             pos += n;
                             let Phase::Data(reader) =
@@ -530,11 +544,16 @@ impl Session {
                     *remaining -= take;
                     let done = *remaining == 0;
                     if let Some(tx) = self.tx.as_mut().filter(|tx| tx.failed.is_none()) {
-                        if tx.message.len() + take > self.config.max_message_size + HEADER_ROOM {
-                            tx.failed = Some(replies::too_big(self.config.max_message_size as u64));
-                            tx.message = Vec::new();
-                        } else {
-                            tx.message.extend_from_slice(&self.input[pos..pos + take]);
+                        if let Some(reader) = tx.chunks.as_mut() {
+                            reader.feed(&self.input[pos..pos + take], &mut tx.message);
+                            if reader.failed() == Some(DataError::TooBig) {
+                                // Said at the end of this chunk (RFC 3030 §2): the rest of the
+                                // message is not worth sending.
+                                tx.failed =
+                                    Some(replies::too_big(self.config.max_message_size as u64));
+                            } else {
+                                tx.hand_out(&mut self.events, false);
+                            }
                         }
                     }
                     pos += take;
@@ -723,7 +742,9 @@ impl Session {
             smtputf8,
             eightbit: from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0,
             message: Vec::new(),
-            header_len: 0,
+            handed: 0,
+            head: Head::default(),
+            chunks: None,
             id: None,
             failed: None,
         });
@@ -787,7 +808,6 @@ impl Session {
             &tx.recipients,
             self.now,
         );
-        tx.header_len = tx.message.len();
         Ok(())
     }
 
@@ -814,7 +834,7 @@ impl Session {
                     .tx
                     .as_ref()
                     .expect("a complete message has a transaction");
-                let hops = received_count(&tx.message);
+                let hops = received_count(tx.head.as_bytes());
                 if hops > self.config.max_hops {
                     self.tx = None;
                     return self.reject("loop", replies::too_many_hops(hops));
@@ -847,9 +867,17 @@ impl Session {
         self.arm();
         let starting = self.tx.as_ref().is_some_and(|tx| tx.id.is_none());
         if starting {
-            if let Err(reply) = self.begin_message() {
-                if let Some(tx) = self.tx.as_mut() {
-                    tx.failed = Some(reply);
+            let begun = self.begin_message();
+            if let Some(tx) = self.tx.as_mut() {
+                match begun {
+                    Ok(()) => {
+                        tx.chunks = Some(DataReader::chunked(
+                            self.config.max_message_size,
+                            self.config.max_line_length,
+                            self.config.bare_newlines,
+                        ))
+                    }
+                    Err(reply) => tx.failed = Some(reply),
                 }
             }
         }
@@ -879,23 +907,15 @@ impl Session {
         if !last {
             return self.reply(Reply::status(250, 0, 0, "Chunk received"));
         }
-        // BDAT content is not dot-stuffed, but the same rules for line endings apply.
-        let content = tx.message.split_off(tx.header_len);
-        match canonical_lines(
-            content,
-            self.config.max_line_length,
-            self.config.bare_newlines,
-        ) {
-            Ok(content) => {
-                tx.message.extend_from_slice(&content);
-                if content.len() > self.config.max_message_size {
-                    self.end_of_data(Err(DataError::TooBig));
-                } else {
-                    self.end_of_data(Ok(()));
-                }
+        let verdict = match tx.chunks.take() {
+            Some(mut reader) => {
+                reader.end_of_content(&mut tx.message);
+                tx.hand_out(&mut self.events, true);
+                reader.finish()
             }
-            Err(e) => self.end_of_data(Err(e)),
-        }
+            None => Err(DataError::TooBig),
+        };
+        self.end_of_data(verdict);
     }
 
     fn hand_to_queue(&mut self) {
@@ -907,7 +927,9 @@ impl Session {
             id: tx.id.expect("a complete message has an id"),
             sender: tx.sender,
             recipients: tx.recipients,
-            message: tx.message,
+            size: tx.handed + tx.message.len() as u64,
+            rest: tx.message,
+            head: tx.head.into_bytes(),
             arrived: self.now,
             smtputf8: tx.smtputf8,
             eightbit: tx.eightbit,
@@ -944,8 +966,31 @@ impl Session {
     }
 }
 
-/// Room allowed beyond the size limit for our own Received header during BDAT.
-const HEADER_ROOM: usize = 4096;
+/// Message octets gathered before they are handed out in an [`Event::Content`]: small
+/// messages are handed over whole with [`Event::Message`], in the queue's single write.
+pub const CONTENT_CHUNK: usize = 64 * 1024;
+
+impl Transaction {
+    /// Hands out the octets gathered so far once they make a chunk. At the end of the data
+    /// (`end`) nothing is handed out: the rest goes with the message, and only the head is
+    /// brought up to date, for the checks made before it is queued.
+    fn hand_out(&mut self, events: &mut VecDeque<Event>, end: bool) {
+        if end {
+            self.head.feed(&self.message);
+            return;
+        }
+        if self.message.len() < CONTENT_CHUNK {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.message);
+        self.head.feed(&bytes);
+        self.handed += bytes.len() as u64;
+        let id = self
+            .id
+            .expect("content is read only after the message got its id");
+        events.push_back(Event::Content { id, bytes });
+    }
+}
 
 fn unsupported_mail_parameter(
     from: &smtp_proto::MailFrom<std::borrow::Cow<'_, str>>,
@@ -1070,41 +1115,4 @@ fn received_count(message: &[u8]) -> usize {
         rest = &rest[end..];
     }
     count
-}
-
-/// Checks BDAT content for bare CR/LF and over-long lines; normalizes when configured.
-fn canonical_lines(
-    content: Vec<u8>,
-    max_line: usize,
-    mode: BareNewlines,
-) -> Result<Vec<u8>, DataError> {
-    let mut line_len = 0;
-    let mut bare = false;
-    let mut i = 0;
-    while i < content.len() {
-        match content[i] {
-            b'\r' if content.get(i + 1) == Some(&b'\n') => {
-                line_len = 0;
-                i += 1;
-            }
-            b'\r' | b'\n' => {
-                bare = true;
-                line_len = 0;
-            }
-            _ => {
-                line_len += 1;
-                if line_len > max_line {
-                    return Err(DataError::LineTooLong);
-                }
-            }
-        }
-        i += 1;
-    }
-    if !bare {
-        return Ok(content);
-    }
-    if mode == BareNewlines::Reject {
-        return Err(DataError::BareNewline);
-    }
-    Ok(super::sendmail::to_crlf(&content))
 }

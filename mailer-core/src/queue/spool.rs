@@ -27,7 +27,9 @@
 //! <message: N octets><envelope JSON>\nmailer-queue-file-2 <N as 16 hex digits>\n
 //! ```
 //!
-//! It is written to `tmp/` in one go, fsynced, and renamed into `q/`; then `q/` is fsynced.
+//! It is written to `tmp/` as the message arrives ([`Spool::create`]; a message that fits in
+//! 64 KiB in a single write at the end), completed with the envelope, fsynced, and renamed
+//! into `q/`; then `q/` is fsynced ([`Spool::commit`]).
 //! Only after that does the client hear `250`: one file fsync per message, and the directory
 //! fsync is shared. The rename is the commit: a file in `q/` is complete, and what is left in
 //! `tmp/` at start was never acknowledged and is removed. The message comes first so that it
@@ -324,15 +326,12 @@ impl Spool {
     /// may the message be acknowledged.
     pub fn commit(&self, mut file: QueueFile, envelope: &Envelope) -> io::Result<()> {
         let json = encode(envelope)?;
-        let size = file.written + file.pending.len() as u64;
-        if size != envelope.size {
-            return Err(io::Error::other(format!(
-                "the envelope gives {} octets of message, {size} were written",
-                envelope.size
-            )));
-        }
+        let size = file.len();
         let pending = std::mem::take(&mut file.pending);
-        let f = file.file.as_mut().expect("an uncommitted queue file is open");
+        let f = file
+            .file
+            .as_mut()
+            .expect("an uncommitted queue file is open");
         write_all_vectored(f, &[&pending, &json, &trailer(size)])?;
         f.sync_all()?;
         let path = self.message_path(envelope.id);
@@ -356,7 +355,9 @@ impl Spool {
         let len = match file_len.checked_sub(TRAILER_LEN as u64) {
             Some(at) => {
                 file.read_exact_at(&mut tail, at)?;
-                parse_trailer(&tail).filter(|&n| n <= at).unwrap_or(file_len)
+                parse_trailer(&tail)
+                    .filter(|&n| n <= at)
+                    .unwrap_or(file_len)
             }
             None => file_len,
         };
@@ -383,12 +384,21 @@ impl Spool {
         Ok(())
     }
 
-    /// The message as stored (without the signatures of its envelope, and without the
-    /// envelope stored after it), whole in memory: for `mailer queue show`, not delivery.
+    /// The message as it will be delivered (its signatures, then the stored message, without
+    /// the envelope stored after it), whole in memory: for `mailer queue show`, not delivery.
     pub fn read_message(&self, id: QueueId) -> io::Result<Vec<u8>> {
         let mut bytes = fs::read(self.message_path(id))?;
         if let Some((size, _)) = split_queue_file(&bytes) {
             bytes.truncate(size);
+        }
+        // An envelope that does not read is the business of the queue's load, not of a
+        // display: the stored message is shown as it is.
+        let signatures = self
+            .read_envelope(id)
+            .map(|env| env.signatures)
+            .unwrap_or_default();
+        if !signatures.is_empty() {
+            bytes.splice(0..0, signatures.into_bytes());
         }
         Ok(bytes)
     }
@@ -610,7 +620,10 @@ impl QueueFile {
             self.pending.extend_from_slice(bytes);
             return Ok(());
         }
-        let f = self.file.as_mut().expect("an uncommitted queue file is open");
+        let f = self
+            .file
+            .as_mut()
+            .expect("an uncommitted queue file is open");
         write_all_vectored(f, &[&self.pending, bytes])?;
         self.written += (self.pending.len() + bytes.len()) as u64;
         self.pending.clear();
@@ -630,7 +643,10 @@ impl QueueFile {
     /// reads it once whole, after the end of data).
     pub fn read_back(&mut self, mut f: impl FnMut(&[u8])) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let file = self.file.as_ref().expect("an uncommitted queue file is open");
+        let file = self
+            .file
+            .as_ref()
+            .expect("an uncommitted queue file is open");
         let mut buf = vec![0u8; WRITE_BUFFER.min(self.written as usize)];
         let mut at = 0u64;
         while at < self.written {

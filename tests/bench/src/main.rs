@@ -263,7 +263,10 @@ impl Template {
         let mut plain = Vec::with_capacity(size + 100);
         let mut n = 0usize;
         // 78-octet lines like base64 or quoted-printable text; every 40th starts with a dot.
-        while plain.len() + header(0, 0).len() < size {
+        // The message (header and body) stays at or under `size`, whatever the sequence
+        // number in its header: `--size 35M` is a message at the daemon's default limit.
+        let most = size.saturating_sub(header(usize::MAX, usize::MAX).len() + 100);
+        while plain.len() < most {
             if n % 40 == 7 {
                 plain.push(b'.');
             }

@@ -753,30 +753,30 @@ impl Cx<'_> {
                         )),
                     }
                 }
-                ("from", Some("mail-from")) | ("mail-from", _) => {
-                    let value = if word == "from" {
-                        used = 3;
-                        arg
+                ("from", Some("mail-from"))
+                | ("mail-from", _)
+                | ("for", Some("rcpt-to"))
+                | ("rcpt-to", _) => {
+                    // `from mail-from <t>` and `mail-from <t>` are one condition (likewise
+                    // for rcpt-to): the table follows the keyword either way.
+                    let (value, key) = match word.as_str() {
+                        "from" | "for" => {
+                            used = 3;
+                            (arg, sub.as_deref().unwrap_or_default())
+                        }
+                        _ => (toks.get(i + 1), word.as_str()),
+                    };
+                    let (field, slot) = if key == "mail-from" {
+                        ("mail_from", &mut mail_from)
                     } else {
-                        used = 2;
-                        toks.get(i + 1)
+                        ("rcpt_to", &mut rcpt_to)
                     };
                     match self.addresses(value, negated) {
-                        Ok(v) => mail_from = Some(v),
-                        Err(why) => problems.push((why, "write mail_from = [\"user@domain\", \"@domain\"] or { table = \"NAME\" }".into())),
-                    }
-                }
-                ("for", Some("rcpt-to")) | ("rcpt-to", _) => {
-                    let value = if word == "for" {
-                        used = 3;
-                        arg
-                    } else {
-                        used = 2;
-                        toks.get(i + 1)
-                    };
-                    match self.addresses(value, negated) {
-                        Ok(v) => rcpt_to = Some(v),
-                        Err(why) => problems.push((why, "write rcpt_to = [\"user@domain\", \"@domain\"] or { table = \"NAME\" }".into())),
+                        Ok(v) => *slot = Some(v),
+                        Err(why) => problems.push((
+                            why,
+                            format!("write {field} = [\"user@domain\", \"@domain\"] or {{ table = \"NAME\" }}"),
+                        )),
                     }
                 }
                 ("for", Some("local")) if !negated => recipients = Some(q("local")),
