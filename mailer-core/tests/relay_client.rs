@@ -175,6 +175,41 @@ async fn a_queue_file_of_several_chunks_arrives_byte_exact_whatever_line_a_bound
 }
 
 #[tokio::test]
+async fn a_queue_file_that_fails_mid_body_sends_no_end_of_data_and_is_retried() {
+    let ca = TestCa::new();
+    let sink = Sink::start(auth_sink_options(&ca, &["localhost"])).await;
+    let pool = starttls_pool(&ca, &sink);
+    let message = across_boundaries(b"\r\n.\r\n", 0);
+    let mut file = tempfile::tempfile().expect("temporary file");
+    file.write_all(&message).expect("written");
+    let content = Content::open(
+        Vec::new(),
+        file.try_clone().expect("second handle"),
+        message.len() as u64,
+    )
+    .expect("opened");
+    // The file loses its end after the attempt began (a disk error would read the same).
+    file.set_len(CHUNK as u64 + 10).expect("truncated");
+
+    let outcomes = pool
+        .deliver(None, &[addr("bob@example.org")], &content)
+        .await
+        .outcomes;
+
+    let [Outcome::Failed(f)] = &outcomes[..] else {
+        panic!("one temporary failure expected: {outcomes:?}")
+    };
+    assert!(!f.permanent);
+    assert!(
+        f.reason.contains("cannot read the message from the queue"),
+        "{}",
+        f.reason
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.count(), 0, "the server must not take a cut message");
+}
+
+#[tokio::test]
 async fn auth_login_is_used_when_only_login_is_offered() {
     let ca = TestCa::new();
     let sink = Sink::start(SinkOptions {
