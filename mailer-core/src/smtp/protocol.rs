@@ -214,7 +214,7 @@ pub fn pipelined_batch(mail_from: &str, recipients: &[Address]) -> Vec<u8> {
 pub struct DotStuffer {
     /// The next octet starts a line.
     line_start: bool,
-    /// The last two octets fed so far end the body with CRLF.
+    /// What was fed so far ends with CRLF.
     ends_crlf: bool,
     /// The last octet fed was CR (a CRLF may straddle two chunks).
     last_cr: bool,
@@ -237,9 +237,9 @@ impl DotStuffer {
         }
     }
 
-    /// The wire form of the next `chunk`, appended to `out` as slices of it with the added
-    /// dots between (the chunk is not copied).
-    pub fn push<'a>(&mut self, chunk: &'a [u8], out: &mut Vec<&'a [u8]>) {
+    /// Appends the wire form of the next `chunk` to `out`: at most half as long again as the
+    /// chunk (a dot per line of at least two octets).
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         let Some(&last) = chunk.last() else {
             return;
         };
@@ -251,15 +251,13 @@ impl DotStuffer {
         };
         while let Some(at) = line_start {
             if chunk[at] == b'.' {
-                if at > start {
-                    out.push(&chunk[start..at]);
-                }
-                out.push(b".");
+                out.extend_from_slice(&chunk[start..at]);
+                out.push(b'.');
                 start = at;
             }
             line_start = next_line(chunk, at);
         }
-        out.push(&chunk[start..]);
+        out.extend_from_slice(&chunk[start..]);
         let cr_before_last = match chunk.len() {
             1 => self.last_cr,
             n => chunk[n - 2] == b'\r',
@@ -290,9 +288,8 @@ fn next_line(chunk: &[u8], from: usize) -> Option<usize> {
 /// The whole wire form of a body already in memory: stuffed and ended with `.\r\n`.
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut stuffer = DotStuffer::new();
-    let mut segments = Vec::new();
-    stuffer.push(body, &mut segments);
-    let mut wire = segments.concat();
+    let mut wire = Vec::with_capacity(body.len() + body.len() / 2 + 5);
+    stuffer.push(body, &mut wire);
     wire.extend_from_slice(stuffer.finish());
     wire
 }
@@ -421,11 +418,10 @@ mod tests {
             for i in 0..=body.len() {
                 for j in i..=body.len() {
                     let mut stuffer = DotStuffer::new();
-                    let mut segments = Vec::new();
+                    let mut got = Vec::new();
                     for piece in [&body[..i], &body[i..j], &body[j..]] {
-                        stuffer.push(piece, &mut segments);
+                        stuffer.push(piece, &mut got);
                     }
-                    let mut got = segments.concat();
                     got.extend_from_slice(stuffer.finish());
                     assert_eq!(got, whole, "{body:?} cut at {i} and {j}");
                 }

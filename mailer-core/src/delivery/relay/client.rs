@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_rustls::TlsConnector;
@@ -24,7 +24,7 @@ pub use crate::smtp::client::Interrupted;
 const TIMED_OUT: EnhancedStatus = EnhancedStatus(4, 4, 2);
 /// How long a QUIT may take: the transaction is settled, the answer changes nothing.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Body bytes gathered per write: dot-stuffing cuts the body into many small slices.
+/// Body bytes per write: whole chunks of the stuffed body, not its lines.
 const BODY_BUFFER: usize = 64 * 1024;
 /// The body could not be read from the queue: the server never saw its end, so it has nothing.
 const QUEUE_UNREADABLE: EnhancedStatus = EnhancedStatus(4, 3, 0);
@@ -336,9 +336,9 @@ impl Connection {
         self.reply_deadline = None;
         let mut unreadable = None;
         let written = tokio::time::timeout(self.data_end_timeout, async {
-            let mut out = BufWriter::with_capacity(BODY_BUFFER, &mut self.stream);
             let mut stuffer = DotStuffer::new();
             let mut reader = body.reader();
+            let mut wire = Vec::with_capacity(3 * BODY_BUFFER);
             loop {
                 let chunk = match reader.next_chunk() {
                     Ok(Some(chunk)) => chunk,
@@ -348,14 +348,16 @@ impl Connection {
                         return Ok(());
                     }
                 };
-                let mut segments = Vec::new();
-                stuffer.push(chunk, &mut segments);
-                for segment in &segments {
-                    out.write_all(segment).await?;
+                stuffer.push(chunk, &mut wire);
+                let full = wire.len() - wire.len() % BODY_BUFFER;
+                for piece in wire[..full].chunks(BODY_BUFFER) {
+                    self.stream.write_all(piece).await?;
                 }
+                wire.drain(..full);
             }
-            out.write_all(stuffer.finish()).await?;
-            out.flush().await
+            wire.extend_from_slice(stuffer.finish());
+            self.stream.write_all(&wire).await?;
+            self.stream.flush().await
         })
         .await;
         if let Some(e) = unreadable {
