@@ -331,7 +331,7 @@ impl Observer for Counting {
             .iter()
             .any(|o| matches!(o, Outcome::Delivered { .. }))
         {
-            self.0.bytes_out.inc_by(job.message.len() as u64);
+            self.0.bytes_out.inc_by(job.message.len());
         }
     }
 
