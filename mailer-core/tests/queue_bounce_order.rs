@@ -82,6 +82,7 @@ async fn a_bounce_that_cannot_be_stored_leaves_its_recipient_pending_not_failed(
         }],
         size: message.len() as u64,
         head: Vec::new(),
+        eight_bit_content: false,
         rest: message.into_bytes(),
         arrived: now,
         smtputf8: false,

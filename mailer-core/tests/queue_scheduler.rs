@@ -42,6 +42,7 @@ fn incoming() -> Incoming {
         rest: b"Subject: x\r\n\r\nx\r\n".to_vec(),
         size: 17,
         head: b"Subject: x\r\n\r\n".to_vec(),
+        eight_bit_content: false,
         arrived: now,
         smtputf8: false,
         eightbit: false,

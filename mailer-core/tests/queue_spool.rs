@@ -26,6 +26,7 @@ fn incoming(body: &[u8]) -> Incoming {
         rest: body.to_vec(),
         size: body.len() as u64,
         head: body.to_vec(),
+        eight_bit_content: false,
         arrived,
         smtputf8: false,
         eightbit: true,

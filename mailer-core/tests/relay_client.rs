@@ -146,7 +146,8 @@ async fn a_queue_file_of_several_chunks_arrives_byte_exact_whatever_line_a_bound
         file.write_all(&message).expect("written");
         file.write_all(b"what follows the message in its file")
             .expect("written");
-        let content = Content::open(prefix.to_vec(), file, message.len() as u64).expect("opened");
+        let content =
+            Content::open(prefix.to_vec(), file, message.len() as u64, None).expect("opened");
 
         let outcomes = pool
             .deliver(
@@ -186,6 +187,7 @@ async fn a_queue_file_that_fails_mid_body_sends_no_end_of_data_and_is_retried() 
         Vec::new(),
         file.try_clone().expect("second handle"),
         message.len() as u64,
+        None,
     )
     .expect("opened");
     // The file loses its end after the attempt began (a disk error would read the same).

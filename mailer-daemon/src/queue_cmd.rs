@@ -613,6 +613,7 @@ mod tests {
             held: true,
             warned: false,
             signatures: String::new(),
+            eight_bit_content: None,
         };
         let mut other = bounce.clone();
         other.id = QueueId::parse("0000000000000000000B").expect("an id");

@@ -49,9 +49,15 @@ impl Content {
         }
     }
 
-    /// `prefix`, then the first `len` octets of `file`. Reads the file once, a chunk at a
-    /// time, for its header section and whether it has 8-bit octets.
-    pub fn open(prefix: Vec<u8>, file: File, len: u64) -> io::Result<Content> {
+    /// `prefix`, then the first `len` octets of `file`. Reads the start of the file for its
+    /// header section. Whether it has 8-bit octets is `eight_bit` when intake recorded it;
+    /// when not (`None`), the whole file is read once to find out.
+    pub fn open(
+        prefix: Vec<u8>,
+        file: File,
+        len: u64,
+        eight_bit: Option<bool>,
+    ) -> io::Result<Content> {
         let mut content = Content {
             prefix,
             body: Body::File { file, len },
@@ -59,14 +65,18 @@ impl Content {
             eight_bit: false,
         };
         let mut head = Head::default();
-        let mut eight_bit = false;
-        content.for_each_chunk(|chunk| {
-            eight_bit |= !chunk.is_ascii();
+        let mut found_8bit = false;
+        let mut reader = content.reader();
+        while let Some(chunk) = reader.next_chunk()? {
             head.feed(chunk);
-            Ok(())
-        })?;
+            match eight_bit {
+                Some(_) if head.is_done() => break,
+                Some(_) => {}
+                None => found_8bit |= !chunk.is_ascii(),
+            }
+        }
         content.head = head.into_bytes();
-        content.eight_bit = eight_bit;
+        content.eight_bit = eight_bit.unwrap_or(found_8bit);
         Ok(content)
     }
 
@@ -199,6 +209,11 @@ impl Head {
         &self.bytes
     }
 
+    /// The header section has ended, or is past the limit: what follows is not kept.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
@@ -250,7 +265,7 @@ pub(crate) mod testing {
     pub(crate) fn file_backed(message: &[u8]) -> Content {
         let mut file = tempfile::tempfile().expect("temporary file");
         file.write_all(message).expect("written");
-        Content::open(Vec::new(), file, message.len() as u64).expect("opened")
+        Content::open(Vec::new(), file, message.len() as u64, None).expect("opened")
     }
 }
 
@@ -263,7 +278,7 @@ mod tests {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(message).unwrap();
         f.write_all(trailing).unwrap();
-        Content::open(prefix.to_vec(), f, message.len() as u64).unwrap()
+        Content::open(prefix.to_vec(), f, message.len() as u64, None).unwrap()
     }
 
     #[test]
@@ -319,9 +334,25 @@ mod tests {
     }
 
     #[test]
+    fn what_intake_recorded_about_8bit_octets_is_taken_without_reading_the_file() {
+        let mut f = tempfile::tempfile().unwrap();
+        let mut message = b"Subject: x\r\n\r\n".to_vec();
+        message.extend(std::iter::repeat_n(b'a', 3 * CHUNK));
+        message.extend_from_slice("é\r\n".as_bytes());
+        f.write_all(&message).unwrap();
+        let len = message.len() as u64;
+        let opened =
+            |recorded| Content::open(Vec::new(), f.try_clone().unwrap(), len, recorded).unwrap();
+        assert!(opened(None).is_eight_bit());
+        // A recorded answer stands (the head is read, not the rest).
+        assert!(!opened(Some(false)).is_eight_bit());
+        assert_eq!(opened(Some(false)).head(), b"Subject: x\r\n\r\n");
+    }
+
+    #[test]
     fn a_file_shorter_than_its_recorded_length_is_an_error() {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(b"Subject: x\r\n\r\nbody").unwrap();
-        assert!(Content::open(Vec::new(), f, 1000).is_err());
+        assert!(Content::open(Vec::new(), f, 1000, None).is_err());
     }
 }

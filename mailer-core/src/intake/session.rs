@@ -177,6 +177,8 @@ pub struct Incoming {
     /// [`crate::policy::align::MAX_HEADER_SECTION`] + 1 octets of it: what signing and checks
     /// read.
     pub head: Vec<u8>,
+    /// Some octet of the message is above 127.
+    pub eight_bit_content: bool,
     pub arrived: SystemTime,
     pub smtputf8: bool,
     /// Announced `BODY=8BITMIME`.
@@ -218,6 +220,7 @@ impl Incoming {
             held: false,
             warned: false,
             signatures: String::new(),
+            eight_bit_content: Some(self.eight_bit_content),
         }
     }
 }
@@ -273,6 +276,8 @@ struct Transaction {
     handed: u64,
     /// The start of the message (see [`Incoming::head`]).
     head: Head,
+    /// Some octet so far is above 127.
+    eight_bit: bool,
     /// BDAT content so far is read by this reader (it spans the chunks).
     chunks: Option<DataReader>,
     id: Option<QueueId>,
@@ -744,6 +749,7 @@ impl Session {
             message: Vec::new(),
             handed: 0,
             head: Head::default(),
+            eight_bit: false,
             chunks: None,
             id: None,
             failed: None,
@@ -930,6 +936,7 @@ impl Session {
             size: tx.handed + tx.message.len() as u64,
             rest: tx.message,
             head: tx.head.into_bytes(),
+            eight_bit_content: tx.eight_bit,
             arrived: self.now,
             smtputf8: tx.smtputf8,
             eightbit: tx.eightbit,
@@ -977,6 +984,7 @@ impl Transaction {
     fn hand_out(&mut self, events: &mut VecDeque<Event>, end: bool) {
         if end {
             self.head.feed(&self.message);
+            self.eight_bit |= !self.message.is_ascii();
             return;
         }
         if self.message.len() < CONTENT_CHUNK {
@@ -984,6 +992,7 @@ impl Transaction {
         }
         let bytes = std::mem::take(&mut self.message);
         self.head.feed(&bytes);
+        self.eight_bit |= !bytes.is_ascii();
         self.handed += bytes.len() as u64;
         let id = self
             .id

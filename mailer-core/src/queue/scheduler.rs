@@ -760,6 +760,7 @@ impl<D: Deliverer> Scheduler<D> {
             held: false,
             warned: false,
             signatures: String::new(),
+            eight_bit_content: Some(!dsn.is_ascii()),
         };
         let spool = self.spool.clone();
         let stored = bounce.clone();
@@ -960,6 +961,7 @@ mod tests {
             held: false,
             warned: false,
             signatures: String::new(),
+            eight_bit_content: None,
         }
     }
 

@@ -124,6 +124,10 @@ pub struct Envelope {
     /// read, after it was written to disk as it arrived.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub signatures: String,
+    /// Whether the stored message has octets above 127 (it needs 8BITMIME to be relayed),
+    /// as intake saw it go by; `None` when not recorded, and delivery reads the file to know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eight_bit_content: Option<bool>,
     pub smtputf8: bool,
     pub eightbit: bool,
     pub helo: String,
@@ -361,7 +365,12 @@ impl Spool {
             }
             None => file_len,
         };
-        Content::open(envelope.signatures.clone().into_bytes(), file, len)
+        Content::open(
+            envelope.signatures.clone().into_bytes(),
+            file,
+            len,
+            envelope.eight_bit_content,
+        )
     }
 
     pub fn update(&self, envelope: &Envelope) -> io::Result<()> {

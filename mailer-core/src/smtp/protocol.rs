@@ -243,19 +243,15 @@ impl DotStuffer {
         let Some(&last) = chunk.last() else {
             return;
         };
+        if self.line_start && chunk[0] == b'.' {
+            out.push(b'.');
+        }
+        // Only lines that start with a dot need work: jump from one to the next.
         let mut start = 0;
-        let mut line_start = if self.line_start {
-            Some(0)
-        } else {
-            next_line(chunk, 0)
-        };
-        while let Some(at) = line_start {
-            if chunk[at] == b'.' {
-                out.extend_from_slice(&chunk[start..at]);
-                out.push(b'.');
-                start = at;
-            }
-            line_start = next_line(chunk, at);
+        for lf in memchr::memmem::find_iter(chunk, b"\n.") {
+            out.extend_from_slice(&chunk[start..=lf]);
+            out.push(b'.');
+            start = lf + 1;
         }
         out.extend_from_slice(&chunk[start..]);
         let cr_before_last = match chunk.len() {
@@ -276,13 +272,6 @@ impl DotStuffer {
             b"\r\n.\r\n"
         }
     }
-}
-
-/// Where the line after the one holding `chunk[from]` starts within `chunk`, if it does.
-fn next_line(chunk: &[u8], from: usize) -> Option<usize> {
-    let lf = memchr::memchr(b'\n', &chunk[from..])?;
-    let at = from + lf + 1;
-    (at < chunk.len()).then_some(at)
 }
 
 /// The whole wire form of a body already in memory: stuffed and ended with `.\r\n`.
