@@ -745,22 +745,53 @@ async fn send_8bit(port: u16, to: &str, message: &'static str) {
     .expect("the client thread");
 }
 
+/// A daemon that signs with an RSA and an Ed25519 key made by `mailer dkim keygen`, relaying
+/// to a test upstream, with the key records dkimpy is given.
+struct Signing {
+    up: Upstream,
+    port: u16,
+    daemon: Daemon,
+    /// (record name, TXT text) of each key.
+    keys: Vec<(String, String)>,
+}
+
+impl Signing {
+    async fn start(dir: &Path) -> Signing {
+        let (rsa_key, rsa_name, rsa_text) = keygen(dir, "rsa2026", "rsa2048");
+        let (ed_key, ed_name, ed_text) = keygen(dir, "ed2026", "ed25519");
+        let up = upstream(dir).await;
+        let port = free_port();
+        let dkim = dkim_line(&[("rsa2026", &rsa_key), ("ed2026", &ed_key)]);
+        let daemon = config(port, dir, &up, &[("outbound", &dkim)]).start(Path::new(BIN));
+        Signing {
+            up,
+            port,
+            daemon,
+            keys: vec![(rsa_name, rsa_text), (ed_name, ed_text)],
+        }
+    }
+}
+
+/// The records of `keys` as dkimpy's DNS answers them.
+fn records(keys: &[(String, String)]) -> Vec<(&str, &str)> {
+    keys.iter()
+        .map(|(name, text)| (name.as_str(), text.as_str()))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mastodon_notification_verifies_with_dkimpy_and_its_unsubscribe_fields_are_oversigned() {
     if !dkimpy_present_or_skip() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (rsa_key, rsa_name, rsa_text) = keygen(dir.path(), "rsa2026", "rsa2048");
-    let (ed_key, ed_name, ed_text) = keygen(dir.path(), "ed2026", "ed25519");
-    let records = [
-        (rsa_name.as_str(), rsa_text.as_str()),
-        (ed_name.as_str(), ed_text.as_str()),
-    ];
-    let up = upstream(dir.path()).await;
-    let port = free_port();
-    let dkim = dkim_line(&[("rsa2026", &rsa_key), ("ed2026", &ed_key)]);
-    let daemon = config(port, dir.path(), &up, &[("outbound", &dkim)]).start(Path::new(BIN));
+    let Signing {
+        up,
+        port,
+        daemon,
+        keys,
+    } = Signing::start(dir.path()).await;
+    let records = records(&keys);
 
     send_8bit(port, "pim@example.org", MASTODON_MENTION).await;
     let got = relayed(&up, 1, &daemon).await;
@@ -851,16 +882,13 @@ async fn a_large_message_signed_as_it_streams_verifies_with_dkimpy() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (rsa_key, rsa_name, rsa_text) = keygen(dir.path(), "rsa2026", "rsa2048");
-    let (ed_key, ed_name, ed_text) = keygen(dir.path(), "ed2026", "ed25519");
-    let records = [
-        (rsa_name.as_str(), rsa_text.as_str()),
-        (ed_name.as_str(), ed_text.as_str()),
-    ];
-    let up = upstream(dir.path()).await;
-    let port = free_port();
-    let dkim = dkim_line(&[("rsa2026", &rsa_key), ("ed2026", &ed_key)]);
-    let daemon = config(port, dir.path(), &up, &[("outbound", &dkim)]).start(Path::new(BIN));
+    let Signing {
+        up,
+        port,
+        daemon,
+        keys,
+    } = Signing::start(dir.path()).await;
+    let records = records(&keys);
 
     let mut message = b"From: Mastodon <notifications@ublog.tech>\r\nTo: pim@example.org\r\n\
         Subject: A long thread\r\nDate: Wed, 02 Dec 2026 08:00:00 +0000\r\n\

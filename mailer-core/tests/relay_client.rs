@@ -116,18 +116,7 @@ async fn starttls_and_auth_plain_deliver_byte_exact_data() {
 /// A message of three queue-file chunks and an odd rest, in which `snippet` starts `back`
 /// octets before every chunk boundary.
 fn across_boundaries(snippet: &[u8], back: usize) -> Vec<u8> {
-    let mut message = b"Subject: chunks\r\n\r\n".to_vec();
-    for k in 1..=3 {
-        let line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstu\r\n";
-        let until = k * CHUNK - back;
-        while message.len() < until {
-            let take = line.len().min(until - message.len());
-            message.extend_from_slice(&line[..take]);
-        }
-        message.extend_from_slice(snippet);
-    }
-    message.extend_from_slice(b"the odd rest\r\n");
-    message
+    mailer_testkit::message::across_boundaries(snippet, back, CHUNK)
 }
 
 #[tokio::test]

@@ -241,24 +241,10 @@ pub(crate) mod testing {
     use super::{Content, CHUNK};
     use std::io::Write;
 
-    /// Chunk boundaries a message of [`across_boundaries`] crosses.
-    pub(crate) const BOUNDARIES: usize = 3;
-
     /// A message of three chunks and an odd rest in which `snippet` starts `back` octets
     /// before every chunk boundary, so each boundary cuts it after `back` octets.
     pub(crate) fn across_boundaries(snippet: &[u8], back: usize) -> Vec<u8> {
-        let mut message = b"Subject: chunks\r\n\r\n".to_vec();
-        for k in 1..=BOUNDARIES {
-            let line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstu\r\n";
-            let until = k * CHUNK - back;
-            while message.len() < until {
-                let take = line.len().min(until - message.len());
-                message.extend_from_slice(&line[..take]);
-            }
-            message.extend_from_slice(snippet);
-        }
-        message.extend_from_slice(b"the odd rest\r\n");
-        message
+        mailer_testkit::message::across_boundaries(snippet, back, CHUNK)
     }
 
     /// `message` read back from a file, as the queue gives it.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod dns;
 pub mod https;
+pub mod message;
 pub mod queue;
 pub mod sink;
 pub mod smtp;
