@@ -14,12 +14,11 @@
 
 use std::collections::VecDeque;
 
-use smtp_proto::response::parser::ResponseReceiver;
-
 use super::protocol::{
     auth_login_line, auth_plain_command, mail_from_command, pipelined_batch, rcpt_to_command,
     transaction_outcomes, AuthMechanism, BodyFacts, Capabilities, Final, Reply, Requirements,
 };
+use super::reply::ReplyReader;
 use crate::address::Address;
 use crate::outcome::{EnhancedStatus, Failure, FailureKind, Outcome};
 use crate::tables::secrets::Credentials;
@@ -162,8 +161,7 @@ enum State {
 pub struct ClientSession {
     settings: Settings,
     state: State,
-    receiver: ResponseReceiver,
-    input: Vec<u8>,
+    replies: ReplyReader,
     output: Vec<u8>,
     events: VecDeque<Event>,
     caps: Capabilities,
@@ -183,8 +181,7 @@ impl ClientSession {
         ClientSession {
             settings,
             state: State::Greeting,
-            receiver: ResponseReceiver::default(),
-            input: Vec::new(),
+            replies: ReplyReader::default(),
             output: Vec::new(),
             events: VecDeque::new(),
             caps: Capabilities::default(),
@@ -206,7 +203,7 @@ impl ClientSession {
             // Plaintext that arrives while TLS is being set up would be trusted after it.
             State::Handshake => self.interrupt(data_after_starttls(&self.settings.server)),
             _ => {
-                self.input.extend_from_slice(bytes);
+                self.replies.push(bytes);
                 self.process();
             }
         }
@@ -309,8 +306,7 @@ impl ClientSession {
         }
         self.tls = true;
         self.caps = Capabilities::default();
-        self.receiver = ResponseReceiver::default();
-        self.input.clear();
+        self.replies.clear();
         self.ehlo(false);
     }
 
@@ -427,7 +423,7 @@ impl ClientSession {
             _ => false,
         };
         self.state = State::Closed;
-        self.input.clear();
+        self.replies.clear();
         self.events
             .push_back(Event::Failed(Interrupted { failure, body_sent }));
     }
@@ -439,19 +435,11 @@ impl ClientSession {
                 self.on_reply(reply);
                 continue;
             }
-            let mut bytes = self.input.iter();
-            let parsed = self.receiver.parse(&mut bytes);
-            let used = self.input.len() - bytes.len();
-            self.input.drain(..used);
-            match parsed {
-                Ok(response) => {
-                    self.receiver.reset();
+            match self.replies.next_reply() {
+                None => break,
+                Some(Err(what)) => return self.malformed(format_args!("{what}")),
+                Some(Ok(reply)) => {
                     self.replies_received += 1;
-                    if !(200..600).contains(&response.code) {
-                        let code = response.code;
-                        return self.malformed(format_args!("code {code}"));
-                    }
-                    let reply = Reply::from_proto(response);
                     if let Some(awaiting) = self.awaiting().filter(|a| !fits(*a, &reply)) {
                         return self.unexpected(awaiting, &reply);
                     }
@@ -460,8 +448,6 @@ impl ClientSession {
                     }
                     self.on_reply(reply);
                 }
-                Err(smtp_proto::Error::NeedsMoreData { .. }) => break,
-                Err(e) => return self.malformed(format_args!("{e:?}")),
             }
         }
     }
@@ -530,7 +516,7 @@ impl ClientSession {
                 if reply.code != 220 {
                     return self.setup_refused(&reply, "STARTTLS");
                 }
-                if !self.input.is_empty() {
+                if self.replies.has_unread() {
                     // Bytes sent before the handshake would be trusted after it (CVE-2011-0411).
                     return self.interrupt(data_after_starttls(&self.settings.server));
                 }

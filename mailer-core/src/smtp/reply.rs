@@ -6,6 +6,52 @@ use std::fmt::Write as _;
 
 use crate::outcome::{EnhancedStatus, Failure, FailureKind};
 
+/// Reads replies out of the bytes a server sent, as they arrive in any split: what both
+/// client sessions (the relay's and the probe's) read with.
+#[derive(Default)]
+pub struct ReplyReader {
+    receiver: smtp_proto::response::parser::ResponseReceiver,
+    input: Vec<u8>,
+}
+
+impl ReplyReader {
+    /// Bytes from the server.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// The next complete reply; `None` when more bytes are needed; an error (what is wrong)
+    /// for bytes that are no reply, or a code outside 200–599.
+    pub fn next_reply(&mut self) -> Option<Result<Reply, String>> {
+        let mut bytes = self.input.iter();
+        let parsed = self.receiver.parse(&mut bytes);
+        let used = self.input.len() - bytes.len();
+        self.input.drain(..used);
+        match parsed {
+            Ok(response) => {
+                self.receiver.reset();
+                if !(200..600).contains(&response.code) {
+                    return Some(Err(format!("code {}", response.code)));
+                }
+                Some(Ok(Reply::from_proto(response)))
+            }
+            Err(smtp_proto::Error::NeedsMoreData { .. }) => None,
+            Err(e) => Some(Err(format!("{e:?}"))),
+        }
+    }
+
+    /// Whether bytes wait that no reply has used yet (after a STARTTLS reply, plaintext that
+    /// must not be trusted once TLS is up).
+    pub fn has_unread(&self) -> bool {
+        !self.input.is_empty()
+    }
+
+    /// Forgets everything: what was read before a TLS handshake counts for nothing after it.
+    pub fn clear(&mut self) {
+        *self = ReplyReader::default();
+    }
+}
+
 /// One reply: a three-digit code, an optional enhanced status and one or more text lines.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
@@ -179,5 +225,41 @@ mod tests {
         let parsed = receiver.parse(&mut iter).expect("a whole reply");
         assert_eq!(Reply::from_proto(parsed), r);
         assert_eq!(r.verbatim(), "550 5.1.1 no such user see the docs");
+    }
+
+    #[test]
+    fn the_reader_gives_the_same_replies_for_any_split_and_keeps_what_follows() {
+        let wire = b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 1000\r\n220 2.0.0 go\r\nLEFT";
+        for cut in 0..wire.len() {
+            let mut r = ReplyReader::default();
+            let mut got = Vec::new();
+            for part in [&wire[..cut], &wire[cut..]] {
+                r.push(part);
+                // Two replies are awaited; what follows the second is not read as one.
+                while got.len() < 2 {
+                    let Some(reply) = r.next_reply() else { break };
+                    got.push(reply.expect("well formed"));
+                }
+            }
+            assert_eq!(got.len(), 2, "cut at {cut}");
+            assert_eq!(got[0].lines, ["mx.example", "PIPELINING", "SIZE 1000"]);
+            assert_eq!(
+                (got[1].code, got[1].status),
+                (220, Some(EnhancedStatus(2, 0, 0)))
+            );
+            assert!(
+                r.has_unread(),
+                "plaintext after the 220 is kept to be noticed"
+            );
+            r.clear();
+            assert!(!r.has_unread());
+        }
+    }
+
+    #[test]
+    fn the_reader_refuses_a_code_outside_the_reply_range() {
+        let mut r = ReplyReader::default();
+        r.push(b"199 too low\r\n");
+        assert!(matches!(r.next_reply(), Some(Err(e)) if e.contains("199")));
     }
 }

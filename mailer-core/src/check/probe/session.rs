@@ -7,14 +7,13 @@
 //! hands and call [`ProbeSession::tls_established`] only once the certificate verified. Until
 //! then the session holds back the credentials.
 
-use smtp_proto::response::parser::ResponseReceiver;
-
 use crate::address::Address;
 use crate::smtp::client::Tls;
 use crate::smtp::protocol::{
     auth_login_line, auth_plain_command, mail_from_command, AuthMechanism, Capabilities,
     Requirements,
 };
+use crate::smtp::reply::ReplyReader;
 use crate::smtp::Reply;
 use crate::tables::secrets::Credentials;
 
@@ -116,8 +115,7 @@ pub struct ProbeSession {
     credentials: Option<Credentials>,
     sender: Address,
     state: State,
-    receiver: ResponseReceiver,
-    input: Vec<u8>,
+    replies: ReplyReader,
     output: Vec<u8>,
     event: Option<ProbeEvent>,
     dialogue: Dialogue,
@@ -138,8 +136,7 @@ impl ProbeSession {
             credentials,
             sender,
             state: State::Greeting,
-            receiver: ResponseReceiver::default(),
-            input: Vec::new(),
+            replies: ReplyReader::default(),
             output: Vec::new(),
             event: None,
             dialogue: Dialogue {
@@ -158,7 +155,7 @@ impl ProbeSession {
                 self.abort("the server sent data before the TLS handshake")
             }
             _ => {
-                self.input.extend_from_slice(bytes);
+                self.replies.push(bytes);
                 self.process();
             }
         }
@@ -215,8 +212,7 @@ impl ProbeSession {
         self.dialogue.tls = true;
         self.dialogue.capabilities = Capabilities::default();
         self.dialogue.auth_mechanisms.clear();
-        self.receiver = ResponseReceiver::default();
-        self.input.clear();
+        self.replies.clear();
         self.ehlo();
     }
 
@@ -234,7 +230,7 @@ impl ProbeSession {
 
     fn finish(&mut self) {
         self.state = State::Done;
-        self.input.clear();
+        self.replies.clear();
         self.event = Some(ProbeEvent::Finished);
     }
 
@@ -260,21 +256,10 @@ impl ProbeSession {
 
     fn process(&mut self) {
         while self.awaiting().is_some() {
-            let mut bytes = self.input.iter();
-            let parsed = self.receiver.parse(&mut bytes);
-            let used = self.input.len() - bytes.len();
-            self.input.drain(..used);
-            match parsed {
-                Ok(response) => {
-                    self.receiver.reset();
-                    if !(200..600).contains(&response.code) {
-                        let code = response.code;
-                        return self.abort(format!("malformed reply: code {code}"));
-                    }
-                    self.on_reply(Reply::from_proto(response));
-                }
-                Err(smtp_proto::Error::NeedsMoreData { .. }) => break,
-                Err(e) => return self.abort(format!("malformed reply: {e:?}")),
+            match self.replies.next_reply() {
+                None => break,
+                Some(Ok(reply)) => self.on_reply(reply),
+                Some(Err(what)) => return self.abort(format!("malformed reply: {what}")),
             }
         }
     }
@@ -314,7 +299,7 @@ impl ProbeSession {
                     return self.stop(Step::StartTls, reply.verbatim(), closing);
                 }
                 // Whatever follows the 220 in the same read is plaintext: not to be trusted.
-                if !self.input.is_empty() {
+                if self.replies.has_unread() {
                     return self.abort("the server sent data before the TLS handshake");
                 }
                 self.state = State::Handshake;
