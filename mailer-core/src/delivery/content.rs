@@ -42,7 +42,7 @@ impl Content {
     /// A message held in memory (tests, reports we make ourselves).
     pub fn from_bytes(bytes: Vec<u8>) -> Content {
         Content {
-            head: head_of(&bytes).to_vec(),
+            head: Head::of(&bytes),
             eight_bit: !bytes.is_ascii(),
             prefix: Vec::new(),
             body: Body::Memory(bytes),
@@ -217,6 +217,13 @@ impl Head {
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
+
+    /// The head of a whole message held in memory.
+    pub fn of(message: &[u8]) -> Vec<u8> {
+        let mut head = Head::default();
+        head.feed(message);
+        head.into_bytes()
+    }
 }
 
 /// Where the header section of `bytes` ends, after its empty line, searching from `from`
@@ -226,13 +233,6 @@ fn header_end(bytes: &[u8], from: usize) -> Option<usize> {
         return Some(2);
     }
     memchr::memmem::find(&bytes[from..], b"\r\n\r\n").map(|i| from + i + 4)
-}
-
-fn head_of(bytes: &[u8]) -> &[u8] {
-    match header_end(bytes, 0) {
-        Some(end) => &bytes[..end],
-        None => &bytes[..bytes.len().min(MAX_HEADER_SECTION + 1)],
-    }
 }
 
 /// Messages stored in a file the way the queue keeps them, for the tests of the ways out.

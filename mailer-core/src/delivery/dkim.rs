@@ -294,7 +294,7 @@ impl DkimSigner {
     /// key when `sign_unaligned`.
     pub fn sign(&self, message: &[u8], sign_unaligned: bool) -> Signed {
         let entries = self.entries.iter().map(|e| (e, sign_unaligned));
-        sign_streamed(entries, &head_of(message), |feed| {
+        sign_streamed(entries, &Head::of(message), |feed| {
             feed(message);
             Ok(())
         })
@@ -411,13 +411,6 @@ fn headers_to_sign(present: &[&[u8]], headers: &DkimHeaders) -> Vec<String> {
     names
 }
 
-/// The start of `message` through its header section.
-fn head_of(message: &[u8]) -> Vec<u8> {
-    let mut head = Head::default();
-    head.feed(message);
-    head.into_bytes()
-}
-
 /// The field names of the header section, as written (the octets before the colon, as the
 /// signer compares them).
 fn header_names(message: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -480,7 +473,7 @@ impl DkimSigning {
     /// Signs a message whose recipients go to `actions`: the keys of each of those actions
     /// that have keys, each key (domain and selector) once.
     pub fn sign<'a>(&self, actions: impl IntoIterator<Item = &'a str>, message: &[u8]) -> Signed {
-        self.sign_streamed(actions, &head_of(message), |feed| {
+        self.sign_streamed(actions, &Head::of(message), |feed| {
             feed(message);
             Ok(())
         })
